@@ -1,0 +1,196 @@
+"""The encoder protocol every face-encoder family implements.
+
+An encoder maps aligned face chips ``(n, H, W, 3)`` uint8 RGB to un-normalised embeddings
+``(n, d)`` float32. Encoders know nothing about galleries. An edited encoder is an ordinary
+encoder whose last linear layer has the erasure's map folded in, so that
+``normalize(edited.embed(x)) == erasure.apply(original.embed(x))``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Iterable
+
+import numpy as np
+
+from facekd.errors import EncoderError
+
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
+
+    from facekd.erasure import Erasure
+
+__all__ = ["InputSpec", "Encoder", "TorchEncoder", "sha256_arrays", "fold_into_linear"]
+
+PROGRESS_MIN_CHIPS = 256  # show a progress bar from this many chips on
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """What an encoder expects: square ``size`` chips, ``(pixel - mean) / std`` per channel.
+
+    ``alignment`` names the 5-point template ``facekd.faces`` uses to cut chips for this encoder
+    (``"dlib"`` 150x150, ``"arcface"`` 112x112, ``"facenet"`` 160x160).
+    ``channel_order`` is the order the *network* wants; ``embed`` always takes RGB and reorders.
+    """
+
+    size: int
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    channel_order: str = "RGB"
+    alignment: str = "arcface"
+
+    def to_tensor_array(self, chips: np.ndarray) -> np.ndarray:
+        """``(n, H, W, 3)`` uint8 RGB -> ``(n, 3, H, W)`` float32 normalised, network channel order."""
+        x = chips.astype(np.float32)
+        if self.channel_order == "BGR":
+            x = x[..., ::-1]
+        x = (x - np.asarray(self.mean, np.float32)) / np.asarray(self.std, np.float32)
+        return np.ascontiguousarray(x.transpose(0, 3, 1, 2))
+
+    def to_dict(self) -> dict:
+        return {"size": self.size, "mean": list(self.mean), "std": list(self.std),
+                "channel_order": self.channel_order, "alignment": self.alignment}
+
+
+def sha256_arrays(arrays: Iterable[np.ndarray]) -> str:
+    """Fingerprint of a sequence of weight arrays (order, shape, dtype and bytes)."""
+    h = hashlib.sha256()
+    for a in arrays:
+        a = np.ascontiguousarray(a)
+        h.update(f"{a.dtype.str}{a.shape}".encode())
+        h.update(a.tobytes())
+    return h.hexdigest()
+
+
+def validate_chips(chips: np.ndarray, size: int) -> np.ndarray:
+    """Check ``chips`` is ``(n, size, size, 3)`` uint8 (a single chip gets a batch axis)."""
+    chips = np.asarray(chips)
+    if chips.ndim == 3:
+        chips = chips[None]
+    if chips.ndim != 4 or chips.shape[1:] != (size, size, 3):
+        raise EncoderError(f"expected chips of shape (n, {size}, {size}, 3), got {chips.shape}")
+    if chips.dtype != np.uint8:
+        raise EncoderError(f"expected uint8 RGB chips, got dtype {chips.dtype}")
+    return chips
+
+
+class Encoder(ABC):
+    """Base class: batching, validation and progress live here; families supply the network."""
+
+    #: short family name ("dlib", "facenet", "onnx", "samples")
+    family: str = "encoder"
+    input_spec: InputSpec
+    #: embedding dimension d
+    dim: int
+    #: the erasure folded into this encoder (``None`` for an original encoder)
+    erasure: "Erasure | None" = None
+
+    def embed(self, chips: np.ndarray, *, batch_size: int = 32, progress: bool | None = None) -> np.ndarray:
+        """Embed aligned chips.
+
+        Args:
+            chips: ``(n, size, size, 3)`` uint8 RGB, aligned with ``input_spec.alignment``.
+            batch_size: chips per forward pass.
+            progress: show a tqdm bar; default: only for ``n >= PROGRESS_MIN_CHIPS``.
+
+        Returns:
+            ``(n, dim)`` float32, *not* L2-normalised.
+        """
+        chips = validate_chips(chips, self.input_spec.size)
+        n = chips.shape[0]
+        out = np.empty((n, self.dim), dtype=np.float32)
+        show = (n >= PROGRESS_MIN_CHIPS) if progress is None else progress
+        from tqdm.auto import tqdm
+
+        with tqdm(total=n, unit="face", desc=f"embed ({self.family})", disable=not show,
+                  leave=False) as bar:
+            for start in range(0, n, batch_size):
+                batch = chips[start:start + batch_size]
+                out[start:start + len(batch)] = self._embed_batch(batch)
+                bar.update(len(batch))
+        return out
+
+    @abstractmethod
+    def _embed_batch(self, chips: np.ndarray) -> np.ndarray:
+        """``(b, size, size, 3)`` uint8 -> ``(b, dim)`` float32."""
+
+    @abstractmethod
+    def with_erasure(self, erasure: "Erasure") -> "Encoder":
+        """A new encoder with ``erasure`` folded into its weights (composed with any existing one)."""
+
+    @abstractmethod
+    def to_onnx(self, path: str | Path, *, opset: int = 17) -> Path:
+        """Write a single-file ONNX model: one input ``(N, 3, size, size)`` float32 (normalised as
+        ``input_spec`` says), one output ``(N, dim)``, dynamic batch axis."""
+
+    @property
+    @abstractmethod
+    def fingerprint(self) -> str:
+        """sha256 (hex) of the weights; changes when an erasure is folded in."""
+
+    def __repr__(self) -> str:
+        edited = f", erasure k={self.erasure.k}" if self.erasure is not None else ""
+        return f"<{type(self).__name__} d={self.dim} size={self.input_spec.size}{edited}>"
+
+
+def fold_into_linear(weight: "torch.Tensor", bias: "torch.Tensor | None", matrix: np.ndarray):
+    """Fold ``y -> y @ A`` into a ``torch.nn.Linear`` (``y = x W^T + b``).
+
+    Returns ``(W', b')`` with ``W' = A^T W`` and ``b' = b @ A``, computed in float64 and cast back,
+    so ``x W'^T + b' == (x W^T + b) @ A``.
+    """
+    import torch
+
+    a = torch.as_tensor(matrix, dtype=torch.float64)
+    if weight.shape[0] != a.shape[0]:
+        raise EncoderError(f"erasure dimension {a.shape[0]} does not match the layer's "
+                           f"{weight.shape[0]} outputs")
+    w = (a.T @ weight.detach().double()).to(weight.dtype)
+    b = None if bias is None else (bias.detach().double() @ a).to(bias.dtype)
+    return w, b
+
+
+class TorchEncoder(Encoder):
+    """An encoder backed by a torch ``nn.Module`` that maps normalised NCHW input to ``(n, d)``."""
+
+    def __init__(self, module: "torch.nn.Module", input_spec: InputSpec, dim: int,
+                 erasure: "Erasure | None" = None, device: str | None = None):
+        import torch
+
+        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.module = module.eval().to(self.device)
+        self.input_spec = input_spec
+        self.dim = int(dim)
+        self.erasure = erasure
+        self._fingerprint: str | None = None
+
+    def _embed_batch(self, chips: np.ndarray) -> np.ndarray:
+        import torch
+
+        x = torch.from_numpy(self.input_spec.to_tensor_array(chips)).to(self.device)
+        with torch.inference_mode():
+            return self.module(x).float().cpu().numpy()
+
+    @property
+    def fingerprint(self) -> str:
+        if self._fingerprint is None:
+            self._fingerprint = sha256_arrays(
+                t.detach().cpu().numpy() for t in self.module.state_dict().values())
+        return self._fingerprint
+
+    def to_onnx(self, path: str | Path, *, opset: int = 17) -> Path:
+        import torch
+
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        size = self.input_spec.size
+        dummy = torch.zeros((1, 3, size, size), dtype=torch.float32, device=self.device)
+        # The legacy (TorchScript) exporter gives opset 17 single-file graphs without onnxscript.
+        torch.onnx.export(self.module, dummy, str(path), dynamo=False, opset_version=opset,
+                          input_names=["input"], output_names=["embedding"],
+                          dynamic_axes={"input": {0: "N"}, "embedding": {0: "N"}})
+        return path

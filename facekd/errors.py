@@ -1,0 +1,23 @@
+"""The library's exception types. Every error a user can cause is one of :data:`USER_ERRORS`."""
+
+from __future__ import annotations
+
+from facekd.erasure import ErasureError
+
+
+class FacekdError(Exception):
+    """Base class of facekd's own errors (bad input, unknown identity, corrupt files...)."""
+
+
+class EncoderError(FacekdError, ValueError):
+    """An encoder file or input chips are unusable (wrong format, shape, dtype, dimension)."""
+
+
+class FaceError(FacekdError):
+    """An image cannot be read or holds no usable face."""
+
+
+# The CLI turns these into exit status 2 with a one-line message.
+USER_ERRORS = (FacekdError, ErasureError)
+
+__all__ = ["FacekdError", "EncoderError", "FaceError", "ErasureError", "USER_ERRORS"]
