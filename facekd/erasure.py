@@ -20,17 +20,22 @@ import io
 import json
 import os
 import tempfile
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from importlib import metadata as _metadata
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 
 __all__ = ["Erasure", "ErasureError", "fit_esc", "fit_esc_t", "select_k"]
 
 FORMAT_VERSION = 1
-_CHUNK_ROWS = 8192  # rows per block in apply(): keeps the working set near the CPU caches
+_CHUNK_ROWS = 1024  # rows per block in apply(): ~2 MB at d=512, so copy+project+normalise stay in L2/L3
+_PARALLEL_MIN_ROWS = 65_536  # below this, one thread; thread start-up would dominate
+_CHECK_ROWS = 65_536  # rows per block of the up-front NaN/inf scan (bounded temporary)
 
 
 class ErasureError(ValueError):
@@ -48,8 +53,11 @@ def _now() -> str:
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
 
 
-def _as_matrix(x: Any, name: str, *, d: int | None = None) -> np.ndarray:
-    """Validate an ``(n, d)`` finite, non-empty matrix and return it as a numpy array."""
+def _as_matrix(x: Any, name: str, *, d: int | None = None, check_finite: bool = True) -> np.ndarray:
+    """Validate an ``(n, d)`` finite, non-empty matrix and return it as a numpy array.
+
+    ``check_finite=False`` skips the NaN/inf scan (the caller does it blockwise).
+    """
     if hasattr(x, "detach"):  # a torch tensor; avoid importing torch here
         x = x.detach().cpu().numpy()
     try:
@@ -66,10 +74,53 @@ def _as_matrix(x: Any, name: str, *, d: int | None = None) -> np.ndarray:
         raise ErasureError(f"{name}: embedding dimension must be >= 2, got {arr.shape[1]}")
     if d is not None and arr.shape[1] != d:
         raise ErasureError(f"{name}: dimension {arr.shape[1]} does not match the erasure's d={d}")
-    if not np.all(np.isfinite(arr)):
-        bad = int(np.count_nonzero(~np.all(np.isfinite(arr), axis=1)))
-        raise ErasureError(f"{name}: {bad} row(s) contain NaN or inf")
+    if check_finite:
+        _check_finite(arr, name)
     return arr
+
+
+def _check_finite(arr: np.ndarray, name: str) -> None:
+    """Raise :class:`ErasureError` if any entry is NaN/inf; scans in blocks (no n*d temporary)."""
+    for start in range(0, arr.shape[0], _CHECK_ROWS):
+        if not np.isfinite(arr[start:start + _CHECK_ROWS]).all():
+            bad = sum(int(np.count_nonzero(~np.isfinite(arr[s:s + _CHECK_ROWS]).all(axis=1)))
+                      for s in range(0, arr.shape[0], _CHECK_ROWS))
+            raise ErasureError(f"{name}: {bad} row(s) contain NaN or inf")
+
+
+_BLAS_LOCK = threading.Lock()
+_BLAS_STATE: dict = {"controller": None, "users": 0, "limit": None}
+
+
+@contextmanager
+def _single_threaded_blas() -> Iterator[None]:
+    """Pin BLAS to one thread while inside (a no-op without threadpoolctl).
+
+    Our BLAS calls are small (an SVD of a ``(50, 512)`` matrix) or thin (``(rows, d) @ (d, k)``)
+    and gain nothing from BLAS threads; on a busy machine OpenBLAS's spinning threads made a
+    3 ms SVD take 1.7 s. The limit is process-wide, so it is reference-counted: the first
+    concurrent user sets it and the last restores the caller's setting. The controller is built
+    once (scanning the loaded libraries costs ~20 ms).
+    """
+    with _BLAS_LOCK:
+        if _BLAS_STATE["controller"] is None:
+            try:
+                import scipy.linalg.blas  # noqa: F401  load scipy's BLAS first so it is pinned too
+                from threadpoolctl import ThreadpoolController  # ships with scikit-learn
+                _BLAS_STATE["controller"] = ThreadpoolController()
+            except Exception:  # pragma: no cover - threadpoolctl missing or unusable
+                _BLAS_STATE["controller"] = False
+        if _BLAS_STATE["controller"] and _BLAS_STATE["users"] == 0:
+            _BLAS_STATE["limit"] = _BLAS_STATE["controller"].limit(limits=1, user_api="blas")
+        _BLAS_STATE["users"] += 1
+    try:
+        yield
+    finally:
+        with _BLAS_LOCK:
+            _BLAS_STATE["users"] -= 1
+            if _BLAS_STATE["users"] == 0 and _BLAS_STATE["limit"] is not None:
+                _BLAS_STATE["limit"].restore_original_limits()
+                _BLAS_STATE["limit"] = None
 
 
 def _normalize_rows(x: np.ndarray, eps: float = 1e-12) -> np.ndarray:
@@ -123,7 +174,9 @@ class Erasure:
                 raise ErasureError("an 'esc-t' erasure needs a (d, d) linear_map")
         else:
             raise ErasureError(f"unknown erasure method {self.method!r}")
-        if not self.history:
+        # A k = 0 ESC is the identity (Erasure.identity): it composes no step.
+        is_identity = self.method == "esc" and self.basis.shape[1] == 0
+        if not self.history and not is_identity:
             self.history = [{"method": self.method, "params": dict(self.params)}]
 
     # ------------------------------------------------------------------ constructors
@@ -153,8 +206,8 @@ class Erasure:
     # ------------------------------------------------------------------ application
     def project(self, E: Any) -> np.ndarray:
         """``E @ A`` without normalisation: ``(n, d)`` float32. This is what a folded layer emits."""
-        x = np.array(_as_matrix(E, "embeddings", d=self.d), dtype=np.float32, copy=True)
-        return self._project_inplace(x)
+        src = _as_matrix(E, "embeddings", d=self.d, check_finite=False)
+        return self._edit(src, np.empty(src.shape, dtype=np.float32), normalise=False)
 
     def apply(self, E: Any, *, out: np.ndarray | None = None) -> np.ndarray:
         """Edited, L2-normalised embeddings ``normalize(E @ A)``: ``(n, d)`` float32.
@@ -162,34 +215,77 @@ class Erasure:
         ``out`` may be ``E`` itself (a float32 C-contiguous array) to edit in place, which is how a
         gallery of millions of vectors is updated without a second copy.
         """
-        src = _as_matrix(E, "embeddings", d=self.d)
+        src = _as_matrix(E, "embeddings", d=self.d, check_finite=False)
         if out is None:
-            out = np.array(src, dtype=np.float32, copy=True, order="C")
+            return self._edit(src, np.empty(src.shape, dtype=np.float32), normalise=True)
+        if out.shape != src.shape or out.dtype != np.float32 or not out.flags.c_contiguous:
+            raise ErasureError("out must be a C-contiguous float32 array of the input's shape")
+        # Writing into caller memory: reject bad input before touching any row of it.
+        _check_finite(src, "embeddings")
+        return self._edit(src, out, normalise=True, checked=True)
+
+    def _edit(self, src: np.ndarray, out: np.ndarray, *, normalise: bool,
+              checked: bool = False) -> np.ndarray:
+        """``out = [normalize](src @ A)`` in one pass of cache-sized blocks.
+
+        Each block is copied, checked for NaN/inf (unless ``checked``), projected and normalised
+        while it is in cache, so the array crosses memory once (the operation is memory-bound).
+        Large inputs are split over a thread pool with BLAS pinned to one thread per worker:
+        BLAS's own threading on thin ``(rows, d) @ (d, k)`` products costs more than it saves.
+        """
+        from scipy.linalg.blas import sgemm  # in-place C += alpha * A @ B, no temporary
+
+        if self.method == "esc":
+            q = self.basis.astype(np.float32)
+            q_f = np.asfortranarray(q)
+            a = None
         else:
-            if out.shape != src.shape or out.dtype != np.float32 or not out.flags.c_contiguous:
-                raise ErasureError("out must be a C-contiguous float32 array of the input's shape")
-            if out is not src:
-                out[...] = src
-        self._project_inplace(out)
-        for start in range(0, out.shape[0], _CHUNK_ROWS):
-            _normalize_rows(out[start:start + _CHUNK_ROWS])
+            q = q_f = None
+            a = self.linear_map.astype(np.float32)
+        in_place = (src.dtype == out.dtype and src.strides == out.strides
+                    and src.__array_interface__["data"][0] == out.__array_interface__["data"][0])
+        if not in_place and np.may_share_memory(src, out):
+            src = src.copy()  # partial overlap: blockwise copying would read rows already edited
+
+        def block(start: int) -> None:
+            dst = out[start:start + _CHUNK_ROWS]
+            if not in_place:
+                np.copyto(dst, src[start:start + _CHUNK_ROWS], casting="unsafe")
+            if not checked and not normalise and not np.isfinite(dst).all():
+                raise ErasureError("embeddings: contain NaN or inf")
+            if a is not None:
+                dst[...] = dst @ a
+            elif q.shape[1]:
+                # dst <- dst - (dst Q) Q^T, O(rows * d * k), written in place by BLAS on the
+                # transposed (Fortran-ordered) view of the row block.
+                xq_t = (dst @ q).T
+                res = sgemm(-1.0, q_f, xq_t, beta=1.0, c=dst.T, overwrite_c=1)
+                if not np.may_share_memory(res, dst):  # pragma: no cover - BLAS made a copy
+                    dst.T[...] = res
+            if normalise:
+                norms = np.sqrt(np.einsum("ij,ij->i", dst, dst))
+                # NaN/inf anywhere in a row makes its norm non-finite: the check costs no pass.
+                if not checked and not np.isfinite(norms).all():
+                    raise ErasureError("embeddings: contain NaN or inf (or values beyond "
+                                       "float32 range)")
+                np.maximum(norms, 1e-12, out=norms)
+                dst /= norms[:, None]
+
+        starts = range(0, src.shape[0], _CHUNK_ROWS)
+        workers = min(8, os.cpu_count() or 1)
+        if src.shape[0] < _PARALLEL_MIN_ROWS or workers < 2:
+            with _single_threaded_blas():
+                for start in starts:
+                    block(start)
+            return out
+        with _single_threaded_blas(), ThreadPoolExecutor(workers) as pool:
+            for _ in pool.map(block, starts):
+                pass
         return out
 
     def _project_inplace(self, x: np.ndarray) -> np.ndarray:
-        if self.method == "esc":
-            if self.k == 0:
-                return x
-            q = self.basis.astype(np.float32)
-            qt = np.ascontiguousarray(q.T)
-            for start in range(0, x.shape[0], _CHUNK_ROWS):
-                block = x[start:start + _CHUNK_ROWS]
-                block -= (block @ q) @ qt  # O(rows * d * k)
-        else:
-            a = self.linear_map.astype(np.float32)
-            for start in range(0, x.shape[0], _CHUNK_ROWS):
-                block = x[start:start + _CHUNK_ROWS]
-                block[...] = block @ a
-        return x
+        """``x <- x @ A`` in place (``x``: C-contiguous float32, already validated)."""
+        return self._edit(x, x, normalise=False, checked=True)
 
     # ------------------------------------------------------------------ composition
     def then(self, other: "Erasure") -> "Erasure":
@@ -266,6 +362,31 @@ class Erasure:
                    history=meta["history"], created=meta["created"],
                    version=meta["facekd_version"])
 
+    def to_bytes(self) -> bytes:
+        """The bytes :meth:`save` writes (an ``.npz``), for storing an erasure inside a database."""
+        arrays = {"meta": np.frombuffer(json.dumps(self.metadata()).encode(), dtype=np.uint8)}
+        arrays["basis" if self.method == "esc" else "linear_map"] = (
+            self.basis if self.method == "esc" else self.linear_map)
+        buf = io.BytesIO()
+        np.savez(buf, **arrays)
+        return buf.getvalue()
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> "Erasure":
+        """Inverse of :meth:`to_bytes`; raises :class:`ErasureError` on anything else."""
+        try:
+            with np.load(io.BytesIO(bytes(data)), allow_pickle=False) as npz:
+                meta = json.loads(bytes(npz["meta"]).decode())
+                arrays = {key: npz[key] for key in npz.files if key != "meta"}
+        except Exception as exc:
+            raise ErasureError(f"not a facekd erasure blob ({exc})") from None
+        if meta.get("format") != FORMAT_VERSION:
+            raise ErasureError(f"unsupported erasure format {meta.get('format')!r}")
+        return cls(method=meta["method"], d=int(meta["d"]), basis=arrays.get("basis"),
+                   linear_map=arrays.get("linear_map"), params=meta["params"],
+                   history=meta["history"], created=meta["created"],
+                   version=meta["facekd_version"])
+
     def __repr__(self) -> str:
         return f"Erasure(method={self.method!r}, d={self.d}, k={self.k}, steps={len(self.history)})"
 
@@ -318,7 +439,8 @@ def fit_esc(F: Any, *, p: float = 1.5, k: int | None = None, energy: float | Non
     """
     f = _as_matrix(F, "forget embeddings").astype(np.float64)
     n, d = f.shape
-    _, s, vt = np.linalg.svd(f, full_matrices=False)
+    with _single_threaded_blas():
+        _, s, vt = np.linalg.svd(f, full_matrices=False)
     rank = int(np.count_nonzero(s > s.max(initial=0.0) * max(n, d) * np.finfo(np.float64).eps))
     kk = select_k(s, d, p=p, k=k, energy=energy, rank=rank)
     q = np.ascontiguousarray(vt[:kk].T)  # (d, k), orthonormal columns

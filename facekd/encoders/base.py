@@ -23,7 +23,8 @@ if TYPE_CHECKING:  # pragma: no cover
 
     from facekd.erasure import Erasure
 
-__all__ = ["InputSpec", "Encoder", "TorchEncoder", "sha256_arrays", "fold_into_linear"]
+__all__ = ["InputSpec", "Encoder", "TorchEncoder", "sha256_arrays", "fold_into_linear",
+           "compose_for_fold"]
 
 PROGRESS_MIN_CHIPS = 256  # show a progress bar from this many chips on
 
@@ -194,3 +195,26 @@ class TorchEncoder(Encoder):
                           input_names=["input"], output_names=["embedding"],
                           dynamic_axes={"input": {0: "N"}, "embedding": {0: "N"}})
         return path
+
+
+def compose_for_fold(previous: "Erasure | None", erasure: "Erasure",
+                     dim: int) -> tuple["Erasure", np.ndarray]:
+    """``(composed erasure, (d, d) matrix to fold into weights that already carry previous)``.
+
+    For encoders that fold into their *current* weights (not the original ones). Two ESC
+    projectors compose to the projector off the union of their spans; that union contains the old
+    span, so ``P_old @ P_union == P_union`` and folding ``P_union`` is exact whatever the new
+    erasure was fitted on. A step involving ESC-T composes as a matrix product, so the new step's
+    own matrix is the one to fold.
+    """
+    from facekd.erasure import Erasure
+
+    if not isinstance(erasure, Erasure):
+        raise EncoderError(f"expected a facekd Erasure, got {type(erasure).__name__}")
+    if erasure.d != dim:
+        raise EncoderError(f"erasure dimension {erasure.d} does not match the encoder's "
+                           f"embedding dimension {dim}")
+    if previous is None:
+        return erasure, erasure.matrix()
+    composed = previous.then(erasure)
+    return composed, composed.matrix() if composed.method == "esc" else erasure.matrix()

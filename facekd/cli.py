@@ -1,0 +1,331 @@
+"""The ``facekd`` command: parse, call the Python API, print. No logic of its own.
+
+Exit status: 0 ok, 1 verification failed, 2 bad input or usage. With ``--json`` stdout holds only
+JSON; progress bars and warnings go to stderr. Errors print one line, ``error: ...``, on stderr.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+from pathlib import Path
+from typing import Any, Callable
+
+import click
+
+from facekd.errors import USER_ERRORS
+
+EXIT_OK, EXIT_VERIFY_FAILED, EXIT_USAGE = 0, 1, 2
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    """Library errors a user can cause, plus the lock timeout and metrics' ValueError subclass."""
+    extra: list[type[BaseException]] = []
+    try:
+        from facekd.metrics import MetricsError
+
+        extra.append(MetricsError)
+    except ImportError:  # pragma: no cover
+        pass
+    try:
+        from filelock import Timeout
+
+        extra.append(Timeout)
+    except ImportError:  # pragma: no cover
+        pass
+    return tuple(USER_ERRORS) + tuple(extra)
+
+
+def _fail(message: str, code: int = EXIT_USAGE) -> None:
+    click.echo(f"error: {' '.join(str(message).split())}", err=True)
+    sys.exit(code)
+
+
+def _command(fn: Callable) -> Callable:
+    """Common options (--workspace, --json) and the error-to-exit-status mapping."""
+
+    @click.option("--workspace", "-w", type=click.Path(file_okay=False, path_type=Path),
+                  envvar="FACEKD_WORKSPACE", default="facekd-workspace", show_default=True,
+                  help="Workspace directory (or $FACEKD_WORKSPACE).")
+    @click.option("--json", "as_json", is_flag=True, help="Print only JSON on stdout.")
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except _user_errors() as exc:
+            _fail(str(exc) or type(exc).__name__)
+
+    return wrapper
+
+
+def _progress() -> bool:
+    """Progress bars only for a person watching (stderr is a terminal), not in logs or pipes."""
+    return sys.stderr.isatty()
+
+
+def _emit(as_json: bool, data: Any, text: str | Callable[[], str]) -> None:
+    if as_json:
+        click.echo(json.dumps(data, indent=2, default=str))
+    else:
+        click.echo(text() if callable(text) else text)
+
+
+def _open(workspace: Path, *, writable: bool = False):
+    from facekd.workspace import Workspace
+
+    return Workspace.open(workspace, writable=writable)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="facekd")
+def cli() -> None:
+    """Erase people from a face encoder and its FAISS gallery, and prove it."""
+
+
+# ------------------------------------------------------------------------------ workspace
+@cli.command()
+@click.option("--encoder", required=True, metavar="SPEC",
+              help="dlib | dlib:PATH | facenet:PATH | onnx:PATH | samples")
+@click.option("--aligned", is_flag=True, help="Images are already aligned chips (no detection).")
+@click.option("--index", default="flat", show_default=True, help="FAISS index kind.")
+@click.option("--threshold", type=float, default=None,
+              help="Match threshold (cosine); default: auto, from the gallery at FAR 1e-3.")
+@_command
+def init(workspace: Path, as_json: bool, encoder: str, aligned: bool, index: str,
+         threshold: float | None) -> None:
+    """Create a workspace for an encoder."""
+    from facekd.workspace import Workspace
+
+    with Workspace.init(workspace, encoder, aligned=aligned, index=index,
+                        match_threshold=threshold) as ws:
+        enc = ws.base_encoder
+        data = {"workspace": str(ws.root), "encoder": encoder, "family": enc.family,
+                "dim": enc.dim, "fingerprint": enc.fingerprint}
+    _emit(as_json, data, f"workspace {data['workspace']}: encoder {encoder} "
+                         f"({enc.family}, d={enc.dim}, sha256 {enc.fingerprint[:12]}...)")
+
+
+@cli.command()
+@click.argument("tree", type=click.Path(path_type=Path))
+@click.option("--ids", "ids_csv", type=click.Path(path_type=Path), default=None,
+              help="CSV mapping folder names to integer identity ids.")
+@_command
+def enroll(workspace: Path, as_json: bool, tree: Path, ids_csv: Path | None) -> None:
+    """Enrol a folder-per-identity image tree with the deployed (edited) encoder."""
+    with _open(workspace, writable=True) as ws:
+        res = ws.enroll(tree, ids_csv=ids_csv, progress=_progress())
+        total = len(ws.identities())
+    data = {"added": int(res.added), "skipped_existing": int(res.skipped_existing),
+            "skipped": len(res.skipped), "identities": len(res.identities),
+            "gallery_identities": total}
+    _emit(as_json, data, f"enrolled {data['added']} face(s) of {data['identities']} identities "
+                         f"({data['skipped_existing']} already present, {data['skipped']} skipped); "
+                         f"gallery holds {total} identities")
+
+
+@cli.command()
+@_command
+def identities(workspace: Path, as_json: bool) -> None:
+    """List the gallery's identities."""
+    with _open(workspace) as ws:
+        rows = [{"identity": int(i.identity), "name": i.name, "faces": int(i.n_faces)}
+                for i in ws.identities()]
+    _emit(as_json, rows, lambda: "\n".join(
+        [f"{'identity':>10}  {'faces':>5}  name"]
+        + [f"{r['identity']:>10}  {r['faces']:>5}  {r['name'] or ''}" for r in rows]))
+
+
+@cli.command()
+@click.argument("image", type=click.Path(path_type=Path))
+@click.option("-k", "k", type=click.IntRange(1, 100), default=5, show_default=True)
+@_command
+def search(workspace: Path, as_json: bool, image: Path, k: int) -> None:
+    """Best gallery matches for the largest face in IMAGE."""
+    with _open(workspace) as ws:
+        res = ws.search(image, k=k)
+    thr = res["threshold"]
+
+    def text() -> str:
+        lines = [f"{res['image']}  (match threshold {thr:.3f})" if thr is not None else res["image"]]
+        for m in res["matches"]:
+            lines.append(f"  {m['identity']:>10}  {m['score']:+.3f}  "
+                         f"{'MATCH' if m['match'] else '     '}  {m['name'] or ''}")
+        return "\n".join(lines)
+
+    _emit(as_json, res, text)
+
+
+@cli.command()
+@_command
+def check(workspace: Path, as_json: bool) -> None:
+    """Check gallery files, encoder state, ledger and receipts; exit 1 on a problem."""
+    with _open(workspace) as ws:
+        res = ws.check()
+    _emit(as_json, res, "ok" if res["ok"] else "\n".join(["problems:"] + res["problems"]))
+    if not res["ok"]:
+        sys.exit(EXIT_VERIFY_FAILED)
+
+
+# ------------------------------------------------------------------------------ forget
+@cli.command()
+@click.option("--identity", required=True, type=int, help="Integer identity id to erase.")
+@click.option("--method", type=click.Choice(["esc", "esc-t"]), default=None,
+              help="Erasure method (default from config.toml: esc).")
+@click.option("--p", "p", type=float, default=None, help="Erase int(d * p / 100) directions.")
+@click.option("--k", "k", type=int, default=None, help="Erase exactly K directions.")
+@click.option("--energy", type=float, default=None,
+              help="Erase the fewest directions holding this share of the energy.")
+@click.option("--images", type=click.Path(path_type=Path), default=None,
+              help="Extra photos of the person to fit on (embedded with the deployed encoder).")
+@click.option("--dry-run", is_flag=True, help="Compute and report; change nothing.")
+@_command
+def forget(workspace: Path, as_json: bool, identity: int, method: str | None, p: float | None,
+           k: int | None, energy: float | None, images: Path | None, dry_run: bool) -> None:
+    """Erase an identity from the encoder and the gallery (atomic)."""
+    if sum(x is not None for x in (p, k, energy)) > 1:
+        _fail("give at most one of --p, --k, --energy")
+    with _open(workspace, writable=not dry_run) as ws:
+        res = ws.forget(identity, method=method, p=p, k=k, energy=energy, images=images,
+                        dry_run=dry_run, progress=_progress())
+    r = res.receipt
+
+    def text() -> str:
+        head = (f"dry run: identity {identity} would be erased (nothing changed)" if dry_run else
+                f"erased identity {identity}: {res.removed_faces} face(s) removed, receipt "
+                f"{r['receipt_id']}")
+        model = r["model"]
+        return "\n".join([
+            head,
+            f"method {r['method']}, {model['k_added']} direction(s) erased "
+            f"({model['k_total']} in total); gallery generation "
+            f"{r['gallery']['generation_before']} -> {r['gallery']['generation_after']}",
+            f"edited encoder sha256 {model['edited_sha256_after'][:16]}...",
+            "", res.report_table, ""])
+
+    _emit(as_json, res.to_dict(), text)
+
+
+@cli.command()
+@click.option("--identity", required=True, type=int, help="The erased identity's id.")
+@click.option("--images", type=click.Path(path_type=Path), default=None,
+              help="Photos of the person (ideally unseen) for the re-enrolment attack.")
+@_command
+def verify(workspace: Path, as_json: bool, identity: int, images: Path | None) -> None:
+    """Check an erased identity is no longer recognised; exit 1 if it is."""
+    with _open(workspace) as ws:
+        res = ws.verify(identity, images=images, progress=_progress())
+    _emit(as_json, res.to_dict(), lambda: format_verify(res))
+    if not res.passed:
+        sys.exit(EXIT_VERIFY_FAILED)
+
+
+def format_verify(res: Any) -> str:
+    """Human-readable verify result (file names and scores, never the person's name)."""
+    pct = lambda v: "n/a" if v is None else f"{100 * v:5.1f}%"  # noqa: E731
+    lines = [f"match threshold {res.threshold:.3f}" if res.threshold is not None else ""]
+    for im in res.images:
+        lines.append(f"  {im['file']:<28} best {im['best_identity']!s:>10}  score "
+                     f"{im['score']:+.3f}  {'MATCH' if im['match'] else 'no match'}")
+    b, a, r = res.bound, res.attack, res.retained
+    if a is not None:
+        lines += ["", f"re-enrolment attack ({a['enrolled']} enrolled, {a['probes']} probes):",
+                  f"  rank-1     erased {pct(a['rank1'])}   retained avg {pct(r.get('rank1'))}   "
+                  f"bound <= {pct(b['max_rank1'])} (chance {pct(b['chance'])})",
+                  f"  TAR@{b['far']:g}  erased {pct(a['tar'])}   retained avg {pct(r.get('tar'))}   "
+                  f"bound <= {pct(b['max_tar'])}"]
+    lines += [f"note: {n}" for n in res.notes]
+    lines.append("PASS: not recognised" if res.passed else "FAIL: still recognised")
+    return "\n".join(x for x in lines if x is not None)
+
+
+# ------------------------------------------------------------------------------ outputs
+@cli.command("export-onnx")
+@click.argument("out", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--fp16", is_flag=True, help="Store weights in float16.")
+@click.option("--original", is_flag=True, help="Export the unedited encoder (it still knows everyone).")
+@_command
+def export_onnx(workspace: Path, as_json: bool, out: Path, fp16: bool, original: bool) -> None:
+    """Export the deployed (edited) encoder to ONNX, with a parity report."""
+    with _open(workspace) as ws:
+        rep = ws.export_onnx(out, fp16=fp16, original=original)
+    data = rep.to_dict() if hasattr(rep, "to_dict") else {"path": str(out)}
+    data.setdefault("path", str(out))
+    _emit(as_json, data, lambda: f"wrote {out}\n" + "\n".join(
+        f"  {key}: {val}" for key, val in data.items() if key != "path"))
+
+
+@cli.command()
+@click.option("--html", "html_out", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="HTML file to write (default WORKSPACE/report.html).")
+@click.option("--receipt", "receipt_id", default=None, help="Receipt id (default: the latest).")
+@_command
+def report(workspace: Path, as_json: bool, html_out: Path | None, receipt_id: str | None) -> None:
+    """PNG plots and an HTML page for a deletion receipt."""
+    from facekd.report import write_report
+
+    with _open(workspace) as ws:
+        res = write_report(ws, html_out=html_out, receipt_id=receipt_id)
+    data = {key: str(v) if isinstance(v, Path) else v for key, v in res.items()}
+    _emit(as_json, data, lambda: "\n".join(f"wrote {v}" for key, v in data.items()
+                                           if key in ("html", "histograms_png", "metrics_png")))
+
+
+@cli.command()
+@click.option("--receipt", "receipt_id", default=None, help="Print this receipt in full.")
+@_command
+def ledger(workspace: Path, as_json: bool, receipt_id: str | None) -> None:
+    """List committed deletions (hashed identities only), or print one receipt."""
+    with _open(workspace) as ws:
+        if receipt_id:
+            rec = ws.receipt(receipt_id)
+            _emit(as_json, rec, lambda: json.dumps(rec, indent=2))
+            return
+        entries = ws.ledger()
+    _emit(as_json, entries, lambda: "\n".join(
+        [f"{'receipt':<22} {'identity hash':<18} {'method':<6} {'k':>3}  created"]
+        + [f"{e['receipt_id']:<22} {e['identity_hash'][:16]:<18} {e['method']:<6} {e['k']:>3}  "
+           f"{e['created']}" for e in entries]) if entries else "no deletions yet")
+
+
+# ------------------------------------------------------------------------------ demo
+@cli.command()
+@click.option("--workspace", "-w", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Where to build the demo workspace (default: a fresh temp dir).")
+@click.option("--identities", "n_ids", type=click.IntRange(3, 100000), default=200, show_default=True)
+@click.option("--images", "n_images", type=click.IntRange(4, 1000), default=8, show_default=True)
+@click.option("--dataset", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Folder-per-identity photos to use instead of synthetic faces.")
+@click.option("--encoder", default=None, help="Encoder for --dataset (e.g. dlib).")
+@click.option("--json", "as_json", is_flag=True, help="Print only JSON on stdout.")
+def demo(workspace: Path | None, n_ids: int, n_images: int, dataset: Path | None,
+         encoder: str | None, as_json: bool) -> None:
+    """End to end: enrol, forget one person, export ONNX, verify, print before/after."""
+    from facekd.demo import run_demo
+
+    log = (lambda msg: click.echo(msg, err=True)) if as_json else click.echo
+    try:
+        res = run_demo(workspace, identities=n_ids, images=n_images, dataset=dataset,
+                       encoder=encoder, echo=log, progress=_progress())
+    except _user_errors() as exc:
+        _fail(str(exc))
+    if as_json:
+        click.echo(json.dumps(res, indent=2, default=str))
+    if not res["verify"]["passed"]:
+        sys.exit(EXIT_VERIFY_FAILED)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console-script entry point: click usage errors become one ``error:`` line, exit 2."""
+    try:
+        rv = cli.main(args=argv, prog_name="facekd", standalone_mode=False)
+    except click.exceptions.Abort:
+        click.echo("error: aborted", err=True)
+        sys.exit(130)
+    except click.ClickException as exc:
+        _fail(exc.format_message())
+    sys.exit(rv if isinstance(rv, int) else EXIT_OK)
+
+
+if __name__ == "__main__":
+    main()

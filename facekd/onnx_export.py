@@ -1,0 +1,291 @@
+"""Export any encoder (edited or not) to one ONNX file for GPU serving, with a parity report.
+
+``export(encoder, path)`` writes the encoder's graph (optionally with float16 weights and compute,
+float32 input/output), runs it with onnxruntime on the best execution provider available, and
+compares its embeddings with the source encoder's on a batch of chips. The file is only moved into
+place once the parity check has run, so a failed export never replaces a good file.
+
+Execution providers are chosen TensorRT -> CUDA -> CPU from what onnxruntime reports
+(:func:`select_providers`); the report says which one actually ran (``session.get_providers()``),
+because onnxruntime silently falls back to CPU when e.g. the CUDA libraries are missing.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import os
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from facekd.encoders.base import Encoder, validate_chips
+from facekd.errors import EncoderError
+
+__all__ = ["ExportReport", "export", "select_providers", "to_fp16", "PROVIDER_PRIORITY"]
+
+log = logging.getLogger(__name__)
+
+#: preference order when nothing is asked for; CPU always closes the list as the fallback
+PROVIDER_PRIORITY = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
+_ALIASES = {"tensorrt": "TensorrtExecutionProvider", "trt": "TensorrtExecutionProvider",
+            "cuda": "CUDAExecutionProvider", "gpu": "CUDAExecutionProvider",
+            "cpu": "CPUExecutionProvider"}
+PARITY_CHIPS = 16  # chips in the default parity batch
+FP32_MIN_COSINE = 0.99999
+FP16_MIN_COSINE = 0.999
+
+
+def _canonical(name: str) -> str:
+    return _ALIASES.get(name.strip().lower(), name.strip())
+
+
+def select_providers(available: Sequence[str] | None = None,
+                     prefer: str | Sequence[str] | None = None) -> list[str]:
+    """Execution providers to hand to ``onnxruntime.InferenceSession``, best first.
+
+    Args:
+        available: what onnxruntime offers (default ``onnxruntime.get_available_providers()``).
+        prefer: provider names or aliases (``"tensorrt"``, ``"cuda"``, ``"cpu"``), in order; the
+            ones available are kept in that order. Default: TensorRT -> CUDA -> CPU.
+
+    Returns:
+        A non-empty list that always ends with ``CPUExecutionProvider`` (the fallback for nodes a
+        GPU provider cannot run); TensorRT is followed by CUDA when both are there.
+
+    Raises:
+        EncoderError: ``prefer`` names only providers this onnxruntime lacks (asking for a GPU
+            explicitly and silently getting the CPU would hide a broken install).
+    """
+    if available is None:
+        import onnxruntime as ort
+
+        available = ort.get_available_providers()
+    available = list(available)
+    if prefer is None:
+        wanted = list(PROVIDER_PRIORITY)
+    else:
+        wanted = [_canonical(p) for p in ([prefer] if isinstance(prefer, str) else list(prefer))]
+        if not wanted:
+            raise EncoderError("prefer is empty; name at least one execution provider")
+        if not any(p in available for p in wanted):
+            hint = (" (install onnxruntime-gpu and the CUDA/TensorRT libraries)"
+                    if any(p != "CPUExecutionProvider" for p in wanted) else "")
+            raise EncoderError(f"none of the requested execution providers {wanted} is available; "
+                               f"onnxruntime offers {available}{hint}")
+    chosen = [p for p in dict.fromkeys(wanted) if p in available]
+    if chosen and chosen[0] == "TensorrtExecutionProvider" and "CUDAExecutionProvider" in available \
+            and "CUDAExecutionProvider" not in chosen:
+        chosen.insert(1, "CUDAExecutionProvider")
+    if "CPUExecutionProvider" not in chosen:
+        chosen.append("CPUExecutionProvider")
+    return chosen
+
+
+@dataclass
+class ExportReport:
+    """What :func:`export` wrote and how well the file reproduces the source encoder.
+
+    Parity is measured on ``n_chips`` chips: ``max_abs_diff`` on raw embeddings, ``min_cosine`` /
+    ``mean_cosine`` between source and exported embeddings of the same chip.
+    """
+
+    path: str
+    fp16: bool
+    providers_requested: list[str]
+    providers_used: list[str]
+    n_chips: int
+    max_abs_diff: float
+    max_abs_diff_normalized: float
+    min_cosine: float
+    mean_cosine: float
+    dim: int
+    input_name: str
+    output_name: str
+    input_spec: dict
+    size_bytes: int
+    seconds: float
+    erasure_k: int | None = None
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def provider(self) -> str:
+        """The execution provider that actually ran the parity check."""
+        return self.providers_used[0] if self.providers_used else "none"
+
+    @property
+    def passed(self) -> bool:
+        """Parity within the usual tolerance (cosine >= 0.99999 fp32, >= 0.999 fp16)."""
+        return self.min_cosine >= (FP16_MIN_COSINE if self.fp16 else FP32_MIN_COSINE)
+
+    def message(self) -> str:
+        """One line for humans: where it went, which provider ran it, parity."""
+        return (f"exported {'fp16' if self.fp16 else 'fp32'} ONNX to {self.path} "
+                f"({self.size_bytes / 1e6:.1f} MB); ran on {self.provider}; parity over "
+                f"{self.n_chips} chips: min cosine {self.min_cosine:.6f}, max |diff| "
+                f"{self.max_abs_diff:.2e}" + "".join(f"; {w}" for w in self.warnings))
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d.update(provider=self.provider, passed=self.passed)
+        return d
+
+
+def to_fp16(model):
+    """``model`` with float16 weights and compute, float32 graph inputs and outputs."""
+    try:
+        from onnxruntime.transformers.float16 import convert_float_to_float16
+    except ImportError as exc:  # pragma: no cover - part of every onnxruntime wheel we know of
+        raise EncoderError(f"fp16 export needs onnxruntime.transformers: {exc}") from None
+    import warnings
+
+    with warnings.catch_warnings():  # it warns on every weight it clips to the fp16 range
+        warnings.simplefilter("ignore")
+        half = convert_float_to_float16(model, keep_io_types=True)
+    _toposort(half.graph)
+    return half
+
+
+def _toposort(graph) -> None:
+    """Reorder nodes topologically in place (the fp16 converter appends its input Casts last,
+    which onnxruntime tolerates but onnx.checker and stricter consumers reject)."""
+    ready = {v.name for v in graph.input} | {t.name for t in graph.initializer} | {""}
+    pending, ordered = list(graph.node), []
+    while pending:
+        still = [n for n in pending if not all(i in ready for i in n.input)]
+        done = [n for n in pending if all(i in ready for i in n.input)]
+        if not done:  # a cycle or a dangling input: leave the rest as it was for the checker
+            ordered += still
+            break
+        for n in done:
+            ready.update(n.output)
+        ordered += done
+        pending = still
+    nodes = [copy.deepcopy(n) for n in ordered]
+    del graph.node[:]
+    graph.node.extend(nodes)
+
+
+def _default_chips(size: int, n: int = PARITY_CHIPS) -> np.ndarray:
+    """Deterministic smooth random chips: noise alone would be unlike any face, blur helps a bit."""
+    rng = np.random.default_rng(1234)
+    coarse = rng.integers(0, 256, size=(n, 8, 8, 3)).astype(np.float32)
+    reps = -(-size // 8)
+    chips = np.kron(coarse, np.ones((1, reps, reps, 1), np.float32))[:, :size, :size]
+    chips += rng.normal(0, 12, size=chips.shape)
+    return np.clip(chips, 0, 255).astype(np.uint8)
+
+
+def _normalize(x: np.ndarray) -> np.ndarray:
+    x = x.astype(np.float64)
+    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+
+
+def _run_session(session, x: np.ndarray, step: int = 8) -> np.ndarray:
+    """Run ``x`` ``(n, 3, H, W)`` through ``session`` in batches (padding a static batch axis)."""
+    inp, out = session.get_inputs()[0], session.get_outputs()[0]
+    fixed = inp.shape[0] if isinstance(inp.shape[0], int) and inp.shape[0] > 0 else None
+    step = fixed or step
+    parts = []
+    for start in range(0, len(x), step):
+        chunk = x[start:start + step]
+        n = len(chunk)
+        if fixed and n < step:
+            chunk = np.concatenate([chunk, np.zeros((step - n,) + chunk.shape[1:], chunk.dtype)])
+        parts.append(session.run([out.name], {inp.name: chunk})[0][:n])
+    return np.concatenate(parts).astype(np.float32)
+
+
+def export(encoder: Encoder, path: str | os.PathLike, *, fp16: bool = False,
+           check_chips: np.ndarray | None = None, providers: str | Sequence[str] | None = None,
+           opset: int = 17, require_cosine: float | None = None) -> ExportReport:
+    """Write ``encoder`` as one ONNX file and check it against the encoder itself.
+
+    Args:
+        encoder: any facekd encoder (edited or not).
+        path: destination ``.onnx``; replaced atomically.
+        fp16: float16 weights and compute with float32 input/output.
+        check_chips: ``(n, size, size, 3)`` uint8 RGB chips for the parity check (real aligned faces
+            are best); default 16 deterministic synthetic chips.
+        providers: execution providers (or aliases) to prefer; see :func:`select_providers`.
+        opset: ONNX opset for encoders exported from torch (ONNX encoders keep theirs).
+        require_cosine: refuse (raise, leave ``path`` untouched) when the min cosine is lower.
+
+    Returns:
+        An :class:`ExportReport`; ``report.provider`` is the provider that really ran.
+    """
+    import onnx
+    import onnxruntime as ort
+
+    from facekd.encoders.onnx_model import (ERASURE_METADATA_KEY, METADATA_KEY, set_metadata,
+                                            write_model)
+
+    if not isinstance(encoder, Encoder):
+        raise EncoderError(f"expected a facekd Encoder, got {type(encoder).__name__}")
+    t0 = time.perf_counter()
+    spec = encoder.input_spec
+    chips = _default_chips(spec.size) if check_chips is None else validate_chips(check_chips, spec.size)
+    requested = select_providers(prefer=providers)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+
+    with tempfile.TemporaryDirectory(prefix=".facekd-export-", dir=path.parent) as tmp:
+        raw = Path(tmp) / "model.onnx"
+        encoder.to_onnx(raw, opset=opset)
+        try:
+            model = onnx.load(str(raw))
+        except Exception as exc:
+            raise EncoderError(f"the encoder wrote an unreadable ONNX file: {exc}") from None
+        if len(model.graph.output) != 1:
+            raise EncoderError(f"exported graph has {len(model.graph.output)} outputs; expected 1")
+        set_metadata(model, METADATA_KEY, json.dumps(spec.to_dict()))
+        if encoder.erasure is not None:
+            # Only the size of the edit: the erased directions are a person's template.
+            set_metadata(model, ERASURE_METADATA_KEY, json.dumps(
+                {"method": encoder.erasure.method, "k": encoder.erasure.k,
+                 "steps": len(encoder.erasure.history)}))
+        if fp16:
+            model = to_fp16(model)
+        staged = write_model(model, Path(tmp) / "staged.onnx")
+        try:  # on the file: the C++ checker needs no second in-memory serialisation
+            onnx.checker.check_model(str(staged))
+        except onnx.checker.ValidationError as exc:
+            raise EncoderError(f"exported model fails onnx.checker: {str(exc).splitlines()[0]}") from None
+        try:
+            session = ort.InferenceSession(str(staged), providers=requested)
+        except Exception as exc:
+            raise EncoderError(f"onnxruntime cannot load the exported model: "
+                               f"{str(exc).splitlines()[0]}") from None
+        used = list(session.get_providers())
+        inp, out = session.get_inputs()[0], session.get_outputs()[0]
+        got = _run_session(session, spec.to_tensor_array(chips))
+        ref = encoder.embed(chips, progress=False)
+        if got.shape != ref.shape:
+            raise EncoderError(f"exported model emits {got.shape}; the encoder emits {ref.shape}")
+        cos = np.sum(_normalize(got) * _normalize(ref), axis=1)
+        notes = []
+        if used[0] != requested[0]:
+            notes.append(f"{requested[0]} was requested but onnxruntime ran {used[0]}")
+        report = ExportReport(
+            path=str(path), fp16=fp16, providers_requested=requested, providers_used=used,
+            n_chips=len(chips), max_abs_diff=float(np.max(np.abs(got - ref))),
+            max_abs_diff_normalized=float(np.max(np.abs(_normalize(got) - _normalize(ref)))),
+            min_cosine=float(cos.min()), mean_cosine=float(cos.mean()), dim=int(ref.shape[1]),
+            input_name=inp.name, output_name=out.name, input_spec=spec.to_dict(),
+            size_bytes=staged.stat().st_size, seconds=0.0,
+            erasure_k=None if encoder.erasure is None else int(encoder.erasure.k),
+            warnings=notes)
+        if require_cosine is not None and report.min_cosine < require_cosine:
+            raise EncoderError(f"export refused: min cosine {report.min_cosine:.6f} < "
+                               f"{require_cosine} against the source encoder; {path} left as it was")
+        os.replace(staged, path)
+    report.seconds = time.perf_counter() - t0
+    for note in notes:
+        log.warning(note)
+    log.info(report.message())
+    return report

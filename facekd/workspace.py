@@ -1,0 +1,756 @@
+"""A facekd workspace: config, gallery, encoder state, ledger and receipts in one directory.
+
+Layout::
+
+    WORKSPACE/
+      config.toml      encoder spec, alignment, thresholds, acceptance bound, forget defaults
+      gallery/         the gallery_tools.Gallery (FAISS vectors + SQLite metadata)
+      receipts/        <receipt_id>.json, derived copies of the receipts held in the gallery
+
+Every piece of *mutable* state lives in the gallery's meta table, so one ``Gallery.save()``
+commits model state, gallery, ledger and receipt together or not at all:
+
+=================== ==========================================================================
+``salt``            per-workspace HMAC key for identity hashes (hex)
+``encoder_state``   JSON ``{"base": sha256, "edited": sha256, "d": int, "family": str}``
+``erasure``         the accumulated :class:`~facekd.erasure.Erasure` (``.npz`` bytes)
+``ledger``          JSON list, one entry per committed deletion (hashed identity only)
+``receipt:<id>``    each receipt's JSON
+=================== ==========================================================================
+
+The edited encoder is never stored: it is rebuilt on load as
+``base_encoder.with_erasure(accumulated)`` (folding is cheap) and its fingerprint compared with
+``encoder_state``. Gallery vectors are always those of the *current* edited encoder, L2-normalised.
+Because every edit is linear, applying a new erasure to stored vectors equals re-enrolling the
+original images with the newly edited encoder, which is why forgetting needs no images.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import time
+import tomllib
+import warnings
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from facekd import receipt as rc
+from facekd.erasure import Erasure, fit_esc, fit_esc_t
+from facekd.errors import FacekdError
+
+__all__ = ["Config", "Workspace", "WorkspaceError", "ForgetResult", "VerifyResult",
+           "default_workspace", "list_images", "IMAGE_SUFFIXES"]
+
+CONFIG_NAME = "config.toml"
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".pgm", ".ppm", ".webp", ".tif", ".tiff"}
+STAGE_ENV = "FACEKD_TEST_PAUSE_AT"  # test instrumentation: sleep at a named forget stage
+RETAIN_SAMPLE = 4000  # vectors used for retained-identity statistics in verify
+
+
+class WorkspaceError(FacekdError):
+    """A workspace is missing, busy, inconsistent, or an operation on it is not allowed."""
+
+
+def default_workspace() -> Path:
+    """``$FACEKD_WORKSPACE`` or ``./facekd-workspace``."""
+    return Path(os.environ.get("FACEKD_WORKSPACE", "facekd-workspace"))
+
+
+def list_images(folder: str | os.PathLike) -> list[Path]:
+    """Image files under ``folder`` (recursive, sorted); raises if there are none."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise WorkspaceError(f"{folder}: not a directory of images")
+    paths = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+    if not paths:
+        raise WorkspaceError(f"{folder}: no image files ({', '.join(sorted(IMAGE_SUFFIXES))})")
+    return paths
+
+
+def _now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def _pause(stage: str) -> None:
+    """Test hook: when ``$FACEKD_TEST_PAUSE_AT == stage``, announce it on stderr and sleep."""
+    if os.environ.get(STAGE_ENV) == stage:
+        import sys
+
+        print(f"facekd: paused at stage {stage}", file=sys.stderr, flush=True)
+        time.sleep(float(os.environ.get("FACEKD_TEST_PAUSE_S", "120")))
+
+
+def _normalize(x: np.ndarray) -> np.ndarray:
+    x = np.asarray(x, dtype=np.float32)
+    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+
+
+# ---------------------------------------------------------------------------------- config
+@dataclass
+class Config:
+    """Contents of ``config.toml``.
+
+    ``match_threshold`` is the cosine score at which a search result counts as a match; ``None``
+    ("auto" in the file) means the score at FAR = ``far`` over the gallery's impostor pairs.
+    The acceptance bound for ``verify``: the erased identity's re-enrolment rank-1 must be at most
+    ``max_rank1_over_chance`` times chance and its genuine-pair TAR at FAR ``far`` at most ``max_tar``.
+    """
+
+    encoder: str
+    aligned: bool = False
+    index: str = "flat"
+    match_threshold: float | None = None
+    far: float = 1e-3
+    method: str = "esc"
+    p: float = 1.5
+    min_vectors: int = 2
+    esc_t_lr: float = 1e-3
+    max_rank1_over_chance: float = 2.0
+    max_tar: float = 0.05
+    seed: int = 0
+
+    def to_toml(self) -> dict:
+        return {
+            "encoder": {"spec": self.encoder, "aligned": self.aligned},
+            "gallery": {"index": self.index,
+                        "match_threshold": "auto" if self.match_threshold is None
+                        else float(self.match_threshold)},
+            "forget": {"method": self.method, "p": self.p, "min_vectors": self.min_vectors,
+                       "esc_t_lr": self.esc_t_lr, "seed": self.seed},
+            "acceptance": {"far": self.far, "max_rank1_over_chance": self.max_rank1_over_chance,
+                           "max_tar": self.max_tar},
+        }
+
+    @classmethod
+    def from_toml(cls, data: dict, source: str = CONFIG_NAME) -> "Config":
+        try:
+            flat: dict[str, Any] = {"encoder": data["encoder"]["spec"],
+                                    "aligned": data["encoder"].get("aligned", False)}
+            flat.update({k: v for k, v in data.get("gallery", {}).items()})
+            flat.update(data.get("forget", {}))
+            flat.update(data.get("acceptance", {}))
+        except (KeyError, TypeError, AttributeError):
+            raise WorkspaceError(f"{source}: needs an [encoder] table with a 'spec' key") from None
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(flat) - known)
+        if unknown:
+            raise WorkspaceError(f"{source}: unknown setting(s) {', '.join(unknown)}")
+        if flat.get("match_threshold") == "auto":
+            flat["match_threshold"] = None
+        cfg = cls(**flat)
+        cfg.validate(source)
+        return cfg
+
+    def validate(self, source: str = CONFIG_NAME) -> None:
+        if self.method not in ("esc", "esc-t"):
+            raise WorkspaceError(f"{source}: method must be 'esc' or 'esc-t', got {self.method!r}")
+        if not 0 < self.far < 1 or not 0 <= self.max_tar <= 1 or self.max_rank1_over_chance <= 0:
+            raise WorkspaceError(f"{source}: far and max_tar must be in (0, 1), "
+                                 "max_rank1_over_chance > 0")
+        if int(self.min_vectors) < 1:
+            raise WorkspaceError(f"{source}: min_vectors must be >= 1")
+        if self.match_threshold is not None and not -1 <= float(self.match_threshold) <= 1:
+            raise WorkspaceError(f"{source}: match_threshold must be 'auto' or a cosine in [-1, 1]")
+
+
+# ---------------------------------------------------------------------------------- results
+@dataclass
+class ForgetResult:
+    """Outcome of :meth:`Workspace.forget`. ``receipt`` is privacy-safe; nothing else is stored."""
+
+    receipt: dict
+    committed: bool
+    removed_faces: int
+    report_table: str = ""
+    receipt_path: Path | None = None
+
+    def to_dict(self) -> dict:
+        return {"committed": self.committed, "removed_faces": self.removed_faces,
+                "receipt_path": str(self.receipt_path) if self.receipt_path else None,
+                "receipt": self.receipt}
+
+
+@dataclass
+class VerifyResult:
+    """Outcome of :meth:`Workspace.verify` (``passed`` decides the CLI's exit status)."""
+
+    identity_hash: str
+    passed: bool
+    threshold: float
+    images: list[dict] = field(default_factory=list)   # file name, best identity, score, match
+    attack: dict | None = None                          # re-enrolment attack numbers
+    retained: dict = field(default_factory=dict)        # retained identities' rank-1 / TAR
+    bound: dict = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+# ---------------------------------------------------------------------------------- workspace
+class Workspace:
+    """An open workspace. Use :meth:`init` / :meth:`open`, and as a context manager.
+
+    Read-only opens share the gallery; ``writable=True`` takes the gallery's lock.
+    """
+
+    def __init__(self, root: Path, config: Config, gallery: Any, writable: bool):
+        self.root = root
+        self.config = config
+        self.gallery = gallery
+        self.writable = writable
+        self._base = None
+        self._edited = None
+
+    # -------------------------------------------------------------- lifecycle
+    @classmethod
+    def init(cls, root: str | os.PathLike, encoder: str, *, aligned: bool = False,
+             index: str = "flat", match_threshold: float | None = None) -> "Workspace":
+        """Create a workspace for encoder spec ``encoder`` (``dlib``, ``onnx:PATH``...)."""
+        from facekd.encoders import load_encoder
+        from gallery_tools import Gallery
+
+        root = Path(root)
+        if (root / CONFIG_NAME).exists() or (root / "gallery").exists():
+            raise WorkspaceError(f"{root}: already holds a workspace")
+        cfg = Config(encoder=encoder, aligned=aligned, index=index, match_threshold=match_threshold)
+        cfg.validate()
+        enc = load_encoder(encoder)
+        root.mkdir(parents=True, exist_ok=True)
+        gallery = Gallery.create(root / "gallery", enc.dim, encoder_fingerprint=enc.fingerprint,
+                                 index=index)
+        try:
+            gallery.set_meta("salt", rc.new_salt().encode())
+            gallery.set_meta("encoder_state", json.dumps(
+                {"base": enc.fingerprint, "edited": enc.fingerprint, "d": enc.dim,
+                 "family": enc.family}).encode())
+            gallery.set_meta("erasure", Erasure.identity(enc.dim).to_bytes())
+            gallery.set_meta("ledger", b"[]")
+            gallery.save()
+        finally:
+            gallery.close()
+        # config.toml last: its presence is what marks a finished workspace.
+        import tomli_w
+
+        rc.write_atomic(root / CONFIG_NAME, tomli_w.dumps(cfg.to_toml()).encode())
+        ws = cls.open(root)
+        ws._base = ws._edited = enc
+        return ws
+
+    @classmethod
+    def open(cls, root: str | os.PathLike | None = None, *, writable: bool = False,
+             lock_timeout: float = 10.0) -> "Workspace":
+        from gallery_tools import Gallery
+
+        root = Path(root) if root is not None else default_workspace()
+        cfg_path = root / CONFIG_NAME
+        if not cfg_path.is_file():
+            raise WorkspaceError(f"{root}: not a facekd workspace (no {CONFIG_NAME}); "
+                                 "create one with `facekd init --encoder SPEC`")
+        try:
+            cfg = Config.from_toml(tomllib.loads(cfg_path.read_text()), str(cfg_path))
+        except tomllib.TOMLDecodeError as exc:
+            raise WorkspaceError(f"{cfg_path}: invalid TOML ({exc})") from None
+        gallery = Gallery.open(root / "gallery", writable=writable, lock_timeout=lock_timeout)
+        return cls(root, cfg, gallery, writable)
+
+    def close(self) -> None:
+        if self.gallery is not None:
+            self.gallery.close()
+            self.gallery = None
+
+    def __enter__(self) -> "Workspace":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -------------------------------------------------------------- state in meta
+    def _meta_json(self, key: str) -> Any:
+        raw = self.gallery.get_meta(key)
+        if raw is None:
+            raise WorkspaceError(f"{self.root}: gallery meta lacks {key!r}; not a facekd workspace")
+        return json.loads(bytes(raw).decode())
+
+    @property
+    def salt(self) -> str:
+        raw = self.gallery.get_meta("salt")
+        if raw is None:
+            raise WorkspaceError(f"{self.root}: gallery meta lacks the identity salt")
+        return bytes(raw).decode()
+
+    @property
+    def encoder_state(self) -> dict:
+        return self._meta_json("encoder_state")
+
+    @property
+    def erasure(self) -> Erasure:
+        """The accumulated erasure of every committed deletion (identity map if none)."""
+        raw = self.gallery.get_meta("erasure")
+        if raw is None:
+            raise WorkspaceError(f"{self.root}: gallery meta lacks the accumulated erasure")
+        return Erasure.from_bytes(raw)
+
+    def ledger(self) -> list[dict]:
+        """Committed deletions, oldest first (hashed identities only)."""
+        return self._meta_json("ledger")
+
+    def receipt(self, receipt_id: str) -> dict:
+        raw = self.gallery.get_meta(f"receipt:{receipt_id}")
+        if raw is None:
+            raise WorkspaceError(f"no receipt {receipt_id!r}; list them with `facekd ledger`")
+        return json.loads(bytes(raw).decode())
+
+    def hash_identity(self, identity: int) -> str:
+        return rc.hash_identity(identity, self.salt)
+
+    def erased_entries(self, identity: int) -> list[dict]:
+        """Ledger entries for ``identity`` (matched by its salted hash)."""
+        h = self.hash_identity(identity)
+        return [e for e in self.ledger() if e["identity_hash"] == h]
+
+    # -------------------------------------------------------------- encoders
+    @property
+    def base_encoder(self):
+        """The original encoder named in the config; its fingerprint must match the workspace's."""
+        if self._base is None:
+            from facekd.encoders import load_encoder
+
+            enc = load_encoder(self.config.encoder)
+            want = self.encoder_state["base"]
+            if enc.fingerprint != want:
+                raise WorkspaceError(
+                    f"encoder {self.config.encoder!r} has fingerprint {enc.fingerprint[:12]}..., "
+                    f"but this workspace was built with {want[:12]}...; the model file changed")
+            self._base = enc
+        return self._base
+
+    @property
+    def encoder(self):
+        """The deployed (edited) encoder: ``base_encoder.with_erasure(accumulated erasure)``."""
+        if self._edited is None:
+            acc = self.erasure
+            enc = self.base_encoder if acc.k == 0 and acc.is_projector else \
+                self.base_encoder.with_erasure(acc)
+            want = self.encoder_state["edited"]
+            if enc.fingerprint != want:
+                # Folding is float64 maths cast to float32; another BLAS may round differently.
+                warnings.warn(f"edited encoder fingerprint {enc.fingerprint[:12]}... differs from "
+                              f"the recorded {want[:12]}... (different numeric library?)",
+                              RuntimeWarning, stacklevel=2)
+            self._edited = enc
+        return self._edited
+
+    def embed_images(self, paths: list[Path], *, progress: bool = True) -> tuple[np.ndarray, list, list]:
+        """Embed image files with the edited encoder.
+
+        Returns ``((m, d) float32 unit rows, source paths (m,), skipped [(path, reason)])``.
+        With ``config.aligned`` the files are taken as aligned chips (resized only, as enrolment
+        does); otherwise the largest face of each image is detected and aligned.
+        """
+        enc = self.encoder
+        if self.config.aligned:
+            chips, sources, skipped = _aligned_chips(paths, enc.input_spec.size)
+        else:
+            from facekd.faces import chips_from_files
+
+            res = chips_from_files([str(p) for p in paths], enc.input_spec, select="largest",
+                                   progress=progress)
+            chips = list(res.chips)
+            # sources may be indices into the input list or the paths themselves
+            sources = [paths[int(s)] if isinstance(s, (int, np.integer)) else Path(str(s))
+                       for s in res.sources]
+            skipped = list(res.skipped)
+        if len(chips) == 0:
+            return np.zeros((0, enc.dim), np.float32), [], skipped
+        vecs = _normalize(enc.embed(np.stack(chips), progress=progress and len(chips) >= 64))
+        return vecs, sources, skipped
+
+    # -------------------------------------------------------------- simple operations
+    def identities(self) -> list:
+        return self.gallery.identities()
+
+    def enroll(self, tree: str | os.PathLike, *, ids_csv: str | os.PathLike | None = None,
+               progress: bool = True):
+        """Enrol a folder-per-identity tree with the edited encoder and commit."""
+        self._require_writable()
+        from gallery_tools import enroll
+
+        if not Path(tree).is_dir():
+            raise WorkspaceError(f"{tree}: not a directory")
+        result = enroll(tree, self.encoder, self.gallery, ids_csv=ids_csv,
+                        aligned=self.config.aligned, progress=progress)
+        self.gallery.save()
+        return result
+
+    def search(self, image: str | os.PathLike, *, k: int = 5) -> dict:
+        """Best ``k`` gallery matches of the largest face in ``image``."""
+        path = Path(image)
+        if not path.is_file():
+            raise WorkspaceError(f"{path}: no such image file")
+        vecs, _, skipped = self.embed_images([path], progress=False)
+        if len(vecs) == 0:
+            raise WorkspaceError(f"{path.name}: no usable face ({'; '.join(map(str, skipped))})")
+        thr = self.match_threshold()
+        matches = self.gallery.search(vecs, k=k)[0]
+        names = {i.identity: i.name for i in self.gallery.identities()}
+        return {"image": path.name, "threshold": thr, "matches": [
+            {"identity": int(m.identity), "name": names.get(m.identity), "face_id": int(m.face_id),
+             "score": float(m.score), "match": bool(thr is not None and m.score > thr)}
+            for m in matches]}
+
+    def match_threshold(self) -> float | None:
+        """Config threshold, or the gallery's impostor score at FAR ``config.far`` ("auto")."""
+        if self.config.match_threshold is not None:
+            return float(self.config.match_threshold)
+        stats = self._retained_stats(exclude=None)
+        return stats.get("threshold")
+
+    def export_onnx(self, out: str | os.PathLike, *, fp16: bool = False, original: bool = False):
+        """Export the edited (or, with ``original``, the base) encoder; returns the ExportReport."""
+        from facekd.onnx_export import export
+
+        if original and self.ledger():
+            warnings.warn("exporting the ORIGINAL encoder: it still recognises every erased person",
+                          RuntimeWarning, stacklevel=2)
+        enc = self.base_encoder if original else self.encoder
+        return export(enc, out, fp16=fp16)
+
+    def check(self) -> dict:
+        """Consistency of gallery, encoder state, ledger and receipt files.
+
+        Returns ``{"ok": bool, "problems": [...]}``; re-creates missing derived receipt files.
+        """
+        problems: list[str] = []
+        rep = self.gallery.check()
+        problems += [f"gallery: {p}" for p in rep.problems]
+        try:
+            state, acc, ledger = self.encoder_state, self.erasure, self.ledger()
+            if state.get("d") not in (None, acc.d):
+                problems.append(f"encoder_state d={state.get('d')} != erasure d={acc.d}")
+            for entry in ledger:
+                rid = entry["receipt_id"]
+                if self.gallery.get_meta(f"receipt:{rid}") is None:
+                    problems.append(f"ledger entry {rid} has no receipt")
+                elif not (self.root / "receipts" / f"{rid}.json").exists():
+                    self._write_receipt_file(self.receipt(rid))
+        except (FacekdError, ValueError, KeyError) as exc:
+            problems.append(str(exc))
+        return {"ok": not problems, "problems": problems, "generation": self.gallery.generation,
+                "deletions": len(self.ledger()) if not problems else None}
+
+    def _require_writable(self) -> None:
+        if not self.writable:
+            raise WorkspaceError("workspace opened read-only")
+
+    def _write_receipt_file(self, receipt: dict) -> Path:
+        return rc.write_atomic(self.root / "receipts" / f"{receipt['receipt_id']}.json",
+                               rc.to_json(receipt).encode())
+
+    # -------------------------------------------------------------- forget
+    def forget(self, identity: int, *, method: str | None = None, p: float | None = None,
+               k: int | None = None, energy: float | None = None,
+               images: str | os.PathLike | None = None, dry_run: bool = False,
+               progress: bool = True) -> ForgetResult:
+        """Erase ``identity`` from encoder and gallery, measure, and commit atomically.
+
+        Steps: fit on the identity's stored vectors (+ ``images`` embedded with the current edited
+        encoder), compose with the accumulated erasure, evaluate before/after on the gallery's own
+        vectors, remove the identity, project the rest, then one ``gallery.save()`` commits the
+        gallery, the new erasure and encoder fingerprints, the ledger entry and the receipt.
+        ``dry_run`` computes and reports the same but changes nothing.
+        """
+        if not dry_run:
+            self._require_writable()
+        cfg = self.config
+        method = method or cfg.method
+        if method not in ("esc", "esc-t"):
+            raise WorkspaceError(f"unknown method {method!r}; use 'esc' or 'esc-t'")
+        if sum(x is not None for x in (p, k, energy)) > 1:
+            raise WorkspaceError("give at most one of p, k, energy")
+        from tqdm.auto import tqdm
+
+        timings: dict[str, float] = {}
+        t0 = time.perf_counter()
+        # One tick per stage: the metrics stage (converged probes) can take a while.
+        bar = tqdm(total=5, desc="forget", unit="stage", disable=not progress, leave=False)
+
+        def lap(stage: str) -> None:
+            nonlocal t0
+            timings[stage] = time.perf_counter() - t0
+            t0 = time.perf_counter()
+            bar.set_postfix_str(stage)
+            bar.update(1)
+            _pause(stage)
+
+        try:
+            return self._forget(identity, method, p, k, energy, images, dry_run, progress, lap,
+                                timings)
+        finally:
+            bar.close()
+
+    def _forget(self, identity, method, p, k, energy, images, dry_run, progress, lap,
+                timings) -> ForgetResult:
+        cfg = self.config
+        identity = int(identity)
+        h = self.hash_identity(identity)
+        in_gallery = self.gallery.has_identity(identity)
+        if not in_gallery:
+            if any(e["identity_hash"] == h for e in self.ledger()):
+                raise WorkspaceError(f"identity {identity} was already erased "
+                                     "(see `facekd ledger`); nothing left to forget")
+            raise WorkspaceError(f"unknown identity {identity}; list them with `facekd identities`")
+
+        base, edited, acc = self.base_encoder, self.encoder, self.erasure
+        forget_vecs = np.asarray(self.gallery.vectors(identity), dtype=np.float32)
+        n_stored, n_images = len(forget_vecs), 0
+        if images is not None:
+            extra, _, _ = self.embed_images(list_images(images), progress=progress)
+            n_images = len(extra)
+            forget_vecs = np.concatenate([forget_vecs, extra]) if n_images else forget_vecs
+        if len(forget_vecs) < cfg.min_vectors:
+            raise WorkspaceError(f"identity {identity} has {len(forget_vecs)} face vector(s); "
+                                 f"at least {cfg.min_vectors} are needed to fit (add --images DIR)")
+        lap("collect")
+
+        all_vecs = np.asarray(self.gallery.vectors(), dtype=np.float32)
+        labels = np.asarray(self.gallery.labels(), dtype=np.int64)
+        if method == "esc":
+            p_eff = cfg.p if (p is None and k is None and energy is None) else p
+
+            def fit(F: np.ndarray) -> Erasure:
+                return fit_esc(F, p=p_eff if p_eff is not None else cfg.p, k=k, energy=energy)
+            params = {"p": p_eff, "k_requested": k, "energy_requested": energy}
+        else:
+            uniq = np.unique(labels)
+            if len(uniq) < 2:
+                raise WorkspaceError("esc-t needs at least 2 enrolled identities (its classifier head)")
+            protos = np.stack([_normalize(all_vecs[labels == u]).mean(0) for u in uniq])
+            row = int(np.searchsorted(uniq, identity))
+
+            def fit(F: np.ndarray) -> Erasure:
+                return fit_esc_t(F, protos, row, lr=cfg.esc_t_lr, seed=cfg.seed)
+            params = {"lr": cfg.esc_t_lr}
+        new = fit(forget_vecs)
+        params.update({key: v for key, v in new.params.items()})
+        combined = acc.then(new)
+        lap("fit")
+
+        # Measured on held-out faces: a twin erasure fitted on the identity's enrolment half only,
+        # so its probe half is unseen (re-enrolment rank-1, TAR) and MIA has real non-members.
+        # The committed erasure uses every face, so it removes at least as much.
+        report, protocol = self._erasure_report(all_vecs, labels, identity, fit, new)
+        hists = _score_histograms(all_vecs, labels, identity, new, seed=cfg.seed)
+        lap("metrics")
+
+        new_edited = base.with_erasure(combined)
+        gen_before = int(self.gallery.generation)
+        gen_after = gen_before + (0 if dry_run else 1)
+        removed = 0
+        if not dry_run:
+            removed = int(self.gallery.remove(identity))
+            self.gallery.apply(new)
+            self.gallery.set_encoder_fingerprint(new_edited.fingerprint)
+        lap("edit")
+
+        receipt = rc.build_receipt(
+            identity_hash=h, method=method, params=params,
+            model={"family": base.family, "base_sha256": base.fingerprint,
+                   "edited_sha256_before": edited.fingerprint,
+                   "edited_sha256_after": new_edited.fingerprint,
+                   "k_added": new.k, "k_total": combined.k, "deletions_total": len(self.ledger()) + 1},
+            generation_before=gen_before, generation_after=gen_after,
+            metrics={**report.to_dict(), "protocol": protocol}, histograms=hists,
+            timings=timings, n_vectors=n_stored, n_images=n_images,
+            facekd_version=_version(), created=_now(), dry_run=dry_run)
+        table = report.table()
+        if dry_run:
+            return ForgetResult(receipt=receipt, committed=False, removed_faces=0, report_table=table)
+
+        rid = receipt["receipt_id"]
+        ledger = self.ledger() + [{
+            "identity_hash": h, "receipt_id": rid, "method": method, "k": new.k,
+            "generation_before": gen_before, "generation_after": gen_after, "created": receipt["created"]}]
+        self.gallery.set_meta("erasure", combined.to_bytes())
+        self.gallery.set_meta("encoder_state", json.dumps(
+            {"base": base.fingerprint, "edited": new_edited.fingerprint, "d": combined.d,
+             "family": base.family}).encode())
+        self.gallery.set_meta("ledger", json.dumps(ledger).encode())
+        self.gallery.set_meta(f"receipt:{rid}", rc.to_json(receipt).encode())
+        _pause("before-save")
+        generation = int(self.gallery.save())
+        lap("commit")
+        self._edited = new_edited
+        if generation != gen_after:
+            warnings.warn(f"gallery generation {generation} != expected {gen_after}",
+                          RuntimeWarning, stacklevel=2)
+        _pause("after-save")
+        path = self._write_receipt_file(receipt)
+        return ForgetResult(receipt=receipt, committed=True, removed_faces=removed,
+                            report_table=table, receipt_path=path)
+
+    def _erasure_report(self, all_vecs: np.ndarray, labels: np.ndarray, identity: int, fit,
+                        committed: Erasure):
+        """``(ErasureReport, protocol note)``, preferably for a twin refitted on the enrolment half."""
+        from facekd.erasure import ErasureError
+        from facekd.metrics import MetricsError, erasure_report, split_enrol_probe
+
+        split = split_enrol_probe(labels, seed=self.config.seed)
+        protocol = ("each identity's stored faces split in half (seed "
+                    f"{self.config.seed}); the erasure measured here was refitted on the erased "
+                    "identity's enrolment half; probes and MIA non-members are unseen faces")
+        try:
+            twin = fit(all_vecs[split & (labels == identity)])
+        except ErasureError:  # e.g. an explicit k above the half's rank: measure the real one
+            twin = committed
+            protocol = ("each identity's stored faces split in half; the committed erasure (fitted "
+                        "on all the erased identity's faces) is measured, so its probes are seen "
+                        "faces and MIA is not meaningful")
+        try:
+            report = erasure_report(all_vecs, labels, [identity], twin, split,
+                                    fars=(self.config.far,), seed=self.config.seed)
+        except MetricsError as exc:
+            raise WorkspaceError(f"cannot measure this erasure: {exc}") from None
+        return report, protocol
+
+    # -------------------------------------------------------------- verify
+    def _retained_stats(self, exclude: int | None) -> dict:
+        """Rank-1 and TAR at FAR ``config.far`` of the gallery's identities (a seeded sample)."""
+        from facekd.metrics import (MetricsError, identification_rate, pair_scores,
+                                    split_enrol_probe, tar_at_far)
+
+        vecs = np.asarray(self.gallery.vectors(), dtype=np.float32)
+        labels = np.asarray(self.gallery.labels(), dtype=np.int64)
+        if exclude is not None:
+            keep = labels != exclude
+            vecs, labels = vecs[keep], labels[keep]
+        if len(np.unique(labels)) < 2:
+            return {"threshold": None, "rank1": None, "tar": None, "identities": len(np.unique(labels))}
+        rng = np.random.default_rng(self.config.seed)
+        if len(vecs) > RETAIN_SAMPLE:  # pair statistics are quadratic; a sample is enough
+            uniq = rng.permutation(np.unique(labels))
+            per = max(1, int(np.ceil(len(vecs) / len(uniq))))
+            chosen = np.isin(labels, uniq[: max(2, RETAIN_SAMPLE // per)])
+            vecs, labels = vecs[chosen], labels[chosen]
+        try:
+            genuine, impostor = pair_scores(vecs, labels, seed=self.config.seed)
+            tar, thr = tar_at_far(genuine, impostor, self.config.far)
+            split = split_enrol_probe(labels, seed=self.config.seed)
+            has_probe = ~split
+            rank1 = identification_rate(vecs[split], labels[split], vecs[has_probe],
+                                        labels[has_probe]) if has_probe.any() else None
+        except MetricsError as exc:  # e.g. one face per identity: no genuine pairs
+            raise WorkspaceError(f"cannot compute gallery statistics: {exc}") from None
+        return {"threshold": float(thr), "tar": float(tar), "rank1": None if rank1 is None else float(rank1),
+                "identities": int(len(np.unique(labels)))}
+
+    def verify(self, identity: int, *, images: str | os.PathLike | None = None,
+               progress: bool = True) -> VerifyResult:
+        """Check that an erased identity is no longer recognised.
+
+        With ``images`` (photos of the erased person, ideally ones the gallery never saw): each is
+        embedded with the edited encoder and matched against the gallery; then the re-enrolment
+        attack enrols half of them next to the gallery and searches with the other half. Passing
+        means rank-1 <= ``max_rank1_over_chance`` x chance and genuine-pair TAR <= ``max_tar``.
+        """
+        identity = int(identity)
+        h = self.hash_identity(identity)
+        if not self.erased_entries(identity):
+            raise WorkspaceError(f"identity {identity} has not been erased in this workspace "
+                                 "(see `facekd ledger`)")
+        cfg = self.config
+        retained = self._retained_stats(exclude=identity)
+        thr = float(cfg.match_threshold) if cfg.match_threshold is not None else retained["threshold"]
+        n_ids = len(self.gallery.identities())
+        bound = {"max_rank1": cfg.max_rank1_over_chance / (n_ids + 1), "chance": 1.0 / (n_ids + 1),
+                 "max_tar": cfg.max_tar, "far": cfg.far}
+        res = VerifyResult(identity_hash=h, passed=True, threshold=thr, retained=retained, bound=bound)
+        if self.gallery.has_identity(identity):
+            res.notes.append("the identity was enrolled again after its erasure")
+            res.passed = False
+        if images is None:
+            res.notes.append("the re-enrolment attack needs photos of the person: pass --images DIR")
+            return res
+
+        vecs, sources, skipped = self.embed_images(list_images(images), progress=progress)
+        if skipped:
+            res.notes.append(f"{len(skipped)} image(s) had no usable face")
+        if len(vecs) == 0:
+            raise WorkspaceError(f"{images}: no usable face in any image")
+        best = self.gallery.search(vecs, k=1)
+        for src, hits in zip(sources, best):
+            top = hits[0] if hits else None
+            res.images.append({"file": src.name,
+                               "best_identity": None if top is None else int(top.identity),
+                               "score": None if top is None else float(top.score),
+                               "match": bool(top is not None and thr is not None and top.score > thr)})
+        if len(vecs) < 2:
+            res.notes.append("the re-enrolment attack needs at least 2 usable images")
+            return res
+
+        rng = np.random.default_rng(cfg.seed)
+        order = rng.permutation(len(vecs))
+        enrol, probe = vecs[order[: len(vecs) // 2]], vecs[order[len(vecs) // 2:]]
+        gallery_best = np.array([hits[0].score if hits else -np.inf
+                                 for hits in self.gallery.search(probe, k=1)])
+        # Rank-1 hit: the probe's nearest neighbour is one of the re-enrolled images.
+        rank1 = float(np.mean((probe @ enrol.T).max(axis=1) > gallery_best))
+        iu = np.triu_indices(len(vecs), k=1)
+        genuine = (vecs @ vecs.T)[iu]
+        tar = float(np.mean(genuine > thr)) if thr is not None else None
+        res.attack = {"enrolled": int(len(enrol)), "probes": int(len(probe)), "rank1": rank1,
+                      "genuine_pairs": int(len(genuine)), "tar": tar,
+                      "genuine_mean_cosine": float(genuine.mean())}
+        res.passed = res.passed and rank1 <= bound["max_rank1"] + 1e-12 and \
+            (tar is None or tar <= cfg.max_tar)
+        return res
+
+
+def _aligned_chips(paths: list[Path], size: int) -> tuple[list[np.ndarray], list[Path], list]:
+    """Already-aligned chip files -> ``(size, size, 3)`` uint8 RGB, resized like enrolment does."""
+    import cv2
+
+    chips, sources, skipped = [], [], []
+    for p in paths:
+        img = cv2.imread(str(p), cv2.IMREAD_COLOR)
+        if img is None:
+            skipped.append((str(p), "unreadable image"))
+            continue
+        if img.shape[:2] != (size, size):
+            shrink = img.shape[0] > size or img.shape[1] > size
+            img = cv2.resize(img, (size, size),
+                             interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
+        chips.append(cv2.cvtColor(img, cv2.COLOR_BGR2RGB))
+        sources.append(Path(p))
+    return chips, sources, skipped
+
+
+def _score_histograms(vecs: np.ndarray, labels: np.ndarray, identity: int, erasure: Erasure,
+                      *, seed: int = 0, max_impostor: int = 200_000) -> dict:
+    """Genuine-pair scores of the erased identity and impostor scores of the rest, before/after."""
+    rng = np.random.default_rng(seed)
+    f = labels == identity
+    iu = np.triu_indices(int(f.sum()), k=1)
+    rest, rest_labels = vecs[~f], labels[~f]
+    m = min(len(rest), 2 * int(np.sqrt(max_impostor)) + 2)
+    pick = rng.choice(len(rest), size=m, replace=False) if len(rest) > m else np.arange(len(rest))
+    r, rl = rest[pick], rest_labels[pick]
+    ir = np.triu_indices(len(r), k=1)
+    imp_mask = rl[ir[0]] != rl[ir[1]]
+    out = {}
+    for tag, x_f, x_r in (("before", _normalize(vecs[f]), _normalize(r)),
+                          ("after", erasure.apply(vecs[f]), erasure.apply(r))):
+        out[f"forget_genuine_{tag}"] = (x_f @ x_f.T)[iu]
+        out[f"impostor_{tag}"] = (x_r @ x_r.T)[ir][imp_mask]
+    return out
+
+
+def _version() -> str:
+    from facekd import __version__
+
+    return __version__

@@ -1,0 +1,703 @@
+"""A durable face gallery: FAISS index + float32 vectors + SQLite metadata, saved as generations.
+
+On disk, a gallery is a directory::
+
+    gallery.sqlite          faces, identities, settings, meta (WAL mode); the commit point
+    vectors-GGGGGGGG.npy    (N, d) float32, L2-normalised, rows in face-id order
+    index-GGGGGGGG.faiss    IVF galleries only (a flat index *is* its vectors: nothing to add)
+    writer.lock             the single-writer lock (filelock)
+
+``save()`` writes the files of generation G+1 next to those of G (temp file, fsync, rename), then
+commits one SQLite transaction holding every metadata change, the generation number and the new
+files' sizes and hashes, and only then deletes generation G's files. A crash before the commit
+leaves G (SQLite rolls back; the orphan files are deleted by the next writer); after it, G+1.
+
+Removal is physical: after the save that follows ``remove()``, the faces are gone from the index,
+the vector file (a new one is written and the old generation deleted), and SQLite (rows zeroed by
+``secure_delete``, then VACUUM, then the WAL checkpointed and truncated). Two honest limits: a
+reader still open on an older generation keeps that generation's pages (its RAM, its open file,
+the WAL frames its snapshot needs) until it closes and the next writer save or close
+checkpoints; and a crash between the commit and the clean-up leaves the old generation's files
+until the next writer opens the gallery (it deletes them first thing).
+
+Invariants (checked by :meth:`Gallery.check`): the index, the vectors and SQLite hold the same
+face ids in the same (ascending) order; every vector has unit norm; every face's identity is in
+the identities table and every identity has a face.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, NamedTuple, Sequence
+
+import faiss
+import numpy as np
+from filelock import FileLock, Timeout
+
+from gallery_tools import index as _ix
+from gallery_tools.errors import GalleryError
+from gallery_tools.files import atomic_write, file_sha256, fsync_dir, open_vectors, write_vectors
+from gallery_tools.store import IdentityInfo, Store, dumps
+
+__all__ = ["Gallery", "Match", "CheckReport", "IdentityInfo", "GalleryError"]
+
+DB_NAME = "gallery.sqlite"
+LOCK_NAME = "writer.lock"
+FORMAT = "facekd-gallery/1"
+_GEN_FILE = re.compile(r"^(vectors-\d{8}\.npy|index-\d{8}\.faiss|\..+\.tmp-\d+)$")
+_APPLY_ROWS = 65536  # rows per erasure block: bounds the validation temporaries of Erasure.apply
+_NORM_TOL = 1e-3
+PROGRESS_MIN_FACES = 250_000  # saves of galleries this large show a progress bar
+
+
+class Match(NamedTuple):
+    """One search hit: the identity, the matched face and the cosine similarity."""
+
+    identity: int
+    face_id: int
+    score: float
+
+
+@dataclass
+class CheckReport:
+    """Result of :meth:`Gallery.check`: ``ok`` is True when ``problems`` is empty."""
+
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    def __str__(self) -> str:
+        return "ok" if self.ok else "\n".join(f"- {p}" for p in self.problems)
+
+
+def _file_names(generation: int) -> tuple[str, str]:
+    return f"vectors-{generation:08d}.npy", f"index-{generation:08d}.faiss"
+
+
+def _normalised(vectors: Any, d: int) -> np.ndarray:
+    """Validate ``(n, d)`` finite non-zero vectors; return L2-normalised float32 rows (a copy)."""
+    try:
+        x = np.array(vectors, dtype=np.float32, copy=True, order="C")
+    except (TypeError, ValueError) as exc:
+        raise GalleryError(f"vectors cannot be read as a float matrix ({exc})") from None
+    if x.ndim == 1 and x.shape[0] == d:
+        x = x[None]
+    if x.ndim != 2 or x.shape[1] != d:
+        raise GalleryError(f"expected vectors of shape (n, {d}), got {x.shape}")
+    if not np.isfinite(x).all():
+        raise GalleryError("vectors contain NaN or inf")
+    norms = np.sqrt(np.einsum("ij,ij->i", x, x))
+    if (norms == 0).any():
+        raise GalleryError(f"{int((norms == 0).sum())} vector(s) are all zero and cannot be normalised")
+    x /= norms[:, None]
+    return x
+
+
+class Gallery:
+    """A face gallery; get one with :meth:`create` or :meth:`open` (see the module docstring).
+
+    Changes made in memory (add, remove, apply, meta, fingerprint) are invisible on disk until
+    :meth:`save`. ``with Gallery.open(...) as g:`` closes on exit and does **not** save.
+    """
+
+    def __init__(self, *_args, **_kwargs):
+        raise TypeError("use Gallery.create(...) or Gallery.open(...)")
+
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    def _blank(cls) -> "Gallery":
+        self = object.__new__(cls)
+        self._store = None
+        self._lock = None
+        self._closed = False
+        self._device = _ix.SearchDevice()
+        return self
+
+    @classmethod
+    def create(cls, path: str | os.PathLike, dim: int, *, encoder_fingerprint: str,
+               index: str = "flat") -> "Gallery":
+        """Create an empty gallery at ``path`` (generation 0) and return it open for writing.
+
+        Raises GalleryError when ``path`` exists and is not an empty directory.
+        """
+        path = Path(path)
+        if index not in _ix.KINDS:
+            raise GalleryError(f"index must be one of {_ix.KINDS}, got {index!r}")
+        if not isinstance(dim, (int, np.integer)) or dim < 1:
+            raise GalleryError(f"dim must be a positive integer, got {dim!r}")
+        if path.exists() and (not path.is_dir() or any(path.iterdir())):
+            raise GalleryError(f"{path}: exists and is not an empty directory")
+        path.mkdir(parents=True, exist_ok=True)
+        self = cls._blank()
+        self._dir = path
+        self._acquire_lock(10.0)
+        try:
+            vec_name, _ = _file_names(0)
+            size, sha = write_vectors(path / vec_name, np.empty((0, int(dim)), np.float32))
+            settings = {"format": FORMAT, "dim": str(int(dim)), "index": index,
+                        "encoder_fingerprint": str(encoder_fingerprint), "generation": "0",
+                        "faces": "0", "next_face_id": "0",
+                        "files": dumps({"vectors": [vec_name, size, sha], "index": None})}
+            self._store = Store.create(path / DB_NAME, settings)
+            self._load(writable=True)
+        except BaseException:
+            self._release()
+            raise
+        return self
+
+    @classmethod
+    def open(cls, path: str | os.PathLike, *, encoder_fingerprint: str | None = None,
+             writable: bool = False, lock_timeout: float = 10.0) -> "Gallery":
+        """Open the last saved generation.
+
+        ``writable=True`` takes the single-writer lock (waiting up to ``lock_timeout`` seconds,
+        then GalleryError) until :meth:`close`. Readers take no lock and see the generation they
+        loaded even while a writer saves newer ones. A given ``encoder_fingerprint`` that differs
+        from the stored one raises GalleryError naming both.
+        """
+        path = Path(path)
+        if not (path / DB_NAME).is_file():
+            raise GalleryError(f"{path}: not a gallery (no {DB_NAME})")
+        self = cls._blank()
+        self._dir = path
+        try:
+            if writable:
+                self._acquire_lock(lock_timeout)
+            self._store = Store.open(path / DB_NAME, writable=writable)
+            for attempt in range(3):
+                try:
+                    self._load(writable=writable)
+                    break
+                except GalleryError:
+                    # A reader can race a writer that commits and deletes the files the reader's
+                    # snapshot names; a newer snapshot names files that exist. Retry only then.
+                    if writable or attempt == 2:
+                        raise
+                    before = self._store.settings().get("generation")
+                    self._store.pin_snapshot()
+                    if self._store.settings().get("generation") == before:
+                        raise
+            if encoder_fingerprint is not None and encoder_fingerprint != self._fingerprint:
+                raise GalleryError(f"{path}: gallery was built with encoder {self._fingerprint}, "
+                                   f"but encoder {encoder_fingerprint} was given")
+            if writable:
+                self._remove_stale_files()
+        except BaseException:
+            self._release()
+            raise
+        return self
+
+    def _acquire_lock(self, timeout: float) -> None:
+        lock = FileLock(str(self._dir / LOCK_NAME), timeout=timeout)
+        try:
+            lock.acquire()
+        except Timeout:
+            raise GalleryError(f"{self._dir}: another process holds the writer lock "
+                               f"(waited {timeout:g} s); open read-only or retry later") from None
+        self._lock = lock
+
+    def _release(self) -> None:
+        try:
+            if self._store is not None:
+                self._store.close()
+        finally:
+            self._store = None
+            if self._lock is not None:
+                self._lock.release()
+                self._lock = None
+            self._closed = True
+
+    def _load(self, *, writable: bool) -> None:
+        """Read settings, face rows, vectors and index of the committed generation."""
+        st = self._store.settings()
+        try:
+            if st.get("format") != FORMAT:
+                raise KeyError("format")
+            self._dim = int(st["dim"])
+            self._kind = st["index"]
+            self._generation = int(st["generation"])
+            self._fingerprint = st["encoder_fingerprint"]
+            self._next_face_id = int(st["next_face_id"])
+            n = int(st["faces"])
+            files = json.loads(st["files"])
+        except (KeyError, ValueError) as exc:
+            raise GalleryError(f"{self._dir}: gallery settings are damaged ({exc})") from None
+        self._writable = writable
+        self._files = files
+        ids, labels = self._store.face_rows()
+        if len(ids) != n:
+            raise GalleryError(f"{self._dir}: database lists {len(ids)} faces, generation "
+                               f"{self._generation} recorded {n}")
+        self._ids, self._labels = ids, labels
+        vec_name, vec_size, _ = files["vectors"]
+        mm = open_vectors(self._dir / vec_name, n, self._dim, vec_size,
+                          mode="c" if self._kind == "ivf" else "r")
+        self._vecs = None
+        if self._kind == "flat":
+            # The flat index's storage is the only in-RAM copy of the vectors.
+            # One add from the map: a single allocation and copy (chunked adds regrow the storage).
+            self._index = _ix.new_flat(self._dim)
+            if n:
+                self._index.add_with_ids(mm, ids)
+            del mm
+        else:
+            self._vecs = mm  # copy-on-write map: pages load on first touch, edits stay private
+            self._index = None
+            if files.get("index"):
+                name, size, _ = files["index"]
+                ipath = self._dir / name
+                if not ipath.is_file():
+                    raise GalleryError(f"{ipath}: index file missing (the gallery is incomplete)")
+                if ipath.stat().st_size != size:
+                    raise GalleryError(f"{ipath}: index file is {ipath.stat().st_size} bytes, "
+                                       f"expected {size} (truncated or overwritten)")
+                try:
+                    self._index = faiss.read_index(str(ipath))
+                except RuntimeError as exc:
+                    raise GalleryError(f"{ipath}: unreadable FAISS index ({str(exc)[:200]})") from None
+                if self._index.ntotal != n:
+                    raise GalleryError(f"{ipath}: index holds {self._index.ntotal} faces, "
+                                       f"database {n}")
+            elif n:
+                raise GalleryError(f"{self._dir}: IVF gallery with {n} faces but no index file")
+        self._vectors_dirty = False
+        self._index_dirty = False   # IVF: must be rebuilt (after apply, or grown far past training)
+        self._removed_since_save = False
+        self._trained_n = int(n)
+        self._device.invalidate()
+
+    def _remove_stale_files(self) -> None:
+        """Delete files of other generations (crashed saves, or old ones a crash left behind)."""
+        keep = {self._files["vectors"][0]} | ({self._files["index"][0]} if self._files.get("index") else set())
+        removed = False
+        for p in self._dir.iterdir():
+            if _GEN_FILE.match(p.name) and p.name not in keep:
+                p.unlink(missing_ok=True)
+                removed = True
+        if removed:
+            fsync_dir(self._dir)
+
+    # ------------------------------------------------------------------ properties
+    def _require_open(self) -> None:
+        if self._closed:
+            raise GalleryError("the gallery is closed")
+
+    def _require_writable(self) -> None:
+        self._require_open()
+        if not self._writable:
+            raise GalleryError("the gallery was opened read-only (open it with writable=True)")
+
+    @property
+    def path(self) -> Path:
+        return self._dir
+
+    @property
+    def dim(self) -> int:
+        return self._dim
+
+    @property
+    def index_type(self) -> str:
+        return self._kind
+
+    @property
+    def generation(self) -> int:
+        """Generation number of the last committed save this object loaded or wrote."""
+        return self._generation
+
+    @property
+    def writable(self) -> bool:
+        return self._writable
+
+    @property
+    def encoder_fingerprint(self) -> str:
+        return self._fingerprint
+
+    def set_encoder_fingerprint(self, fp: str) -> None:
+        """Record the encoder the vectors now belong to (e.g. after folding an erasure in)."""
+        self._require_writable()
+        if not isinstance(fp, str) or not fp:
+            raise GalleryError("encoder fingerprint must be a non-empty string")
+        self._store.set_settings({"encoder_fingerprint": fp})
+        self._fingerprint = fp
+
+    def __len__(self) -> int:
+        return int(len(self._ids))
+
+    def __repr__(self) -> str:
+        mode = "closed" if self._closed else ("writable" if self._writable else "read-only")
+        return (f"<Gallery {self._dir} {self._kind} d={self._dim} faces={len(self)} "
+                f"generation={self._generation} {mode}>")
+
+    def __enter__(self) -> "Gallery":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Release the lock and files; unsaved changes are discarded."""
+        if not self._closed:
+            self._release()
+            self._index = None
+            self._vecs = None
+            self._device.invalidate()
+
+    # ------------------------------------------------------------------ vectors
+    def _all_vectors(self) -> np.ndarray:
+        """``(N, d)`` float32 rows in face-id order; a view of the live storage (not a copy)."""
+        if self._kind == "flat":
+            return _ix.flat_view(self._index, self._dim)
+        return self._vecs
+
+    def vectors(self, identity: int | None = None) -> np.ndarray:
+        """Stored unit vectors ``(n, d)`` float32 in face-id order (all faces when ``identity`` is None).
+
+        Always a copy: the storage moves when the gallery changes.
+        """
+        self._require_open()
+        allv = self._all_vectors()
+        if identity is None:
+            return np.array(allv, dtype=np.float32, copy=True)
+        return np.array(allv[self._labels == int(identity)], dtype=np.float32)
+
+    def labels(self) -> np.ndarray:
+        """``(N,)`` int64 identity of each row of :meth:`vectors`."""
+        self._require_open()
+        return self._labels.copy()
+
+    def face_ids(self, identity: int | None = None) -> np.ndarray:
+        """``(n,)`` int64 face ids (ascending), of one identity or all."""
+        self._require_open()
+        if identity is None:
+            return self._ids.copy()
+        return self._ids[self._labels == int(identity)]
+
+    # ------------------------------------------------------------------ metadata
+    def identities(self) -> list[IdentityInfo]:
+        self._require_open()
+        return self._store.identities()
+
+    def has_identity(self, identity: int) -> bool:
+        self._require_open()
+        return self._store.has_identity(int(identity))
+
+    def has_source(self, sha256: str) -> bool:
+        """True when a face enrolled from a file with this sha256 (hex) is stored."""
+        self._require_open()
+        return self._store.has_source(str(sha256))
+
+    def known_sources(self, shas: Sequence[str]) -> set[str]:
+        """The subset of ``shas`` already enrolled (batched :meth:`has_source`)."""
+        self._require_open()
+        return self._store.known_sources(shas)
+
+    def get_meta(self, key: str) -> bytes | None:
+        self._require_open()
+        return self._store.get_meta(key)
+
+    def set_meta(self, key: str, value: bytes) -> None:
+        """Store ``value`` under ``key``; committed with the next :meth:`save`, all or nothing."""
+        self._require_writable()
+        self._store.set_meta(key, value)
+
+    def delete_meta(self, key: str) -> None:
+        self._require_writable()
+        self._store.delete_meta(key)
+
+    # ------------------------------------------------------------------ changes
+    def add(self, vectors: Any, identities: Any, *, names: Sequence[str | None] | None = None,
+            sources: Sequence[str | None] | None = None,
+            source_sha256: Sequence[str | None] | None = None) -> np.ndarray:
+        """Add ``(n, d)`` vectors (L2-normalised on the way in) for ``(n,)`` integer identities.
+
+        ``names`` gives a display name per face (the identity's name; None leaves it), ``sources``
+        the image path and ``source_sha256`` the image file's sha256 (hex). Returns the new
+        ``(n,)`` int64 face ids, which are never reused, even after removal.
+        """
+        self._require_writable()
+        x = _normalised(vectors, self._dim)
+        n = x.shape[0]
+        ident = np.asarray(identities)
+        if ident.ndim == 0:
+            ident = ident.reshape(1)
+        if ident.shape != (n,) or not (np.issubdtype(ident.dtype, np.integer)
+                                       or (ident.size == 0 and ident.dtype == np.float64)):
+            raise GalleryError(f"identities must be ({n},) integers, got {ident.dtype} {ident.shape}")
+        ident = ident.astype(np.int64)
+        for name, seq in (("names", names), ("sources", sources), ("source_sha256", source_sha256)):
+            if seq is not None and len(seq) != n:
+                raise GalleryError(f"{name} has {len(seq)} entries for {n} vectors")
+        if n == 0:
+            return np.empty(0, dtype=np.int64)
+        face_ids = np.arange(self._next_face_id, self._next_face_id + n, dtype=np.int64)
+        self._store.add_faces(face_ids, ident, names, sources, source_sha256)
+        self._store.set_settings({"next_face_id": str(self._next_face_id + n)})
+        if self._kind == "flat":
+            self._index.add_with_ids(x, face_ids)
+        else:
+            self._vecs = np.concatenate([np.asarray(self._vecs), x]) if len(self._ids) else x
+            if self._index is not None and not self._index_dirty and len(self._ids) + n <= 4 * self._trained_n:
+                self._index.add_with_ids(x, face_ids)
+            else:
+                self._index_dirty = True  # untrained, or grown past its training: rebuild
+        self._ids = np.concatenate([self._ids, face_ids])
+        self._labels = np.concatenate([self._labels, ident])
+        self._next_face_id += n
+        self._vectors_dirty = True
+        self._device.invalidate()
+        return face_ids
+
+    def remove(self, identity: int) -> int:
+        """Remove every face of ``identity`` from index, vectors and SQLite; returns how many.
+
+        After :meth:`save` nothing of it remains on disk (deleted rows are zeroed and the database
+        vacuumed; the previous generation's files are deleted). Unknown identity -> GalleryError.
+        """
+        self._require_writable()
+        identity = int(identity)
+        rows = np.flatnonzero(self._labels == identity)
+        if len(rows) == 0 and not self._store.has_identity(identity):
+            raise GalleryError(f"identity {identity} is not in the gallery")
+        gone = self._ids[rows]
+        if self._kind == "flat":
+            removed = self._index.remove_ids(faiss.IDSelectorBatch(gone))
+            if removed != len(rows):
+                raise GalleryError(f"internal: index removed {removed} of {len(rows)} faces")
+        else:
+            keep = np.ones(len(self._ids), dtype=bool)
+            keep[rows] = False
+            self._vecs = np.ascontiguousarray(np.asarray(self._vecs)[keep])
+            if self._index is not None and not self._index_dirty:
+                gone = np.ascontiguousarray(gone, dtype=np.int64)  # kept alive for the selector
+                # the hashtable direct map only accepts an explicit id array
+                self._index.remove_ids(faiss.IDSelectorArray(len(gone), faiss.swig_ptr(gone)))
+        self._ids = np.delete(self._ids, rows)
+        self._labels = np.delete(self._labels, rows)
+        n_db = self._store.remove_identity(identity)
+        if n_db != len(rows):
+            raise GalleryError(f"internal: database removed {n_db} faces, memory {len(rows)}")
+        self._vectors_dirty = True
+        self._removed_since_save = True
+        self._device.invalidate()
+        return int(len(rows))
+
+    def apply(self, erasure: Any) -> None:
+        """Apply an erasure to every stored vector in place: ``normalize(v @ A)``, O(N d k) for ESC.
+
+        The flat index is edited through its own storage (nothing to rebuild); an IVF index is
+        retrained and rebuilt from the edited vectors (at the next search or save).
+        """
+        self._require_writable()
+        if getattr(erasure, "d", None) != self._dim or not hasattr(erasure, "apply"):
+            raise GalleryError(f"expected an Erasure of dimension {self._dim}, got {erasure!r}")
+        if self._kind == "ivf":
+            self._vecs = np.require(self._vecs, np.float32, ["C", "W"])  # copy-on-write: file untouched
+        allv = self._all_vectors()
+        for start in range(0, allv.shape[0], _APPLY_ROWS):
+            block = allv[start:start + _APPLY_ROWS]
+            erasure.apply(block, out=block)
+        if self._kind == "ivf":
+            self._index_dirty = True
+        self._vectors_dirty = True
+        self._device.invalidate()
+
+    def _ensure_index(self) -> None:
+        """Build or rebuild an IVF index when changes made it stale (flat indexes never are)."""
+        if self._kind != "ivf" or len(self._ids) == 0:
+            return
+        if self._index is None or self._index_dirty:
+            self._index = _ix.build_ivf(np.asarray(self._vecs), self._ids)
+            self._trained_n = len(self._ids)
+            self._index_dirty = False
+            self._device.invalidate()
+
+    # ------------------------------------------------------------------ search
+    def search(self, queries: Any, k: int = 1, threshold: float | None = None) -> list[list[Match]]:
+        """Top-``k`` faces for each of ``(m, d)`` queries (normalised here), best first.
+
+        ``threshold`` keeps only matches with cosine similarity >= threshold.
+        """
+        self._require_open()
+        q = _normalised(queries, self._dim)
+        if not isinstance(k, (int, np.integer)) or k < 1:
+            raise GalleryError(f"k must be a positive integer, got {k!r}")
+        if len(self._ids) == 0:
+            return [[] for _ in range(q.shape[0])]
+        self._ensure_index()
+        scores, fids = self._device.index_for_search(self._index).search(q, int(min(k, len(self._ids))))
+        valid = fids >= 0
+        rows = np.searchsorted(self._ids, np.where(valid, fids, 0))
+        idents = self._labels[np.minimum(rows, len(self._ids) - 1)]
+        if threshold is not None:
+            valid &= scores >= threshold
+        # tolist() + Match._make: the per-hit Python work is what separates this from raw FAISS
+        rows_i, rows_f, rows_s = idents.tolist(), fids.tolist(), scores.tolist()
+        make = Match._make
+        if valid.all():
+            return [list(map(make, zip(a, b, c))) for a, b, c in zip(rows_i, rows_f, rows_s)]
+        return [[make(t) for t, ok in zip(zip(a, b, c), v) if ok]
+                for a, b, c, v in zip(rows_i, rows_f, rows_s, valid.tolist())]
+
+    @property
+    def faiss_index(self) -> faiss.Index:
+        """The CPU FAISS index (read-only use: benchmarks, diagnostics)."""
+        self._require_open()
+        self._ensure_index()
+        return self._index
+
+    # ------------------------------------------------------------------ persistence
+    def save(self) -> int:
+        """Commit every change atomically as a new generation; returns its number."""
+        self._require_writable()
+        self._ensure_index()
+        new = self._generation + 1
+        vec_name, idx_name = _file_names(new)
+        old_vec = self._files["vectors"]
+        if self._vectors_dirty:
+            size, sha = write_vectors(self._dir / vec_name, self._all_vectors(),
+                                      progress=len(self._ids) >= PROGRESS_MIN_FACES)
+            vec_rec = [vec_name, size, sha]
+        else:  # unchanged: a hard link is a new name for the same durable bytes
+            self._link(old_vec[0], vec_name)
+            vec_rec = [vec_name, old_vec[1], old_vec[2]]
+        idx_rec = None
+        if self._kind == "ivf" and len(self._ids):
+            if self._vectors_dirty or not self._files.get("index"):
+                data = faiss.serialize_index(self._index)  # always from the CPU index
+                with atomic_write(self._dir / idx_name) as out:
+                    out.write(data)
+                idx_rec = [idx_name, out.size, out.sha256.hexdigest()]
+                del data
+            else:
+                self._link(self._files["index"][0], idx_name)
+                idx_rec = [idx_name] + list(self._files["index"][1:])
+        files = {"vectors": vec_rec, "index": idx_rec}
+        self._store.set_settings({"generation": str(new), "faces": str(len(self._ids)),
+                                  "next_face_id": str(self._next_face_id),
+                                  "encoder_fingerprint": self._fingerprint, "files": dumps(files)})
+        self._store.commit()  # <- the commit point of generation `new`
+        self._generation, self._files = new, files
+        self._remove_stale_files()
+        if self._removed_since_save:
+            self._store.vacuum()
+        self._store.checkpoint()
+        if self._kind == "ivf" and len(self._ids):
+            # Re-map the just-written file so the RAM copy can be dropped (pages come back lazily).
+            self._vecs = open_vectors(self._dir / vec_name, len(self._ids), self._dim,
+                                      vec_rec[1], mode="c")
+        self._vectors_dirty = self._removed_since_save = False
+        return new
+
+    def _link(self, old: str, new: str) -> None:
+        target = self._dir / new
+        target.unlink(missing_ok=True)
+        os.link(self._dir / old, target)
+        fsync_dir(self._dir)
+
+    # ------------------------------------------------------------------ reporting
+    def stats(self) -> dict:
+        """Faces, identities, dim, index type, generation, bytes on disk and in RAM.
+
+        ``bytes_in_ram`` counts the index and the id arrays (for IVF an estimate, plus the float32
+        vectors once they were loaded into memory by add/remove/apply); SQLite's cache is excluded.
+        """
+        self._require_open()
+        disk = sum(p.stat().st_size for p in self._dir.iterdir() if p.is_file())
+        n = len(self._ids)
+        if self._kind == "flat":
+            index_ram = n * self._dim * 4 + n * 8  # codes + id map (the rev map adds ~50 B/face)
+            vec_ram = 0                            # the codes are the vectors
+        else:
+            # codes + ids + the direct map's hashtable (~32 B/entry) + centroids: an estimate
+            idx = self._index
+            index_ram = 0 if idx is None else (idx.ntotal * (idx.code_size + 8 + 32)
+                                               + idx.nlist * self._dim * 4)
+            vec_ram = 0 if isinstance(self._vecs, np.memmap) else n * self._dim * 4
+        return {"faces": n, "identities": len(np.unique(self._labels)), "dim": self._dim,
+                "index": self._kind, "generation": self._generation,
+                "encoder_fingerprint": self._fingerprint, "bytes_on_disk": disk,
+                "bytes_in_ram": index_ram + vec_ram + self._ids.nbytes + self._labels.nbytes,
+                "raw_vector_bytes": n * self._dim * 4}
+
+    def check(self, *, hashes: bool = True) -> CheckReport:
+        """Verify that index, vectors and SQLite agree (and, with ``hashes``, the file hashes).
+
+        Checks what is in memory against the database and the committed files; never raises for
+        an inconsistency, it reports it.
+        """
+        self._require_open()
+        report = CheckReport()
+        p = report.problems
+        integrity = self._store.integrity()
+        if integrity != "ok":
+            p.append(f"SQLite integrity check: {integrity}")
+        db_ids, db_labels = self._store.face_rows()
+        if not np.array_equal(db_ids, self._ids) or not np.array_equal(db_labels, self._labels):
+            p.append(f"face rows differ between SQLite ({len(db_ids)}) and memory ({len(self._ids)})")
+        if len(self._ids) > 1 and not (np.diff(self._ids) > 0).all():
+            p.append("face ids are not strictly increasing")
+        if len(self._ids) and self._ids[-1] >= self._next_face_id:
+            p.append("next_face_id is not above every stored face id")
+        orphans = self._store.orphan_identities()
+        if orphans:
+            p.append(f"{len(orphans)} identities have no face")
+        known = {i.identity for i in self._store.identities()}
+        missing = set(np.unique(self._labels).tolist()) - known
+        if missing:
+            p.append(f"{len(missing)} face identities are missing from the identities table")
+        vec = self._all_vectors()
+        if vec.shape != (len(self._ids), self._dim):
+            p.append(f"vectors have shape {vec.shape}, expected ({len(self._ids)}, {self._dim})")
+        else:
+            for start in range(0, vec.shape[0], _APPLY_ROWS):
+                block = vec[start:start + _APPLY_ROWS]
+                norms = np.sqrt(np.einsum("ij,ij->i", block, block))
+                if not np.isfinite(norms).all() or np.abs(norms - 1).max(initial=0) > _NORM_TOL:
+                    p.append(f"vectors in rows {start}.. are not finite unit vectors")
+                    break
+        self._check_index(p)
+        if hashes and not self._vectors_dirty:
+            self._check_files(p)
+        return report
+
+    def _check_index(self, p: list[str]) -> None:
+        n = len(self._ids)
+        if self._kind == "flat":
+            id_map = faiss.vector_to_array(self._index.id_map)
+            if not np.array_equal(id_map, self._ids):
+                p.append("flat index ids differ from the database's face ids")
+            return
+        if self._index is None or self._index_dirty:
+            if n and not self._vectors_dirty:
+                p.append("IVF gallery has faces but no index")
+            return
+        if self._index.ntotal != n:
+            p.append(f"IVF index holds {self._index.ntotal} faces, expected {n}")
+            return
+        if n:
+            sample = np.unique(np.linspace(0, n - 1, num=min(n, 256)).astype(np.int64))
+            try:
+                rec = np.stack([self._index.reconstruct(int(self._ids[r])) for r in sample])
+            except RuntimeError:
+                p.append("IVF index lacks some of the database's face ids")
+                return
+            err = np.abs(rec - np.asarray(self._vecs[sample])).max()
+            if err > 0.05:  # 8-bit codes of unit vectors are far more precise than this
+                p.append(f"IVF codes do not match the stored vectors (max error {err:.3f})")
+
+    def _check_files(self, p: list[str]) -> None:
+        records = [self._files["vectors"]] + ([self._files["index"]] if self._files.get("index") else [])
+        for name, size, sha in records:
+            f = self._dir / name
+            if not f.is_file():
+                p.append(f"{name}: missing")
+            elif f.stat().st_size != size:
+                p.append(f"{name}: {f.stat().st_size} bytes, recorded {size}")
+            elif file_sha256(f) != sha:
+                p.append(f"{name}: sha256 differs from the one recorded at save")

@@ -1,0 +1,123 @@
+"""FAISS index construction for a gallery, and the choice of CPU or GPU for searching.
+
+* ``flat``: ``IndexIDMap2`` over ``IndexFlatIP`` (exact). Its storage *is* the float32 vectors,
+  so the gallery keeps no second copy: it reads and edits them through a numpy view.
+* ``ivf``: ``IndexIVFScalarQuantizer`` (8-bit codes, inner product) with ids and a hashtable
+  direct map, so faces can be removed by id. The codes are quantised and cannot be transformed
+  by a linear map, which is why the float32 vectors are kept beside it.
+
+Vectors are L2-normalised before they get here: inner product = cosine similarity.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+
+import faiss
+import numpy as np
+
+KINDS = ("flat", "ivf")
+GPU_ENV = "FACEKD_GALLERY_GPU"  # "0" forces CPU search even where a GPU build and device exist
+
+
+def new_flat(d: int) -> faiss.IndexIDMap2:
+    """An empty exact inner-product index with 64-bit face ids."""
+    return faiss.IndexIDMap2(faiss.IndexFlatIP(d))
+
+
+def flat_inner(index: faiss.Index) -> faiss.IndexFlat:
+    """The ``IndexFlatIP`` inside an ``IndexIDMap2`` (downcast, so its vectors can be viewed)."""
+    return faiss.downcast_index(index.index)
+
+
+def flat_view(index: faiss.Index, d: int) -> np.ndarray:
+    """``(ntotal, d)`` float32 numpy view of a flat index's storage (no copy).
+
+    Writes through the view edit the index. The view dangles after the index grows or shrinks:
+    callers take a fresh one after every ``add``/``remove_ids``.
+    """
+    inner = flat_inner(index)
+    n = int(inner.ntotal)
+    if n == 0:
+        return np.empty((0, d), dtype=np.float32)
+    return faiss.rev_swig_ptr(inner.get_xb(), n * d).reshape(n, d)
+
+
+def ivf_nlist(n: int) -> int:
+    """Number of IVF lists for ``n`` vectors: about sqrt(n), with >= 39 training points per list.
+
+    sqrt(n) rather than the often quoted 4 sqrt(n): k-means cost grows with nlist squared (more
+    centroids, and more training points for them), and the gallery retrains on every apply().
+    """
+    return int(max(1, min(math.isqrt(max(n, 1)), n // 39)))
+
+
+def ivf_nprobe(nlist: int) -> int:
+    """Lists visited per query: 1/16 of them, at least 8 (recall ~0.99 on face-like data)."""
+    return int(min(nlist, max(8, nlist // 16)))
+
+
+def build_ivf(vectors: np.ndarray, ids: np.ndarray, *, seed: int = 1234) -> faiss.Index:
+    """Train an IVF-SQ8 index on a sample of ``vectors`` ``(n, d)`` and add all of them with ``ids``."""
+    n, d = vectors.shape
+    nlist = ivf_nlist(n)
+    quantizer = faiss.IndexFlatIP(d)
+    index = faiss.IndexIVFScalarQuantizer(quantizer, d, nlist, faiss.ScalarQuantizer.QT_8bit,
+                                          faiss.METRIC_INNER_PRODUCT)
+    index.own_fields = True
+    quantizer.this.disown()  # owned by the IVF index from here on
+    sample = min(n, 50 * nlist)
+    rows = np.sort(np.random.default_rng(seed).choice(n, size=sample, replace=False))
+    index.cp.seed = seed
+    index.train(np.ascontiguousarray(vectors[rows]))
+    index.set_direct_map_type(faiss.DirectMap.Hashtable)
+    for start in range(0, n, 65536):
+        index.add_with_ids(np.ascontiguousarray(vectors[start:start + 65536]), ids[start:start + 65536])
+    index.nprobe = ivf_nprobe(nlist)
+    return index
+
+
+def gpu_available(faiss_module=faiss) -> bool:
+    """True when this faiss build has GPU support, a device is visible and it is not disabled.
+
+    Takes the module as an argument so the choice is testable on CPU-only machines.
+    """
+    if os.environ.get(GPU_ENV, "1") == "0":
+        return False
+    if not hasattr(faiss_module, "StandardGpuResources") or not hasattr(faiss_module, "index_cpu_to_gpu"):
+        return False
+    try:
+        return int(faiss_module.get_num_gpus()) > 0
+    except Exception:  # a GPU build without a driver raises here
+        return False
+
+
+class SearchDevice:
+    """Holds GPU resources (when available) and a GPU copy of the index for searching.
+
+    The CPU index stays the source of truth; the GPU copy is dropped on every change and rebuilt
+    lazily, and saving always goes through the CPU index.
+    """
+
+    def __init__(self, faiss_module=faiss):
+        self._faiss = faiss_module
+        self.use_gpu = gpu_available(faiss_module)
+        self._res = None
+        self._gpu_index = None
+
+    def invalidate(self) -> None:
+        self._gpu_index = None
+
+    def index_for_search(self, cpu_index: faiss.Index) -> faiss.Index:
+        if not self.use_gpu:
+            return cpu_index
+        if self._gpu_index is None:
+            if self._res is None:
+                self._res = self._faiss.StandardGpuResources()
+            try:
+                self._gpu_index = self._faiss.index_cpu_to_gpu(self._res, 0, cpu_index)
+            except Exception:  # an index type without a GPU implementation: search on CPU
+                self.use_gpu = False
+                return cpu_index
+        return self._gpu_index

@@ -1,0 +1,145 @@
+"""facekd.onnx_export: export with a parity report, fp16, execution-provider selection.
+
+Provider selection is pure logic over onnxruntime's list, so it is tested with given lists (this
+machine has only the CPU provider); the exports themselves run for real on onnxruntime's CPU.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+
+from facekd.encoders.onnx_model import METADATA_KEY, OnnxEncoder, has_preprocessing_head
+from facekd.errors import EncoderError
+from facekd.onnx_export import export, select_providers
+from test_onnx_model import build_mxnet_style, build_torch_model, chips, dense_erasure, fitted_erasure
+
+CPU, CUDA, TRT = "CPUExecutionProvider", "CUDAExecutionProvider", "TensorrtExecutionProvider"
+
+
+# ------------------------------------------------------------------ provider selection
+def test_select_prefers_tensorrt_then_cuda_then_cpu():
+    assert select_providers([CPU, CUDA, TRT]) == [TRT, CUDA, CPU]
+    assert select_providers(["AzureExecutionProvider", CUDA, CPU]) == [CUDA, CPU]
+    assert select_providers(["AzureExecutionProvider", CPU]) == [CPU]
+
+
+def test_select_always_keeps_cpu_as_fallback():
+    assert select_providers([TRT, CUDA]) == [TRT, CUDA, CPU]
+    assert select_providers([CPU, CUDA], prefer="cuda") == [CUDA, CPU]
+
+
+def test_select_honours_preference_order_and_aliases():
+    assert select_providers([CPU, CUDA, TRT], prefer=["cuda", "tensorrt"]) == [CUDA, TRT, CPU]
+    assert select_providers([CPU, CUDA, TRT], prefer="cpu") == [CPU]
+    # TensorRT alone still gets CUDA behind it for the nodes TensorRT cannot take
+    assert select_providers([CPU, CUDA, TRT], prefer="trt") == [TRT, CUDA, CPU]
+    assert select_providers([CPU, CUDA], prefer=["tensorrt", "cuda"]) == [CUDA, CPU]
+
+
+def test_select_refuses_an_explicit_gpu_request_without_gpu():
+    with pytest.raises(EncoderError, match="onnxruntime-gpu"):
+        select_providers([CPU], prefer="cuda")
+    with pytest.raises(EncoderError, match="empty"):
+        select_providers([CPU], prefer=[])
+
+
+def test_select_defaults_to_what_onnxruntime_reports():
+    got = select_providers()
+    assert got[-1] == CPU and set(got) <= set(ort.get_available_providers())
+
+
+# ------------------------------------------------------------------ export + parity
+@pytest.fixture(scope="module")
+def models(tmp_path_factory) -> dict[str, Path]:
+    d = tmp_path_factory.mktemp("export_models")
+    out = {k: build_torch_model(k, d / f"{k}.onnx") for k in ("gemm_bn", "matmul", "normalized")}
+    out["mxnet"] = build_mxnet_style(d / "mxnet.onnx")
+    return out
+
+
+@pytest.mark.parametrize("name", ["gemm_bn", "matmul", "normalized", "mxnet"])
+def test_export_of_edited_encoder_matches_it_in_fp32_and_fp16(models, tmp_path, name):
+    enc = OnnxEncoder(models[name])
+    edited = enc.with_erasure(fitted_erasure(enc))
+    x = chips(12, seed=3)
+    r32 = export(edited, tmp_path / "e32.onnx", check_chips=x)
+    assert r32.max_abs_diff < 1e-4 and r32.min_cosine > 0.99999 and r32.passed
+    assert r32.provider == CPU and r32.providers_used[0] == CPU and r32.erasure_k == 3
+    r16 = export(edited, tmp_path / "e16.onnx", fp16=True, check_chips=x)
+    assert r16.min_cosine >= 0.999 and r16.passed
+    assert r16.size_bytes < r32.size_bytes
+    # fp32 in, fp32 out, whatever the weights
+    m16 = onnx.load(str(tmp_path / "e16.onnx"))
+    assert m16.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT
+    assert m16.graph.output[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT
+    assert any(t.data_type == onnx.TensorProto.FLOAT16 for t in m16.graph.initializer)
+    assert has_preprocessing_head(m16.graph) == (name == "mxnet")  # insightface still reads it
+    # the exported file is itself a loadable encoder computing the edited embeddings
+    again = OnnxEncoder(tmp_path / "e16.onnx")
+    e, a = edited.embed(x), again.embed(x)
+    cos = np.sum(e * a, 1) / np.linalg.norm(e, axis=1) / np.linalg.norm(a, axis=1)
+    assert cos.min() >= 0.999
+
+
+def test_fp16_batches_1_7_64(models, tmp_path):
+    enc = OnnxEncoder(models["gemm_bn"])
+    edited = enc.with_erasure(dense_erasure())
+    export(edited, tmp_path / "e16.onnx", fp16=True)
+    half = OnnxEncoder(tmp_path / "e16.onnx")
+    for n in (1, 7, 64):
+        x = chips(n, seed=n)
+        e, h = edited.embed(x), half.embed(x)
+        assert h.shape == (n, e.shape[1])
+        cos = np.sum(e * h, 1) / np.linalg.norm(e, axis=1) / np.linalg.norm(h, axis=1)
+        assert cos.min() >= 0.999
+
+
+def test_report_records_contract_and_serialises(models, tmp_path):
+    enc = OnnxEncoder(models["mxnet"])
+    report = export(enc, tmp_path / "m.onnx")
+    d = report.to_dict()
+    json.dumps(d)
+    assert d["provider"] == CPU and d["passed"] and d["erasure_k"] is None
+    assert d["input_name"] == "data" and d["output_name"] == "fc1" and d["dim"] == 32
+    assert d["n_chips"] == 16 and d["input_spec"]["std"] == [1.0, 1.0, 1.0]
+    assert "ran on CPUExecutionProvider" in report.message()
+    meta = {p.key: p.value for p in onnx.load(str(tmp_path / "m.onnx")).metadata_props}
+    assert json.loads(meta[METADATA_KEY])["mean"] == [0.0, 0.0, 0.0]
+
+
+def test_export_metadata_records_the_edit_size_but_not_the_erased_directions(models, tmp_path):
+    enc = OnnxEncoder(models["gemm_bn"])
+    edited = enc.with_erasure(fitted_erasure(enc))
+    export(edited, tmp_path / "e.onnx")
+    meta = {p.key: p.value for p in onnx.load(str(tmp_path / "e.onnx")).metadata_props}
+    info = json.loads(meta["facekd.erasure"])
+    assert info["k"] == 3 and info["method"] == "esc"
+    assert set(info) <= {"method", "k", "steps", "surgery"}
+
+
+def test_failed_parity_requirement_leaves_the_old_file_untouched(models, tmp_path):
+    target = tmp_path / "model.onnx"
+    target.write_bytes(b"previous good file")
+    enc = OnnxEncoder(models["gemm_bn"])
+    with pytest.raises(EncoderError, match="export refused"):
+        export(enc, target, fp16=True, require_cosine=1.0 + 1e-9)
+    assert target.read_bytes() == b"previous good file"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.onnx"]
+
+
+def test_export_rejects_bad_input(models, tmp_path):
+    enc = OnnxEncoder(models["gemm_bn"])
+    with pytest.raises(EncoderError, match="expected chips"):
+        export(enc, tmp_path / "x.onnx", check_chips=chips(2, size=64))
+    with pytest.raises(EncoderError, match="Encoder"):
+        export("not an encoder", tmp_path / "x.onnx")
+    if "TensorrtExecutionProvider" not in ort.get_available_providers():
+        with pytest.raises(EncoderError, match="none of the requested"):
+            export(enc, tmp_path / "x.onnx", providers="tensorrt")
+    assert not list(tmp_path.iterdir())
