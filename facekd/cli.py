@@ -297,16 +297,24 @@ def ledger(workspace: Path, as_json: bool, receipt_id: str | None) -> None:
 @click.option("--dataset", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Folder-per-identity photos to use instead of synthetic faces.")
 @click.option("--encoder", default=None, help="Encoder for --dataset (e.g. dlib).")
+@click.option("--request-images", type=click.IntRange(0, 1000), default=40, show_default=True,
+              help="Synthetic demo: extra photos of the person sent with the deletion request.")
+@click.option("--k", type=click.IntRange(1, None), default=None,
+              help="Directions to erase (default: the --energy rule).")
+@click.option("--energy", type=click.FloatRange(0, 1, min_open=True), default=None,
+              help="Erase the directions holding this share of the person's energy [default: 0.95].")
 @click.option("--json", "as_json", is_flag=True, help="Print only JSON on stdout.")
 def demo(workspace: Path | None, n_ids: int, n_images: int, dataset: Path | None,
-         encoder: str | None, as_json: bool) -> None:
+         encoder: str | None, request_images: int, k: int | None, energy: float | None,
+         as_json: bool) -> None:
     """End to end: enrol, forget one person, export ONNX, verify, print before/after."""
     from facekd.demo import run_demo
 
     log = (lambda msg: click.echo(msg, err=True)) if as_json else click.echo
     try:
         res = run_demo(workspace, identities=n_ids, images=n_images, dataset=dataset,
-                       encoder=encoder, echo=log, progress=_progress())
+                       encoder=encoder, k=k, energy=energy, request_images=request_images,
+                       echo=log, progress=_progress())
     except _user_errors() as exc:
         _fail(str(exc))
     if as_json:

@@ -322,19 +322,40 @@ class Erasure:
             "facekd_version": self.version,
         }
 
-    def save(self, path: str | os.PathLike) -> Path:
-        """Write one ``.npz`` file (arrays + a JSON ``meta`` entry), atomically."""
-        path = Path(path)
+    def to_bytes(self) -> bytes:
+        """The erasure as ``.npz`` bytes (arrays + a JSON ``meta`` entry), e.g. for a database."""
         arrays = {"meta": np.frombuffer(json.dumps(self.metadata()).encode(), dtype=np.uint8)}
         arrays["basis" if self.method == "esc" else "linear_map"] = (
             self.basis if self.method == "esc" else self.linear_map)
         buf = io.BytesIO()
         np.savez(buf, **arrays)
+        return buf.getvalue()
+
+    @classmethod
+    def from_bytes(cls, data: bytes, *, source: str = "erasure blob") -> "Erasure":
+        """Inverse of :meth:`to_bytes`; raises :class:`ErasureError` on anything else."""
+        try:
+            with np.load(io.BytesIO(bytes(data)), allow_pickle=False) as npz:
+                meta = json.loads(bytes(npz["meta"]).decode())
+                arrays = {key: npz[key] for key in npz.files if key != "meta"}
+        except Exception as exc:
+            raise ErasureError(f"{source}: not a facekd erasure ({exc})") from None
+        if meta.get("format") != FORMAT_VERSION:
+            raise ErasureError(f"{source}: unsupported erasure format {meta.get('format')!r}")
+        return cls(method=meta["method"], d=int(meta["d"]), basis=arrays.get("basis"),
+                   linear_map=arrays.get("linear_map"), params=meta["params"],
+                   history=meta["history"], created=meta["created"],
+                   version=meta["facekd_version"])
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write :meth:`to_bytes` to one ``.npz`` file atomically (temp file, fsync, rename)."""
+        path = Path(path)
+        data = self.to_bytes()
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
         try:
             with os.fdopen(fd, "wb") as fh:
-                fh.write(buf.getvalue())
+                fh.write(data)
                 fh.flush()
                 os.fsync(fh.fileno())
             os.replace(tmp, path)
@@ -348,44 +369,12 @@ class Erasure:
         """Read a file written by :meth:`save`; raises :class:`ErasureError` if it is not one."""
         path = Path(path)
         try:
-            with np.load(path, allow_pickle=False) as data:
-                meta = json.loads(bytes(data["meta"]).decode())
-                arrays = {key: data[key] for key in data.files if key != "meta"}
+            data = path.read_bytes()
         except FileNotFoundError:
             raise ErasureError(f"{path}: no such erasure file") from None
-        except Exception as exc:
-            raise ErasureError(f"{path}: not a facekd erasure file ({exc})") from None
-        if meta.get("format") != FORMAT_VERSION:
-            raise ErasureError(f"{path}: unsupported erasure format {meta.get('format')!r}")
-        return cls(method=meta["method"], d=int(meta["d"]), basis=arrays.get("basis"),
-                   linear_map=arrays.get("linear_map"), params=meta["params"],
-                   history=meta["history"], created=meta["created"],
-                   version=meta["facekd_version"])
-
-    def to_bytes(self) -> bytes:
-        """The bytes :meth:`save` writes (an ``.npz``), for storing an erasure inside a database."""
-        arrays = {"meta": np.frombuffer(json.dumps(self.metadata()).encode(), dtype=np.uint8)}
-        arrays["basis" if self.method == "esc" else "linear_map"] = (
-            self.basis if self.method == "esc" else self.linear_map)
-        buf = io.BytesIO()
-        np.savez(buf, **arrays)
-        return buf.getvalue()
-
-    @classmethod
-    def from_bytes(cls, data: bytes) -> "Erasure":
-        """Inverse of :meth:`to_bytes`; raises :class:`ErasureError` on anything else."""
-        try:
-            with np.load(io.BytesIO(bytes(data)), allow_pickle=False) as npz:
-                meta = json.loads(bytes(npz["meta"]).decode())
-                arrays = {key: npz[key] for key in npz.files if key != "meta"}
-        except Exception as exc:
-            raise ErasureError(f"not a facekd erasure blob ({exc})") from None
-        if meta.get("format") != FORMAT_VERSION:
-            raise ErasureError(f"unsupported erasure format {meta.get('format')!r}")
-        return cls(method=meta["method"], d=int(meta["d"]), basis=arrays.get("basis"),
-                   linear_map=arrays.get("linear_map"), params=meta["params"],
-                   history=meta["history"], created=meta["created"],
-                   version=meta["facekd_version"])
+        except OSError as exc:
+            raise ErasureError(f"{path}: cannot read ({exc.strerror})") from None
+        return cls.from_bytes(data, source=str(path))
 
     def __repr__(self) -> str:
         return f"Erasure(method={self.method!r}, d={self.d}, k={self.k}, steps={len(self.history)})"

@@ -11,13 +11,12 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
-import os
 import secrets
-import tempfile
-from pathlib import Path
 from typing import Any, Iterable
 
 import numpy as np
+
+from facekd.fileio import write_atomic  # re-exported: receipts are written through it
 
 __all__ = ["RECEIPT_FORMAT", "HIST_EDGES", "new_salt", "hash_identity", "receipt_id",
            "histogram", "build_receipt", "to_json", "find_leaks", "write_atomic"]
@@ -129,20 +128,3 @@ def find_leaks(receipt: dict, identity: int, names: Iterable[str] = ()) -> list[
 
     walk(receipt, "")
     return found
-
-
-def write_atomic(path: str | os.PathLike, data: bytes) -> Path:
-    """Write ``data`` to ``path`` via a temp file in the same folder, fsync and ``os.replace``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path

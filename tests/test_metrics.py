@@ -121,12 +121,18 @@ def test_faces_mapped_to_zero_match_nothing_instead_of_crashing():
 
 
 def test_identity_erasure_changes_no_metric():
-    E, y = identity_clusters(20, 6, 32, seed=6)
+    E, y = identity_clusters(20, 12, 32, seed=6)
     split = split_enrol_probe(y, seed=1)
     r = erasure_report(E, y, [0, 1], Erasure.identity(32), split, fars=(1e-2,))
     for name, value in r.before.items():
         assert r.after[name] == pytest.approx(value, abs=1e-9), name
-    assert 30.0 <= r.before["mia"] <= 70.0 or r.before["mia"] is None
+    assert 30.0 <= r.before["mia"] <= 70.0
+
+
+def test_mia_is_not_reported_from_too_few_faces():
+    E, y = identity_clusters(20, 6, 32, seed=6)  # 3 members + 3 non-members per forget identity
+    r = erasure_report(E, y, [0], Erasure.identity(32), split_enrol_probe(y, seed=1), fars=(1e-2,))
+    assert r.before["mia"] is None and r.after["mia"] is None
 
 
 def test_bad_report_inputs_raise_metrics_error():

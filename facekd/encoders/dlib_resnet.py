@@ -17,7 +17,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -29,6 +28,7 @@ from torch import nn
 from facekd.encoders.base import InputSpec, TorchEncoder, fold_into_linear
 from facekd.encoders.dlib_format import DlibNetFile, parse_dat
 from facekd.errors import EncoderError
+from facekd.fileio import write_atomic
 
 if TYPE_CHECKING:  # pragma: no cover
     from facekd.erasure import Erasure
@@ -308,7 +308,7 @@ class DlibResNet(TorchEncoder):
             path = super().to_onnx(path, opset=opset)
         model = _constant_pads(onnx.load(str(path)), self.module.pad_list())
         onnx.checker.check_model(model)
-        _atomic_write(path, [model.SerializeToString()])
+        write_atomic(path, [model.SerializeToString()])
         return path
 
 
@@ -375,22 +375,6 @@ def convert(data: bytes) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     return _weights_from_file(net), meta
 
 
-def _atomic_write(path: Path, chunks) -> None:
-    """Write ``chunks`` (bytes-like) to ``path`` via a temp file + fsync + os.replace."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            for chunk in chunks:
-                fh.write(chunk)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 # Cache file: magic, uint64 header length, JSON header, zero padding to 64 bytes, then the
 # float32 tensors back to back. One flat blob so a cached load is an mmap, not a 22 MB copy.
 _MAGIC = b"FACEKD-DLIB\n"
@@ -405,7 +389,7 @@ def _write_cache(path: Path, state: dict[str, np.ndarray], meta: dict[str, Any])
     header = json.dumps({"meta": meta, "tensors": entries, "count": offset}).encode()
     start = len(_MAGIC) + 8 + len(header)
     pad = (-start) % _ALIGN
-    _atomic_write(path, [_MAGIC, len(header).to_bytes(8, "little"), header, bytes(pad)]
+    write_atomic(path, [_MAGIC, len(header).to_bytes(8, "little"), header, bytes(pad)]
                   + [np.ascontiguousarray(a, "<f4").tobytes() for a in state.values()])
 
 
@@ -460,7 +444,7 @@ def _source_sha256(path: Path, cache_dir: Path, use_index: bool) -> tuple[str, b
     if use_index:
         index[key] = [st.st_size, st.st_mtime_ns, sha]
         try:
-            _atomic_write(index_path, [json.dumps(index).encode()])
+            write_atomic(index_path, [json.dumps(index).encode()])
         except OSError:  # a read-only cache dir only costs speed
             pass
     return sha, data

@@ -24,7 +24,6 @@ import copy
 import json
 import logging
 import os
-import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
@@ -32,6 +31,7 @@ import numpy as np
 
 from facekd.encoders.base import Encoder, InputSpec, compose_for_fold, sha256_arrays
 from facekd.errors import EncoderError
+from facekd.fileio import write_atomic
 
 if TYPE_CHECKING:  # pragma: no cover
     import onnx
@@ -597,18 +597,7 @@ def write_model(model: "onnx.ModelProto", path: str | os.PathLike) -> Path:
         data = model.SerializeToString()
     except ValueError as exc:  # > 2 GB protos need external data, which a single file cannot hold
         raise EncoderError(f"model too large for a single ONNX file: {exc}") from None
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return write_atomic(path, data)
 
 
 def load(arg: str | None, **options) -> OnnxEncoder:
