@@ -108,6 +108,8 @@ class Config:
     far: float = 1e-3
     method: str = "esc"
     p: float = 1.5
+    k: int | None = None
+    energy: float | None = None
     min_vectors: int = 2
     esc_t_lr: float = 1e-3
     max_rank1_over_chance: float = 2.0
@@ -121,7 +123,10 @@ class Config:
                         "match_threshold": "auto" if self.match_threshold is None
                         else float(self.match_threshold)},
             "forget": {"method": self.method, "p": self.p, "min_vectors": self.min_vectors,
-                       "esc_t_lr": self.esc_t_lr, "seed": self.seed},
+                       "esc_t_lr": self.esc_t_lr, "seed": self.seed,
+                       # TOML has no null: an unset rule is simply absent
+                       **({"k": self.k} if self.k is not None else {}),
+                       **({"energy": self.energy} if self.energy is not None else {})},
             "acceptance": {"far": self.far, "max_rank1_over_chance": self.max_rank1_over_chance,
                            "max_tar": self.max_tar},
         }
@@ -152,6 +157,12 @@ class Config:
         if not 0 < self.far < 1 or not 0 <= self.max_tar <= 1 or self.max_rank1_over_chance <= 0:
             raise WorkspaceError(f"{source}: far and max_tar must be in (0, 1), "
                                  "max_rank1_over_chance > 0")
+        if self.k is not None and self.energy is not None:
+            raise WorkspaceError(f"{source}: [forget] sets both k and energy; keep one")
+        if self.k is not None and not (isinstance(self.k, int) and self.k >= 1):
+            raise WorkspaceError(f"{source}: [forget] k must be a positive integer")
+        if self.energy is not None and not 0 < float(self.energy) <= 1:
+            raise WorkspaceError(f"{source}: [forget] energy must be in (0, 1]")
         if int(self.min_vectors) < 1:
             raise WorkspaceError(f"{source}: min_vectors must be >= 1")
         if self.match_threshold is not None and not -1 <= float(self.match_threshold) <= 1:
@@ -521,7 +532,10 @@ class Workspace:
         all_vecs = np.asarray(self.gallery.vectors(), dtype=np.float32)
         labels = np.asarray(self.gallery.labels(), dtype=np.int64)
         if method == "esc":
-            p_eff = cfg.p if (p is None and k is None and energy is None) else p
+            if p is None and k is None and energy is None:  # the workspace's own rule
+                k, energy = cfg.k, cfg.energy
+                p = cfg.p if k is None and energy is None else None
+            p_eff = p
 
             def fit(F: np.ndarray) -> Erasure:
                 return fit_esc(F, p=p_eff if p_eff is not None else cfg.p, k=k, energy=energy)

@@ -35,14 +35,8 @@ def facekd(*args, ws: Path | None = None, env: dict | None = None, timeout: floa
 @pytest.fixture(scope="session")
 def built(tmp_path_factory):
     """(workspace, held-out photos of TARGET) after `facekd init` + `facekd enroll`."""
-    pytest.importorskip("gallery_tools.enroll")
-    from facekd.encoders import load_encoder
     from facekd.synthfaces import render_identity, write_tree
 
-    try:
-        load_encoder("samples")
-    except Exception as exc:
-        pytest.skip(f"samples encoder unavailable: {exc}")
     import cv2
 
     base = tmp_path_factory.mktemp("cli")

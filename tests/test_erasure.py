@@ -295,7 +295,7 @@ def test_bad_files_raise_erasure_error(tmp_path):
 
 
 def test_apply_restores_the_callers_blas_thread_setting():
-    threadpoolctl = pytest.importorskip("threadpoolctl")
+    import threadpoolctl
     before = [i["num_threads"] for i in threadpoolctl.threadpool_info()]
     rng = np.random.default_rng(10)
     e = fit_esc(rng.normal(size=(20, 32)), k=2)

@@ -142,13 +142,9 @@ def test_enroll_refuses_unmapped_folders_and_foreign_encoders(tmp_path, encoder)
 @pytest.mark.slow
 def test_enroll_real_faces_with_detection(tmp_path, faces_dir):
     """LFW photos (read in place through symlinks) -> dlib detection + alignment -> dlib ResNet."""
-    pytest.importorskip("facekd.faces")
     from facekd.encoders import load_encoder
 
-    try:
-        enc = load_encoder("dlib")
-    except Exception as exc:  # the dlib family is another helper's work in progress
-        pytest.skip(f"dlib encoder unavailable: {exc}")
+    enc = load_encoder("dlib")
     src = faces_dir / "lfw_150px"
     people = sorted(p for p in src.iterdir() if p.is_dir())[:3]
     tree = tmp_path / "tree"

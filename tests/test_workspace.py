@@ -23,16 +23,9 @@ N_IMAGES = 6
 @pytest.fixture(scope="session")
 def built_workspace(tmp_path_factory):
     """(workspace dir, tree dir, held-out dir of TARGET) with every identity enrolled."""
-    pytest.importorskip("gallery_tools.enroll")
-    pytest.importorskip("facekd.faces")
-    from facekd.encoders import load_encoder
     from facekd.synthfaces import render_identity, write_tree
     from facekd.workspace import Workspace
 
-    try:
-        load_encoder("samples")
-    except Exception as exc:  # the samples encoder is its own issue; it may not have landed
-        pytest.skip(f"samples encoder unavailable: {exc}")
     base = tmp_path_factory.mktemp("ws")
     tree = write_tree(base / "tree", IDS, N_IMAGES, seed=0)
     held = base / "held"
@@ -292,3 +285,37 @@ def test_report_writes_pngs_and_html_without_the_raw_id(erased_dir):
     page = out["html"].read_text()
     assert "data:image/png;base64," in page and out["receipt_id"] in page
     assert f">{TARGET}<" not in page and f'"{TARGET}"' not in page
+
+
+def test_config_energy_rule_is_the_default_for_forget(ws_dir):
+    import tomllib
+
+    import tomli_w
+
+    from facekd.workspace import CONFIG_NAME
+
+    cfg_path = ws_dir / CONFIG_NAME
+    cfg = tomllib.loads(cfg_path.read_text())
+    cfg["forget"]["energy"] = 0.95
+    cfg_path.write_text(tomli_w.dumps(cfg))
+    with _open(ws_dir, writable=True) as ws:
+        stored = ws.gallery.vectors(TARGET)
+        res = ws.forget(TARGET, dry_run=True, progress=False)
+    params = res.receipt["params"]
+    assert params["energy_requested"] == 0.95 and params["p"] is None
+    assert params["k"] == fit_esc(stored, energy=0.95).k
+
+
+def test_config_with_both_k_and_energy_is_refused(ws_dir):
+    import tomllib
+
+    import tomli_w
+
+    from facekd.workspace import CONFIG_NAME, WorkspaceError
+
+    cfg_path = ws_dir / CONFIG_NAME
+    cfg = tomllib.loads(cfg_path.read_text())
+    cfg["forget"].update({"energy": 0.9, "k": 3})
+    cfg_path.write_text(tomli_w.dumps(cfg))
+    with pytest.raises(WorkspaceError, match="both k and energy"):
+        _open(ws_dir)
