@@ -11,40 +11,16 @@ total under 60 s on 2 CPU cores. The load average is recorded because this box i
 from __future__ import annotations
 
 import argparse
-import os
-import platform
-import re
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-DOC = REPO / "docs" / "benchmarks.md"
-BEGIN, END = "<!-- bench:demo -->", "<!-- /bench:demo -->"
+# Run as `python benchmarks/bench_demo.py`: sys.path[0] is benchmarks/, so the shared helpers in
+# benchmarks/_common.py import as a top-level module.
+from _common import load_average, machine, versions, write_section
+
 STAGES = ("data", "enrol", "forget", "export", "verify", "total")
-
-
-def machine() -> str:
-    try:
-        lscpu = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
-        model = next(line.split(":", 1)[1].strip() for line in lscpu.splitlines()
-                     if line.startswith("Model name"))
-    except Exception:  # noqa: BLE001 - no lscpu: still report what we can
-        model = platform.processor() or "unknown CPU"
-    ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
-    return f"{model}, {os.cpu_count()} cores, {ram:.0f} GiB RAM"
-
-
-def versions() -> str:
-    import numpy
-    import onnxruntime
-
-    import facekd
-
-    return (f"Python {platform.python_version()}, facekd {facekd.__version__}, numpy "
-            f"{numpy.__version__}, onnxruntime {onnxruntime.__version__}")
 
 
 def main() -> None:
@@ -56,7 +32,7 @@ def main() -> None:
     args = ap.parse_args()
     from facekd.demo import run_demo
 
-    load_before = os.getloadavg()[0]
+    load_before = load_average()
     rows, results = [], []
     for r in range(args.rounds):
         with tempfile.TemporaryDirectory() as tmp:
@@ -69,13 +45,13 @@ def main() -> None:
         rows.append(f"| {r + 1} | " + " | ".join(f"{t.get(s, float('nan')):.1f}" for s in STAGES)
                     + f" | {'PASS' if res['verify']['passed'] else 'FAIL'} |")
         print(rows[-1], f"(wall {wall:.1f} s)", flush=True)
-    load_after = os.getloadavg()[0]
+    load_after = load_average()
     m = results[-1]["metrics"]
     a = results[-1]["verify"]["attack"]
-    body = f"""{BEGIN}
-## Demo (`benchmarks/bench_demo.py`)
+    env = f"{machine()}; {versions('facekd', 'numpy', 'onnxruntime')}"
+    body = f"""## Demo (`benchmarks/bench_demo.py`)
 
-Machine: {machine()}; {versions()}. Command: `python benchmarks/bench_demo.py --identities
+Machine: {env}. Command: `python benchmarks/bench_demo.py --identities
 {args.identities} --images {args.images} --rounds {args.rounds}`. 1-minute load average
 {load_before:.1f} before, {load_after:.1f} after (a shared box: a quiet one is faster).
 `facekd demo` = render {args.identities} synthetic identities x {args.images} images, init + enrol with
@@ -93,15 +69,11 @@ faces, enrol half vs probe half): re-enrolment rank-1 {m['before']['rank1_forget
 {m['after']['rank1_forget']:.1f} (retained {m['before']['rank1_retain']:.1f} ->
 {m['after']['rank1_retain']:.1f}), TAR@1e-3 {m['before']['tar@0.001_forget']:.1f} ->
 {m['after']['tar@0.001_forget']:.1f}; verify on unseen renders: rank-1 {100 * a['rank1']:.1f}%,
-genuine TAR {100 * (a['tar'] or 0):.1f}%.
-{END}"""
+genuine TAR {100 * (a['tar'] or 0):.1f}%."""
     print(body)
     if args.no_write:
         return
-    text = DOC.read_text() if DOC.exists() else "# Benchmarks\n"
-    pattern = re.compile(re.escape(BEGIN) + r".*?" + re.escape(END), re.S)
-    text = pattern.sub(lambda _m: body, text) if pattern.search(text) else text.rstrip() + "\n\n" + body + "\n"
-    DOC.write_text(text)
+    write_section("demo", body)
 
 
 if __name__ == "__main__":

@@ -11,10 +11,9 @@ section of docs/benchmarks.md.
 from __future__ import annotations
 
 import argparse
+import importlib
 import os
-import platform
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -22,35 +21,16 @@ from pathlib import Path
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[1]
-DOC = REPO / "docs" / "benchmarks.md"
-BEGIN, END = "<!-- bench:encoders -->", "<!-- /bench:encoders -->"
+# Run as `python benchmarks/bench_encoders.py`: sys.path[0] is benchmarks/, so the shared helpers
+# in benchmarks/_common.py import as a top-level module.
+from _common import load_average, machine, versions, write_section
 
 
-def machine() -> str:
-    try:
-        lscpu = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
-        model = next(line.split(":", 1)[1].strip() for line in lscpu.splitlines()
-                     if line.startswith("Model name"))
-    except Exception:
-        model = platform.processor() or "unknown CPU"
-    try:
-        mem_kb = int(next(line.split()[1] for line in open("/proc/meminfo")
-                          if line.startswith("MemTotal")))
-        mem = f"{mem_kb / 2**20:.0f} GiB RAM"
-    except Exception:
-        mem = "RAM unknown"
-    return f"{model}, {os.cpu_count()} cores, {mem}"
-
-
-def versions() -> str:
-    import dlib
-    import onnxruntime
+def env() -> str:
     import torch
 
-    return (f"Python {platform.python_version()}, torch {torch.__version__} "
-            f"({torch.get_num_threads()} threads), onnxruntime {onnxruntime.__version__}, "
-            f"dlib {dlib.__version__}, numpy {np.__version__}")
+    return (f"{machine()}; {versions('torch', 'onnxruntime', 'dlib', 'numpy')}; torch on "
+            f"{torch.get_num_threads()} threads")
 
 
 def timed(fn, repeat: int = 1) -> float:
@@ -155,10 +135,9 @@ def render(loads: dict[str, float], ips: dict[tuple[str, int], float], rounds: i
     ratio = ips[("facekd ONNX", 32)] / ips[("dlib", 32)]
     cpu_ratio = ips[("cpu_ms", "dlib", 32)] / ips[("cpu_ms", "facekd ONNX, 1 thread", 32)]
     return "\n".join([
-        BEGIN,
         "## Encoders: dlib's face ResNet (`benchmarks/bench_encoders.py`)",
         "",
-        f"Machine: {machine()}; {versions()}. Command: "
+        f"Machine: {env()}. Command: "
         f"`python benchmarks/bench_encoders.py --rounds {rounds}`. "
         f"1-minute load average {load_before:.1f} before, {load_after:.1f} after "
         "(a shared box: absolute numbers are noisy, the side-by-side ratios less so).",
@@ -191,23 +170,7 @@ def render(loads: dict[str, float], ips: dict[tuple[str, int], float], rounds: i
         f"{loads['cached_no_index']:.3f} |",
         "",
         "Load times exclude `import torch` (about 1-2 s once per process).",
-        END,
     ])
-
-
-def write_section(text: str) -> None:
-    old = DOC.read_text() if DOC.exists() else "# Benchmarks\n"
-    if BEGIN in old and END in old:
-        head, rest = old.split(BEGIN, 1)
-        new = head + text + rest.split(END, 1)[1]
-    else:
-        new = old.rstrip("\n") + "\n\n" + text + "\n"
-    fd, tmp = tempfile.mkstemp(prefix=".benchmarks.", dir=DOC.parent)
-    with os.fdopen(fd, "w") as fh:
-        fh.write(new)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, DOC)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -215,15 +178,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--no-write", action="store_true", help="print, do not touch the docs")
     args = parser.parse_args(argv)
-    import torch  # noqa: F401  (imported before timing loads)
+    importlib.import_module("torch")  # imported before timing loads, so they exclude it
 
-    load_before = os.getloadavg()[0]
+    load_before = load_average()
     loads = load_times(max(3, args.rounds))
     ips = throughput(args.rounds)
-    text = render(loads, ips, args.rounds, load_before, os.getloadavg()[0])
+    text = render(loads, ips, args.rounds, load_before, load_average())
     print(text)
     if not args.no_write:
-        write_section(text)
+        write_section("encoders", text)
     return 0
 
 

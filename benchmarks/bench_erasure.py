@@ -11,13 +11,8 @@ compared with a plain numpy copy of the same array measured in the same run.
 from __future__ import annotations
 
 import argparse
-import os
-import platform
-import re
 import statistics
-import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -26,12 +21,12 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))  # synthetic clusters shared with the unit tests
 
+# Run as `python benchmarks/bench_erasure.py`: sys.path[0] is benchmarks/, so the shared helpers
+# in benchmarks/_common.py import as a top-level module.
+from _common import load_average, machine, versions, write_section  # noqa: E402
 from clusters import identity_clusters  # noqa: E402
 from facekd.erasure import fit_esc, fit_esc_t  # noqa: E402
 from facekd.metrics import erasure_report, split_enrol_probe  # noqa: E402
-
-DOC = REPO / "docs" / "benchmarks.md"
-BEGIN, END = "<!-- bench:erasure -->", "<!-- /bench:erasure -->"
 
 
 def median_time(fn, repeats: int, warmup: int = 1) -> float:
@@ -43,25 +38,6 @@ def median_time(fn, repeats: int, warmup: int = 1) -> float:
         fn()
         times.append(time.perf_counter() - t)
     return statistics.median(times)
-
-
-def machine() -> str:
-    model = "unknown CPU"
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
-        model = re.search(r"Model name:\s*(.+)", out).group(1).strip()
-    except (OSError, subprocess.CalledProcessError, AttributeError):
-        pass
-    mem_gib = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
-    import sklearn
-    import torch
-    try:
-        load = "load average %.1f at start" % os.getloadavg()[0]
-    except OSError:
-        load = "load unknown"
-    return (f"{model}, {os.cpu_count()} cores, {mem_gib:.0f} GiB RAM; Python "
-            f"{platform.python_version()}, numpy {np.__version__}, torch {torch.__version__}, "
-            f"scikit-learn {sklearn.__version__}; {load}")
 
 
 def bench_fit(repeats: int) -> list[tuple[str, float, str]]:
@@ -120,26 +96,6 @@ def bench_report(n_ids: int, per_id: int, d: int) -> tuple[str, dict, str]:
     return f"{n_ids} ids x {per_id} images, d={d}", r.timings, r.table()
 
 
-def write_section(text: str) -> None:
-    """Replace (or append) our marked section of docs/benchmarks.md atomically."""
-    from filelock import FileLock
-
-    DOC.parent.mkdir(parents=True, exist_ok=True)
-    # The lock lives outside the repo so it is never committed; other writers of their own
-    # sections read-modify-write the same file.
-    with FileLock(str(Path(tempfile.gettempdir()) / "facekd-benchmarks-md.lock")):
-        old = DOC.read_text() if DOC.exists() else "# Benchmarks\n"
-        block = f"{BEGIN}\n{text.rstrip()}\n{END}"
-        pattern = re.compile(re.escape(BEGIN) + r".*?" + re.escape(END), re.S)
-        new = pattern.sub(lambda _: block, old) if pattern.search(old) else old.rstrip() + "\n\n" + block + "\n"
-        fd, tmp = tempfile.mkstemp(prefix=".benchmarks.", dir=DOC.parent)
-        with os.fdopen(fd, "w") as fh:
-            fh.write(new)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, DOC)
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="small sizes, prints only (< 1 min)")
@@ -149,7 +105,8 @@ def main() -> None:
     n_apply = 100_000 if args.quick else 1_000_000
     report_size = (40, 10, 128) if args.quick else (158, 27, 128)
 
-    desc = machine()
+    desc = (f"{machine()}; {versions('numpy', 'torch', 'scikit-learn')}; load average "
+            f"{load_average():.1f} at start")
     print(desc, flush=True)
     rows = bench_fit(repeats)
     for name, t, goal in rows:
@@ -193,8 +150,8 @@ def main() -> None:
         "| " + " | ".join(timings) + " |", "|" + "---|" * len(timings),
         "| " + " | ".join(f"{v:.2f}" for v in timings.values()) + " |",
     ]
-    write_section("\n".join(lines))
-    print(f"wrote {DOC}")
+    path = write_section("erasure", "\n".join(lines))
+    print(f"wrote {path}")
 
 
 if __name__ == "__main__":

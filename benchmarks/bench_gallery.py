@@ -14,9 +14,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import os
-import platform
-import re
 import shutil
 import sqlite3
 import subprocess
@@ -28,11 +25,12 @@ from pathlib import Path
 import faiss
 import numpy as np
 
+# Run as `python benchmarks/bench_gallery.py`: sys.path[0] is benchmarks/, so the shared helpers
+# in benchmarks/_common.py import as a top-level module.
+from _common import load_average, machine, versions, write_section
 from facekd.erasure import fit_esc
 from gallery_tools import Gallery
 
-REPO = Path(__file__).resolve().parents[1]
-DOC = REPO / "docs" / "benchmarks.md"
 D = 512
 FACES_PER_ID = 20
 BATCH = 50_000
@@ -56,12 +54,8 @@ def _probe_load(path: str) -> None:
 
 
 def _machine() -> str:
-    lscpu = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
-    model = re.search(r"Model name:\s*(.+)", lscpu)
-    mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
-    return (f"{model.group(1).strip() if model else platform.processor()}, {os.cpu_count()} cores, "
-            f"{mem:.0f} GiB RAM; Python {platform.python_version()}, faiss {faiss.__version__} "
-            f"(CPU build, no GPU on this machine), numpy {np.__version__}, SQLite {sqlite3.sqlite_version}")
+    return (f"{machine()}; {versions('numpy', 'faiss')} (CPU build, no GPU on this machine), "
+            f"SQLite {sqlite3.sqlite_version}")
 
 
 class _Replay:
@@ -167,11 +161,10 @@ def _table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def write_section(rows: list[dict], argv: list[str]) -> None:
-    body = f"""<!-- bench:gallery -->
-## Gallery (`benchmarks/bench_gallery.py`)
+def render(rows: list[dict], argv: list[str]) -> str:
+    return f"""## Gallery (`benchmarks/bench_gallery.py`)
 
-Machine: {_machine()}. Load average during the run: {LOADS[0]:.1f} at start, {os.getloadavg()[0]:.1f}
+Machine: {_machine()}. Load average during the run: {LOADS[0]:.1f} at start, {load_average():.1f}
 at the end (other jobs shared the cores, so times are upper bounds). Command: `python benchmarks/bench_gallery.py {' '.join(argv)}`.
 Random unit vectors, d = {D}, {FACES_PER_ID} faces per identity, a sha256 per face in SQLite.
 Search: 1,000 queries, k = 10, best of 2 interleaved runs (1 at 1M), `Gallery.search` (incl. id -> identity mapping and
@@ -189,15 +182,7 @@ Disk: every file of the gallery directory.
 Goals from issue 5: QPS ratio >= 0.95; apply + rebuild <= 5 s at 1M; bytes per face <= 1.1x the
 raw 2,048 vector bytes plus metadata. IVF (SQ8 codes + float32 vectors beside them) is the
 large-gallery option: its on-disk size is 1.25x raw by design (codes cannot be projected, so
-the vectors are kept), and its RAM stays near the codes until `vectors()`/`apply()` touch the map.
-<!-- /bench:gallery -->"""
-    DOC.parent.mkdir(parents=True, exist_ok=True)
-    text = DOC.read_text() if DOC.exists() else "# Benchmarks\n"
-    pattern = re.compile(r"<!-- bench:gallery -->.*?<!-- /bench:gallery -->", re.S)
-    text = pattern.sub(lambda _: body, text) if pattern.search(text) else text.rstrip() + "\n\n" + body + "\n"
-    tmp = DOC.with_suffix(".md.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, DOC)
+the vectors are kept), and its RAM stays near the codes until `vectors()`/`apply()` touch the map."""
 
 
 def main() -> None:
@@ -212,14 +197,14 @@ def main() -> None:
     runs = [(100_000, "flat")] + ([] if args.no_ivf else [(100_000, "ivf")])
     if not args.quick:
         runs.append((1_000_000, "flat"))
-    LOADS.append(os.getloadavg()[0])
+    LOADS.append(load_average())
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix="bench-gallery-"))
     rows = []
     for n, kind in runs:
         r = bench(n, kind, workdir)
         print(json.dumps(r), flush=True)
         rows.append(r)
-    write_section(rows, sys.argv[1:])
+    write_section("gallery", render(rows, sys.argv[1:]))
     print(_table(rows))
 
 

@@ -17,10 +17,7 @@ from __future__ import annotations
 
 import argparse
 import copy
-import os
-import platform
 import statistics
-import subprocess
 import tempfile
 import time
 import warnings
@@ -32,13 +29,12 @@ import onnxruntime as ort
 import torch
 from torch import nn
 
+# Run as `python benchmarks/bench_onnx.py`: sys.path[0] is benchmarks/, so the shared helpers in
+# benchmarks/_common.py import as a top-level module.
+from _common import load_average, machine, versions, write_section
 from facekd.encoders.onnx_model import OnnxEncoder, _append_matmul, _Graph
 from facekd.erasure import fit_esc
 from facekd.onnx_export import export
-
-REPO = Path(__file__).resolve().parents[1]
-DOC = REPO / "docs" / "benchmarks.md"
-START, END = "<!-- bench:onnx -->", "<!-- /bench:onnx -->"
 
 
 class Bottleneck(nn.Module):
@@ -91,23 +87,6 @@ def build_model(path: Path) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def machine() -> str:
-    try:
-        lscpu = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
-        model = next((ln.split(":", 1)[1].strip() for ln in lscpu.splitlines()
-                      if ln.startswith("Model name")), platform.processor())
-    except OSError:
-        model = platform.processor()
-    try:
-        ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
-    except (ValueError, OSError):
-        ram = float("nan")
-    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    return (f"{model}, {os.cpu_count()} logical cores, {ram:.0f} GiB RAM; Python "
-            f"{platform.python_version()}, onnxruntime {ort.__version__}, onnx {onnx.__version__}, "
-            f"torch {torch.__version__}; 1-min load average at start {load:.1f}")
-
-
 def latency(paths: dict[str, Path], batch: int, reps: int) -> dict[str, list[float]]:
     """Seconds per batch for each model, runs interleaved (order reversed every other round) so
     load bursts from other processes hit all models alike."""
@@ -128,29 +107,14 @@ def latency(paths: dict[str, Path], batch: int, reps: int) -> dict[str, list[flo
     return times
 
 
-def write_section(text: str) -> None:
-    DOC.parent.mkdir(parents=True, exist_ok=True)
-    old = DOC.read_text() if DOC.exists() else "# Benchmarks\n"
-    block = f"{START}\n{text.rstrip()}\n{END}"
-    if START in old and END in old:
-        new = old[:old.index(START)] + block + old[old.index(END) + len(END):]
-    else:
-        new = old.rstrip() + "\n\n" + block + "\n"
-    fd, tmp = tempfile.mkstemp(prefix=".benchmarks.", dir=DOC.parent)
-    with os.fdopen(fd, "w") as fh:
-        fh.write(new)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, DOC)
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--reps", type=int, default=20)
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--no-write", action="store_true")
     args = ap.parse_args()
-    env = machine()
+    env = (f"{machine()}; {versions('onnxruntime', 'onnx', 'torch')}; 1-min load average at "
+           f"start {load_average():.1f}")
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         src = tmp / "r50.onnx"
@@ -220,7 +184,7 @@ def main() -> None:
     text = "\n".join(lines)
     print(text)
     if not args.no_write:
-        write_section(text)
+        write_section("onnx", text)
 
 
 if __name__ == "__main__":

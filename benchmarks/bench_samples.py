@@ -11,40 +11,18 @@ samples/train_tiny_encoder.py (re-measured by tests/test_samples_encoder.py).
 
 from __future__ import annotations
 
-import os
-import platform
-import re
-import tempfile
 import time
-from pathlib import Path
 
-import cv2
 import numpy as np
 import onnxruntime as ort
 
+# Run as `python benchmarks/bench_samples.py`: sys.path[0] is benchmarks/, so the shared helpers
+# in benchmarks/_common.py import as a top-level module.
+from _common import load_average, machine, versions, write_section
 from facekd import fit_esc, metrics
 from facekd.encoders import load_encoder
 from facekd.encoders.samples import model_info, model_path
 from facekd.synthfaces import render_dataset, render_identity
-
-REPO = Path(__file__).resolve().parents[1]
-DOC = REPO / "docs" / "benchmarks.md"
-
-
-def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
-    load = os.getloadavg()[0]
-    return (f"{cpu}, {os.cpu_count()} cores, {ram:.0f} GiB RAM, load average {load:.1f} at the "
-            f"start; Python {platform.python_version()}, numpy {np.__version__}, OpenCV "
-            f"{cv2.__version__}, onnxruntime {ort.__version__}")
 
 
 def best_of(fn, repeats: int = 3) -> float:
@@ -93,7 +71,8 @@ def esc_table(forget_ids=(1042, 1001, 1100, 1150), ks=(1, 4, 8, 12)) -> str:
 
 
 def main() -> int:
-    mach = machine()
+    mach = (f"{machine()}, load average {load_average():.1f} at the start; "
+            f"{versions('numpy', 'cv2', 'onnxruntime')}")
     ids = list(range(1000, 1200))
     t_render = best_of(lambda: render_dataset(ids, 8, progress=False), 2)
     chips, _ = render_dataset(ids, 8, progress=False)
@@ -117,8 +96,7 @@ def main() -> int:
     hi, him, px = acc["heldout_identities"], acc["heldout_images"], info[
         "pixel_baseline_heldout_identities"]
     pct = lambda v: f"{100 * v:.1f}"  # noqa: E731
-    section = f"""<!-- bench:samples -->
-## Synthetic faces and the tiny samples encoder (`benchmarks/bench_samples.py`)
+    section = f"""## Synthetic faces and the tiny samples encoder (`benchmarks/bench_samples.py`)
 
 A **test fixture and demo, not a face model**: the encoder has only seen `facekd.synthfaces`
 renders (procedural cartoons of nobody). It exists so `facekd demo` and the tests run anywhere.
@@ -134,10 +112,10 @@ Encoder: `facekd/data/tiny_face_encoder.onnx`, {info['bytes']:,} bytes, {tr['par
 parameters, 128-d, opset 17, ends in one Gemm; sha256 `{info['sha256'][:16]}...`.
 Trained by `samples/train_tiny_encoder.py` with its defaults: {tr['n_identities']} training
 identities ({tr['identities']}, render seed {tr['render_seed']}) x {tr['images_per_identity']} images,
-{tr['steps']} steps of batch {tr['batch']}, {tr['loss']}, {tr['optimizer']}. Cost of the committed
-run: render {tr['render_s']:.0f} s, training {tr['train_s']:.0f} s wall / {tr['train_cpu_s']:.0f} s CPU with
-{tr['threads']} threads, render + train + export {tr['total_s']:.0f} s wall, measured while other jobs
-loaded the same 2 cores (load average 6-13); on 2 idle cores the CPU time puts it near 4-5 minutes.
+{tr['steps']} steps of batch {tr['batch']}, {tr['loss']}, {tr['optimizer']}. Cost of training: render
+{tr['render_s']:.0f} s, training {tr['train_s']:.0f} s wall / {tr['train_cpu_s']:.0f} s CPU with
+{tr['threads']} threads, render + train + export {tr['total_s']:.0f} s wall (goal: 10 minutes).
+{tr.get('timing_note', '')}
 
 Accuracy (rank-1: first half of each identity's images enrolled, the rest probed, best-matching
 face; TAR over all genuine pairs at the threshold giving FAR 1e-3 on all impostor pairs):
@@ -161,26 +139,10 @@ other 15 probed after re-enrolment with the edited encoder; mean of identities 1
 
 With only 5 images of the person enrolled (the demo's setting) k = 4 already brings re-enrolment
 rank-1 of 1042 to 0 (tests/test_samples_encoder.py); a larger re-enrolment set still finds the
-person at small k, so erasing on this cosine-trained space costs about 1-3 retained points.
-<!-- /bench:samples -->"""
-    write_section(section)
+person at small k, so erasing on this cosine-trained space costs about 1-3 retained points."""
+    write_section("samples", section)
     print(section)
     return 0
-
-
-def write_section(section: str) -> None:
-    """Replace (or append) the bench:samples section, atomically."""
-    text = DOC.read_text() if DOC.exists() else "# Benchmarks\n"
-    pattern = re.compile(r"<!-- bench:samples -->.*?<!-- /bench:samples -->", re.S)
-    text = pattern.sub(lambda _: section, text) if pattern.search(text) else (
-        text.rstrip("\n") + "\n\n" + section + "\n")
-    DOC.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=DOC.parent, suffix=".md")
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, DOC)
 
 
 if __name__ == "__main__":

@@ -35,8 +35,6 @@ import argparse
 import hashlib
 import json
 import os
-import platform
-import re
 import tempfile
 import time
 from dataclasses import dataclass
@@ -44,12 +42,13 @@ from pathlib import Path
 
 import numpy as np
 
+# Run as `python benchmarks/bench_tradeoff.py`: sys.path[0] is benchmarks/, so the shared helpers
+# in benchmarks/_common.py import as a top-level module.
+from _common import REPO, load_average, machine, versions, write_section
 from facekd import fit_esc
 from facekd.erasure import ErasureError
 from facekd.metrics import identification_hits, pair_scores, split_enrol_probe, tar_at_far
 
-REPO = Path(__file__).resolve().parents[1]
-DOC = REPO / "docs" / "benchmarks.md"
 FACES_DIR = Path(os.environ.get("FACEKD_FACES_DIR", REPO.parent / "shared" / "data" / "faces"))
 CACHE_DIR = (Path(os.environ.get("FACEKD_CACHE") or Path.home() / ".cache" / "facekd")
              / "bench_tradeoff")
@@ -318,40 +317,6 @@ def findings(result: dict, name: str, chance: float, max_drop: float = 2.0) -> s
     return "\n".join(out)
 
 
-def machine() -> str:
-    import onnxruntime
-    import torch
-
-    cpu = platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
-    return (f"{cpu}, {os.cpu_count()} cores, {ram:.0f} GiB RAM, load average "
-            f"{os.getloadavg()[0]:.1f} at the start; Python {platform.python_version()}, numpy "
-            f"{np.__version__}, torch {torch.__version__}, onnxruntime {onnxruntime.__version__}")
-
-
-def write_section(text: str) -> None:
-    doc = DOC.read_text() if DOC.is_file() else "# Benchmarks\n"
-    block = f"<!-- bench:tradeoff -->\n{text.rstrip()}\n<!-- /bench:tradeoff -->"
-    pattern = re.compile(r"<!-- bench:tradeoff -->.*?<!-- /bench:tradeoff -->", re.S)
-    if pattern.search(doc):
-        doc = pattern.sub(lambda _: block, doc)
-    else:  # first run: the section goes at the end
-        doc = doc.rstrip() + "\n\n" + block + "\n"
-    fd, tmp = tempfile.mkstemp(dir=DOC.parent, suffix=".md.tmp")
-    with os.fdopen(fd, "w") as fh:
-        fh.write(doc)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, DOC)
-
-
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true",
@@ -364,7 +329,8 @@ def main() -> int:
     args = ap.parse_args()
     n_syn = 3 if args.quick else args.synthetic_erased
     n_lfw = 3 if args.quick else args.lfw_erased
-    mach = machine()
+    mach = (f"{machine()}, load average {load_average():.1f} at the start; "
+            f"{versions('numpy', 'torch', 'onnxruntime')}")
     t0 = time.perf_counter()
     parts = [
         "## ESC trade-off: fit photos x erased directions (`benchmarks/bench_tradeoff.py`)",
@@ -427,8 +393,8 @@ def main() -> int:
     text = "\n".join(parts)
     print("\n".join(summary))
     if not args.no_write:
-        write_section(text)
-        print(f"wrote the bench:tradeoff section of {DOC}")
+        path = write_section("tradeoff", text)
+        print(f"wrote the bench:tradeoff section of {path}")
     return 0
 
 

@@ -442,7 +442,7 @@ def fit_esc(F: Any, *, p: float = 1.5, k: int | None = None, energy: float | Non
 # ---------------------------------------------------------------------- ESC-T
 def fit_esc_t(F: Any, prototypes: Any, forget_index: int, *, scale: float = 30.0,
               lr: float = 1e-3, epochs: int = 50, threshold: float = 0.7, seed: int = 0,
-              batch_size: int = 64, device: Any = None) -> Erasure:
+              batch_size: int = 64, device: Any = None, normalize_step: bool = False) -> Erasure:
     """Fit ESC-T: a learned element-wise mask on a full SVD basis of the forget embeddings.
 
     Faithful to the reference loop, with a cosine classifier over identity prototypes as the head
@@ -459,6 +459,9 @@ def fit_esc_t(F: Any, prototypes: Any, forget_index: int, *, scale: float = 30.0
         prototypes: ``(c, d)`` identity prototypes; row ``forget_index`` is the erased identity's.
         forget_index: row of ``prototypes`` that is the erased identity.
         device: torch device; defaults to ``F``'s device when it is a tensor, else CPU.
+        normalize_step: divide each gradient by its largest absolute entry, so ``lr`` is the most
+            any mask entry moves per step. Not in the reference code: its raw gradient shrinks with
+            the forget set and the softmax's saturation, so no fixed ``lr`` suits every identity.
 
     Note: on face-sized forget sets the reference ``lr=1e-3`` rarely moves any mask entry past
     the threshold (see docs); the returned ``params`` report ``masked_fraction`` so a no-op is visible.
@@ -514,6 +517,8 @@ def fit_esc_t(F: Any, prototypes: Any, forget_index: int, *, scale: float = 30.0
             loss = -torch.nn.functional.cross_entropy(out[correct], labels)
             (grad,) = torch.autograd.grad(loss, mask)
             with torch.no_grad():
+                if normalize_step:
+                    grad = grad / grad.abs().max().clamp_min(torch.finfo(grad.dtype).tiny)
                 mask -= lr * grad
                 mask.clamp_(0.0, 1.0)
             steps += 1
@@ -529,7 +534,8 @@ def fit_esc_t(F: Any, prototypes: Any, forget_index: int, *, scale: float = 30.0
         hard_acc = float((logits_of(feats, binary).argmax(dim=1) == target).float().mean())
     params = {
         "scale": scale, "lr": lr, "epochs": epochs, "threshold": threshold, "seed": seed,
-        "batch_size": batch_size, "n": int(f_np.shape[0]), "classes": c,
+        "batch_size": batch_size, "normalize_step": normalize_step,
+        "n": int(f_np.shape[0]), "classes": c,
         "epochs_run": epochs_run, "steps": steps, "stopped_early": stopped_early,
         "masked_fraction": float(1.0 - binary.mean().item()),
         "forget_accuracy_soft_mask": soft_acc, "forget_accuracy": hard_acc,

@@ -111,7 +111,11 @@ class Config:
     k: int | None = None
     energy: float | None = None
     min_vectors: int = 2
-    esc_t_lr: float = 1e-3
+    # The reference step (lr 1e-3 on the raw gradient) never moves a mask entry past the threshold
+    # on face-sized forget sets, so ESC-T would erase nothing. The workspace normalises each step
+    # by its largest gradient entry instead: lr is then the most any entry moves per step.
+    esc_t_lr: float = 0.1
+    esc_t_normalize_step: bool = True
     max_rank1_over_chance: float = 2.0
     max_tar: float = 0.05
     seed: int = 0
@@ -123,7 +127,8 @@ class Config:
                         "match_threshold": "auto" if self.match_threshold is None
                         else float(self.match_threshold)},
             "forget": {"method": self.method, "p": self.p, "min_vectors": self.min_vectors,
-                       "esc_t_lr": self.esc_t_lr, "seed": self.seed,
+                       "esc_t_lr": self.esc_t_lr, "esc_t_normalize_step": self.esc_t_normalize_step,
+                       "seed": self.seed,
                        # TOML has no null: an unset rule is simply absent
                        **({"k": self.k} if self.k is not None else {}),
                        **({"energy": self.energy} if self.energy is not None else {})},
@@ -548,9 +553,15 @@ class Workspace:
             row = int(np.searchsorted(uniq, identity))
 
             def fit(F: np.ndarray) -> Erasure:
-                return fit_esc_t(F, protos, row, lr=cfg.esc_t_lr, seed=cfg.seed)
-            params = {"lr": cfg.esc_t_lr}
+                return fit_esc_t(F, protos, row, lr=cfg.esc_t_lr, seed=cfg.seed,
+                                 normalize_step=cfg.esc_t_normalize_step)
+            params = {"lr": cfg.esc_t_lr, "normalize_step": cfg.esc_t_normalize_step}
         new = fit(forget_vecs)
+        if new.method == "esc-t" and new.params.get("masked_fraction", 1.0) == 0.0:
+            raise WorkspaceError(
+                f"ESC-T masked nothing in {new.params['epochs_run']} epochs at lr "
+                f"{cfg.esc_t_lr}: the erasure would change nothing; raise [forget] esc_t_lr "
+                "(or set esc_t_normalize_step = true) in config.toml, or use --method esc")
         params.update({key: v for key, v in new.params.items()})
         combined = acc.then(new)
         lap("fit")

@@ -236,12 +236,26 @@ def test_forget_refuses_bad_requests_with_workspace_errors(erased_dir, case):
 @pytest.mark.slow
 def test_esc_t_forget_commits_a_dense_map(ws_dir):
     with _open(ws_dir, writable=True) as ws:
-        ws.config.esc_t_lr = 1.0
-        res = ws.forget(TARGET, method="esc-t", progress=False)
+        res = ws.forget(TARGET, method="esc-t", progress=False)  # the workspace's default lr
     assert res.receipt["method"] == "esc-t"
+    assert res.receipt["params"]["masked_fraction"] > 0
+    assert res.receipt["params"]["forget_accuracy"] == 0.0
     with _open(ws_dir) as ws:
         assert ws.erasure.method == "esc-t"
         assert ws.encoder_state["edited"] == ws.encoder.fingerprint
+
+
+def test_esc_t_that_masks_nothing_is_refused_and_changes_nothing(ws_dir):
+    from facekd.workspace import WorkspaceError
+
+    with _open(ws_dir, writable=True) as ws:
+        gen = ws.gallery.generation
+        ws.config.esc_t_lr = 1e-3  # the reference step: never crosses the threshold here
+        ws.config.esc_t_normalize_step = False
+        with pytest.raises(WorkspaceError, match="masked nothing"):
+            ws.forget(TARGET, method="esc-t", progress=False)
+    with _open(ws_dir) as ws:
+        assert ws.gallery.generation == gen and ws.gallery.has_identity(TARGET)
 
 
 # ------------------------------------------------------------------ verify and report

@@ -1,0 +1,133 @@
+"""Plumbing shared by the benchmark scripts: describe the machine, name the versions, and write a
+script's own marked section of docs/benchmarks.md.
+
+Each script owns one block ``<!-- bench:NAME -->`` ... ``<!-- /bench:NAME -->`` of the shared
+document; ``write_section`` replaces that block (or appends it) and leaves every other byte alone.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.metadata as metadata
+import os
+import platform
+import re
+import subprocess
+import tempfile
+from pathlib import Path
+
+from filelock import FileLock
+
+from facekd.fileio import write_atomic
+
+__all__ = ["DOC", "REPO", "load_average", "machine", "versions", "write_section"]
+
+REPO = Path(__file__).resolve().parents[1]
+DOC = REPO / "docs" / "benchmarks.md"
+# Outside the repo so it is never committed; serialises the read-modify-write of DOC between
+# benchmarks that finish at the same time.
+_LOCK = Path(tempfile.gettempdir()) / "facekd-benchmarks-md.lock"
+
+
+def _cpu_model() -> str:
+    try:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
+        found = re.search(r"^Model name:\s*(.+)$", out, re.M)
+        if found:
+            return found.group(1).strip()
+    except (OSError, subprocess.CalledProcessError):
+        pass
+    try:  # no lscpu (minimal containers): the kernel's own description
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown CPU"
+
+
+def _ram_gib() -> float | None:
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    except (ValueError, OSError, AttributeError):
+        pass
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal"):
+                return int(line.split()[1]) / 2**20
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def machine() -> str:
+    """``"<CPU model>, <n> logical cores, <r> GiB RAM"``; the load average is not part of it
+    (see ``load_average``), since it changes during a run."""
+    ram = _ram_gib()
+    mem = f"{ram:.0f} GiB RAM" if ram is not None else "RAM unknown"
+    return f"{_cpu_model()}, {os.cpu_count()} logical cores, {mem}"
+
+
+def _version(name: str) -> str | None:
+    try:
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:
+        pass
+    # An import name whose distribution is called otherwise (faiss -> faiss-cpu, cv2 -> opencv-*).
+    for dist in metadata.packages_distributions().get(name, ()):
+        try:
+            return metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            continue
+    # Some binary wheels (dlib-bin) do not declare their top-level module in their metadata.
+    try:
+        return str(importlib.import_module(name).__version__)
+    except Exception:  # noqa: BLE001 - absent or broken: the package is simply left out
+        return None
+
+
+def versions(*packages: str) -> str:
+    """``"Python 3.11.7, numpy 2.4.6, ..."``: Python, then each named package (distribution or
+    import name, in the given order) that is installed; absent ones are left out."""
+    parts = [f"Python {platform.python_version()}"]
+    for name in packages:
+        version = _version(name)
+        if version is not None:
+            parts.append(f"{name} {version}")
+    return ", ".join(parts)
+
+
+def load_average() -> float:
+    """The 1-minute load average (NaN where the platform has none): the box is shared, so each
+    benchmark records how busy it was."""
+    try:
+        return os.getloadavg()[0]
+    except (OSError, AttributeError):
+        return float("nan")
+
+
+def write_section(name: str, text: str) -> Path:
+    """Replace the ``<!-- bench:name -->`` ... ``<!-- /bench:name -->`` block of DOC with
+    ``text`` (or append it, after a blank line, when the block is absent), atomically and under a
+    file lock; returns DOC's path.
+
+    ``text`` is the body without the markers (they are added); a body that already starts and
+    ends with this section's markers is taken as is. Every byte outside the block is kept.
+    """
+    begin, end = f"<!-- bench:{name} -->", f"<!-- /bench:{name} -->"
+    body = text.strip()
+    if body.startswith(begin) and body.endswith(end):
+        block = body
+    else:
+        block = f"{begin}\n{body}\n{end}"
+    doc = Path(DOC)
+    doc.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(_LOCK)):
+        old = doc.read_text(encoding="utf-8") if doc.exists() else "# Benchmarks\n"
+        pattern = re.compile(re.escape(begin) + r".*?" + re.escape(end), re.S)
+        if pattern.search(old):
+            new = pattern.sub(lambda _m: block, old)  # a function: no backslash escapes in block
+        else:
+            new = old.rstrip() + "\n\n" + block + "\n"
+        write_atomic(doc, new.encode("utf-8"))
+    return doc
