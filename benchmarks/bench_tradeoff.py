@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import io
 import json
 import os
 import tempfile
@@ -47,6 +48,7 @@ import numpy as np
 from _common import REPO, load_average, machine, versions, write_section
 from facekd import fit_esc
 from facekd.erasure import ErasureError
+from facekd.fileio import write_atomic
 from facekd.metrics import identification_hits, pair_scores, split_enrol_probe, tar_at_far
 
 FACES_DIR = Path(os.environ.get("FACEKD_FACES_DIR", REPO.parent / "shared" / "data" / "faces"))
@@ -176,17 +178,9 @@ def synthetic_cases(n_erased: int, seed: int = 0) -> tuple[list[Case], dict]:
 
 # ---------------------------------------------------------------------- LFW + dlib
 def _atomic_save(path: Path, **arrays: np.ndarray) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".npz.tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            np.savez(fh, **arrays)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    write_atomic(path, buf.getvalue())
 
 
 def lfw_embeddings(root: Path, min_images: int = 20) -> tuple[np.ndarray, np.ndarray, dict]:

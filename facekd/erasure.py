@@ -349,6 +349,7 @@ class Erasure:
 
     def save(self, path: str | os.PathLike) -> Path:
         """Write :meth:`to_bytes` to one ``.npz`` file atomically (temp file, fsync, rename)."""
+        # Not facekd.fileio.write_atomic: this module imports nothing else from the project.
         path = Path(path)
         data = self.to_bytes()
         path.parent.mkdir(parents=True, exist_ok=True)
