@@ -23,3 +23,28 @@ def faces_dir() -> Path:
 @pytest.fixture
 def rng() -> np.random.Generator:
     return np.random.default_rng(0)
+
+
+# A small synthetic deployment shared by the workspace and CLI tests (rendered once per session).
+SYNTH_IDS = list(range(1000, 1030))
+SYNTH_TARGET = 1012
+SYNTH_IMAGES = 6
+
+
+@pytest.fixture(scope="session")
+def synthetic_photos(tmp_path_factory) -> tuple[Path, Path]:
+    """``(tree, held)``: folder-per-identity renders of ``SYNTH_IDS`` (``SYNTH_IMAGES`` each) and
+    ``SYNTH_IMAGES`` further renders of ``SYNTH_TARGET`` that are never enrolled
+    (``unseen_<j>.png``)."""
+    import cv2
+
+    from facekd.synthfaces import render_identity, write_tree
+
+    base = tmp_path_factory.mktemp("synthetic")
+    tree = write_tree(base / "tree", SYNTH_IDS, SYNTH_IMAGES, seed=0)
+    held = base / "held"
+    held.mkdir()
+    unseen = render_identity(SYNTH_TARGET, SYNTH_IMAGES, seed=0, image_offset=SYNTH_IMAGES)
+    for j, chip in enumerate(unseen):
+        cv2.imwrite(str(held / f"unseen_{j}.png"), cv2.cvtColor(chip, cv2.COLOR_RGB2BGR))
+    return tree, held

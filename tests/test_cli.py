@@ -17,9 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-IDS = list(range(1000, 1030))
-TARGET = 1012
-N_IMAGES = 6
+from conftest import SYNTH_IDS as IDS, SYNTH_TARGET as TARGET
 
 
 def facekd(*args, ws: Path | None = None, env: dict | None = None, timeout: float = 120):
@@ -33,19 +31,10 @@ def facekd(*args, ws: Path | None = None, env: dict | None = None, timeout: floa
 
 
 @pytest.fixture(scope="session")
-def built(tmp_path_factory):
+def built(synthetic_photos, tmp_path_factory):
     """(workspace, held-out photos of TARGET) after `facekd init` + `facekd enroll`."""
-    from facekd.synthfaces import render_identity, write_tree
-
-    import cv2
-
-    base = tmp_path_factory.mktemp("cli")
-    tree = write_tree(base / "tree", IDS, N_IMAGES, seed=0)
-    held = base / "held"
-    held.mkdir()
-    for j, chip in enumerate(render_identity(TARGET, N_IMAGES, seed=0, image_offset=N_IMAGES)):
-        cv2.imwrite(str(held / f"unseen_{j}.png"), cv2.cvtColor(chip, cv2.COLOR_RGB2BGR))
-    ws = base / "ws"
+    tree, held = synthetic_photos
+    ws = tmp_path_factory.mktemp("cli") / "ws"
     r = facekd("init", "--encoder", "samples", "--aligned", ws=ws)
     assert r.returncode == 0, r.stderr
     r = facekd("enroll", tree, ws=ws)

@@ -15,25 +15,16 @@ import pytest
 from facekd import receipt as rc
 from facekd.erasure import Erasure, fit_esc
 
-IDS = list(range(1000, 1030))
-TARGET = 1012
-N_IMAGES = 6
+from conftest import SYNTH_IDS as IDS, SYNTH_IMAGES as N_IMAGES, SYNTH_TARGET as TARGET
 
 
 @pytest.fixture(scope="session")
-def built_workspace(tmp_path_factory):
+def built_workspace(synthetic_photos, tmp_path_factory):
     """(workspace dir, tree dir, held-out dir of TARGET) with every identity enrolled."""
-    from facekd.synthfaces import render_identity, write_tree
     from facekd.workspace import Workspace
 
+    tree, held = synthetic_photos
     base = tmp_path_factory.mktemp("ws")
-    tree = write_tree(base / "tree", IDS, N_IMAGES, seed=0)
-    held = base / "held"
-    held.mkdir()
-    import cv2
-
-    for j, chip in enumerate(render_identity(TARGET, N_IMAGES, seed=0, image_offset=N_IMAGES)):
-        cv2.imwrite(str(held / f"{j}.png"), cv2.cvtColor(chip, cv2.COLOR_RGB2BGR))
     Workspace.init(base / "ws", "samples", aligned=True).close()
     with Workspace.open(base / "ws", writable=True) as ws:
         ws.enroll(tree, progress=False)
