@@ -221,11 +221,11 @@ def verify(workspace: Path, as_json: bool, identity: int, images: Path | None) -
 
 
 def format_verify(res: Any) -> str:
-    """Human-readable verify result (file names and scores, never the person's name)."""
+    """Human-readable verify result (numbered images and scores, never names or paths)."""
     pct = lambda v: "n/a" if v is None else f"{100 * v:5.1f}%"  # noqa: E731
     lines = [f"match threshold {res.threshold:.3f}" if res.threshold is not None else ""]
     for im in res.images:
-        lines.append(f"  {im['file']:<28} best {im['best_identity']!s:>10}  score "
+        lines.append(f"  image {im['image']:<4} best {im['best_identity']!s:>10}  score "
                      f"{im['score']:+.3f}  {'MATCH' if im['match'] else 'no match'}")
     b, a, r = res.bound, res.attack, res.retained
     if a is not None:
@@ -235,7 +235,9 @@ def format_verify(res: Any) -> str:
                   f"  TAR@{b['far']:g}  erased {pct(a['tar'])}   retained avg {pct(r.get('tar'))}   "
                   f"bound <= {pct(b['max_tar'])}"]
     lines += [f"note: {n}" for n in res.notes]
-    lines.append("PASS: not recognised" if res.passed else "FAIL: still recognised")
+    lines.append("PASS: not recognised" if res.passed else
+                 "FAIL: still recognised" if res.attack is not None or not res.notes else
+                 "FAIL: " + res.notes[-1])
     return "\n".join(x for x in lines if x is not None)
 
 

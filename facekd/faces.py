@@ -95,6 +95,29 @@ class ChipResult:
 
 
 # ---------------------------------------------------------------------- images
+def _jpeg_has_end(raw: bytes) -> bool:
+    """Whether an end-of-image marker follows the first start-of-scan of a JPEG.
+
+    Walks the header segments by their lengths, so an EXIF thumbnail's own markers and data
+    appended after the image (motion photos, MPF) are not mistaken for the main image's.
+    """
+    pos = 2
+    while pos + 4 <= len(raw):
+        if raw[pos] != 0xFF:
+            return False
+        marker = raw[pos + 1]
+        if marker == 0xFF:  # fill byte
+            pos += 1
+            continue
+        if marker == 0xDA:  # start of scan: entropy-coded data follows, then EOI
+            return raw.find(b"\xff\xd9", pos + 2) != -1
+        if 0xD0 <= marker <= 0xD7 or marker == 0x01:  # markers without a length
+            pos += 2
+            continue
+        pos += 2 + int.from_bytes(raw[pos + 2:pos + 4], "big")
+    return False
+
+
 def read_image(path: str | os.PathLike) -> np.ndarray:
     """Read an image file as ``(H, W, 3)`` uint8 RGB (grey and alpha images become RGB;
     EXIF orientation is applied). Raises :class:`FaceError` saying why a file is unusable."""
@@ -110,9 +133,9 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
     if data.size == 0:
         raise FaceError(f"{p}: empty file")
     raw = data.tobytes()
-    # libjpeg decodes a truncated JPEG without complaint (grey bottom rows); its last scan must
+    # libjpeg decodes a truncated JPEG without complaint (grey bottom rows): the scan data must
     # be followed by an end-of-image marker.
-    if raw[:2] == b"\xff\xd8" and raw.rfind(b"\xff\xd9") < raw.rfind(b"\xff\xda"):
+    if raw[:2] == b"\xff\xd8" and not _jpeg_has_end(raw):
         raise FaceError(f"{p}: corrupt or truncated JPEG (no end-of-image marker)")
     image = cv2.imdecode(data, cv2.IMREAD_COLOR)
     if image is None or image.size == 0:

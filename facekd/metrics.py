@@ -24,7 +24,7 @@ import numpy as np
 
 __all__ = [
     "MetricsError", "identification_hits", "identification_rate", "pair_scores", "tar_at_far",
-    "KnowledgeRetention", "knowledge_retention", "membership_inference", "mia_features",
+    "KnowledgeRetention", "far_threshold", "knowledge_retention", "membership_inference", "mia_features",
     "split_enrol_probe", "ErasureReport", "erasure_report",
 ]
 
@@ -185,6 +185,20 @@ def pair_scores(E: Any, labels: Any, *, max_impostor_pairs: int = 2_000_000,
     return gen, out
 
 
+def far_threshold(impostor: Any, far: float) -> float:
+    """The score threshold at false-accept rate ``far``: the ``(floor(far * i) + 1)``-th highest of
+    ``i`` impostor scores (a pair is accepted when its score is strictly above it)."""
+    imp = _scores(impostor, "impostor")
+    if imp.size == 0:
+        raise MetricsError("far_threshold needs impostor scores (got none)")
+    if not 0.0 < far < 1.0:
+        raise MetricsError(f"far must be in (0, 1), got {far!r}")
+    allowed = int(math.floor(far * imp.size + 1e-9))
+    # k-th largest via partition: O(i), not a full sort of millions of scores.
+    kth = imp.size - 1 - allowed
+    return float(np.partition(imp, kth)[kth])
+
+
 def tar_at_far(genuine: Any, impostor: Any, far: float) -> tuple[float, float]:
     """True-accept rate at a false-accept rate: ``(tar in [0, 1], threshold)``.
 
@@ -198,12 +212,7 @@ def tar_at_far(genuine: Any, impostor: Any, far: float) -> tuple[float, float]:
     if gen.size == 0 or imp.size == 0:
         raise MetricsError(f"tar_at_far needs genuine and impostor scores "
                            f"(got {gen.size} genuine, {imp.size} impostor)")
-    if not 0.0 < far < 1.0:
-        raise MetricsError(f"far must be in (0, 1), got {far!r}")
-    allowed = int(math.floor(far * imp.size + 1e-9))
-    # k-th largest via partition: O(i), not a full sort of millions of scores.
-    kth = imp.size - 1 - allowed
-    threshold = float(np.partition(imp, kth)[kth])
+    threshold = far_threshold(imp, far)
     return float(np.mean(gen > threshold)), threshold
 
 

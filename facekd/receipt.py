@@ -116,9 +116,11 @@ def find_leaks(receipt: dict, identity: int, names: Iterable[str] = ()) -> list[
                     found.append(f"{path}/{k} (key)")
                 walk(v, f"{path}/{k}")
         elif isinstance(obj, list):
-            # Long numeric lists are histograms/edges; a count equal to the id is not a leak.
+            # Histogram counts and edges are numbers by design; a count equal to the id is not a
+            # leak there. Everywhere else (e.g. a stray forget_labels list) a number is checked.
+            counts = path.startswith("/histograms") or path.endswith("edges")
             for i, v in enumerate(obj):
-                if not isinstance(v, (int, float)):
+                if not (counts and isinstance(v, (int, float))):
                     walk(v, f"{path}[{i}]")
         elif isinstance(obj, str):
             if any(n in obj for n in names) or raw in obj.replace(":", " ").replace("/", " ").split():

@@ -525,6 +525,7 @@ class Workspace:
         base, edited, acc = self.base_encoder, self.encoder, self.erasure
         forget_vecs = np.asarray(self.gallery.vectors(identity), dtype=np.float32)
         n_stored, n_images = len(forget_vecs), 0
+        extra = np.empty((0, forget_vecs.shape[1]), dtype=np.float32)
         if images is not None:
             extra, _, _ = self.embed_images(list_images(images), progress=progress)
             n_images = len(extra)
@@ -569,18 +570,13 @@ class Workspace:
         # Measured on held-out faces: a twin erasure fitted on the identity's enrolment half only,
         # so its probe half is unseen (re-enrolment rank-1, TAR) and MIA has real non-members.
         # The committed erasure uses every face, so it removes at least as much.
-        report, protocol = self._erasure_report(all_vecs, labels, identity, fit, new)
+        report, protocol = self._erasure_report(all_vecs, labels, identity, fit, new, extra)
         hists = _score_histograms(all_vecs, labels, identity, new, seed=cfg.seed)
         lap("metrics")
 
         new_edited = base.with_erasure(combined)
         gen_before = int(self.gallery.generation)
         gen_after = gen_before + (0 if dry_run else 1)
-        removed = 0
-        if not dry_run:
-            removed = int(self.gallery.remove(identity))
-            self.gallery.apply(new)
-            self.gallery.set_encoder_fingerprint(new_edited.fingerprint)
         lap("edit")
 
         receipt = rc.build_receipt(
@@ -597,6 +593,11 @@ class Workspace:
         if dry_run:
             return ForgetResult(receipt=receipt, committed=False, removed_faces=0, report_table=table)
 
+        # Every step that can fail on bad input is behind us: only now is the gallery changed, so a
+        # raised error leaves this open workspace as it was, not half-edited.
+        removed = int(self.gallery.remove(identity))
+        self.gallery.apply(new)
+        self.gallery.set_encoder_fingerprint(new_edited.fingerprint)
         rid = receipt["receipt_id"]
         ledger = self.ledger() + [{
             "identity_hash": h, "receipt_id": rid, "method": method, "k": new.k,
@@ -620,17 +621,19 @@ class Workspace:
                             report_table=table, receipt_path=path)
 
     def _erasure_report(self, all_vecs: np.ndarray, labels: np.ndarray, identity: int, fit,
-                        committed: Erasure):
-        """``(ErasureReport, protocol note)``, preferably for a twin refitted on the enrolment half."""
+                        committed: Erasure, extra: np.ndarray):
+        """``(ErasureReport, protocol note)``, preferably for a twin refitted on the enrolment half
+        plus ``extra`` (the photos sent with the request, which are not gallery faces)."""
         from facekd.erasure import ErasureError
         from facekd.metrics import MetricsError, erasure_report, split_enrol_probe
 
         split = split_enrol_probe(labels, seed=self.config.seed)
         protocol = ("each identity's stored faces split in half (seed "
                     f"{self.config.seed}); the erasure measured here was refitted on the erased "
-                    "identity's enrolment half; probes and MIA non-members are unseen faces")
+                    "identity's enrolment half plus any --images photos; probes and MIA "
+                    "non-members are unseen faces")
         try:
-            twin = fit(all_vecs[split & (labels == identity)])
+            twin = fit(np.concatenate([all_vecs[split & (labels == identity)], extra]))
         except ErasureError:  # e.g. an explicit k above the half's rank: measure the real one
             twin = committed
             protocol = ("each identity's stored faces split in half; the committed erasure (fitted "
@@ -646,7 +649,7 @@ class Workspace:
     # -------------------------------------------------------------- verify
     def _retained_stats(self, exclude: int | None) -> dict:
         """Rank-1 and TAR at FAR ``config.far`` of the gallery's identities (a seeded sample)."""
-        from facekd.metrics import (MetricsError, identification_rate, pair_scores,
+        from facekd.metrics import (MetricsError, far_threshold, identification_rate, pair_scores,
                                     split_enrol_probe, tar_at_far)
 
         vecs = np.asarray(self.gallery.vectors(), dtype=np.float32)
@@ -664,14 +667,17 @@ class Workspace:
             vecs, labels = vecs[chosen], labels[chosen]
         try:
             genuine, impostor = pair_scores(vecs, labels, seed=self.config.seed)
-            tar, thr = tar_at_far(genuine, impostor, self.config.far)
+            # One face per person is common in deployments: the threshold needs only impostors.
+            thr = far_threshold(impostor, self.config.far)
+            tar = tar_at_far(genuine, impostor, self.config.far)[0] if genuine.size else None
             split = split_enrol_probe(labels, seed=self.config.seed)
             has_probe = ~split
             rank1 = identification_rate(vecs[split], labels[split], vecs[has_probe],
                                         labels[has_probe]) if has_probe.any() else None
-        except MetricsError as exc:  # e.g. one face per identity: no genuine pairs
+        except MetricsError as exc:  # e.g. no impostor pairs at all
             raise WorkspaceError(f"cannot compute gallery statistics: {exc}") from None
-        return {"threshold": float(thr), "tar": float(tar), "rank1": None if rank1 is None else float(rank1),
+        return {"threshold": float(thr), "tar": None if tar is None else float(tar),
+                "rank1": None if rank1 is None else float(rank1),
                 "identities": int(len(np.unique(labels)))}
 
     def verify(self, identity: int, *, images: str | os.PathLike | None = None,
@@ -699,23 +705,27 @@ class Workspace:
             res.notes.append("the identity was enrolled again after its erasure")
             res.passed = False
         if images is None:
-            res.notes.append("the re-enrolment attack needs photos of the person: pass --images DIR")
+            res.notes.append("not measured: the re-enrolment attack needs photos of the person "
+                             "(pass --images DIR)")
+            res.passed = False
             return res
 
-        vecs, sources, skipped = self.embed_images(list_images(images), progress=progress)
+        vecs, _, skipped = self.embed_images(list_images(images), progress=progress)
         if skipped:
             res.notes.append(f"{len(skipped)} image(s) had no usable face")
         if len(vecs) == 0:
             raise WorkspaceError(f"{images}: no usable face in any image")
         best = self.gallery.search(vecs, k=1)
-        for src, hits in zip(sources, best):
+        # Numbered, not named: file names of the erased person's photos often carry their name.
+        for number, hits in enumerate(best, 1):
             top = hits[0] if hits else None
-            res.images.append({"file": src.name,
+            res.images.append({"image": number,
                                "best_identity": None if top is None else int(top.identity),
                                "score": None if top is None else float(top.score),
                                "match": bool(top is not None and thr is not None and top.score > thr)})
         if len(vecs) < 2:
-            res.notes.append("the re-enrolment attack needs at least 2 usable images")
+            res.notes.append("not measured: the re-enrolment attack needs at least 2 usable images")
+            res.passed = False
             return res
 
         rng = np.random.default_rng(cfg.seed)

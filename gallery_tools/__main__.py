@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sqlite3
 import sys
 
 from gallery_tools.errors import GalleryError
@@ -27,7 +28,7 @@ def main(argv: list[str] | None = None) -> int:
             report = g.check()
             print(f"{args.path}: generation {g.generation}, {len(g)} faces: {report}")
             return 0 if report.ok else 1
-    except GalleryError as exc:
+    except (GalleryError, sqlite3.DatabaseError, OSError) as exc:  # unreadable: not a report
         print(f"error: {exc}", file=sys.stderr)
         return 2
 

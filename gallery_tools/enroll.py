@@ -160,6 +160,8 @@ def enroll(tree: str | Path, encoder: Any, gallery: Any, *, ids_csv: str | Path 
                     since_save = 0
             bar.update(len(batch))
             bar.set_postfix(added=result.added, skipped=len(result.skipped) + result.skipped_existing)
+    if save_every and since_save:
+        gallery.save()
     result.identities = sorted(enrolled)
     return result
 

@@ -437,7 +437,6 @@ class Gallery:
             return np.empty(0, dtype=np.int64)
         face_ids = np.arange(self._next_face_id, self._next_face_id + n, dtype=np.int64)
         self._store.add_faces(face_ids, ident, names, sources, source_sha256)
-        self._store.set_settings({"next_face_id": str(self._next_face_id + n)})
         if self._kind == "flat":
             self._index.add_with_ids(x, face_ids)
         else:
@@ -473,10 +472,11 @@ class Gallery:
             keep = np.ones(len(self._ids), dtype=bool)
             keep[rows] = False
             self._vecs = np.ascontiguousarray(np.asarray(self._vecs)[keep])
-            if self._index is not None and not self._index_dirty:
-                gone = np.ascontiguousarray(gone, dtype=np.int64)  # kept alive for the selector
-                # the hashtable direct map only accepts an explicit id array
-                self._index.remove_ids(faiss.IDSelectorArray(len(gone), faiss.swig_ptr(gone)))
+            # Not remove_ids: the coarse centroids and the SQ8 ranges were trained on the removed
+            # faces (a centroid sat at cosine 0.999 to a removed person's mean), so the index is
+            # retrained from the remaining vectors before the next search or save.
+            self._index = None
+            self._index_dirty = True
         self._ids = np.delete(self._ids, rows)
         self._labels = np.delete(self._labels, rows)
         n_db = self._store.remove_identity(identity)

@@ -72,7 +72,9 @@ class Store:
     @staticmethod
     def _connect(path: Path, mode: str) -> sqlite3.Connection:
         try:
-            conn = sqlite3.connect(f"file:{path}?mode={mode}", uri=True, isolation_level=None,
+            # as_uri() percent-quotes '#', '?' and '%', which a bare "file:{path}" would misread
+            conn = sqlite3.connect(f"{Path(path).absolute().as_uri()}?mode={mode}", uri=True,
+                                   isolation_level=None,
                                    timeout=BUSY_TIMEOUT_MS / 1000, check_same_thread=False)
         except sqlite3.Error as exc:
             raise GalleryError(f"{path}: cannot open the gallery database ({exc})") from None

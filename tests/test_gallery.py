@@ -434,3 +434,34 @@ def test_search_uses_a_cached_gpu_copy_that_changes_invalidate(tmp_path, monkeyp
     assert fake.copies == 2
     g.save()  # saves through the CPU index regardless
     g.close()
+
+
+def test_ivf_remove_retrains_so_no_centroid_keeps_the_removed_face(tmp_path):
+    import faiss
+
+    x, y = _clusters(30, 10)
+    victim = np.tile(x[y == 1000][:1], (120, 1)) + 0.01 * np.random.default_rng(1).normal(size=(120, D))
+    g = Gallery.create(tmp_path / "g", D, encoder_fingerprint="enc-A", index="ivf")
+    g.add(np.vstack([x[y != 1000], victim]), np.r_[y[y != 1000], np.full(120, 1000)])
+    g.save()
+    g.remove(1000)
+    g.save()
+    g.close()
+    index = faiss.read_index(str(next((tmp_path / "g").glob("index-*.faiss"))))
+    ivf = faiss.extract_index_ivf(index)
+    centroids = ivf.quantizer.reconstruct_n(0, ivf.nlist)
+    mean = victim.mean(0) / np.linalg.norm(victim.mean(0))
+    cos = centroids @ mean / np.linalg.norm(centroids, axis=1)
+    others = x[y != 1000] @ mean
+    assert cos.max() <= others.max() + 0.05  # no centroid closer to the victim than a stranger is
+
+
+def test_a_path_with_uri_characters_keeps_the_database_inside_the_gallery(tmp_path):
+    path = tmp_path / "a#b?c%41"
+    x, y = _clusters(3, 2)
+    with Gallery.create(path, D, encoder_fingerprint="enc-A") as g:
+        g.add(x, y)
+        g.save()
+    assert (path / "gallery.sqlite").is_file() and not (tmp_path / "a").exists()
+    with Gallery.open(path) as g:
+        assert len(g) == len(y)

@@ -94,7 +94,8 @@ def build_torch_model(kind: str, path: Path, seed: int = 0) -> Path:
 def build_mxnet_style(path: Path, seed: int = 0, *, tail: str = "gemm_bn") -> Path:
     """insightface's older packs: raw-pixel input 'data', '_minusscalar0'/'_mulscalar0' head,
     initialisers also listed as graph inputs (IR 3 style), Gemm transB=1 'pre_fc1' + BN 'fc1'.
-    ``tail="matmul_add"`` ends with MatMul + Add instead of Gemm + BN."""
+    ``tail="matmul_add"`` ends with MatMul + Add instead of Gemm + BN; ``tail="gemm_nobias"`` with a
+    Gemm that has no bias input C (it is optional)."""
     rng = np.random.default_rng(seed)
     f32 = np.float32
     inits = {
@@ -125,6 +126,9 @@ def build_mxnet_style(path: Path, seed: int = 0, *, tail: str = "gemm_bn") -> Pa
                   helper.make_node("BatchNormalization", ["pre_fc1", "bn_g", "bn_b", "bn_m", "bn_v"],
                                    ["fc1"], name="fc1", epsilon=2e-5)]
         used = [k for k in inits if not k.startswith("mm_")]
+    elif tail == "gemm_nobias":
+        nodes += [helper.make_node("Gemm", ["flat", "fc_w"], ["fc1"], name="pre_fc1", transB=1)]
+        used = [k for k in inits if not k.startswith(("bn_", "mm_", "fc_b"))]
     else:
         nodes += [helper.make_node("MatMul", ["flat", "mm_w"], ["mm"], name="mm"),
                   helper.make_node("Add", ["mm", "fc_b"], ["fc1"], name="bias_add")]
@@ -175,10 +179,12 @@ def model_dir(tmp_path_factory) -> Path:
         build_torch_model(kind, d / f"{kind}.onnx")
     build_mxnet_style(d / "mxnet.onnx")
     build_mxnet_style(d / "mxnet_matmul_add.onnx", tail="matmul_add")
+    build_mxnet_style(d / "mxnet_gemm_nobias.onnx", tail="gemm_nobias")
     return d
 
 
-ALL_MODELS = {**TORCH_KINDS, "mxnet": "gemm+batchnorm", "mxnet_matmul_add": "matmul+add"}
+ALL_MODELS = {**TORCH_KINDS, "mxnet": "gemm+batchnorm", "mxnet_matmul_add": "matmul+add",
+              "mxnet_gemm_nobias": "gemm"}
 
 
 # ------------------------------------------------------------------ editing

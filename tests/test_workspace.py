@@ -276,6 +276,7 @@ def test_verify_without_images_explains_the_attack_needs_them(forgotten):
     with _open(forgotten[0]) as ws:
         res = ws.verify(TARGET)
         assert res.attack is None and any("--images" in n for n in res.notes)
+        assert not res.passed  # nothing was measured, so nothing is claimed
         with pytest.raises(WorkspaceError, match="not been erased"):
             ws.verify(IDS[0])
 
@@ -324,3 +325,18 @@ def test_config_with_both_k_and_energy_is_refused(ws_dir):
     cfg_path.write_text(tomli_w.dumps(cfg))
     with pytest.raises(WorkspaceError, match="both k and energy"):
         _open(ws_dir)
+
+
+def test_search_works_when_every_person_has_a_single_photo(tmp_path):
+    from facekd.synthfaces import write_tree
+    from facekd.workspace import Workspace
+
+    tree = write_tree(tmp_path / "one-each", IDS[:12], 1, seed=0)
+    Workspace.init(tmp_path / "ws", "samples", aligned=True).close()
+    with Workspace.open(tmp_path / "ws", writable=True) as ws:
+        ws.enroll(tree, progress=False)
+    probe = next((tree / str(IDS[3])).iterdir())
+    with Workspace.open(tmp_path / "ws") as ws:
+        assert ws.match_threshold() is not None  # from impostor pairs alone: no genuine pairs exist
+        res = ws.search(probe, k=1)
+    assert res["matches"][0]["identity"] == IDS[3]

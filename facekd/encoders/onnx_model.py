@@ -220,10 +220,10 @@ class _Graph:
         """Feed ``value`` (cast to ``dtype``) to ``node.input[index]`` as a new initialiser."""
         from onnx import numpy_helper
 
-        name = self.fresh_name(node.input[index] or f"{node.name}_in{index}")
-        self.g.initializer.append(numpy_helper.from_array(np.asarray(value).astype(dtype), name))
-        while len(node.input) <= index:
+        while len(node.input) <= index:  # optional inputs (a Gemm's bias C) may be absent
             node.input.append("")
+        name = self.fresh_name(node.input[index] or f"{node.name or node.op_type}_in{index}")
+        self.g.initializer.append(numpy_helper.from_array(np.asarray(value).astype(dtype), name))
         node.input[index] = name
 
     def prune(self) -> None:
@@ -551,8 +551,9 @@ class OnnxEncoder(Encoder):
         if kind == "appended-matmul":
             log.warning("the graph does not end in a foldable Gemm/MatMul (+BatchNormalization); "
                         "the erasure was appended as a separate MatMul node, which a model file "
-                        "editor can strip: ship the folded form where the architecture allows")
-        edited = OnnxEncoder(model, input_spec=self.input_spec, providers=self.providers,
+                        "editor can strip, and whose matrix I - QQ^T reveals the erased "
+                        "directions: ship the folded form where the architecture allows")
+        edited = type(self)(model, input_spec=self.input_spec, providers=self.providers,
                              _checked=True)
         edited.erasure = composed
         edited.surgery = kind

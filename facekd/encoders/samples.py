@@ -46,11 +46,6 @@ class SamplesEncoder(OnnxEncoder):
 
     family = "samples"
 
-    def with_erasure(self, erasure):  # keep the family name on edited copies
-        edited = super().with_erasure(erasure)
-        edited.family = self.family
-        return edited
-
 
 def load(arg: str | None = None, **options) -> OnnxEncoder:
     """``load_encoder("samples")``; ``options``: ``providers`` as for :class:`OnnxEncoder`.
