@@ -205,18 +205,27 @@ class Store:
         conn = self._write()
         n = len(face_ids)
         when = _now()
-        conn.executemany("INSERT OR IGNORE INTO identities(identity) VALUES (?)",
-                         ((int(i),) for i in np.unique(identities)))
-        if names is not None:
-            named = {int(i): nm for i, nm in zip(identities, names) if nm is not None}
-            conn.executemany("UPDATE identities SET name=? WHERE identity=?",
-                             ((nm, i) for i, nm in named.items()))
-        src = sources if sources is not None else [None] * n
-        sha = shas if shas is not None else [None] * n
-        conn.executemany(
-            "INSERT INTO faces(face_id, identity, source_path, source_sha256, enrolled_at) "
-            "VALUES (?, ?, ?, ?, ?)",
-            zip(face_ids.tolist(), identities.tolist(), src, sha, (when for _ in range(n))))
+        text = lambda seq: [None if v is None else str(v) for v in seq] if seq is not None else [None] * n  # noqa: E731
+        # A savepoint: a failing statement must not leave half a batch in the open transaction,
+        # which the next save() would commit against the in-memory state.
+        conn.execute("SAVEPOINT add_faces")
+        try:
+            conn.executemany("INSERT OR IGNORE INTO identities(identity) VALUES (?)",
+                             ((int(i),) for i in np.unique(identities)))
+            if names is not None:
+                named = {int(i): nm for i, nm in zip(identities, text(names)) if nm is not None}
+                conn.executemany("UPDATE identities SET name=? WHERE identity=?",
+                                 ((nm, i) for i, nm in named.items()))
+            conn.executemany(
+                "INSERT INTO faces(face_id, identity, source_path, source_sha256, enrolled_at) "
+                "VALUES (?, ?, ?, ?, ?)",
+                zip(face_ids.tolist(), identities.tolist(), text(sources), text(shas),
+                    (when for _ in range(n))))
+        except (sqlite3.Error, UnicodeEncodeError) as exc:  # e.g. a lone surrogate in a name
+            conn.execute("ROLLBACK TO add_faces")
+            conn.execute("RELEASE add_faces")
+            raise GalleryError(f"cannot record faces in the gallery database ({exc})") from None
+        conn.execute("RELEASE add_faces")
 
     def remove_identity(self, identity: int) -> int:
         conn = self._write()

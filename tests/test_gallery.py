@@ -465,3 +465,16 @@ def test_a_path_with_uri_characters_keeps_the_database_inside_the_gallery(tmp_pa
     assert (path / "gallery.sqlite").is_file() and not (tmp_path / "a").exists()
     with Gallery.open(path) as g:
         assert len(g) == len(y)
+
+
+def test_a_failed_add_leaves_nothing_half_recorded(tmp_path):
+    x, y = _clusters(3, 2)
+    g = Gallery.create(tmp_path / "g", D, encoder_fingerprint="enc-A")
+    g.add(x[:2], y[:2])
+    with pytest.raises(GalleryError):
+        g.add(x[2:4], y[2:4], sources=["ok.jpg", "bad-\ud800.jpg"])  # SQLite cannot encode it
+    g.add(x[4:], y[4:])
+    g.save()
+    g.close()
+    with Gallery.open(tmp_path / "g") as g2:
+        assert len(g2) == 4 and g2.check().ok

@@ -340,3 +340,14 @@ def test_search_works_when_every_person_has_a_single_photo(tmp_path):
         assert ws.match_threshold() is not None  # from impostor pairs alone: no genuine pairs exist
         res = ws.search(probe, k=1)
     assert res["matches"][0]["identity"] == IDS[3]
+
+
+def test_forget_report_on_a_large_gallery_measures_a_seeded_sample(ws_dir, monkeypatch):
+    from facekd import workspace
+
+    monkeypatch.setattr(workspace, "REPORT_MAX_IDENTITIES", 10)
+    with _open(ws_dir, writable=True) as ws:
+        res = ws.forget(TARGET, dry_run=True, progress=False)
+    metrics = res.receipt["metrics"]
+    assert "sample of 10 of the 29 other identities" in metrics["protocol"]
+    assert metrics["chance_rank1"] == pytest.approx(1 / 11)
