@@ -95,6 +95,11 @@ class ChipResult:
 
 
 # ---------------------------------------------------------------------- images
+# File types read as images by enrolment, search and verify.
+IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".pgm", ".ppm", ".pbm", ".webp",
+                            ".tif", ".tiff"})
+
+
 def _jpeg_has_end(raw: bytes) -> bool:
     """Whether an end-of-image marker follows the first start-of-scan of a JPEG.
 
@@ -130,16 +135,21 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
         raise FaceError(f"{p}: no such file") from None
     except OSError as exc:
         raise FaceError(f"{p}: cannot be read ({exc.strerror or exc})") from None
-    if data.size == 0:
-        raise FaceError(f"{p}: empty file")
-    raw = data.tobytes()
+    return decode_image(data.tobytes(), str(p))
+
+
+def decode_image(raw: bytes, label: str = "image") -> np.ndarray:
+    """Decode image file bytes as ``(H, W, 3)`` uint8 RGB; :class:`FaceError` (naming ``label``)
+    says why they are unusable."""
+    if len(raw) == 0:
+        raise FaceError(f"{label}: empty file")
     # libjpeg decodes a truncated JPEG without complaint (grey bottom rows): the scan data must
     # be followed by an end-of-image marker.
     if raw[:2] == b"\xff\xd8" and not _jpeg_has_end(raw):
-        raise FaceError(f"{p}: corrupt or truncated JPEG (no end-of-image marker)")
-    image = cv2.imdecode(data, cv2.IMREAD_COLOR)
+        raise FaceError(f"{label}: corrupt or truncated JPEG (no end-of-image marker)")
+    image = cv2.imdecode(np.frombuffer(raw, dtype=np.uint8), cv2.IMREAD_COLOR)
     if image is None or image.size == 0:
-        raise FaceError(f"{p}: not an image, or a corrupt one (cannot be decoded)")
+        raise FaceError(f"{label}: not an image, or a corrupt one (cannot be decoded)")
     return np.ascontiguousarray(cv2.cvtColor(image, cv2.COLOR_BGR2RGB))
 
 

@@ -41,13 +41,13 @@ import numpy as np
 
 from facekd import receipt as rc
 from facekd.erasure import Erasure, fit_esc, fit_esc_t
-from facekd.errors import FacekdError
+from facekd.errors import FaceError, FacekdError
+from facekd.faces import IMAGE_SUFFIXES  # re-exported: the demo lists images with it
 
 __all__ = ["Config", "Workspace", "WorkspaceError", "ForgetResult", "VerifyResult",
            "default_workspace", "list_images", "IMAGE_SUFFIXES"]
 
 CONFIG_NAME = "config.toml"
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".pgm", ".ppm", ".webp", ".tif", ".tiff"}
 STAGE_ENV = "FACEKD_TEST_PAUSE_AT"  # test instrumentation: sleep at a named forget stage
 REPORT_MAX_IDENTITIES = 300  # forget's before/after report: the erased one + a sample
 RETAIN_SAMPLE = 4000  # vectors used for retained-identity statistics in verify
@@ -761,19 +761,15 @@ class Workspace:
 
 def _aligned_chips(paths: list[Path], size: int) -> tuple[list[np.ndarray], list[Path], list]:
     """Already-aligned chip files -> ``(size, size, 3)`` uint8 RGB, resized like enrolment does."""
-    import cv2
+    from facekd.faces import align_chip, read_image
 
     chips, sources, skipped = [], [], []
     for p in paths:
-        img = cv2.imread(str(p), cv2.IMREAD_COLOR)
-        if img is None:
-            skipped.append((str(p), "unreadable image"))
+        try:
+            chips.append(align_chip(read_image(p), None, "none", size))
+        except FaceError as exc:
+            skipped.append((str(p), str(exc)))
             continue
-        if img.shape[:2] != (size, size):
-            shrink = img.shape[0] > size or img.shape[1] > size
-            img = cv2.resize(img, (size, size),
-                             interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
-        chips.append(cv2.cvtColor(img, cv2.COLOR_BGR2RGB))
         sources.append(Path(p))
     return chips, sources, skipped
 

@@ -16,9 +16,8 @@ from typing import Any
 
 import numpy as np
 
+from facekd.faces import IMAGE_SUFFIXES
 from gallery_tools.errors import GalleryError
-
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".pgm", ".ppm", ".pbm", ".tif", ".tiff", ".webp"}
 
 
 @dataclass
@@ -75,16 +74,15 @@ def _identity_folders(tree: Path, ids_csv: str | Path | None) -> list[tuple[Path
 
 
 def _decode_chip(data: bytes, size: int) -> np.ndarray | None:
-    """An aligned chip from image bytes: ``(size, size, 3)`` uint8 RGB, or None if unreadable."""
-    import cv2
+    """An aligned chip from image bytes: ``(size, size, 3)`` uint8 RGB, or None if unreadable
+    (truncated JPEGs included)."""
+    from facekd.errors import FaceError
+    from facekd.faces import align_chip, decode_image
 
-    img = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_COLOR)
-    if img is None:
+    try:
+        return align_chip(decode_image(data), None, "none", size)
+    except FaceError:
         return None
-    if img.shape[:2] != (size, size):
-        shrink = img.shape[0] > size or img.shape[1] > size
-        img = cv2.resize(img, (size, size), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
-    return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
 
 
 def enroll(tree: str | Path, encoder: Any, gallery: Any, *, ids_csv: str | Path | None = None,
