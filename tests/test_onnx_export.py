@@ -143,3 +143,24 @@ def test_export_rejects_bad_input(models, tmp_path):
         with pytest.raises(EncoderError, match="none of the requested"):
             export(enc, tmp_path / "x.onnx", providers="tensorrt")
     assert not list(tmp_path.iterdir())
+
+
+def test_torch_to_onnx_failure_leaves_the_previous_file_untouched(tmp_path, monkeypatch):
+    import torch
+
+    from facekd.encoders.base import InputSpec, TorchEncoder
+
+    class Tiny(TorchEncoder):
+        def with_erasure(self, erasure):  # not exercised here
+            raise NotImplementedError
+
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, stride=4), torch.nn.Flatten(),
+                              torch.nn.Linear(4 * 4 * 4, 8))
+    enc = Tiny(net, InputSpec(16, (127.5,) * 3, (127.5,) * 3), 8, device="cpu")
+    out = tmp_path / "enc.onnx"
+    enc.to_onnx(out)
+    before = out.read_bytes()
+    monkeypatch.setattr(onnx.checker, "check_model", lambda m: (_ for _ in ()).throw(RuntimeError("boom")))
+    with pytest.raises(RuntimeError, match="boom"):
+        enc.to_onnx(out)
+    assert out.read_bytes() == before and list(tmp_path.iterdir()) == [out]

@@ -183,18 +183,31 @@ class TorchEncoder(Encoder):
                 t.detach().cpu().numpy() for t in self.module.state_dict().values())
         return self._fingerprint
 
-    def to_onnx(self, path: str | Path, *, opset: int = 17) -> Path:
+    def onnx_model(self, *, opset: int = 17):
+        """The encoder as an in-memory ``onnx.ModelProto`` (legacy TorchScript exporter: opset 17
+        single-file graphs without onnxscript; input ``input``, output ``embedding``, dynamic batch)."""
+        import io
+
+        import onnx
         import torch
 
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
         size = self.input_spec.size
         dummy = torch.zeros((1, 3, size, size), dtype=torch.float32, device=self.device)
-        # The legacy (TorchScript) exporter gives opset 17 single-file graphs without onnxscript.
-        torch.onnx.export(self.module, dummy, str(path), dynamo=False, opset_version=opset,
+        buf = io.BytesIO()
+        torch.onnx.export(self.module, dummy, buf, dynamo=False, opset_version=opset,
                           input_names=["input"], output_names=["embedding"],
                           dynamic_axes={"input": {0: "N"}, "embedding": {0: "N"}})
-        return path
+        return onnx.load_from_string(buf.getvalue())
+
+    def to_onnx(self, path: str | Path, *, opset: int = 17) -> Path:
+        import onnx
+
+        from facekd.fileio import write_atomic
+
+        model = self.onnx_model(opset=opset)
+        onnx.checker.check_model(model)
+        # Atomic: an interrupted export never leaves a partial model under the final name.
+        return write_atomic(path, model.SerializeToString())
 
 
 def compose_for_fold(previous: "Erasure | None", erasure: "Erasure",

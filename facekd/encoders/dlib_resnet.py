@@ -289,15 +289,13 @@ class DlibResNet(TorchEncoder):
                           original_fc=self._original_fc, erasure=total, device=str(self.device),
                           dist_thresh=self.dist_thresh)
 
-    def to_onnx(self, path: str | Path, *, opset: int = 17) -> Path:
-        """Export (legacy exporter, single file, dynamic batch), tidy the pads, ``onnx.checker`` it.
+    def onnx_model(self, *, opset: int = 17):
+        """The legacy export with constant pads (``TorchEncoder.to_onnx`` checks and writes it).
 
         Graph: Conv 29, Relu 29, Add 14, AveragePool 4, Pad 5, MaxPool 1, ReduceMean 1, MatMul 1
         (the erasure, if any, is inside the MatMul's weight).
         """
         import warnings
-
-        import onnx
 
         with warnings.catch_warnings():
             # torch >= 2.9 flags the TorchScript exporter as deprecated; it is the one that writes
@@ -305,11 +303,8 @@ class DlibResNet(TorchEncoder):
             # _constant_pads below removes.
             warnings.simplefilter("ignore", DeprecationWarning)
             warnings.filterwarnings("ignore", message="Constant folding")
-            path = super().to_onnx(path, opset=opset)
-        model = _constant_pads(onnx.load(str(path)), self.module.pad_list())
-        onnx.checker.check_model(model)
-        write_atomic(path, [model.SerializeToString()])
-        return path
+            model = super().onnx_model(opset=opset)
+        return _constant_pads(model, self.module.pad_list())
 
 
 def _constant_pads(model, pads: list[tuple[int, ...]]):
