@@ -123,14 +123,6 @@ def _single_threaded_blas() -> Iterator[None]:
                 _BLAS_STATE["limit"] = None
 
 
-def _normalize_rows(x: np.ndarray, eps: float = 1e-12) -> np.ndarray:
-    """L2-normalise rows in place; all-zero rows stay zero."""
-    norms = np.sqrt(np.einsum("ij,ij->i", x, x))
-    np.maximum(norms, eps, out=norms)
-    x /= norms[:, None]
-    return x
-
-
 def _orthonormal_union(*bases: np.ndarray, tol: float = 1e-10) -> np.ndarray:
     """Orthonormal basis ``(d, r)`` of the span of the columns of all ``bases``."""
     stacked = np.concatenate(bases, axis=1)
@@ -282,10 +274,6 @@ class Erasure:
             for _ in pool.map(block, starts):
                 pass
         return out
-
-    def _project_inplace(self, x: np.ndarray) -> np.ndarray:
-        """``x <- x @ A`` in place (``x``: C-contiguous float32, already validated)."""
-        return self._edit(x, x, normalise=False, checked=True)
 
     # ------------------------------------------------------------------ composition
     def then(self, other: "Erasure") -> "Erasure":

@@ -518,7 +518,7 @@ class Workspace:
         h = self.hash_identity(identity)
         in_gallery = self.gallery.has_identity(identity)
         if not in_gallery:
-            if any(e["identity_hash"] == h for e in self.ledger()):
+            if self.erased_entries(identity):
                 raise WorkspaceError(f"identity {identity} was already erased "
                                      "(see `facekd ledger`); nothing left to forget")
             raise WorkspaceError(f"unknown identity {identity}; list them with `facekd identities`")

@@ -106,29 +106,28 @@ class DatReader:
                                   start) from None
 
     # ------------------------------------------------------------------ tensors
-    def tensor(self, what: str = "tensor") -> np.ndarray:
-        """``resizable_tensor``: version 2, ``n, k, nr, nc``, then raw float32 LE values."""
+    def _versioned_shape(self, what: str, expected: int) -> tuple[int, int, int, int]:
+        """A version int (must be ``expected``) then the 4-int shape ``n, k, nr, nc``."""
         start = self.pos
         version = self.int(what=f"{what} version")
-        if version != 2:
-            raise DlibFormatError(f"unsupported {what} version {version} (expected 2)", start)
+        if version != expected:
+            raise DlibFormatError(f"unsupported {what} version {version} (expected {expected})",
+                                  start)
         shape = tuple(self.int(what=f"{what} dimension") for _ in range(4))
         if min(shape) < 0:
             raise DlibFormatError(f"negative {what} shape {shape}", start)
+        return shape  # type: ignore[return-value]
+
+    def tensor(self, what: str = "tensor") -> np.ndarray:
+        """``resizable_tensor``: version 2, ``n, k, nr, nc``, then raw float32 LE values."""
+        shape = self._versioned_shape(what, 2)
         count = math.prod(shape)
         raw = self._take(4 * count, f"{what} data ({shape})")
         return np.frombuffer(raw, dtype="<f4").astype(np.float32).reshape(shape)
 
     def alias(self, what: str = "alias_tensor") -> tuple[int, int, int, int]:
         """``alias_tensor``: version 1 then a shape (no data)."""
-        start = self.pos
-        version = self.int(what=f"{what} version")
-        if version != 1:
-            raise DlibFormatError(f"unsupported {what} version {version} (expected 1)", start)
-        shape = tuple(self.int(what=f"{what} dimension") for _ in range(4))
-        if min(shape) < 0:
-            raise DlibFormatError(f"negative {what} shape {shape}", start)
-        return shape  # type: ignore[return-value]
+        return self._versioned_shape(what, 1)
 
     def peek_string(self) -> str | None:
         """The next string if one can be read here, without moving (used to spot input layers)."""
