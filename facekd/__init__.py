@@ -7,7 +7,7 @@ The math core is importable without torch or faiss::
     edited = erasure.apply(gallery_embeddings)  # (N, d) float32, L2-normalised
 """
 
-from facekd.erasure import Erasure, ErasureError, fit_esc, fit_esc_t
+from facekd.erasure import Erasure, ErasureError, fit_esc, fit_esc_t, fit_scramble
 from facekd.errors import FacekdError
 
 try:
@@ -17,4 +17,5 @@ try:
 except Exception:  # pragma: no cover - running from a source tree without install
     __version__ = "0+unknown"
 
-__all__ = ["Erasure", "ErasureError", "FacekdError", "fit_esc", "fit_esc_t", "__version__"]
+__all__ = ["Erasure", "ErasureError", "FacekdError", "fit_esc", "fit_esc_t", "fit_scramble",
+           "__version__"]

@@ -170,8 +170,9 @@ def check(workspace: Path, as_json: bool) -> None:
 # ------------------------------------------------------------------------------ forget
 @cli.command()
 @click.option("--identity", required=True, type=int, help="Integer identity id to erase.")
-@click.option("--method", type=click.Choice(["esc", "esc-t"]), default=None,
-              help="Erasure method (default from config.toml: esc).")
+@click.option("--method", type=click.Choice(["scramble", "esc", "esc-t"]), default=None,
+              help="Erasure method (default from config.toml: scramble, the gated scramble; "
+                   "esc and esc-t are the published methods). --p/--k/--energy imply esc.")
 @click.option("--p", "p", type=float, default=None, help="Erase int(d * p / 100) directions.")
 @click.option("--k", "k", type=int, default=None, help="Erase exactly K directions.")
 @click.option("--energy", type=float, default=None,
@@ -195,10 +196,12 @@ def forget(workspace: Path, as_json: bool, identity: int, method: str | None, p:
                 f"erased identity {identity}: {res.removed_faces} face(s) removed, receipt "
                 f"{r['receipt_id']}")
         model = r["model"]
+        what = (f"{model.get('gates_total', 0)} gate(s) in the edited encoder"
+                if r["method"] == "scramble" else
+                f"{model['k_added']} direction(s) erased ({model['k_total']} in total)")
         return "\n".join([
             head,
-            f"method {r['method']}, {model['k_added']} direction(s) erased "
-            f"({model['k_total']} in total); gallery generation "
+            f"method {r['method']}, {what}; gallery generation "
             f"{r['gallery']['generation_before']} -> {r['gallery']['generation_after']}",
             f"edited encoder sha256 {model['edited_sha256_after'][:16]}...",
             "", res.report_table, ""])
@@ -301,28 +304,73 @@ def ledger(workspace: Path, as_json: bool, receipt_id: str | None) -> None:
 @click.option("--encoder", default=None, help="Encoder for --dataset (e.g. dlib).")
 @click.option("--request-images", type=click.IntRange(0, 1000), default=40, show_default=True,
               help="Synthetic demo: extra photos of the person sent with the deletion request.")
+@click.option("--method", type=click.Choice(["scramble", "esc", "esc-t"]), default=None,
+              help="Erasure method (default: scramble, the workspace default).")
 @click.option("--k", type=click.IntRange(1, None), default=None,
-              help="Directions to erase (default: the --energy rule).")
+              help="ESC: erase exactly K directions.")
 @click.option("--energy", type=click.FloatRange(0, 1, min_open=True), default=None,
-              help="Erase the directions holding this share of the person's energy [default: 0.95].")
+              help="ESC: erase the directions holding this share of the person's energy.")
 @click.option("--json", "as_json", is_flag=True, help="Print only JSON on stdout.")
 def demo(workspace: Path | None, n_ids: int, n_images: int, dataset: Path | None,
-         encoder: str | None, request_images: int, k: int | None, energy: float | None,
-         as_json: bool) -> None:
+         encoder: str | None, request_images: int, method: str | None, k: int | None,
+         energy: float | None, as_json: bool) -> None:
     """End to end: enrol, forget one person, export ONNX, verify, print before/after."""
     from facekd.demo import run_demo
 
     log = (lambda msg: click.echo(msg, err=True)) if as_json else click.echo
     try:
         res = run_demo(workspace, identities=n_ids, images=n_images, dataset=dataset,
-                       encoder=encoder, k=k, energy=energy, request_images=request_images,
-                       echo=log, progress=_progress())
+                       encoder=encoder, method=method, k=k, energy=energy,
+                       request_images=request_images, echo=log, progress=_progress())
     except _user_errors() as exc:
         _fail(str(exc))
     if as_json:
         click.echo(json.dumps(res, indent=2, default=str))
     if not res["verify"]["passed"]:
         sys.exit(EXIT_VERIFY_FAILED)
+
+
+# ------------------------------------------------------------------------------ bench
+@cli.command()
+@click.option("--dataset", required=True, type=click.Path(path_type=Path),
+              help="Folder-per-identity photo tree (jpg/png/pgm).")
+@click.option("--encoder", required=True, metavar="SPEC",
+              help="dlib | dlib:PATH | facenet:PATH | onnx:PATH | samples")
+@click.option("--methods", default="esc,esc-t,scramble", show_default=True,
+              help="Comma-separated erasure methods; a method may carry settings, e.g. "
+                   "scramble:alpha=1.1:q=0.9999 or esc:k=8.")
+@click.option("--erase", type=click.IntRange(1, None), default=12, show_default=True,
+              help="People erased one at a time (single-erasure rows).")
+@click.option("--sequential", type=click.IntRange(0, None), default=20, show_default=True,
+              help="People erased one after another per method (0 = off).")
+@click.option("--fit-photos", default="all,10", show_default=True,
+              help="Fit on all non-fresh photos and/or only K of them: all | 10 | all,10.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path),
+              default="facekd-bench", show_default=True, help="Output folder.")
+@click.option("--cache", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Embedding cache root (default $FACEKD_CACHE or ~/.cache/facekd).")
+@click.option("--json", "as_json", is_flag=True, help="Print only JSON on stdout.")
+def bench(dataset: Path, encoder: str, methods: str, erase: int, sequential: int,
+          fit_photos: str, seed: int, out_dir: Path, cache: Path | None, as_json: bool) -> None:
+    """Benchmark erasure methods on your own photos: forget, retain, attacks, sequential."""
+    from facekd.bench import format_markdown, run_bench, write_outputs
+
+    log = (lambda msg: click.echo(msg, err=True)) if as_json else click.echo
+    try:
+        res = run_bench(dataset, encoder, methods=methods, erase=erase, sequential=sequential,
+                        fit_photos=fit_photos, seed=seed, cache=cache, progress=_progress(),
+                        echo=log)
+        paths = write_outputs(res, out_dir)
+    except _user_errors() as exc:
+        _fail(str(exc) or type(exc).__name__)
+    except OSError as exc:  # e.g. an unwritable --out
+        _fail(f"{exc.filename or ''}: {exc.strerror or exc}")
+    log("wrote " + ", ".join(str(p) for p in paths.values()))
+    if as_json:
+        click.echo(json.dumps(res, indent=2))
+    else:
+        click.echo("\n" + format_markdown(res))
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -27,7 +27,6 @@ __all__ = ["run_demo", "TARGET", "FIRST_ID"]
 
 FIRST_ID = 1000
 TARGET = 1042
-DEFAULT_ENERGY = 0.95
 # Rows of the before/after table: (label, report key). Values are percentages.
 _ROWS = [("re-enrolment rank-1, erased", "rank1_forget"),
          ("re-enrolment rank-1, retained", "rank1_retain"),
@@ -157,17 +156,16 @@ def _table(report: dict, verify: dict) -> str:
 def run_demo(workspace: str | os.PathLike | None = None, *, identities: int = 200, images: int = 8,
              dataset: str | os.PathLike | None = None, encoder: str | None = None,
              k: int | None = None, energy: float | None = None, request_images: int = 40,
-             echo: Callable[[str], None] = print, progress: bool = True) -> dict:
+             method: str | None = None, echo: Callable[[str], None] = print,
+             progress: bool = True) -> dict:
     """Run the demo; returns a JSON-ready summary (no names, no embeddings, no image paths).
 
     The synthetic demo models a deletion request that comes with ``request_images`` extra photos of
     the person: an erasure fitted on a person's few gallery faces alone does not generalise to new
     photos of them on this encoder (see docs/benchmarks.md, "How many photos and directions").
-    Unless ``k`` is given it erases the directions holding ``energy`` (default 0.95) of the
-    person's embedding energy, the best measured point on that trade-off.
+    It erases with the workspace's default method (the gated scramble) unless ``method`` is
+    given; ``k`` or ``energy`` select published ESC with that many directions.
     """
-    if k is None and energy is None:
-        energy = DEFAULT_ENERGY
     t_start = time.perf_counter()
     if dataset is None and encoder not in (None, "samples"):
         raise WorkspaceError("--encoder is for --dataset; the synthetic demo uses the samples encoder")
@@ -199,15 +197,18 @@ def run_demo(workspace: str | os.PathLike | None = None, *, identities: int = 20
         t = time.perf_counter()
         extra = f" with {request_images} photos sent with the request" if request else ""
         echo(f"forgetting identity {target}{extra} ...")
-        fr = ws.forget(target, k=k, energy=energy, images=request, progress=progress)
+        fr = ws.forget(target, method=method, k=k, energy=energy, images=request,
+                       progress=progress)
         timings["forget"] = time.perf_counter() - t
     if ids_csv is not None:  # the demo's own helper files must not keep the erased name either
         _scrub_mapping(ids_csv, target)
         for link in target_links:
             if link.is_dir() and not link.is_symlink():
                 shutil.rmtree(link)
-    echo(f"receipt {fr.receipt['receipt_id']}: {fr.removed_faces} faces removed, "
-         f"{fr.receipt['model']['k_added']} direction(s) erased")
+    edit = (f"method {fr.receipt['method']}, {fr.receipt['model']['gates_total']} gate(s)"
+            if fr.receipt["method"] == "scramble" else
+            f"method {fr.receipt['method']}, {fr.receipt['model']['k_added']} direction(s) erased")
+    echo(f"receipt {fr.receipt['receipt_id']}: {fr.removed_faces} faces removed, {edit}")
 
     with Workspace.open(ws_dir) as ws:
         t = time.perf_counter()

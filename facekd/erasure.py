@@ -1,7 +1,8 @@
 """ESC and ESC-T erasures: linear maps on face embeddings.
 
 An :class:`Erasure` is a ``(d, d)`` map ``A`` applied to row-vector embeddings as
-``normalize(E @ A)``. Two kinds exist:
+``normalize(E @ A)``, optionally followed by a *tail* of non-linear stages (the gated scramble,
+:mod:`facekd.tail`): ``tail(normalize(E @ A))``. The linear part comes in two kinds:
 
 * ``esc``: ``A = I - Q Q^T`` for an orthonormal basis ``Q`` ``(d, k)`` of erased directions.
   It is a true orthogonal projector; it is stored and applied through ``Q`` only, so applying
@@ -9,8 +10,13 @@ An :class:`Erasure` is a ``(d, d)`` map ``A`` applied to row-vector embeddings a
 * ``esc-t`` (and any composition involving one): a dense map ``A`` (ESC-T's
   ``(U*M)(U*M)^T``), which in general is *not* a projector.
 
-This module is pure math: it imports nothing else from the project, does no logging and
-touches the disk only in :meth:`Erasure.save` / :meth:`Erasure.load`.
+A gated erasure (:func:`fit_scramble`) has the identity as its linear part and one
+:class:`~facekd.tail.GateChain` as its tail. Composition keeps one object: linear parts compose as
+before, gate chains sharing a scrambler merge into one chain, and a linear erasure that follows a
+gated one becomes a :class:`~facekd.tail.LinearStage` of the tail.
+
+This module is pure math: it imports nothing else from the project but :mod:`facekd.tail` (pure
+math too), does no logging and touches the disk only in :meth:`Erasure.save` / :meth:`Erasure.load`.
 """
 
 from __future__ import annotations
@@ -30,9 +36,12 @@ from typing import Any, Iterator
 
 import numpy as np
 
-__all__ = ["Erasure", "ErasureError", "fit_esc", "fit_esc_t", "select_k"]
+from facekd.tail import GateChain, LinearStage, Scrambler, apply_stages, merge_stages, normalize_rows
 
-FORMAT_VERSION = 1
+__all__ = ["Erasure", "ErasureError", "fit_esc", "fit_esc_t", "fit_scramble", "select_k"]
+
+FORMAT_VERSION = 2
+_READABLE_FORMATS = (1, 2)  # format 1: linear erasures only (facekd 0.1)
 _CHUNK_ROWS = 1024  # rows per block in apply(): ~2 MB at d=512, so copy+project+normalise stay in L2/L3
 _PARALLEL_MIN_ROWS = 65_536  # below this, one thread; thread start-up would dominate
 _CHECK_ROWS = 65_536  # rows per block of the up-front NaN/inf scan (bounded temporary)
@@ -146,6 +155,7 @@ class Erasure:
         params: fit parameters and diagnostics (JSON-serialisable).
         history: one entry per fitted step this erasure composes (method + params).
         created: ISO-8601 UTC timestamp.
+        tail: non-linear stages applied after the linear part (empty for ESC / ESC-T).
     """
 
     method: str
@@ -156,6 +166,7 @@ class Erasure:
     history: list = field(default_factory=list)
     created: str = field(default_factory=_now)
     version: str = field(default_factory=_version)
+    tail: list = field(default_factory=list)
 
     def __post_init__(self) -> None:
         if self.method == "esc":
@@ -166,10 +177,13 @@ class Erasure:
                 raise ErasureError("an 'esc-t' erasure needs a (d, d) linear_map")
         else:
             raise ErasureError(f"unknown erasure method {self.method!r}")
+        self.tail = merge_stages(list(self.tail))
+        for stage in self.tail:
+            if stage.d != self.d:
+                raise ErasureError(f"a tail stage of dimension {stage.d} in an erasure of d={self.d}")
         # A k = 0 ESC is the identity (Erasure.identity): it composes no step.
-        is_identity = self.method == "esc" and self.basis.shape[1] == 0
-        if not self.history and not is_identity:
-            self.history = [{"method": self.method, "params": dict(self.params)}]
+        if not self.history and not self.is_identity:
+            self.history = [{"method": self.name, "params": dict(self.params)}]
 
     # ------------------------------------------------------------------ constructors
     @classmethod
@@ -187,17 +201,49 @@ class Erasure:
 
     @property
     def is_projector(self) -> bool:
-        return self.method == "esc"
+        """The whole map is an orthogonal projector ``I - Q Q^T`` (ESC, no tail)."""
+        return self.method == "esc" and not self.tail
+
+    @property
+    def is_linear(self) -> bool:
+        """No tail: the whole erasure is ``normalize(E @ A)`` and folds into a linear layer."""
+        return not self.tail
+
+    @property
+    def is_identity(self) -> bool:
+        return self.method == "esc" and self.basis.shape[1] == 0 and not self.tail
+
+    @property
+    def name(self) -> str:
+        """``"esc"``, ``"esc-t"``, or ``"scramble"`` when a gated tail is present."""
+        return "scramble" if self.tail else self.method
+
+    @property
+    def n_gates(self) -> int:
+        """Number of gated steps in the tail (0 for linear erasures)."""
+        return sum(st.n_gates for st in self.tail if isinstance(st, GateChain))
+
+    def linear_part(self) -> "Erasure":
+        """The linear map alone (what folds into the encoder's last layer), without the tail."""
+        if not self.tail:
+            return self
+        return Erasure(method=self.method, d=self.d, basis=self.basis, linear_map=self.linear_map,
+                       params={"linear_part_of": self.name}, history=[{"method": self.method}],
+                       created=self.created, version=self.version)
 
     def matrix(self) -> np.ndarray:
-        """The ``(d, d)`` float64 map ``A`` with ``edited = normalize(E @ A)``."""
+        """The ``(d, d)`` float64 linear map ``A`` (the tail, if any, is not included)."""
         if self.method == "esc":
             return np.eye(self.d) - self.basis @ self.basis.T
         return self.linear_map.copy()
 
     # ------------------------------------------------------------------ application
     def project(self, E: Any) -> np.ndarray:
-        """``E @ A`` without normalisation: ``(n, d)`` float32. This is what a folded layer emits."""
+        """``E @ A`` without normalisation: ``(n, d)`` float32. This is what a folded layer emits.
+
+        Only defined for linear erasures (a tail works on normalised vectors)."""
+        if self.tail:
+            raise ErasureError("project() is only defined for linear erasures; use apply()")
         src = _as_matrix(E, "embeddings", d=self.d, check_finite=False)
         return self._edit(src, np.empty(src.shape, dtype=np.float32), normalise=False)
 
@@ -209,12 +255,26 @@ class Erasure:
         """
         src = _as_matrix(E, "embeddings", d=self.d, check_finite=False)
         if out is None:
-            return self._edit(src, np.empty(src.shape, dtype=np.float32), normalise=True)
+            return self._apply_tail(self._edit(src, np.empty(src.shape, dtype=np.float32),
+                                               normalise=True))
         if out.shape != src.shape or out.dtype != np.float32 or not out.flags.c_contiguous:
             raise ErasureError("out must be a C-contiguous float32 array of the input's shape")
         # Writing into caller memory: reject bad input before touching any row of it.
         _check_finite(src, "embeddings")
-        return self._edit(src, out, normalise=True, checked=True)
+        return self._apply_tail(self._edit(src, out, normalise=True, checked=True))
+
+    def _apply_tail(self, out: np.ndarray) -> np.ndarray:
+        """Run the tail over unit rows ``out`` in place, in blocks; rows no stage touches keep
+        their bytes."""
+        if not self.tail:
+            return out
+        step = 65_536
+        for start in range(0, out.shape[0], step):
+            block = out[start:start + step]
+            edited = apply_stages(self.tail, block)
+            changed = np.flatnonzero((edited != block).any(axis=1))
+            block[changed] = edited[changed]
+        return out
 
     def _edit(self, src: np.ndarray, out: np.ndarray, *, normalise: bool,
               checked: bool = False) -> np.ndarray:
@@ -289,6 +349,17 @@ class Erasure:
         if other.d != self.d:
             raise ErasureError(f"cannot compose erasures of dimension {self.d} and {other.d}")
         history = list(self.history) + list(other.history)
+        if self.tail:
+            # Linear steps after a gate cannot move before it: they join the tail as a stage.
+            lin = [] if other.linear_part().is_identity else [LinearStage(other.matrix())]
+            return Erasure(method=self.method, d=self.d, basis=self.basis,
+                           linear_map=self.linear_map, params={"composed": len(history)},
+                           history=history, tail=list(self.tail) + lin + list(other.tail))
+        if other.tail:
+            head = self.then(other.linear_part())
+            return Erasure(method=head.method, d=self.d, basis=head.basis,
+                           linear_map=head.linear_map, params={"composed": len(history)},
+                           history=history, tail=list(other.tail))
         if self.method == "esc" and other.method == "esc":
             q = _orthonormal_union(self.basis, other.basis)
             return Erasure(method="esc", d=self.d, basis=q, params={"k": int(q.shape[1])},
@@ -302,6 +373,8 @@ class Erasure:
         return {
             "format": FORMAT_VERSION,
             "method": self.method,
+            "tail": [st.kind for st in self.tail],
+            "gates": self.n_gates,
             "d": self.d,
             "k": self.k,
             "params": self.params,
@@ -315,6 +388,8 @@ class Erasure:
         arrays = {"meta": np.frombuffer(json.dumps(self.metadata()).encode(), dtype=np.uint8)}
         arrays["basis" if self.method == "esc" else "linear_map"] = (
             self.basis if self.method == "esc" else self.linear_map)
+        for i, stage in enumerate(self.tail):
+            arrays.update(stage.arrays(f"tail{i}_"))
         buf = io.BytesIO()
         np.savez(buf, **arrays)
         return buf.getvalue()
@@ -328,12 +403,23 @@ class Erasure:
                 arrays = {key: npz[key] for key in npz.files if key != "meta"}
         except Exception as exc:
             raise ErasureError(f"{source}: not a facekd erasure ({exc})") from None
-        if meta.get("format") != FORMAT_VERSION:
+        if meta.get("format") not in _READABLE_FORMATS:
             raise ErasureError(f"{source}: unsupported erasure format {meta.get('format')!r}")
-        return cls(method=meta["method"], d=int(meta["d"]), basis=arrays.get("basis"),
-                   linear_map=arrays.get("linear_map"), params=meta["params"],
-                   history=meta["history"], created=meta["created"],
-                   version=meta["facekd_version"])
+        try:
+            tail = []
+            for i, kind in enumerate(meta.get("tail", [])):
+                kinds = {"gates": GateChain, "linear": LinearStage}
+                if kind not in kinds:
+                    raise ValueError(f"unknown tail stage {kind!r}")
+                tail.append(kinds[kind].from_arrays(arrays, f"tail{i}_"))
+            return cls(method=meta["method"], d=int(meta["d"]), basis=arrays.get("basis"),
+                       linear_map=arrays.get("linear_map"), params=meta["params"],
+                       history=meta["history"], created=meta["created"],
+                       version=meta["facekd_version"], tail=tail)
+        except ErasureError:
+            raise
+        except (KeyError, ValueError, TypeError) as exc:
+            raise ErasureError(f"{source}: damaged erasure ({exc})") from None
 
     def save(self, path: str | os.PathLike) -> Path:
         """Write :meth:`to_bytes` to one ``.npz`` file atomically (temp file, fsync, rename)."""
@@ -366,7 +452,9 @@ class Erasure:
         return cls.from_bytes(data, source=str(path))
 
     def __repr__(self) -> str:
-        return f"Erasure(method={self.method!r}, d={self.d}, k={self.k}, steps={len(self.history)})"
+        gates = f", gates={self.n_gates}" if self.tail else ""
+        return (f"Erasure(method={self.name!r}, d={self.d}, k={self.k}{gates}, "
+                f"steps={len(self.history)})")
 
 
 # ---------------------------------------------------------------------- ESC
@@ -430,8 +518,9 @@ def fit_esc(F: Any, *, p: float = 1.5, k: int | None = None, energy: float | Non
 
 # ---------------------------------------------------------------------- ESC-T
 def fit_esc_t(F: Any, prototypes: Any, forget_index: int, *, scale: float = 30.0,
-              lr: float = 1e-3, epochs: int = 50, threshold: float = 0.7, seed: int = 0,
-              batch_size: int = 64, device: Any = None, normalize_step: bool = False) -> Erasure:
+              lr: float | None = None, epochs: int = 50, threshold: float = 0.7, seed: int = 0,
+              batch_size: int = 64, device: Any = None, normalize_step: bool | None = None,
+              reference: bool = False) -> Erasure:
     """Fit ESC-T: a learned element-wise mask on a full SVD basis of the forget embeddings.
 
     Faithful to the reference loop, with a cosine classifier over identity prototypes as the head
@@ -451,12 +540,17 @@ def fit_esc_t(F: Any, prototypes: Any, forget_index: int, *, scale: float = 30.0
         normalize_step: divide each gradient by its largest absolute entry, so ``lr`` is the most
             any mask entry moves per step. Not in the reference code: its raw gradient shrinks with
             the forget set and the softmax's saturation, so no fixed ``lr`` suits every identity.
-
-    Note: on face-sized forget sets the reference ``lr=1e-3`` rarely moves any mask entry past
-    the threshold (see docs); the returned ``params`` report ``masked_fraction`` so a no-op is visible.
+            Default: on (``lr`` 0.1), unless ``reference``.
+        reference: the reference code's step exactly (raw gradient, ``lr`` 1e-3). On face-sized
+            forget sets it rarely moves any mask entry past the threshold, i.e. erases nothing
+            (see docs); ``params["masked_fraction"]`` makes such a no-op visible.
     """
     import torch  # heavy; only ESC-T needs it
 
+    if normalize_step is None:
+        normalize_step = not reference
+    if lr is None:
+        lr = 1e-3 if reference else 0.1
     if device is None:
         device = F.device if isinstance(F, torch.Tensor) else torch.device("cpu")
     f_np = _as_matrix(F, "forget embeddings")
@@ -523,10 +617,170 @@ def fit_esc_t(F: Any, prototypes: Any, forget_index: int, *, scale: float = 30.0
         hard_acc = float((logits_of(feats, binary).argmax(dim=1) == target).float().mean())
     params = {
         "scale": scale, "lr": lr, "epochs": epochs, "threshold": threshold, "seed": seed,
-        "batch_size": batch_size, "normalize_step": normalize_step,
+        "batch_size": batch_size, "normalize_step": normalize_step, "reference": reference,
         "n": int(f_np.shape[0]), "classes": c,
         "epochs_run": epochs_run, "steps": steps, "stopped_early": stopped_early,
         "masked_fraction": float(1.0 - binary.mean().item()),
         "forget_accuracy_soft_mask": soft_acc, "forget_accuracy": hard_acc,
     }
     return Erasure(method="esc-t", d=d, linear_map=a, params=params)
+
+
+# ---------------------------------------------------------------------- gated scramble
+class _RidgeDiscriminant:
+    """Weighted ridge least squares ``x . w + b`` ~ 1 on the person's faces, ~ 0 on the gallery,
+    each class carrying its share of the weight whatever its size. The gallery's half of the
+    normal equations is computed once; cross-validation folds subtract their own rows from it."""
+
+    def __init__(self, gallery: np.ndarray, *, ridge: float, forget_weight: float) -> None:
+        self.ga = np.c_[gallery, np.ones(len(gallery))]
+        self.wg = (1 - forget_weight) / len(gallery)
+        self.gram = self.wg * (self.ga.T @ self.ga) + ridge * np.eye(self.ga.shape[1])
+        self.forget_weight = forget_weight
+
+    def fit(self, forget: np.ndarray, *, without_gallery: np.ndarray | None = None
+            ) -> tuple[np.ndarray, float]:
+        fa = np.c_[forget, np.ones(len(forget))]
+        wf = self.forget_weight / len(forget)
+        gram = self.gram + wf * (fa.T @ fa)
+        if without_gallery is not None:
+            out = self.ga[without_gallery]
+            gram = gram - self.wg * (out.T @ out)
+        sol = np.linalg.solve(gram, wf * fa.sum(axis=0))
+        return sol[:-1], float(sol[-1])
+
+    def heldout_gallery_scores(self, forget: np.ndarray, folds: int, rng: np.random.Generator,
+                               groups: np.ndarray | None = None) -> np.ndarray:
+        """Each gallery face scored by a discriminant fitted without it (without every face of
+        its identity when ``groups`` labels them): how an unseen ordinary face scores (in-sample
+        scores are optimistic, most of all on small galleries)."""
+        n = len(self.ga)
+        scores = np.empty(n)
+        if groups is not None:
+            uniq, inv = np.unique(groups, return_inverse=True)
+            parts = [np.flatnonzero(np.isin(inv, chunk))
+                     for chunk in np.array_split(rng.permutation(len(uniq)), min(folds, len(uniq)))]
+        else:
+            parts = np.array_split(rng.permutation(n), min(folds, n))
+        for part in parts:
+            w, b = self.fit(forget, without_gallery=part)
+            scores[part] = self.ga[part, :-1] @ w + b
+        return scores
+
+
+RIDGE_GRID = (1e-4, 1e-3, 1e-2, 1e-1)  # fit_scramble's choices when ridge=None
+
+
+def _gate_fit(fit_g: np.ndarray, g: np.ndarray, f: np.ndarray, groups: np.ndarray | None,
+              ridge: float, forget_weight: float, q: float, folds: int, seed: int) -> dict:
+    """One ridge's discriminant ``(w, b)``, gate threshold ``t0`` and cross-validated scores of
+    the person's photos (``held``), with how many of them clear ``t0`` (``recall``) and by how
+    many held-out gallery standard deviations their lower quartile does (``margin``)."""
+    from scipy.special import ndtri
+
+    rng = np.random.default_rng(seed)
+    disc = _RidgeDiscriminant(fit_g, ridge=ridge, forget_weight=forget_weight)
+    w, b = disc.fit(f)
+    # The gate opens above the q-quantile of held-out gallery scores (each face scored by a
+    # discriminant fitted without it, or without its identity) and of in-sample scores. A
+    # gallery holds too few faces to read a 1e-5 quantile off it: a normal tail fitted to the
+    # held-out scores extrapolates it (and never lowers the empirical one).
+    heldout_g = disc.heldout_gallery_scores(f, folds, rng, groups)
+    tail = float(heldout_g.mean() + ndtri(q) * heldout_g.std())
+    t0 = float(max(np.quantile(heldout_g, q), np.quantile(g @ w + b, q), tail))
+    n = len(f)
+    held = np.empty(n)
+    for part in np.array_split(rng.permutation(n), int(min(folds, n))):
+        rest = np.setdiff1d(np.arange(n), part)
+        w2, b2 = disc.fit(f[rest]) if len(rest) else (w, b)
+        held[part] = f[part] @ w2 + b2
+    return {"w": w, "b": b, "t0": t0, "held": held, "ridge": ridge,
+            "recall": float(np.mean(held > t0)),
+            "margin": float((np.quantile(held, 0.25) - t0) / max(heldout_g.std(), 1e-12))}
+
+
+def fit_scramble(F: Any, gallery: Any, *, q: float | None = None, width: float = 0.3,
+                 full_quantile: float = 0.05, alpha: float = 1.05, ridge: float | None = None,
+                 forget_weight: float = 0.5, folds: int = 5, n_features: int = 512,
+                 sigma: float = 200.0, seed: int = 0, max_gallery: int = 50_000,
+                 gallery_labels: Any = None, scrambler: Scrambler | None = None) -> Erasure:
+    """Fit a gated scramble: the person's faces become unrelated, ordinary-looking strangers.
+
+    A ridge discriminant ``s(x)`` is fitted to be 1 on the person's faces ``F`` and 0 on the
+    ``gallery`` (everyone else). The gate opens at ``t0`` = the ``q``-quantile of ``s`` on the
+    gallery (default 0.9995 with ``gallery_labels``, 0.9999 without; the larger of the empirical
+    quantile and a normal tail fitted to the scores) and is fully open at ``s1 = t0 + width * (s_cv - t0)``, ``s_cv`` the
+    ``full_quantile``-quantile of *cross-validated* scores of ``F`` (each photo scored by a
+    discriminant fitted without it, which is how an unseen photo of the person scores; ``t0`` is
+    likewise taken over held-out gallery scores, which is how unseen ordinary faces score). A gated face
+    is replaced by ``t(x)``: a pseudo-random point distributed like the population (gallery mean
+    and covariance, deviation scaled by ``alpha``), so erased faces neither match one another nor
+    stand out (``alpha = 1``: distributed like ordinary faces; larger: easier to spot, harder to
+    re-identify; the default 1.05 is the measured balance on LFW + dlib, docs/benchmarks.md).
+
+    Args:
+        F: ``(n, d)`` embeddings of the person (``n >= 2``), in the space the erasure applies to.
+        gallery: ``(N, d)`` embeddings of everyone else (what the deployment holds).
+        ridge: the discriminant's ridge; default: chosen from ``RIDGE_GRID`` by how many of the
+            person's cross-validated photos clear the gate (few photos need a stronger ridge).
+        gallery_labels: ``(N,)`` identity of each gallery face. With them the gate's threshold is
+            calibrated on identities the discriminant never saw (cross-validation by identity),
+            which is how a new photo of an enrolled person scores; without, by face.
+        scrambler: reuse an existing chain's stranger map, so the new step merges into it (the
+            workspace passes the accumulated erasure's); default: fit one on ``gallery``.
+
+    Returns:
+        An :class:`Erasure` whose linear part is the identity and whose tail is one gate. Faces
+        below the gate are returned unchanged.
+    """
+    f = normalize_rows(_as_matrix(F, "forget embeddings").astype(np.float64))
+    g = normalize_rows(_as_matrix(gallery, "gallery embeddings", d=f.shape[1]).astype(np.float64))
+    n, d = f.shape
+    if n < 2:
+        raise ErasureError("fit_scramble needs at least 2 embeddings of the person")
+    if len(g) < 2:
+        raise ErasureError("fit_scramble needs at least 2 gallery embeddings of other people")
+    if q is None:  # calibrated by identity, a lower quantile gives the same protection
+        q = 0.9995 if gallery_labels is not None else 0.9999
+    if not 0.0 < q < 1.0 or not 0.0 < width <= 1.0 or not 0.0 <= full_quantile <= 1.0:
+        raise ErasureError("q must be in (0, 1), width in (0, 1], full_quantile in [0, 1]")
+    if not alpha > 0 or (ridge is not None and not ridge > 0) or not 0.0 < forget_weight < 1.0:
+        raise ErasureError("alpha and ridge must be positive, forget_weight in (0, 1)")
+    rng = np.random.default_rng(seed)
+    groups = None
+    if gallery_labels is not None:
+        groups = np.asarray(gallery_labels).ravel()
+        if groups.shape != (len(g),):
+            raise ErasureError(f"gallery_labels: expected {len(g)} labels, got {groups.shape}")
+    pick = np.arange(len(g)) if len(g) <= max_gallery else rng.choice(len(g), max_gallery,
+                                                                     replace=False)
+    fit_g = g[pick]
+    groups = None if groups is None else groups[pick]
+    ridges = RIDGE_GRID if ridge is None else (float(ridge),)
+    with _single_threaded_blas():
+        fits = [_gate_fit(fit_g, g, f, groups, r, forget_weight, q, folds, seed) for r in ridges]
+    # The ridge whose held-out photos of the person clear the gate best (ties: the wider margin).
+    best = max(fits, key=lambda fit: (fit["recall"], fit["margin"]))
+    w, b, t0, held, ridge = best["w"], best["b"], best["t0"], best["held"], best["ridge"]
+    s_cv = float(np.quantile(held, full_quantile))
+    separable = s_cv > t0
+    spread = (s_cv - t0) if separable else float(np.median(f @ w + b) - t0)
+    s1 = t0 + width * max(spread, 1e-3)
+    if scrambler is None:
+        scrambler = Scrambler.fit(g, n_features=n_features, sigma=sigma, alpha=alpha, seed=seed)
+    elif scrambler.mean.shape != (d,):
+        raise ErasureError(f"scrambler dimension {scrambler.mean.shape} does not match d={d}")
+    chain = GateChain(weights=w[:, None], bias=np.array([b]), t0=np.array([t0]),
+                      s1=np.array([s1]), scrambler=scrambler)
+    gate_fit = chain.gates(f)[:, 0]
+    gate_gallery = chain.gates(g)[:, 0]
+    params = {"q": q, "width": width, "full_quantile": full_quantile, "alpha": alpha,
+              "ridge": ridge, "heldout_recall": best["recall"], "forget_weight": forget_weight,
+              "n_features": int(scrambler.omega.shape[0]),
+              "sigma": sigma, "seed": seed, "n": n, "gallery": int(len(g)),
+              "separable": bool(separable),
+              "fit_gated_fully": float(np.mean(gate_fit >= 1.0)),
+              "heldout_gated_fully": float(np.mean((held - t0) / (s1 - t0) >= 1.0)),
+              "gallery_touched": float(np.mean(gate_gallery > 0))}
+    return Erasure(method="esc", d=d, basis=np.zeros((d, 0)), params=params,
+                   history=[{"method": "scramble", "params": params}], tail=[chain])

@@ -144,11 +144,27 @@ def to_fp16(model):
         raise EncoderError(f"fp16 export needs onnxruntime.transformers: {exc}") from None
     import warnings
 
+    from facekd.encoders.tail_onnx import split_tail
+
+    # A gated tail stays float32: its gate must open where the float64 reference opens it, and
+    # its stranger map multiplies the embedding by ~200 before a Cos. It is cut off, the body is
+    # converted (its output stays float32), and the tail is put back unchanged.
+    body, reattach = split_tail(model)
     with warnings.catch_warnings():  # it warns on every weight it clips to the fp16 range
         warnings.simplefilter("ignore")
-        half = convert_float_to_float16(model, keep_io_types=True)
+        half = convert_float_to_float16(body, keep_io_types=True)
     _toposort(half.graph)
-    return half
+    return reattach(half)
+
+
+def _needed(node) -> set[str]:
+    """A node's inputs plus the outer-scope names its subgraphs (If/Loop bodies) read."""
+    names = set(node.input)
+    for attr in node.attribute:
+        if attr.g is not None and attr.g.node:
+            made = {o for n in attr.g.node for o in n.output} | {t.name for t in attr.g.initializer}
+            names |= {i for n in attr.g.node for i in _needed(n)} - made
+    return names
 
 
 def _toposort(graph) -> None:
@@ -156,9 +172,10 @@ def _toposort(graph) -> None:
     which onnxruntime tolerates but onnx.checker and stricter consumers reject)."""
     ready = {v.name for v in graph.input} | {t.name for t in graph.initializer} | {""}
     pending, ordered = list(graph.node), []
+    needs = {id(n): _needed(n) for n in pending}
     while pending:
-        still = [n for n in pending if not all(i in ready for i in n.input)]
-        done = [n for n in pending if all(i in ready for i in n.input)]
+        still = [n for n in pending if not needs[id(n)] <= ready]
+        done = [n for n in pending if needs[id(n)] <= ready]
         if not done:  # a cycle or a dangling input: leave the rest as it was for the checker
             ordered += still
             break
@@ -247,8 +264,8 @@ def export(encoder: Encoder, path: str | os.PathLike, *, fp16: bool = False,
         if encoder.erasure is not None:
             # Only the size of the edit: the erased directions are a person's template.
             set_metadata(model, ERASURE_METADATA_KEY, json.dumps(
-                {"method": encoder.erasure.method, "k": encoder.erasure.k,
-                 "steps": len(encoder.erasure.history)}))
+                {"method": encoder.erasure.name, "k": encoder.erasure.k,
+                 "gates": encoder.erasure.n_gates, "steps": len(encoder.erasure.history)}))
         if fp16:
             model = to_fp16(model)
         staged = write_model(model, Path(tmp) / "staged.onnx")

@@ -21,8 +21,9 @@ commits model state, gallery, ledger and receipt together or not at all:
 The edited encoder is never stored: it is rebuilt on load as
 ``base_encoder.with_erasure(accumulated)`` (folding is cheap) and its fingerprint compared with
 ``encoder_state``. Gallery vectors are always those of the *current* edited encoder, L2-normalised.
-Because every edit is linear, applying a new erasure to stored vectors equals re-enrolling the
-original images with the newly edited encoder, which is why forgetting needs no images.
+Because every edit is a function of the final embedding (a linear map, or a gate that returns faces
+below it unchanged), applying a new erasure to stored vectors equals re-enrolling the original
+images with the newly edited encoder, which is why forgetting needs no images.
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ from typing import Any
 import numpy as np
 
 from facekd import receipt as rc
-from facekd.erasure import Erasure, fit_esc, fit_esc_t
+from facekd.erasure import Erasure, fit_esc, fit_esc_t, fit_scramble
 from facekd.errors import FaceError, FacekdError
 from facekd.faces import IMAGE_SUFFIXES  # re-exported: the demo lists images with it
 
@@ -51,6 +52,7 @@ CONFIG_NAME = "config.toml"
 STAGE_ENV = "FACEKD_TEST_PAUSE_AT"  # test instrumentation: sleep at a named forget stage
 REPORT_MAX_IDENTITIES = 300  # forget's before/after report: the erased one + a sample
 RETAIN_SAMPLE = 4000  # vectors used for retained-identity statistics in verify
+METHODS = ("scramble", "esc", "esc-t")  # forget's methods; the first is the default
 
 
 class WorkspaceError(FacekdError):
@@ -107,7 +109,9 @@ class Config:
     index: str = "flat"
     match_threshold: float | None = None
     far: float = 1e-3
-    method: str = "esc"
+    # The gated scramble is the default: on LFW + dlib it is the method that passes verify while
+    # leaving everyone else's scores untouched (README, "What an erasure achieves").
+    method: str = "scramble"
     p: float = 1.5
     k: int | None = None
     energy: float | None = None
@@ -120,6 +124,10 @@ class Config:
     max_rank1_over_chance: float = 2.0
     max_tar: float = 0.05
     seed: int = 0
+    # Gated scramble: the gate opens at this quantile of the gallery's discriminant scores, and
+    # a scrambled face's deviation from the population mean is scaled by scramble_alpha.
+    scramble_q: float = 0.9995
+    scramble_alpha: float = 1.05
 
     def to_toml(self) -> dict:
         return {
@@ -129,7 +137,8 @@ class Config:
                         else float(self.match_threshold)},
             "forget": {"method": self.method, "p": self.p, "min_vectors": self.min_vectors,
                        "esc_t_lr": self.esc_t_lr, "esc_t_normalize_step": self.esc_t_normalize_step,
-                       "seed": self.seed,
+                       "seed": self.seed, "scramble_q": self.scramble_q,
+                       "scramble_alpha": self.scramble_alpha,
                        # TOML has no null: an unset rule is simply absent
                        **({"k": self.k} if self.k is not None else {}),
                        **({"energy": self.energy} if self.energy is not None else {})},
@@ -158,8 +167,11 @@ class Config:
         return cfg
 
     def validate(self, source: str = CONFIG_NAME) -> None:
-        if self.method not in ("esc", "esc-t"):
-            raise WorkspaceError(f"{source}: method must be 'esc' or 'esc-t', got {self.method!r}")
+        if self.method not in METHODS:
+            raise WorkspaceError(f"{source}: method must be one of {', '.join(METHODS)}, "
+                                 f"got {self.method!r}")
+        if not 0 < float(self.scramble_q) < 1 or not float(self.scramble_alpha) > 0:
+            raise WorkspaceError(f"{source}: scramble_q must be in (0, 1), scramble_alpha > 0")
         if not 0 < self.far < 1 or not 0 <= self.max_tar <= 1 or self.max_rank1_over_chance <= 0:
             raise WorkspaceError(f"{source}: far and max_tar must be in (0, 1), "
                                  "max_rank1_over_chance > 0")
@@ -352,8 +364,7 @@ class Workspace:
         """The deployed (edited) encoder: ``base_encoder.with_erasure(accumulated erasure)``."""
         if self._edited is None:
             acc = self.erasure
-            enc = self.base_encoder if acc.k == 0 and acc.is_projector else \
-                self.base_encoder.with_erasure(acc)
+            enc = self.base_encoder if acc.is_identity else self.base_encoder.with_erasure(acc)
             want = self.encoder_state["edited"]
             if enc.fingerprint != want:
                 # Folding is float64 maths cast to float32; another BLAS may round differently.
@@ -485,9 +496,13 @@ class Workspace:
         if not dry_run:
             self._require_writable()
         cfg = self.config
-        method = method or cfg.method
-        if method not in ("esc", "esc-t"):
-            raise WorkspaceError(f"unknown method {method!r}; use 'esc' or 'esc-t'")
+        rule_given = (p, k, energy) != (None, None, None)
+        # A direction-count rule names ESC: `forget --k 8` keeps meaning what it always meant.
+        method = method or ("esc" if rule_given else cfg.method)
+        if method not in METHODS:
+            raise WorkspaceError(f"unknown method {method!r}; use one of {', '.join(METHODS)}")
+        if method != "esc" and rule_given:
+            raise WorkspaceError("--p/--k/--energy only apply to --method esc")
         if sum(x is not None for x in (p, k, energy)) > 1:
             raise WorkspaceError("give at most one of p, k, energy")
         from tqdm.auto import tqdm
@@ -547,6 +562,19 @@ class Workspace:
             def fit(F: np.ndarray) -> Erasure:
                 return fit_esc(F, p=p_eff if p_eff is not None else cfg.p, k=k, energy=energy)
             params = {"p": p_eff, "k_requested": k, "energy_requested": energy}
+        elif method == "scramble":
+            others, others_y = all_vecs[labels != identity], labels[labels != identity]
+            if len(others) < 2:
+                raise WorkspaceError("scramble needs at least 2 gallery faces of other people "
+                                     "(the gate is fitted against them)")
+            chains = [st for st in acc.tail if hasattr(st, "scrambler")]
+            # Later gates reuse the first one's stranger map, so the chain stays one object.
+            shared = chains[-1].scrambler if chains else None
+
+            def fit(F: np.ndarray) -> Erasure:
+                return fit_scramble(F, others, gallery_labels=others_y, q=cfg.scramble_q,
+                                    alpha=cfg.scramble_alpha, seed=cfg.seed, scrambler=shared)
+            params = {"q": cfg.scramble_q, "alpha": cfg.scramble_alpha}
         else:
             uniq = np.unique(labels)
             if len(uniq) < 2:
@@ -559,7 +587,7 @@ class Workspace:
                                  normalize_step=cfg.esc_t_normalize_step)
             params = {"lr": cfg.esc_t_lr, "normalize_step": cfg.esc_t_normalize_step}
         new = fit(forget_vecs)
-        if new.method == "esc-t" and new.params.get("masked_fraction", 1.0) == 0.0:
+        if method == "esc-t" and new.params.get("masked_fraction", 1.0) == 0.0:
             raise WorkspaceError(
                 f"ESC-T masked nothing in {new.params['epochs_run']} epochs at lr "
                 f"{cfg.esc_t_lr}: the erasure would change nothing; raise [forget] esc_t_lr "
@@ -585,7 +613,8 @@ class Workspace:
             model={"family": base.family, "base_sha256": base.fingerprint,
                    "edited_sha256_before": edited.fingerprint,
                    "edited_sha256_after": new_edited.fingerprint,
-                   "k_added": new.k, "k_total": combined.k, "deletions_total": len(self.ledger()) + 1},
+                   "k_added": new.k, "k_total": combined.k, "gates_total": combined.n_gates,
+                   "deletions_total": len(self.ledger()) + 1},
             generation_before=gen_before, generation_after=gen_after,
             metrics={**report.to_dict(), "protocol": protocol}, histograms=hists,
             timings=timings, n_vectors=n_stored, n_images=n_images,

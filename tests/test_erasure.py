@@ -156,7 +156,7 @@ def test_esc_t_drives_forget_accuracy_to_zero_with_a_moving_lr(esc_t_setup):
 def test_esc_t_normalised_step_moves_where_the_raw_gradient_vanishes():
     E, y = identity_clusters(30, 16, 128, seed=4)  # well separated: the raw step never moves
     protos = np.stack([E[y == c].mean(axis=0) for c in range(30)])
-    raw = fit_esc_t(E[y == 5], protos, 5, lr=1.0, epochs=10, seed=0)
+    raw = fit_esc_t(E[y == 5], protos, 5, lr=1.0, epochs=10, seed=0, reference=True)
     assert raw.params["masked_fraction"] == 0.0 and raw.params["forget_accuracy"] == 1.0
     e = fit_esc_t(E[y == 5], protos, 5, lr=0.1, seed=0, normalize_step=True)
     assert 0.0 < e.params["masked_fraction"] < 0.05
@@ -164,6 +164,16 @@ def test_esc_t_normalised_step_moves_where_the_raw_gradient_vanishes():
     # The reference stops on the soft mask and binarises afterwards, so the binary map may still
     # classify some forget samples correctly; it must at least do better than the raw step.
     assert e.params["forget_accuracy"] < raw.params["forget_accuracy"]
+
+
+def test_esc_t_defaults_erase_where_the_reference_step_masks_nothing():
+    E, y = identity_clusters(30, 16, 128, seed=4)
+    protos = np.stack([E[y == c].mean(axis=0) for c in range(30)])
+    ref = fit_esc_t(E[y == 5], protos, 5, reference=True)
+    assert ref.params["masked_fraction"] == 0.0 and ref.params["lr"] == 1e-3
+    default = fit_esc_t(E[y == 5], protos, 5)
+    assert default.params["normalize_step"] and default.params["masked_fraction"] > 0.0
+    assert default.params["forget_accuracy"] < 1.0
 
 
 def test_esc_t_is_bitwise_deterministic_for_a_seed(esc_t_setup):
@@ -300,7 +310,7 @@ def test_bad_files_raise_erasure_error(tmp_path):
     path = e.save(tmp_path / "e.npz")
     with np.load(path) as data:
         arrays = dict(data)
-    meta = bytes(arrays["meta"]).decode().replace('"format": 1', '"format": 99')
+    meta = bytes(arrays["meta"]).decode().replace("\"format\": 2", "\"format\": 99")
     arrays["meta"] = np.frombuffer(meta.encode(), dtype=np.uint8)
     np.savez(tmp_path / "future.npz", **arrays)
     with pytest.raises(ErasureError, match="format"):

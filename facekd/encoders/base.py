@@ -2,8 +2,9 @@
 
 An encoder maps aligned face chips ``(n, H, W, 3)`` uint8 RGB to un-normalised embeddings
 ``(n, d)`` float32. Encoders know nothing about galleries. An edited encoder is an ordinary
-encoder whose last linear layer has the erasure's map folded in, so that
-``normalize(edited.embed(x)) == erasure.apply(original.embed(x))``.
+encoder whose last linear layer has the erasure's linear map folded in, followed by the erasure's
+gated tail when it has one (applied in numpy by torch encoders, as ONNX nodes in exported and ONNX
+encoders), so that ``normalize(edited.embed(x)) == erasure.apply(original.embed(x))``.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from facekd.erasure import Erasure
 
 __all__ = ["InputSpec", "Encoder", "TorchEncoder", "sha256_arrays", "fold_into_linear",
-           "compose_for_fold"]
+           "compose_for_fold", "apply_tail", "with_tail_nodes"]
 
 PROGRESS_MIN_CHIPS = 256  # show a progress bar from this many chips on
 
@@ -174,18 +175,26 @@ class TorchEncoder(Encoder):
 
         x = torch.from_numpy(self.input_spec.to_tensor_array(chips)).to(self.device)
         with torch.inference_mode():
-            return self.module(x).float().cpu().numpy()
+            out = self.module(x).float().cpu().numpy()
+        return apply_tail(self.erasure, out)
 
     @property
     def fingerprint(self) -> str:
         if self._fingerprint is None:
-            self._fingerprint = sha256_arrays(
-                t.detach().cpu().numpy() for t in self.module.state_dict().values())
+            arrays = [t.detach().cpu().numpy() for t in self.module.state_dict().values()]
+            if self.erasure is not None and self.erasure.tail:  # the tail is part of the model
+                arrays.append(np.frombuffer(_tail_arrays_bytes(self.erasure), np.uint8))
+            self._fingerprint = sha256_arrays(arrays)
         return self._fingerprint
 
     def onnx_model(self, *, opset: int = 17):
-        """The encoder as an in-memory ``onnx.ModelProto`` (legacy TorchScript exporter: opset 17
-        single-file graphs without onnxscript; input ``input``, output ``embedding``, dynamic batch)."""
+        """The encoder as an in-memory ``onnx.ModelProto``: the network (:meth:`_onnx_body`) and,
+        for a gated erasure, its tail appended after the output."""
+        return with_tail_nodes(self._onnx_body(opset=opset), self.erasure)
+
+    def _onnx_body(self, *, opset: int = 17):
+        """The network alone (legacy TorchScript exporter: opset 17 single-file graphs without
+        onnxscript; input ``input``, output ``embedding``, dynamic batch)."""
         import io
 
         import onnx
@@ -210,6 +219,37 @@ class TorchEncoder(Encoder):
         return write_atomic(path, model.SerializeToString())
 
 
+def apply_tail(erasure: "Erasure | None", out: np.ndarray) -> np.ndarray:
+    """An encoder's raw ``(n, d)`` output run through ``erasure``'s tail (unit rows), if any.
+
+    The linear part is already folded into the weights; the tail is a function of the normalised
+    output, so torch encoders apply it here with the same code that edits stored vectors.
+    """
+    if erasure is None or not erasure.tail:
+        return out
+    from facekd.tail import apply_stages, normalize_rows
+
+    return apply_stages(erasure.tail, normalize_rows(out.astype(np.float64))).astype(np.float32)
+
+
+def with_tail_nodes(model, erasure: "Erasure | None"):
+    """``model`` (an ``onnx.ModelProto``) with ``erasure``'s tail appended as graph nodes."""
+    if erasure is None or not erasure.tail:
+        return model
+    from facekd.encoders.tail_onnx import append_tail
+
+    return append_tail(model, erasure.tail)
+
+
+def _tail_arrays_bytes(erasure: "Erasure") -> bytes:
+    """The tail's arrays in a fixed order (timestamps and versions excluded), for fingerprints."""
+    parts = []
+    for i, stage in enumerate(erasure.tail):
+        for key, arr in sorted(stage.arrays(f"{i}_").items()):
+            parts.append(key.encode() + np.ascontiguousarray(arr, np.float64).tobytes())
+    return b"".join(parts)
+
+
 def compose_for_fold(previous: "Erasure | None", erasure: "Erasure",
                      dim: int) -> tuple["Erasure", np.ndarray]:
     """``(composed erasure, (d, d) matrix to fold into weights that already carry previous)``.
@@ -230,4 +270,8 @@ def compose_for_fold(previous: "Erasure | None", erasure: "Erasure",
     if previous is None:
         return erasure, erasure.matrix()
     composed = previous.then(erasure)
-    return composed, composed.matrix() if composed.method == "esc" else erasure.matrix()
+    if previous.tail:
+        # Linear steps after a gate live in the tail (Erasure.then): the weights stay as they are.
+        return composed, np.eye(dim)
+    linear = previous.then(erasure.linear_part())
+    return composed, linear.matrix() if linear.method == "esc" else erasure.matrix()

@@ -289,8 +289,8 @@ class DlibResNet(TorchEncoder):
                           original_fc=self._original_fc, erasure=total, device=str(self.device),
                           dist_thresh=self.dist_thresh)
 
-    def onnx_model(self, *, opset: int = 17):
-        """The legacy export with constant pads (``TorchEncoder.to_onnx`` checks and writes it).
+    def _onnx_body(self, *, opset: int = 17):
+        """The legacy export with constant pads (``TorchEncoder.onnx_model`` adds any tail).
 
         Graph: Conv 29, Relu 29, Add 14, AveragePool 4, Pad 5, MaxPool 1, ReduceMean 1, MatMul 1
         (the erasure, if any, is inside the MatMul's weight).
@@ -303,7 +303,7 @@ class DlibResNet(TorchEncoder):
             # _constant_pads below removes.
             warnings.simplefilter("ignore", DeprecationWarning)
             warnings.filterwarnings("ignore", message="Constant folding")
-            model = super().onnx_model(opset=opset)
+            model = super()._onnx_body(opset=opset)
         return _constant_pads(model, self.module.pad_list())
 
 

@@ -460,6 +460,7 @@ class OnnxEncoder(Encoder):
         self.providers = list(providers) if providers else None
         self.erasure = None
         self.surgery: str | None = None  # how the erasure was folded (see fold_plan)
+        self._untailed = None  # with a gated tail: the graph before it (the linear part folded)
         self._session = None
         self._fingerprint: str | None = None
         self.dim = _output_dim(model) or self._probe_dim(where)
@@ -542,11 +543,21 @@ class OnnxEncoder(Encoder):
         edited, the new erasure is composed with the old one (``old.then(erasure)``).
         """
         composed, matrix = compose_for_fold(self.erasure, erasure, self.dim)
-        model = copy.deepcopy(self.model)
-        kind = _edit(model, matrix)
+        # The linear part is folded into the graph as it was before any tail; the tail (gated
+        # scramble) is rebuilt from the composed erasure each time, after the output.
+        untailed = copy.deepcopy(self._untailed if self._untailed is not None else self.model)
+        if np.array_equal(matrix, np.eye(self.dim)):
+            kind = self.surgery or "none"
+        else:
+            kind = _edit(untailed, matrix)
+        model = copy.deepcopy(untailed) if composed.tail else untailed
+        if composed.tail:
+            from facekd.encoders.tail_onnx import append_tail
+
+            append_tail(model, composed.tail)
         set_metadata(model, ERASURE_METADATA_KEY, json.dumps(
-            {"method": composed.method, "k": composed.k, "steps": len(composed.history),
-             "surgery": kind}))
+            {"method": composed.name, "k": composed.k, "gates": composed.n_gates,
+             "steps": len(composed.history), "surgery": kind}))
         _check(model, "edited ONNX model")
         if kind == "appended-matmul":
             log.warning("the graph does not end in a foldable Gemm/MatMul (+BatchNormalization); "
@@ -556,6 +567,7 @@ class OnnxEncoder(Encoder):
         edited = type(self)(model, input_spec=self.input_spec, providers=self.providers,
                              _checked=True)
         edited.erasure = composed
+        edited._untailed = untailed if composed.tail else None
         edited.surgery = kind
         return edited
 

@@ -1,0 +1,237 @@
+"""Non-linear erasure stages applied after an erasure's linear map: the gated scramble.
+
+A *stage* maps ``(n, d)`` unit rows to ``(n, d)`` unit rows. Two kinds exist:
+
+* :class:`LinearStage`: ``normalize(V @ A)``, a linear erasure that had to come *after* a gated
+  one (it cannot be folded into the encoder's weights there).
+* :class:`GateChain`: ``K`` gated scramble steps applied in order. Step ``i`` has a ridge
+  discriminant ``s_i(v) = v . w_i + b_i`` behind a hinge
+  ``g_i(v) = clip((s_i(v) - t0_i) / (s1_i - t0_i), 0, 1)`` and replaces a gated face by a
+  pseudo-random stranger: ``v <- normalize(v + g_i(v) (t(v) - v))`` with
+  ``t(v) = normalize(mean + cos(v Omega^T + phase) @ M)``, ``M = alpha * mix^T chol^T``
+  ``(D, d)``. ``cos(v Omega^T + phase) @ mix^T`` is close to a standard normal ``d``-vector
+  whose value changes completely when ``v`` moves by a few hundredths (``Omega`` has scale
+  ``sigma`` ~ 200), and ``chol`` is the Cholesky factor of the population's covariance, so
+  ``t(v)`` is distributed like an ordinary face, not like the person.
+
+A face below every gate (``g = 0``) is returned bit for bit unchanged, which is why gated edits
+compose without wearing everyone else down and why stored gallery vectors can be updated without
+images: every stage is a function of the final embedding alone.
+
+Pure math: numpy only, imports nothing else from the project.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+__all__ = ["GateChain", "LinearStage", "Scrambler", "apply_stages", "normalize_rows"]
+
+
+def normalize_rows(x: np.ndarray) -> np.ndarray:
+    """Rows scaled to unit L2 norm (float64 in, float64 out; zero rows stay zero)."""
+    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+
+
+@dataclass(frozen=True)
+class Scrambler:
+    """The pseudo-random stranger map ``t(v)`` shared by every step of a :class:`GateChain`.
+
+    Attributes (float64): ``mean`` ``(d,)`` population mean of unit embeddings; ``omega``
+    ``(D, d)``; ``phase`` ``(D,)``; ``mix`` ``(D, d)`` = ``alpha * W^T chol^T`` (random features
+    to a population-shaped deviation).
+    """
+
+    mean: np.ndarray
+    omega: np.ndarray
+    phase: np.ndarray
+    mix: np.ndarray
+
+    @classmethod
+    def fit(cls, population: np.ndarray, *, n_features: int = 512, sigma: float = 200.0,
+            alpha: float = 1.0, seed: int = 0) -> "Scrambler":
+        """Fit to ``population`` ``(N, d)`` unit embeddings of ordinary faces (the gallery)."""
+        x = np.asarray(population, dtype=np.float64)
+        d = x.shape[1]
+        rng = np.random.default_rng(seed)
+        omega = rng.normal(size=(n_features, d)) * sigma
+        phase = rng.uniform(0.0, 2.0 * np.pi, n_features)
+        # E[cos^2] = 1/2, so N(0, 2/D) weights give each output coordinate unit variance.
+        w = rng.normal(size=(d, n_features)) * np.sqrt(2.0 / n_features)
+        mean = x.mean(axis=0)
+        cov = np.cov((x - mean).T, bias=True) if len(x) > 1 else np.zeros((d, d))
+        # A small ridge keeps the factor defined for galleries smaller than d.
+        ridge = 1e-6 + 1e-3 * float(np.trace(cov)) / d
+        chol = np.linalg.cholesky(cov + ridge * np.eye(d))
+        return cls(mean=mean, omega=omega, phase=phase, mix=float(alpha) * (w.T @ chol.T))
+
+    def __call__(self, v: np.ndarray) -> np.ndarray:
+        """``(n, d)`` -> ``(n, d)`` unit strangers, float64."""
+        z = np.cos(v @ self.omega.T + self.phase) @ self.mix
+        return normalize_rows(self.mean + z)
+
+    def __repr__(self) -> str:
+        return f"Scrambler(d={self.mean.shape[0]}, features={self.omega.shape[0]})"
+
+    def same_as(self, other: "Scrambler") -> bool:
+        return all(np.array_equal(getattr(self, f), getattr(other, f))
+                   for f in ("mean", "omega", "phase", "mix"))
+
+    def arrays(self, prefix: str) -> dict[str, np.ndarray]:
+        return {f"{prefix}{f}": getattr(self, f) for f in ("mean", "omega", "phase", "mix")}
+
+    @classmethod
+    def from_arrays(cls, arrays: dict, prefix: str) -> "Scrambler":
+        return cls(**{f: np.asarray(arrays[f"{prefix}{f}"], np.float64)
+                      for f in ("mean", "omega", "phase", "mix")})
+
+
+@dataclass(frozen=True)
+class GateChain:
+    """``K`` gated scramble steps sharing one :class:`Scrambler`, applied in order.
+
+    Attributes: ``weights`` ``(d, K)``, ``bias``/``t0``/``s1`` ``(K,)`` float64 (``s1 > t0``).
+    """
+
+    weights: np.ndarray
+    bias: np.ndarray
+    t0: np.ndarray
+    s1: np.ndarray
+    scrambler: Scrambler
+
+    kind = "gates"
+
+    @property
+    def d(self) -> int:
+        return int(self.weights.shape[0])
+
+    @property
+    def n_gates(self) -> int:
+        return int(self.weights.shape[1])
+
+    def __repr__(self) -> str:
+        return f"GateChain(d={self.d}, gates={self.n_gates}, {self.scrambler!r})"
+
+    def gates(self, v: np.ndarray, cols: slice | np.ndarray = slice(None)) -> np.ndarray:
+        """Gate values ``(n, K)`` in ``[0, 1]`` of unit rows ``v`` for the chosen steps."""
+        s = v @ self.weights[:, cols] + self.bias[cols]
+        return np.clip((s - self.t0[cols]) / (self.s1[cols] - self.t0[cols]), 0.0, 1.0)
+
+    def __call__(self, v: np.ndarray) -> np.ndarray:
+        """Apply every step in order to unit rows ``(n, d)`` float64; returns a new array.
+
+        Exact sequential semantics at the cost of one ``(n, d) @ (d, K)`` product: every step's
+        gate is first evaluated on the input; rows no gate touches are returned unchanged, and only
+        the (few) touched rows are walked through the steps one by one from their first firing
+        step on, their later gates evaluated on their already-scrambled values.
+        """
+        out = np.array(v, dtype=np.float64, copy=True)
+        if out.shape[0] == 0 or self.n_gates == 0:
+            return out
+        first = self.gates(out) > 0
+        hit = np.flatnonzero(first.any(axis=1))
+        if hit.size == 0:
+            return out
+        rows = out[hit]
+        start = first[hit].argmax(axis=1)  # first firing step of each touched row
+        for i in range(int(start.min()), self.n_gates):
+            live = start <= i
+            if not live.any():
+                continue
+            sub = rows[live]
+            g = self.gates(sub, slice(i, i + 1))[:, 0]
+            moving = g > 0
+            if moving.any():
+                x = sub[moving]
+                sub[moving] = normalize_rows(x + g[moving, None] * (self.scrambler(x) - x))
+                rows[live] = sub
+        out[hit] = rows
+        return out
+
+    def then(self, other: "GateChain") -> "GateChain":
+        """One chain running ``self``'s steps and then ``other``'s (same scrambler required)."""
+        if not self.scrambler.same_as(other.scrambler):
+            raise ValueError("gate chains with different scramblers cannot be merged")
+        return GateChain(weights=np.concatenate([self.weights, other.weights], axis=1),
+                         bias=np.r_[self.bias, other.bias], t0=np.r_[self.t0, other.t0],
+                         s1=np.r_[self.s1, other.s1], scrambler=self.scrambler)
+
+    def arrays(self, prefix: str) -> dict[str, np.ndarray]:
+        return {f"{prefix}weights": self.weights, f"{prefix}bias": self.bias,
+                f"{prefix}t0": self.t0, f"{prefix}s1": self.s1, **self.scrambler.arrays(prefix)}
+
+    @classmethod
+    def from_arrays(cls, arrays: dict, prefix: str) -> "GateChain":
+        get = lambda k: np.asarray(arrays[f"{prefix}{k}"], np.float64)  # noqa: E731
+        chain = cls(weights=get("weights"), bias=get("bias"), t0=get("t0"), s1=get("s1"),
+                    scrambler=Scrambler.from_arrays(arrays, prefix))
+        chain.validate()
+        return chain
+
+    def validate(self) -> None:
+        k = self.n_gates
+        if self.weights.ndim != 2 or any(a.shape != (k,) for a in (self.bias, self.t0, self.s1)):
+            raise ValueError("gate arrays disagree in shape")
+        if not np.all(self.s1 > self.t0):
+            raise ValueError("every gate needs s1 > t0")
+        sc = self.scrambler
+        if sc.mean.shape != (self.d,) or sc.mix.shape != (sc.omega.shape[0], self.d) \
+                or sc.omega.shape[1] != self.d or sc.phase.shape != (sc.omega.shape[0],):
+            raise ValueError("scrambler arrays disagree in shape")
+        for a in (self.weights, self.bias, self.t0, self.s1, sc.mean, sc.omega, sc.phase, sc.mix):
+            if not np.all(np.isfinite(a)):
+                raise ValueError("gate arrays contain NaN or inf")
+
+
+@dataclass(frozen=True)
+class LinearStage:
+    """``normalize(V @ matrix)`` after a gated stage; ``matrix`` ``(d, d)`` float64."""
+
+    matrix: np.ndarray
+
+    kind = "linear"
+
+    def __repr__(self) -> str:
+        return f"LinearStage(d={self.d})"
+
+    @property
+    def d(self) -> int:
+        return int(self.matrix.shape[0])
+
+    def __call__(self, v: np.ndarray) -> np.ndarray:
+        return normalize_rows(np.asarray(v, np.float64) @ self.matrix)
+
+    def arrays(self, prefix: str) -> dict[str, np.ndarray]:
+        return {f"{prefix}matrix": self.matrix}
+
+    @classmethod
+    def from_arrays(cls, arrays: dict, prefix: str) -> "LinearStage":
+        m = np.asarray(arrays[f"{prefix}matrix"], np.float64)
+        if m.ndim != 2 or m.shape[0] != m.shape[1] or not np.all(np.isfinite(m)):
+            raise ValueError("a linear stage needs a finite (d, d) matrix")
+        return cls(matrix=m)
+
+
+Stage = GateChain | LinearStage
+
+
+def merge_stages(stages: list) -> list:
+    """Adjacent gate chains sharing a scrambler become one chain (same map, one gate product)."""
+    out: list = []
+    for st in stages:
+        if out and isinstance(st, GateChain) and isinstance(out[-1], GateChain) \
+                and out[-1].scrambler.same_as(st.scrambler):
+            out[-1] = out[-1].then(st)
+        else:
+            out.append(st)
+    return out
+
+
+def apply_stages(stages: list, v: np.ndarray) -> np.ndarray:
+    """Run unit rows ``(n, d)`` through ``stages`` in order; float64 out."""
+    out = np.asarray(v, np.float64)
+    for st in stages:
+        out = st(out)
+    return out

@@ -1,0 +1,176 @@
+"""``facekd bench`` on a tiny synthetic photo tree with the bundled ``samples`` encoder."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from facekd.bench import BenchError, checkpoints, parse_fit_photos, parse_methods, run_bench
+
+IDS = list(range(1000, 1030))  # 30 identities x 12 renders
+PER = 12
+METRIC_KEYS = {"forget_rank1", "forget_tar", "kr_linear", "kr_knn", "mia", "detect_auc",
+               "detect_auc_trained", "lookalike_fp", "false_match", "retain_rank1", "retain_tar",
+               "template_cos", "template_top1", "fit_s", "n_erased"}
+
+
+def facekd(*args: object, timeout: float = 120) -> subprocess.CompletedProcess:
+    """Run ``python -m facekd.cli ARGS`` (text mode)."""
+    return subprocess.run([sys.executable, "-m", "facekd.cli", *map(str, args)],
+                          env=dict(os.environ), capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def tree(tmp_path_factory) -> Path:
+    from facekd.synthfaces import write_tree
+
+    return write_tree(tmp_path_factory.mktemp("bench") / "tree", IDS, PER, seed=0)
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("bench-cache")
+
+
+@pytest.fixture(scope="module")
+def bench(tree, cache, tmp_path_factory) -> tuple[dict, Path]:
+    """(result, out dir) of one CLI run: 3 people erased singly, 3 sequentially."""
+    out = tmp_path_factory.mktemp("bench-out")
+    r = facekd("bench", "--dataset", tree, "--encoder", "samples", "--erase", 3,
+               "--sequential", 3, "--out", out, "--cache", cache, "--json")
+    assert r.returncode == 0, r.stderr
+    assert "cache miss" in r.stderr
+    return json.loads(r.stdout), out
+
+
+def test_json_has_the_documented_shape_and_protocol(bench):
+    res, _ = bench
+    assert set(res) == {"dataset", "encoder", "chance_rank1", "original", "rows", "sequential",
+                        "protocol"}
+    assert res["encoder"] == "samples"
+    assert res["chance_rank1"] == pytest.approx(100 / len(IDS), abs=1e-3)
+    assert METRIC_KEYS <= set(res["original"])
+    assert {(r["method"], r["setting"]) for r in res["rows"]} == {
+        ("esc", "all"), ("esc-t", "all"), ("scramble", "all")}  # "10": only 6 photos remain
+    for row in res["rows"]:
+        assert METRIC_KEYS | {"method", "setting", "forget_rank1_sd"} <= set(row)
+        assert row["n_erased"] == 3 and row["fit_s"] > 0
+        assert row["mia"] is None  # 6 fit vs 6 fresh photos: below the MIA minimum
+    p = res["protocol"]
+    assert (p["identities"], p["faces"], p["erased"], p["sequential"]) == (30, 360, 3, 3)
+    assert (p["held"], p["fresh_enrol"], p["fresh_probe"], p["eligible_min_faces"]) == (6, 3, 3, 12)
+    assert p["sequential_gates"]["scramble"] == 3  # every gate merged into one chain
+    seq = res["sequential"]
+    assert {r["method"] for r in seq} == {"esc", "esc-t", "scramble"}
+    for m in ("esc", "esc-t", "scramble"):
+        rows = [r for r in seq if r["method"] == m]
+        assert [r["erased"] for r in rows] == [0, 1, 2, 3]
+        assert rows[-1]["forget_rank1"] is not None and rows[0]["forget_rank1"] is None
+        assert set(rows[0]) == {"method", "erased", "retain_rank1", "retain_tar", "forget_rank1",
+                                "forget_tar"}
+
+
+def test_every_method_lowers_the_erased_persons_scores(bench):
+    res, _ = bench
+    orig = res["original"]
+    assert orig["forget_rank1"] >= 90 and orig["forget_tar"] >= 50
+    assert orig["lookalike_fp"] == 0  # the identity map moves nobody
+    for row in res["rows"]:
+        assert row["forget_tar"] < orig["forget_tar"], row["method"]
+        assert row["retain_rank1"] > 80, row["method"]
+    scramble = next(r for r in res["rows"] if r["method"] == "scramble")
+    esc = next(r for r in res["rows"] if r["method"] == "esc")
+    assert scramble["lookalike_fp"] < esc["lookalike_fp"] == 100  # a projector moves everyone
+
+
+def test_json_markdown_and_both_plots_are_written(bench):
+    res, out = bench
+    for name in ("bench.json", "bench.md", "tradeoff.png", "sequential.png"):
+        assert (out / name).is_file() and (out / name).stat().st_size > 0, name
+    assert json.loads((out / "bench.json").read_text()) == res
+    md = (out / "bench.md").read_text()
+    assert "| original |" in md and "| scramble | all |" in md and "Sequential" in md
+    assert (out / "tradeoff.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_second_run_hits_the_cache(bench, tree, cache, tmp_path):
+    r = facekd("bench", "--dataset", tree, "--encoder", "samples", "--methods", "esc",
+               "--erase", 2, "--sequential", 0, "--fit-photos", "all", "--out", tmp_path,
+               "--cache", cache)
+    assert r.returncode == 0, r.stderr
+    assert "cache hit" in r.stdout
+    assert not (tmp_path / "sequential.png").exists()
+    assert "| esc | all |" in (tmp_path / "bench.md").read_text()
+
+
+def test_api_matches_protocol_and_is_seeded(tree, cache):
+    kw = dict(methods="esc", erase=2, sequential=2, fit_photos="all", cache=cache)
+    a, b = run_bench(tree, "samples", **kw), run_bench(tree, "samples", **kw)
+    assert a["protocol"]["cache"] == "hit"
+    strip = lambda r: {k: v for k, v in r.items() if k != "fit_s"}  # noqa: E731
+    assert [strip(r) for r in a["rows"]] == [strip(r) for r in b["rows"]]
+    assert a["sequential"] == b["sequential"]
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["--methods", "esc,frobnicate"], "unknown method 'frobnicate'"),
+    (["--dataset", "/nonexistent/faces"], "no such dataset directory"),
+    (["--encoder", "nosuch"], "unknown encoder family"),
+    (["--fit-photos", "some"], "bad fit-photos setting"),
+])
+def test_bad_input_exits_2_with_one_line(tree, tmp_path, args, needle):
+    base = {"--dataset": str(tree), "--encoder": "samples", "--out": str(tmp_path / "o"),
+            "--cache": str(tmp_path / "c")}
+    base.update(dict(zip(args[::2], args[1::2])))
+    r = facekd("bench", *[x for kv in base.items() for x in kv])
+    assert r.returncode == 2, (r.stdout, r.stderr)
+    lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: ") and needle in lines[0], r.stderr
+    assert "Traceback" not in r.stderr
+
+
+def test_too_few_faces_is_a_user_error(tmp_path):
+    from facekd.synthfaces import write_tree
+
+    tree = write_tree(tmp_path / "tiny", [1, 2, 3, 4], 3, seed=0)  # 3 faces each: below MIN_FACES
+    with pytest.raises(BenchError, match="identities with >= 4"):
+        run_bench(tree, "samples", cache=tmp_path / "c", sequential=0)
+
+
+def test_checkpoints_and_method_parsing():
+    assert checkpoints(0) == [] and checkpoints(3) == [1, 2, 3]
+    assert checkpoints(120) == [1, 2, 5, 10, 20, 50, 100, 120]
+    assert parse_methods(" esc, scramble,esc") == ["esc", "scramble"]
+    assert parse_fit_photos("all,10") == ["all", "10"]
+    assert parse_methods("scramble:alpha=1.1:q=0.9999") == ["scramble:alpha=1.1:q=0.9999"]
+    for bad in ("", "scramble:alpha", "scramble:alpha=x", "nosuch:k=1"):
+        with pytest.raises(BenchError):
+            parse_methods(bad)
+
+
+def test_method_settings_reach_the_fit_and_unknown_ones_are_refused(tree, cache):
+    res = run_bench(tree, "samples", methods="esc:k=4,scramble:alpha=1.3", erase=2, sequential=0,
+                    fit_photos="all", cache=cache)
+    assert [r["method"] for r in res["rows"]] == ["esc:k=4", "scramble:alpha=1.3"]
+    with pytest.raises(BenchError, match="unexpected keyword"):
+        run_bench(tree, "samples", methods="esc:alpha=2", erase=2, sequential=0,
+                  fit_photos="all", cache=cache)
+
+
+def test_template_leak_ranks_the_erased_person_first_for_a_gate():
+    import numpy as np
+
+    from clusters import identity_clusters
+    from facekd.bench import template_leak
+    from facekd.erasure import fit_scramble
+
+    E, y = identity_clusters(40, 12, 64, seed=1)
+    e = fit_scramble(E[y == 7], E[y != 7], gallery_labels=y[y != 7], q=0.99)
+    means = np.stack([E[y == c].mean(0) for c in range(40)])
+    cos, rank = template_leak(e, means, np.arange(40), 7)
+    assert rank == 1 and 0 < cos <= 1
