@@ -244,3 +244,27 @@ def test_onnx_export_of_edited_facenet_fp32_and_fp16(encoder, tmp_path):
     as_onnx = OnnxEncoder(tmp_path / "f32.onnx")
     assert as_onnx.input_spec == FACENET_SPEC and as_onnx.dim == 512
     assert len(onnx.load(str(tmp_path / "f32.onnx")).graph.output) == 1
+
+
+def test_facenet_carries_a_gated_erasure_in_torch_and_in_its_onnx_export(encoder, probe, tmp_path):
+    """A gate fitted on photos near the first probe chip: the edited facenet applies it exactly as
+    Erasure.apply does, in torch and in the exported graph (d = 512). (A random-weight network
+    maps every chip to nearly the same point, so which chips it opens on says nothing here.)"""
+    import onnxruntime as ort
+
+    from facekd.erasure import fit_scramble
+
+    x, E = probe
+    rng = np.random.default_rng(3)
+    person = normalized(E[:1]) + 0.02 * rng.normal(size=(8, 512))  # photos near chip 0
+    others = normalized(np.vstack([E[1:], rng.normal(size=(300, 512))]))
+    e = fit_scramble(person, others, q=0.99)
+    edited = encoder.with_erasure(e)
+    got = normalized(edited.embed(x))
+    want = e.apply(E)
+    assert np.abs(got - want).max() < 1e-4
+    assert got[0] @ normalized(E[:1])[0] < 0.9  # the gate opened: chip 0 is a stranger now
+    path = edited.to_onnx(tmp_path / "gated.onnx")
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    y = sess.run(None, {sess.get_inputs()[0].name: edited.input_spec.to_tensor_array(x)})[0]
+    assert np.abs(normalized(y) - want).max() < 1e-3
