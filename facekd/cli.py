@@ -6,17 +6,24 @@ JSON; progress bars and warnings go to stderr. Errors print one line, ``error: .
 
 from __future__ import annotations
 
+import errno
 import functools
 import json
+import os
+import sqlite3
 import sys
+import warnings
 from pathlib import Path
 from typing import Any, Callable
 
 import click
 
 from facekd.errors import USER_ERRORS
+from facekd.terminal import printable
 
 EXIT_OK, EXIT_VERIFY_FAILED, EXIT_USAGE = 0, 1, 2
+DEBUG_ENV = "FACEKD_DEBUG"  # set to 1: unexpected errors keep their traceback
+IDENTITY = click.IntRange(-(2 ** 63), 2 ** 63 - 1)  # what SQLite's INTEGER can hold
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:
@@ -38,8 +45,46 @@ def _user_errors() -> tuple[type[BaseException], ...]:
 
 
 def _fail(message: str, code: int = EXIT_USAGE) -> None:
-    click.echo(f"error: {' '.join(str(message).split())}", err=True)
+    click.echo(f"error: {printable(str(message).strip())}", err=True)
     sys.exit(code)
+
+
+def _os_message(exc: OSError) -> str:
+    """One line for an OSError: the file, and what went wrong in words (no errno tuple)."""
+    where = exc.filename or ""
+    what = exc.strerror or str(exc) or type(exc).__name__
+    hint = {errno.ENOSPC: "; free some space and retry (nothing was committed)",
+            errno.EROFS: "; the workspace or target is on a read-only file system",
+            errno.EACCES: "; check the permissions"}.get(exc.errno, "")
+    return f"{where}: {what}{hint}" if where else f"{what}{hint}"
+
+
+def _run_mapped(fn: Callable, *args: Any, **kwargs: Any) -> Any:
+    """Call ``fn``; every error becomes one ``error:`` line and exit 2 (warnings are printed as
+    ``warning:`` lines only when the command succeeds, so a failure prints exactly one line)."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            result = fn(*args, **kwargs)
+        except _user_errors() as exc:
+            _fail(str(exc) or type(exc).__name__)
+        except OSError as exc:  # disk full, read-only file system, permissions, /proc...
+            _fail(_os_message(exc))
+        except sqlite3.Error as exc:  # a damaged page, a full disk during the commit
+            _fail(f"gallery database: {exc}")
+        except MemoryError:
+            _fail("out of memory")
+        except (click.exceptions.Exit, click.ClickException, SystemExit, KeyboardInterrupt):
+            raise
+        except Exception as exc:  # a bug: still one line, the traceback on request
+            if os.environ.get(DEBUG_ENV):
+                raise
+            _fail(f"internal error ({type(exc).__name__}: {exc}); rerun with {DEBUG_ENV}=1 "
+                  "and report it")
+    for w in caught:
+        if not issubclass(w.category, DeprecationWarning):
+            click.echo(f"warning: {printable(w.message)}", err=True)
+    return result
 
 
 def _command(fn: Callable) -> Callable:
@@ -51,10 +96,7 @@ def _command(fn: Callable) -> Callable:
     @click.option("--json", "as_json", is_flag=True, help="Print only JSON on stdout.")
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return fn(*args, **kwargs)
-        except _user_errors() as exc:
-            _fail(str(exc) or type(exc).__name__)
+        return _run_mapped(fn, *args, **kwargs)
 
     return wrapper
 
@@ -71,10 +113,17 @@ def _emit(as_json: bool, data: Any, text: str | Callable[[], str]) -> None:
         click.echo(text() if callable(text) else text)
 
 
-def _open(workspace: Path, *, writable: bool = False):
+def _open(workspace: Path, *, writable: bool = False, verify: bool = True):
     from facekd.workspace import Workspace
 
-    return Workspace.open(workspace, writable=writable)
+    return Workspace.open(workspace, writable=writable, verify=verify)
+
+
+def _report_skipped(skipped: list) -> None:
+    """Name every skipped image and why, on stderr (the batch went on without it)."""
+    for path, reason in skipped:
+        reason = str(reason).removeprefix(f"{path}: ")
+        click.echo(f"skipped {printable(path)}: {printable(reason)}", err=True)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -110,12 +159,16 @@ def init(workspace: Path, as_json: bool, encoder: str, aligned: bool, index: str
 @click.argument("tree", type=click.Path(path_type=Path))
 @click.option("--ids", "ids_csv", type=click.Path(path_type=Path), default=None,
               help="CSV mapping folder names to integer identity ids.")
+@click.option("--merge", is_flag=True,
+              help="Allow CSV rows that put a folder under an id already used by another folder "
+                   "or an enrolled person (merges them into one identity).")
 @_command
-def enroll(workspace: Path, as_json: bool, tree: Path, ids_csv: Path | None) -> None:
+def enroll(workspace: Path, as_json: bool, tree: Path, ids_csv: Path | None, merge: bool) -> None:
     """Enrol a folder-per-identity image tree with the deployed (edited) encoder."""
     with _open(workspace, writable=True) as ws:
-        res = ws.enroll(tree, ids_csv=ids_csv, progress=_progress())
+        res = ws.enroll(tree, ids_csv=ids_csv, progress=_progress(), merge=merge)
         total = len(ws.identities())
+    _report_skipped(res.skipped)
     data = {"added": int(res.added), "skipped_existing": int(res.skipped_existing),
             "skipped": len(res.skipped), "identities": len(res.identities),
             "gallery_identities": total}
@@ -133,7 +186,7 @@ def identities(workspace: Path, as_json: bool) -> None:
                 for i in ws.identities()]
     _emit(as_json, rows, lambda: "\n".join(
         [f"{'identity':>10}  {'faces':>5}  name"]
-        + [f"{r['identity']:>10}  {r['faces']:>5}  {r['name'] or ''}" for r in rows]))
+        + [f"{r['identity']:>10}  {r['faces']:>5}  {printable(r['name'] or '')}" for r in rows]))
 
 
 @cli.command()
@@ -147,10 +200,11 @@ def search(workspace: Path, as_json: bool, image: Path, k: int) -> None:
     thr = res["threshold"]
 
     def text() -> str:
-        lines = [f"{res['image']}  (match threshold {thr:.3f})" if thr is not None else res["image"]]
+        image = printable(res["image"])
+        lines = [f"{image}  (match threshold {thr:.3f})" if thr is not None else image]
         for m in res["matches"]:
             lines.append(f"  {m['identity']:>10}  {m['score']:+.3f}  "
-                         f"{'MATCH' if m['match'] else '     '}  {m['name'] or ''}")
+                         f"{'MATCH' if m['match'] else '     '}  {printable(m['name'] or '')}")
         return "\n".join(lines)
 
     _emit(as_json, res, text)
@@ -160,16 +214,17 @@ def search(workspace: Path, as_json: bool, image: Path, k: int) -> None:
 @_command
 def check(workspace: Path, as_json: bool) -> None:
     """Check gallery files, encoder state, ledger and receipts; exit 1 on a problem."""
-    with _open(workspace) as ws:
+    with _open(workspace, verify=False) as ws:  # check reports damaged files, open refuses them
         res = ws.check()
-    _emit(as_json, res, "ok" if res["ok"] else "\n".join(["problems:"] + res["problems"]))
+    _emit(as_json, res, "ok" if res["ok"] else "\n".join(
+        ["problems:"] + [printable(p) for p in res["problems"]]))
     if not res["ok"]:
         sys.exit(EXIT_VERIFY_FAILED)
 
 
 # ------------------------------------------------------------------------------ forget
 @cli.command()
-@click.option("--identity", required=True, type=int, help="Integer identity id to erase.")
+@click.option("--identity", required=True, type=IDENTITY, help="Integer identity id to erase.")
 @click.option("--method", type=click.Choice(["scramble", "esc", "esc-t"]), default=None,
               help="Erasure method (default from config.toml: scramble, the gated scramble; "
                    "esc and esc-t are the published methods). --p/--k/--energy imply esc.")
@@ -180,16 +235,24 @@ def check(workspace: Path, as_json: bool) -> None:
 @click.option("--images", type=click.Path(path_type=Path), default=None,
               help="Extra photos of the person to fit on (embedded with the deployed encoder).")
 @click.option("--dry-run", is_flag=True, help="Compute and report; change nothing.")
+@click.option("--force", is_flag=True,
+              help="Fit on --images even when they do not look like the person.")
 @_command
 def forget(workspace: Path, as_json: bool, identity: int, method: str | None, p: float | None,
-           k: int | None, energy: float | None, images: Path | None, dry_run: bool) -> None:
+           k: int | None, energy: float | None, images: Path | None, dry_run: bool,
+           force: bool) -> None:
     """Erase an identity from the encoder and the gallery (atomic)."""
     if sum(x is not None for x in (p, k, energy)) > 1:
         _fail("give at most one of --p, --k, --energy")
     with _open(workspace, writable=not dry_run) as ws:
         res = ws.forget(identity, method=method, p=p, k=k, energy=energy, images=images,
-                        dry_run=dry_run, progress=_progress())
+                        dry_run=dry_run, progress=_progress(), force=force)
     r = res.receipt
+    if res.already_erased:
+        _emit(as_json, res.to_dict(), f"identity {identity} was already erased: receipt "
+                                      f"{r['receipt_id']} (committed {r.get('created', '?')}); "
+                                      "nothing changed")
+        return
 
     def text() -> str:
         head = (f"dry run: identity {identity} would be erased (nothing changed)" if dry_run else
@@ -210,7 +273,7 @@ def forget(workspace: Path, as_json: bool, identity: int, method: str | None, p:
 
 
 @cli.command()
-@click.option("--identity", required=True, type=int, help="The erased identity's id.")
+@click.option("--identity", required=True, type=IDENTITY, help="The erased identity's id.")
 @click.option("--images", type=click.Path(path_type=Path), default=None,
               help="Photos of the person (ideally unseen) for the re-enrolment attack.")
 @_command
@@ -249,14 +312,19 @@ def format_verify(res: Any) -> str:
 @click.argument("out", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--fp16", is_flag=True, help="Store weights in float16.")
 @click.option("--original", is_flag=True, help="Export the unedited encoder (it still knows everyone).")
+@click.option("--force", is_flag=True, help="Replace OUT even if it is not an ONNX model.")
 @_command
-def export_onnx(workspace: Path, as_json: bool, out: Path, fp16: bool, original: bool) -> None:
-    """Export the deployed (edited) encoder to ONNX, with a parity report."""
+def export_onnx(workspace: Path, as_json: bool, out: Path, fp16: bool, original: bool,
+                force: bool) -> None:
+    """Export the deployed (edited) encoder to ONNX, with a parity report.
+
+    OUT must lie outside the workspace; an existing OUT is replaced (atomically) only when it is
+    an ONNX model, or with --force."""
     with _open(workspace) as ws:
-        rep = ws.export_onnx(out, fp16=fp16, original=original)
+        rep = ws.export_onnx(out, fp16=fp16, original=original, force=force)
     data = rep.to_dict() if hasattr(rep, "to_dict") else {"path": str(out)}
     data.setdefault("path", str(out))
-    _emit(as_json, data, lambda: f"wrote {out}\n" + "\n".join(
+    _emit(as_json, data, lambda: f"wrote {printable(out)}\n" + "\n".join(
         f"  {key}: {val}" for key, val in data.items() if key != "path"))
 
 

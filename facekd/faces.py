@@ -28,9 +28,11 @@ Chips (``alignment`` of :class:`~facekd.encoders.base.InputSpec`):
 from __future__ import annotations
 
 import os
+import stat
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterable, Sequence
+from typing import TYPE_CHECKING, Iterable, Iterator, Sequence
 
 import cv2
 import numpy as np
@@ -40,8 +42,9 @@ from facekd.errors import FaceError
 if TYPE_CHECKING:  # pragma: no cover
     from facekd.encoders.base import InputSpec
 
-__all__ = ["Face", "FaceAligner", "ChipResult", "read_image", "chips_from_files", "align_chip",
-           "dlib_chip_opencv", "ALIGNMENTS", "SELECT_MODES"]
+__all__ = ["Face", "FaceAligner", "ChipResult", "read_image", "read_image_bytes", "decode_image",
+           "chips_from_files", "align_chip", "dlib_chip_opencv", "ImageLimits", "image_limits",
+           "IMAGE_SUFFIXES", "UNSUPPORTED_SUFFIXES", "ALIGNMENTS", "SELECT_MODES"]
 
 ALIGNMENTS = ("dlib", "arcface", "facenet", "none")
 SELECT_MODES = ("largest", "all", "first")
@@ -98,6 +101,38 @@ class ChipResult:
 # File types read as images by enrolment, search and verify.
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".pgm", ".ppm", ".pbm", ".webp",
                             ".tif", ".tiff"})
+# Image types people keep next to photos that facekd does not read: reported, never ignored.
+UNSUPPORTED_SUFFIXES = frozenset({".gif", ".heic", ".heif", ".avif", ".jxl", ".svg", ".ico"})
+
+
+@dataclass(frozen=True)
+class ImageLimits:
+    """Largest image file (bytes) and image (width x height pixels) facekd will decode.
+
+    Checked before decoding, from the file size and the image header, so a huge or
+    decompression-bomb file costs a header read, not gigabytes of memory.
+    """
+
+    max_bytes: int = 50_000_000
+    max_pixels: int = 50_000_000
+
+
+DEFAULT_LIMITS = ImageLimits()
+_limits = [DEFAULT_LIMITS]  # the limits in force (a workspace sets its own; see image_limits)
+
+
+@contextmanager
+def image_limits(limits: ImageLimits) -> Iterator[None]:
+    """Apply ``limits`` to every :func:`read_image` / :func:`decode_image` inside the block."""
+    _limits.append(limits)
+    try:
+        yield
+    finally:
+        _limits.pop()
+
+
+def current_limits() -> ImageLimits:
+    return _limits[-1]
 
 
 def _jpeg_has_end(raw: bytes) -> bool:
@@ -123,33 +158,88 @@ def _jpeg_has_end(raw: bytes) -> bool:
     return False
 
 
-def read_image(path: str | os.PathLike) -> np.ndarray:
-    """Read an image file as ``(H, W, 3)`` uint8 RGB (grey and alpha images become RGB;
-    EXIF orientation is applied). Raises :class:`FaceError` saying why a file is unusable."""
+def read_image_bytes(path: str | os.PathLike) -> bytes:
+    """A file's bytes for decoding, refusing (:class:`FaceError`) a file above the byte limit
+    before reading it (a sparse multi-gigabyte ``.jpg`` costs a ``stat``)."""
     p = Path(path)
     if p.is_dir():
         raise FaceError(f"{p}: is a directory, not an image")
     try:
-        data = np.fromfile(p, dtype=np.uint8)
+        st = p.stat()
     except FileNotFoundError:
         raise FaceError(f"{p}: no such file") from None
     except OSError as exc:
         raise FaceError(f"{p}: cannot be read ({exc.strerror or exc})") from None
-    return decode_image(data.tobytes(), str(p))
+    if not stat.S_ISREG(st.st_mode):
+        raise FaceError(f"{p}: not a regular file")
+    limit = current_limits().max_bytes
+    if st.st_size > limit:
+        raise FaceError(f"{p}: file too large ({st.st_size} bytes; the limit is {limit})")
+    if p.suffix.lower() in UNSUPPORTED_SUFFIXES:
+        raise FaceError(f"{p}: {p.suffix.lower().lstrip('.').upper()} images are not supported "
+                        f"(use one of {', '.join(sorted(IMAGE_SUFFIXES))})")
+    try:
+        with open(p, "rb") as fh:
+            return fh.read(limit + 1)  # never more than the limit, even if the file grew
+    except OSError as exc:
+        raise FaceError(f"{p}: cannot be read ({exc.strerror or exc})") from None
+
+
+def read_image(path: str | os.PathLike) -> np.ndarray:
+    """Read an image file as ``(H, W, 3)`` uint8 RGB (grey and alpha images become RGB;
+    EXIF orientation is applied). Raises :class:`FaceError` saying why a file is unusable."""
+    return decode_image(read_image_bytes(path), str(path))
+
+
+def _header_size(raw: bytes, label: str) -> tuple[int, int]:
+    """``(width, height)`` from the image header alone (Pillow opens lazily: no pixel decoding)."""
+    import io
+    import warnings
+
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # DecompressionBombWarning: we apply our own limit
+            with Image.open(io.BytesIO(raw)) as im:
+                fmt, size = im.format, im.size
+    except Image.DecompressionBombError:
+        raise FaceError(f"{label}: image too large (its header claims more pixels than "
+                        f"{current_limits().max_pixels})") from None
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, EOFError):
+        raise FaceError(f"{label}: not an image, or a corrupt one (cannot be decoded)") from None
+    if fmt in ("GIF", "ICO"):
+        raise FaceError(f"{label}: {fmt} images are not supported")
+    return int(size[0]), int(size[1])
 
 
 def decode_image(raw: bytes, label: str = "image") -> np.ndarray:
     """Decode image file bytes as ``(H, W, 3)`` uint8 RGB; :class:`FaceError` (naming ``label``)
-    says why they are unusable."""
+    says why they are unusable. The limits in force (:func:`image_limits`) are checked first."""
+    limits = current_limits()
     if len(raw) == 0:
         raise FaceError(f"{label}: empty file")
+    if len(raw) > limits.max_bytes:
+        raise FaceError(f"{label}: file too large ({len(raw)} bytes; the limit is "
+                        f"{limits.max_bytes})")
+    if raw[:6] in (b"GIF87a", b"GIF89a"):
+        raise FaceError(f"{label}: GIF images are not supported")
     # libjpeg decodes a truncated JPEG without complaint (grey bottom rows): the scan data must
     # be followed by an end-of-image marker.
-    if raw[:2] == b"\xff\xd8" and not _jpeg_has_end(raw):
+    is_jpeg = raw[:2] == b"\xff\xd8"
+    if is_jpeg and not _jpeg_has_end(raw):
         raise FaceError(f"{label}: corrupt or truncated JPEG (no end-of-image marker)")
+    width, height = _header_size(raw, label)
+    if width * height > limits.max_pixels:
+        raise FaceError(f"{label}: image too large ({width}x{height} pixels; the limit is "
+                        f"{limits.max_pixels})")
     image = cv2.imdecode(np.frombuffer(raw, dtype=np.uint8), cv2.IMREAD_COLOR)
     if image is None or image.size == 0:
         raise FaceError(f"{label}: not an image, or a corrupt one (cannot be decoded)")
+    # A cut baseline JPEG with an end marker appended decodes "fine": libjpeg fills the missing
+    # blocks with zero coefficients, i.e. exact mid-grey (128) rows at the bottom.
+    if is_jpeg and image.shape[0] >= 8 and bool((image[-2:] == 128).all()):
+        raise FaceError(f"{label}: corrupt or truncated JPEG (the bottom rows are missing)")
     return np.ascontiguousarray(cv2.cvtColor(image, cv2.COLOR_BGR2RGB))
 
 

@@ -27,7 +27,8 @@ import numpy as np
 from facekd.encoders.base import Encoder, validate_chips
 from facekd.errors import EncoderError
 
-__all__ = ["ExportReport", "export", "select_providers", "to_fp16", "PROVIDER_PRIORITY"]
+__all__ = ["ExportReport", "export", "check_target", "select_providers", "to_fp16",
+           "PROVIDER_PRIORITY"]
 
 log = logging.getLogger(__name__)
 
@@ -188,6 +189,55 @@ def _toposort(graph) -> None:
     graph.node.extend(nodes)
 
 
+_SYSTEM_TREES = ("/proc", "/sys", "/dev")  # kernel interfaces and devices, never model files
+
+
+def _is_onnx_model(path: Path) -> bool:
+    """Whether ``path`` holds an ONNX model (ModelProto with an ir_version and a graph)."""
+    import onnx
+
+    try:
+        with open(path, "rb") as fh:
+            if fh.read(1) != b"\x08":  # field 1 (ir_version, varint): how every writer starts
+                return False
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception:  # any parse failure means "not a model"
+        return False
+    return model.ir_version > 0 and len(model.graph.node) > 0
+
+
+def check_target(path: str | os.PathLike, *, protect: Sequence[str | os.PathLike] = (),
+                 force: bool = False) -> Path:
+    """Refuse an export target whose replacement could destroy data; returns it resolved.
+
+    Refused (:class:`EncoderError`): a path inside any of ``protect`` (a workspace: its gallery,
+    config and receipts), a directory, anything that is not a regular file (device, FIFO,
+    socket) or lies under /proc, /sys or /dev, and an existing file that is not an ONNX model
+    unless ``force``. An existing ONNX model is replaced (atomically).
+    """
+    raw = Path(path)
+    target = raw.expanduser().resolve()  # symlinks followed: a link into a workspace is refused
+    for root in protect:
+        root = Path(root).expanduser().resolve()
+        if target == root or root in target.parents:
+            raise EncoderError(f"{raw}: is inside the workspace {root}; export somewhere else "
+                               "(it would overwrite the workspace's files)")
+    if any(target == Path(t) or Path(t) in target.parents for t in _SYSTEM_TREES):
+        raise EncoderError(f"{raw}: is a system path, not a place for a model file")
+    if target.is_dir():
+        raise EncoderError(f"{raw}: is a directory; give a file name such as model.onnx")
+    if target.exists() or raw.is_symlink():
+        if not target.is_file():
+            raise EncoderError(f"{raw}: exists and is not a regular file (device, FIFO, socket "
+                               "or dangling link); refusing to replace it")
+        if not force and not _is_onnx_model(target):
+            raise EncoderError(f"{raw}: exists and is not an ONNX model; refusing to overwrite it "
+                               "(pass --force to replace it)")
+    elif target.parent.exists() and not target.parent.is_dir():
+        raise EncoderError(f"{raw}: its parent {target.parent} is not a directory")
+    return target
+
+
 def _default_chips(size: int, n: int = PARITY_CHIPS) -> np.ndarray:
     """Deterministic smooth random chips: noise alone would be unlike any face, blur helps a bit."""
     rng = np.random.default_rng(1234)
@@ -253,7 +303,11 @@ def export(encoder: Encoder, path: str | os.PathLike, *, fp16: bool = False,
 
     with tempfile.TemporaryDirectory(prefix=".facekd-export-", dir=path.parent) as tmp:
         raw = Path(tmp) / "model.onnx"
-        encoder.to_onnx(raw, opset=opset)
+        try:
+            encoder.to_onnx(raw, opset=opset)
+        except onnx.checker.ValidationError as exc:  # e.g. a torch export the checker rejects
+            raise EncoderError(f"the encoder's ONNX graph fails onnx.checker: "
+                               f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
         try:
             model = onnx.load(str(raw))
         except Exception as exc:

@@ -43,7 +43,9 @@ import numpy as np
 from facekd import receipt as rc
 from facekd.erasure import Erasure, fit_esc, fit_esc_t, fit_scramble
 from facekd.errors import FaceError, FacekdError
-from facekd.faces import IMAGE_SUFFIXES  # re-exported: the demo lists images with it
+from facekd.faces import (DEFAULT_LIMITS, IMAGE_SUFFIXES, UNSUPPORTED_SUFFIXES, ImageLimits,
+                          image_limits)
+# (IMAGE_SUFFIXES is re-exported: the demo lists images with it)
 
 __all__ = ["Config", "Workspace", "WorkspaceError", "ForgetResult", "VerifyResult",
            "default_workspace", "list_images", "IMAGE_SUFFIXES"]
@@ -69,10 +71,21 @@ def list_images(folder: str | os.PathLike) -> list[Path]:
     folder = Path(folder)
     if not folder.is_dir():
         raise WorkspaceError(f"{folder}: not a directory of images")
-    paths = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+    # Unsupported image types (GIF...) are listed too: reading them fails with a reason that is
+    # reported, instead of the files being silently left out.
+    wanted = IMAGE_SUFFIXES | UNSUPPORTED_SUFFIXES
+    paths = sorted(p for p in folder.rglob("*") if p.suffix.lower() in wanted and p.is_file())
     if not paths:
         raise WorkspaceError(f"{folder}: no image files ({', '.join(sorted(IMAGE_SUFFIXES))})")
     return paths
+
+
+def _identity(identity: int) -> int:
+    """An identity id as int, refused when SQLite's signed 64-bit INTEGER cannot hold it."""
+    value = int(identity)
+    if not -(2 ** 63) <= value < 2 ** 63:
+        raise WorkspaceError(f"identity {value} is outside the signed 64-bit range")
+    return value
 
 
 def _now() -> str:
@@ -128,6 +141,13 @@ class Config:
     # a scrambled face's deviation from the population mean is scaled by scramble_alpha.
     scramble_q: float = 0.9995
     scramble_alpha: float = 1.05
+    # Checked before decoding any image (file size, then the header's width x height).
+    max_image_bytes: int = DEFAULT_LIMITS.max_bytes
+    max_image_pixels: int = DEFAULT_LIMITS.max_pixels
+
+    @property
+    def image_limits(self) -> ImageLimits:
+        return ImageLimits(max_bytes=int(self.max_image_bytes), max_pixels=int(self.max_image_pixels))
 
     def to_toml(self) -> dict:
         return {
@@ -144,6 +164,8 @@ class Config:
                        **({"energy": self.energy} if self.energy is not None else {})},
             "acceptance": {"far": self.far, "max_rank1_over_chance": self.max_rank1_over_chance,
                            "max_tar": self.max_tar},
+            "images": {"max_image_bytes": self.max_image_bytes,
+                       "max_image_pixels": self.max_image_pixels},
         }
 
     @classmethod
@@ -154,7 +176,8 @@ class Config:
             flat.update({k: v for k, v in data.get("gallery", {}).items()})
             flat.update(data.get("forget", {}))
             flat.update(data.get("acceptance", {}))
-        except (KeyError, TypeError, AttributeError):
+            flat.update(data.get("images", {}))
+        except (KeyError, TypeError, AttributeError, ValueError):
             raise WorkspaceError(f"{source}: needs an [encoder] table with a 'spec' key") from None
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(flat) - known)
@@ -162,11 +185,25 @@ class Config:
             raise WorkspaceError(f"{source}: unknown setting(s) {', '.join(unknown)}")
         if flat.get("match_threshold") == "auto":
             flat["match_threshold"] = None
+        for key, value in flat.items():
+            _check_type(key, value, source)
         cfg = cls(**flat)
         cfg.validate(source)
         return cfg
 
     def validate(self, source: str = CONFIG_NAME) -> None:
+        for f in fields(self):
+            _check_type(f.name, getattr(self, f.name), source)
+        if self.index not in ("flat", "ivf"):
+            raise WorkspaceError(f"{source}: index must be flat or ivf, got {self.index!r}")
+        if not 0 < self.p <= 100:
+            raise WorkspaceError(f"{source}: [forget] p must be in (0, 100]")
+        if not 0 <= self.seed < 2 ** 32:
+            raise WorkspaceError(f"{source}: [forget] seed must be in [0, 2^32)")
+        if self.esc_t_lr <= 0:
+            raise WorkspaceError(f"{source}: [forget] esc_t_lr must be > 0")
+        if self.max_image_bytes < 1 or self.max_image_pixels < 1:
+            raise WorkspaceError(f"{source}: [images] limits must be positive integers")
         if self.method not in METHODS:
             raise WorkspaceError(f"{source}: method must be one of {', '.join(METHODS)}, "
                                  f"got {self.method!r}")
@@ -187,6 +224,30 @@ class Config:
             raise WorkspaceError(f"{source}: match_threshold must be 'auto' or a cosine in [-1, 1]")
 
 
+_KINDS = {"str": (str,), "bool": (bool,), "int": (int,), "float": (int, float)}
+
+
+def _check_type(key: str, value: Any, source: str) -> None:
+    """Refuse a config value of the wrong TOML type (``p = "x"``) or a non-finite number,
+    naming the key, before any arithmetic turns it into a traceback."""
+    hint = {f.name: f.type for f in fields(Config)}.get(key)
+    if hint is None:
+        return
+    optional = "None" in str(hint)
+    if value is None and optional:
+        return
+    kind = str(hint).split("|")[0].strip()
+    ok = isinstance(value, _KINDS[kind]) and (kind == "bool" or not isinstance(value, bool))
+    if ok and kind == "float" and not np.isfinite(float(value)):
+        ok = False
+    if not ok:
+        want = {"str": "a string", "bool": "true or false", "int": "an integer",
+                "float": "a finite number"}[kind]
+        shown = repr(value) if len(repr(value)) <= 40 else repr(value)[:37] + "..."
+        raise WorkspaceError(f"{source}: {key} must be {want}"
+                             f"{' (or auto)' if key == 'match_threshold' else ''}, got {shown}")
+
+
 # ---------------------------------------------------------------------------------- results
 @dataclass
 class ForgetResult:
@@ -197,9 +258,11 @@ class ForgetResult:
     removed_faces: int
     report_table: str = ""
     receipt_path: Path | None = None
+    already_erased: bool = False  # an earlier run committed this deletion; nothing changed now
 
     def to_dict(self) -> dict:
         return {"committed": self.committed, "removed_faces": self.removed_faces,
+                "already_erased": self.already_erased,
                 "receipt_path": str(self.receipt_path) if self.receipt_path else None,
                 "receipt": self.receipt}
 
@@ -273,7 +336,9 @@ class Workspace:
 
     @classmethod
     def open(cls, root: str | os.PathLike | None = None, *, writable: bool = False,
-             lock_timeout: float = 10.0) -> "Workspace":
+             lock_timeout: float = 10.0, verify: bool = True) -> "Workspace":
+        """Open a workspace; ``verify`` refuses gallery files whose checksum changed (``check``
+        opens with ``verify=False`` and reports it instead)."""
         from gallery_tools import Gallery
 
         root = Path(root) if root is not None else default_workspace()
@@ -282,10 +347,14 @@ class Workspace:
             raise WorkspaceError(f"{root}: not a facekd workspace (no {CONFIG_NAME}); "
                                  "create one with `facekd init --encoder SPEC`")
         try:
-            cfg = Config.from_toml(tomllib.loads(cfg_path.read_text()), str(cfg_path))
-        except tomllib.TOMLDecodeError as exc:
+            cfg = Config.from_toml(tomllib.loads(cfg_path.read_text(encoding="utf-8")), str(cfg_path))
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
             raise WorkspaceError(f"{cfg_path}: invalid TOML ({exc})") from None
-        gallery = Gallery.open(root / "gallery", writable=writable, lock_timeout=lock_timeout)
+        if writable and not os.access(root / "gallery", os.W_OK):
+            raise WorkspaceError(f"{root}: the workspace is read-only (cannot write to "
+                                 f"{root / 'gallery'}); this command changes it")
+        gallery = Gallery.open(root / "gallery", writable=writable, lock_timeout=lock_timeout,
+                               verify=verify)
         return cls(root, cfg, gallery, writable)
 
     def close(self) -> None:
@@ -304,7 +373,11 @@ class Workspace:
         raw = self.gallery.get_meta(key)
         if raw is None:
             raise WorkspaceError(f"{self.root}: gallery meta lacks {key!r}; not a facekd workspace")
-        return json.loads(bytes(raw).decode())
+        try:
+            return json.loads(bytes(raw).decode())
+        except ValueError:  # bad UTF-8 or JSON: the database was damaged or edited by hand
+            raise WorkspaceError(f"{self.root / 'gallery'}: gallery meta {key!r} is damaged "
+                                 "(not JSON)") from None
 
     @property
     def salt(self) -> str:
@@ -323,7 +396,13 @@ class Workspace:
         raw = self.gallery.get_meta("erasure")
         if raw is None:
             raise WorkspaceError(f"{self.root}: gallery meta lacks the accumulated erasure")
-        return Erasure.from_bytes(raw)
+        try:
+            return Erasure.from_bytes(raw)
+        except FacekdError:
+            raise
+        except Exception as exc:  # a damaged blob fails inside numpy/zipfile in many ways
+            raise WorkspaceError(f"{self.root / 'gallery'}: gallery meta 'erasure' is damaged "
+                                 f"({type(exc).__name__})") from None
 
     def ledger(self) -> list[dict]:
         """Committed deletions, oldest first (hashed identities only)."""
@@ -333,10 +412,13 @@ class Workspace:
         raw = self.gallery.get_meta(f"receipt:{receipt_id}")
         if raw is None:
             raise WorkspaceError(f"no receipt {receipt_id!r}; list them with `facekd ledger`")
-        return json.loads(bytes(raw).decode())
+        try:
+            return json.loads(bytes(raw).decode())
+        except ValueError:
+            raise WorkspaceError(f"receipt {receipt_id} in the gallery meta is damaged") from None
 
     def hash_identity(self, identity: int) -> str:
-        return rc.hash_identity(identity, self.salt)
+        return rc.hash_identity(_identity(identity), self.salt)
 
     def erased_entries(self, identity: int) -> list[dict]:
         """Ledger entries for ``identity`` (matched by its salted hash)."""
@@ -382,6 +464,10 @@ class Workspace:
         does); otherwise the largest face of each image is detected and aligned.
         """
         enc = self.encoder
+        with image_limits(self.config.image_limits):
+            return self._embed_images(enc, paths, progress)
+
+    def _embed_images(self, enc, paths: list[Path], progress: bool) -> tuple[np.ndarray, list, list]:
         if self.config.aligned:
             chips, sources, skipped = _aligned_chips(paths, enc.input_spec.size)
         else:
@@ -404,16 +490,23 @@ class Workspace:
         return self.gallery.identities()
 
     def enroll(self, tree: str | os.PathLike, *, ids_csv: str | os.PathLike | None = None,
-               progress: bool = True):
-        """Enrol a folder-per-identity tree with the edited encoder and commit."""
+               progress: bool = True, merge: bool = False):
+        """Enrol a folder-per-identity tree with the edited encoder and commit.
+
+        Images that cannot be used (unreadable, over the image limits, unsupported, no face) are
+        skipped and listed in ``result.skipped``; ``merge`` allows ids CSV rows that would put
+        two folders, or a new folder and an enrolled person, under one id.
+        """
         self._require_writable()
         from gallery_tools import enroll
 
         if not Path(tree).is_dir():
             raise WorkspaceError(f"{tree}: not a directory")
-        result = enroll(tree, self.encoder, self.gallery, ids_csv=ids_csv,
-                        aligned=self.config.aligned, progress=progress)
-        self.gallery.save()
+        with image_limits(self.config.image_limits):
+            result = enroll(tree, self.encoder, self.gallery, ids_csv=ids_csv,
+                            aligned=self.config.aligned, progress=progress, merge=merge)
+        if result.added:
+            self.gallery.save()
         return result
 
     def search(self, image: str | os.PathLike, *, k: int = 5) -> dict:
@@ -423,7 +516,8 @@ class Workspace:
             raise WorkspaceError(f"{path}: no such image file")
         vecs, _, skipped = self.embed_images([path], progress=False)
         if len(vecs) == 0:
-            raise WorkspaceError(f"{path.name}: no usable face ({'; '.join(map(str, skipped))})")
+            why = "; ".join(str(reason).removeprefix(f"{p}: ") for p, reason in skipped)
+            raise WorkspaceError(f"{path.name}: no usable face ({why or 'none found'})")
         thr = self.match_threshold()
         matches = self.gallery.search(vecs, k=k)[0]
         names = {i.identity: i.name for i in self.gallery.identities()}
@@ -439,10 +533,16 @@ class Workspace:
         stats = self._retained_stats(exclude=None)
         return stats.get("threshold")
 
-    def export_onnx(self, out: str | os.PathLike, *, fp16: bool = False, original: bool = False):
-        """Export the edited (or, with ``original``, the base) encoder; returns the ExportReport."""
-        from facekd.onnx_export import export
+    def export_onnx(self, out: str | os.PathLike, *, fp16: bool = False, original: bool = False,
+                    force: bool = False):
+        """Export the edited (or, with ``original``, the base) encoder; returns the ExportReport.
 
+        The target must lie outside the workspace and be absent, or an ONNX model, or (with
+        ``force``) any regular file; see :func:`facekd.onnx_export.check_target`.
+        """
+        from facekd.onnx_export import check_target, export
+
+        check_target(out, protect=[self.root], force=force)
         if original and self.ledger():
             warnings.warn("exporting the ORIGINAL encoder: it still recognises every erased person",
                           RuntimeWarning, stacklevel=2)
@@ -461,16 +561,37 @@ class Workspace:
             state, acc, ledger = self.encoder_state, self.erasure, self.ledger()
             if state.get("d") not in (None, acc.d):
                 problems.append(f"encoder_state d={state.get('d')} != erasure d={acc.d}")
-            for entry in ledger:
-                rid = entry["receipt_id"]
-                if self.gallery.get_meta(f"receipt:{rid}") is None:
-                    problems.append(f"ledger entry {rid} has no receipt")
-                elif not (self.root / "receipts" / f"{rid}.json").exists():
-                    self._write_receipt_file(self.receipt(rid))
-        except (FacekdError, ValueError, KeyError) as exc:
+            problems += self._check_receipt_files(ledger)
+        except (FacekdError, ValueError, KeyError, TypeError) as exc:
             problems.append(str(exc))
         return {"ok": not problems, "problems": problems, "generation": self.gallery.generation,
                 "deletions": len(self.ledger()) if not problems else None}
+
+    def _check_receipt_files(self, ledger: list[dict]) -> list[str]:
+        """Each ``receipts/<id>.json`` must equal the committed copy in the gallery meta; a missing
+        one is re-created (when the workspace is writable), a stray or edited one reported."""
+        problems, known = [], set()
+        folder = self.root / "receipts"
+        for entry in ledger:
+            rid = entry["receipt_id"]
+            known.add(f"{rid}.json")
+            raw = self.gallery.get_meta(f"receipt:{rid}")
+            if raw is None:
+                problems.append(f"ledger entry {rid} has no receipt")
+                continue
+            want = bytes(raw)  # forget writes the file and the meta from the same to_json bytes
+            f = folder / f"{rid}.json"
+            if not f.exists():
+                if os.access(self.root, os.W_OK):
+                    rc.write_atomic(f, want)
+                else:
+                    problems.append(f"{f}: missing (the workspace is read-only; not re-created)")
+            elif not f.is_file() or f.read_bytes() != want:
+                problems.append(f"{f}: differs from the committed receipt in the gallery meta")
+        if folder.is_dir():
+            problems += [f"{p}: not a committed receipt" for p in sorted(folder.iterdir())
+                         if p.name not in known and not p.name.startswith(".")]
+        return problems
 
     def _require_writable(self) -> None:
         if not self.writable:
@@ -484,14 +605,16 @@ class Workspace:
     def forget(self, identity: int, *, method: str | None = None, p: float | None = None,
                k: int | None = None, energy: float | None = None,
                images: str | os.PathLike | None = None, dry_run: bool = False,
-               progress: bool = True) -> ForgetResult:
+               progress: bool = True, force: bool = False) -> ForgetResult:
         """Erase ``identity`` from encoder and gallery, measure, and commit atomically.
 
         Steps: fit on the identity's stored vectors (+ ``images`` embedded with the current edited
         encoder), compose with the accumulated erasure, evaluate before/after on the gallery's own
         vectors, remove the identity, project the rest, then one ``gallery.save()`` commits the
         gallery, the new erasure and encoder fingerprints, the ledger entry and the receipt.
-        ``dry_run`` computes and reports the same but changes nothing.
+        ``dry_run`` computes and reports the same but changes nothing. An identity already erased
+        returns its committed receipt (``already_erased``). ``images`` that do not look like the
+        person are refused unless ``force``.
         """
         if not dry_run:
             self._require_writable()
@@ -522,20 +645,22 @@ class Workspace:
 
         try:
             return self._forget(identity, method, p, k, energy, images, dry_run, progress, lap,
-                                timings)
+                                timings, force)
         finally:
             bar.close()
 
     def _forget(self, identity, method, p, k, energy, images, dry_run, progress, lap,
-                timings) -> ForgetResult:
+                timings, force=False) -> ForgetResult:
         cfg = self.config
-        identity = int(identity)
+        identity = _identity(identity)
         h = self.hash_identity(identity)
         in_gallery = self.gallery.has_identity(identity)
         if not in_gallery:
-            if self.erased_entries(identity):
-                raise WorkspaceError(f"identity {identity} was already erased "
-                                     "(see `facekd ledger`); nothing left to forget")
+            done = self.erased_entries(identity)
+            if done:
+                # A re-run (e.g. after a kill that landed after the commit): the deletion is
+                # there, so report it rather than fail; the request is idempotent.
+                return self._already_erased(done[-1])
             raise WorkspaceError(f"unknown identity {identity}; list them with `facekd identities`")
 
         base, edited, acc = self.base_encoder, self.encoder, self.erasure
@@ -543,8 +668,14 @@ class Workspace:
         n_stored, n_images = len(forget_vecs), 0
         extra = np.empty((0, forget_vecs.shape[1]), dtype=np.float32)
         if images is not None:
-            extra, _, _ = self.embed_images(list_images(images), progress=progress)
+            extra, _, skipped = self.embed_images(list_images(images), progress=progress)
+            for path, reason in skipped:  # named: the operator sent these files
+                warnings.warn(f"skipped {path}: {str(reason).removeprefix(f'{path}: ')}",
+                              RuntimeWarning, stacklevel=2)
             n_images = len(extra)
+            if not n_images:  # fitting without them would not be what was asked for
+                raise WorkspaceError(f"{images}: no usable face in any of the --images photos")
+            self._check_request_photos(identity, forget_vecs, extra, force)
             forget_vecs = np.concatenate([forget_vecs, extra]) if n_images else forget_vecs
         if len(forget_vecs) < cfg.min_vectors:
             raise WorkspaceError(f"identity {identity} has {len(forget_vecs)} face vector(s); "
@@ -650,6 +781,34 @@ class Workspace:
         return ForgetResult(receipt=receipt, committed=True, removed_faces=removed,
                             report_table=table, receipt_path=path)
 
+    def _already_erased(self, entry: dict) -> ForgetResult:
+        """The committed receipt of an earlier deletion (its derived file re-created if missing)."""
+        rid = entry["receipt_id"]
+        receipt = self.receipt(rid)
+        path = self.root / "receipts" / f"{rid}.json"
+        if not path.exists() and self.writable:
+            raw = self.gallery.get_meta(f"receipt:{rid}")
+            rc.write_atomic(path, bytes(raw))
+        return ForgetResult(receipt=receipt, committed=True, removed_faces=0,
+                            receipt_path=path if path.exists() else None, already_erased=True)
+
+    def _check_request_photos(self, identity: int, stored: np.ndarray, extra: np.ndarray,
+                              force: bool) -> None:
+        """Refuse (unless ``force``) --images photos that do not look like the person: their mean
+        cosine to the person's gallery faces is below the gallery's match threshold, so fitting
+        on them would erase someone else's face directions."""
+        if len(stored) == 0:
+            return
+        mean = float((_normalize(extra) @ _normalize(stored).T).mean())
+        thr = self.match_threshold()
+        if thr is None or mean >= thr:
+            return
+        msg = (f"the --images photos do not look like identity {identity}: mean cosine {mean:.3f} "
+               f"to its gallery faces, below the match threshold {thr:.3f}")
+        if not force:
+            raise WorkspaceError(msg + "; check the folder, or pass --force")
+        warnings.warn(msg + " (--force given)", RuntimeWarning, stacklevel=3)
+
     def _erasure_report(self, all_vecs: np.ndarray, labels: np.ndarray, identity: int, fit,
                         committed: Erasure, extra: np.ndarray):
         """``(ErasureReport, protocol note)``, preferably for a twin refitted on the enrolment half
@@ -731,7 +890,7 @@ class Workspace:
         attack enrols half of them next to the gallery and searches with the other half. Passing
         means rank-1 <= ``max_rank1_over_chance`` x chance and genuine-pair TAR <= ``max_tar``.
         """
-        identity = int(identity)
+        identity = _identity(identity)
         h = self.hash_identity(identity)
         if not self.erased_entries(identity):
             raise WorkspaceError(f"identity {identity} has not been erased in this workspace "
@@ -752,9 +911,14 @@ class Workspace:
             res.passed = False
             return res
 
-        vecs, _, skipped = self.embed_images(list_images(images), progress=progress)
-        if skipped:
-            res.notes.append(f"{len(skipped)} image(s) had no usable face")
+        paths = list_images(images)
+        vecs, _, skipped = self.embed_images(paths, progress=progress)
+        number = {str(p): i for i, p in enumerate(paths, 1)}
+        # Numbered like the results below: file names of the erased person's photos often carry
+        # their name, so a skipped image is named by its place in the sorted folder listing.
+        for path, reason in skipped:
+            res.notes.append(f"image {number.get(str(path), '?')} skipped: "
+                             f"{str(reason).removeprefix(f'{path}: ')}")
         if len(vecs) == 0:
             raise WorkspaceError(f"{images}: no usable face in any image")
         best = self.gallery.search(vecs, k=1)
@@ -797,7 +961,7 @@ def _aligned_chips(paths: list[Path], size: int) -> tuple[list[np.ndarray], list
         try:
             chips.append(align_chip(read_image(p), None, "none", size))
         except FaceError as exc:
-            skipped.append((str(p), str(exc)))
+            skipped.append((str(p), str(exc).removeprefix(f"{p}: ")))
             continue
         sources.append(Path(p))
     return chips, sources, skipped

@@ -21,7 +21,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("path")
     args = parser.parse_args(argv)
     try:
-        with Gallery.open(args.path) as g:
+        with Gallery.open(args.path, verify=args.command != "check") as g:
             if args.command == "stats":
                 print(json.dumps(g.stats(), indent=2))
                 return 0

@@ -16,7 +16,8 @@ from typing import Any
 
 import numpy as np
 
-from facekd.faces import IMAGE_SUFFIXES
+from facekd.errors import FaceError
+from facekd.faces import IMAGE_SUFFIXES, UNSUPPORTED_SUFFIXES, read_image_bytes
 from gallery_tools.errors import GalleryError
 
 
@@ -31,30 +32,71 @@ class EnrollResult:
     identities: list[int] = field(default_factory=list)
 
 
-def read_ids_csv(path: str | Path) -> dict[str, tuple[int, str | None]]:
-    """``folder -> (identity, name)`` from a ``folder,identity[,name]`` CSV (header optional)."""
-    mapping: dict[str, tuple[int, str | None]] = {}
+INT64_MIN, INT64_MAX = -(2 ** 63), 2 ** 63 - 1  # SQLite's INTEGER: a larger id cannot be stored
+MAX_NAME_CHARS = 1000  # a display name, not a document
+MAX_CSV_BYTES = 64_000_000
+
+
+def parse_identity(text: str, where: str) -> int:
+    """An identity id from text: a decimal integer that fits SQLite's signed 64 bits."""
     try:
-        with open(path, newline="", encoding="utf-8") as fh:
-            for lineno, row in enumerate(csv.reader(fh), 1):
-                if not row or not "".join(row).strip() or row[0].lstrip().startswith("#"):
-                    continue
-                if len(row) < 2:
-                    raise GalleryError(f"{path}:{lineno}: expected folder,identity[,name]")
-                try:
-                    ident = int(row[1].strip())
-                except ValueError:
-                    if lineno == 1:  # a header row
-                        continue
-                    raise GalleryError(f"{path}:{lineno}: identity {row[1]!r} is not an integer") from None
-                name = row[2].strip() if len(row) > 2 and row[2].strip() else None
-                mapping[row[0].strip()] = (ident, name)
+        ident = int(text.strip())
+    except ValueError:
+        raise GalleryError(f"{where}: identity {text[:40]!r} is not an integer") from None
+    if not INT64_MIN <= ident <= INT64_MAX:
+        raise GalleryError(f"{where}: identity {text.strip()[:40]} is outside the signed 64-bit "
+                           "range")
+    return ident
+
+
+def read_ids_csv(path: str | Path) -> dict[str, tuple[int, str | None]]:
+    """``folder -> (identity, name)`` from a ``folder,identity[,name]`` CSV (header optional).
+
+    UTF-8 (a leading byte-order mark is accepted); a folder listed twice, an id outside 64 bits,
+    a name longer than :data:`MAX_NAME_CHARS` or with NUL characters are refused.
+    """
+    mapping: dict[str, tuple[int, str | None]] = {}
+    path = Path(path)
+    try:
+        if not path.is_file():
+            raise GalleryError(f"ids CSV {path}: not a file")
+        if path.stat().st_size > MAX_CSV_BYTES:
+            raise GalleryError(f"ids CSV {path}: larger than {MAX_CSV_BYTES} bytes")
+        text = path.read_bytes().decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise GalleryError(f"ids CSV {path}: not UTF-8 text (byte {exc.start}); save it as "
+                           "UTF-8") from None
     except OSError as exc:
-        raise GalleryError(f"cannot read ids CSV {path}: {exc}") from None
+        raise GalleryError(f"cannot read ids CSV {path}: {exc.strerror or exc}") from None
+    if "\0" in text:
+        raise GalleryError(f"ids CSV {path}: contains NUL characters; not a text file")
+    import io
+
+    try:
+        for lineno, row in enumerate(csv.reader(io.StringIO(text, newline="")), 1):
+            if not row or not "".join(row).strip() or row[0].lstrip().startswith("#"):
+                continue
+            where = f"{path}:{lineno}"
+            if len(row) < 2:
+                raise GalleryError(f"{where}: expected folder,identity[,name]")
+            if lineno == 1 and not row[1].strip().lstrip("+-").isdigit():
+                continue  # a header row
+            ident = parse_identity(row[1], where)
+            name = row[2].strip() if len(row) > 2 and row[2].strip() else None
+            if name is not None and len(name) > MAX_NAME_CHARS:
+                raise GalleryError(f"{where}: name is {len(name)} characters; at most "
+                                   f"{MAX_NAME_CHARS}")
+            folder = row[0].strip()
+            if folder in mapping:
+                raise GalleryError(f"{where}: folder {folder[:80]!r} is listed twice")
+            mapping[folder] = (ident, name)
+    except csv.Error as exc:
+        raise GalleryError(f"ids CSV {path}: not a readable CSV ({exc})") from None
     return mapping
 
 
-def _identity_folders(tree: Path, ids_csv: str | Path | None) -> list[tuple[Path, int, str | None]]:
+def _identity_folders(tree: Path, ids_csv: str | Path | None, gallery: Any = None,
+                      merge: bool = False) -> list[tuple[Path, int, str | None]]:
     if not tree.is_dir():
         raise GalleryError(f"{tree}: not a directory")
     mapping = read_ids_csv(ids_csv) if ids_csv is not None else {}
@@ -62,32 +104,61 @@ def _identity_folders(tree: Path, ids_csv: str | Path | None) -> list[tuple[Path
     for folder in sorted(p for p in tree.iterdir() if p.is_dir()):
         if folder.name in mapping:
             out.append((folder, *mapping[folder.name]))
+        elif folder.name.strip().lstrip("+-").isdigit():
+            out.append((folder, parse_identity(folder.name, f"{tree}: folder"), None))
         else:
-            try:
-                out.append((folder, int(folder.name), None))
-            except ValueError:
-                unmapped.append(folder.name)
+            unmapped.append(folder.name)
     if unmapped:
         raise GalleryError(f"{len(unmapped)} folder(s) are neither integer identities nor in the ids "
                            f"CSV (e.g. {unmapped[0]!r}); pass ids_csv=folder,identity[,name]")
+    if not merge:
+        _refuse_merges(out, gallery, mapping)
     return out
 
 
-def _decode_chip(data: bytes, size: int) -> np.ndarray | None:
-    """An aligned chip from image bytes: ``(size, size, 3)`` uint8 RGB, or None if unreadable
-    (truncated JPEGs included)."""
-    from facekd.errors import FaceError
+def _refuse_merges(folders: list[tuple[Path, int, str | None]], gallery: Any,
+                   mapping: dict[str, tuple[int, str | None]]) -> None:
+    """Refuse a CSV that would silently put two people under one id: two folders on one id, or
+    a mapped folder whose id is already enrolled from a different folder (``merge`` allows it)."""
+    by_id: dict[int, str] = {}
+    for folder, ident, _ in folders:
+        if ident in by_id:
+            raise GalleryError(f"folders {by_id[ident]!r} and {folder.name!r} both map to identity "
+                               f"{ident}; that would merge two people (pass --merge if they are "
+                               "one person)")
+        by_id[ident] = folder.name
+    if gallery is None:
+        return
+    for folder, ident, _ in folders:
+        if folder.name in mapping and gallery.has_identity(ident) \
+                and not gallery.identity_has_folder(ident, folder.name):
+            raise GalleryError(f"folder {folder.name!r} maps to identity {ident}, which is already "
+                               "enrolled from other photos; that would merge two people (pass "
+                               "--merge if they are one person)")
+
+
+def _utf8(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:  # undecodable bytes in a file name (surrogate escapes)
+        return False
+    return True
+
+
+def _decode_chip(data: bytes, size: int) -> np.ndarray | str:
+    """An aligned chip from image bytes: ``(size, size, 3)`` uint8 RGB, or why it is unusable
+    (truncated JPEGs, images over the limits...)."""
     from facekd.faces import align_chip, decode_image
 
     try:
-        return align_chip(decode_image(data), None, "none", size)
-    except FaceError:
-        return None
+        return align_chip(decode_image(data, ""), None, "none", size)
+    except FaceError as exc:
+        return str(exc).removeprefix(": ")
 
 
 def enroll(tree: str | Path, encoder: Any, gallery: Any, *, ids_csv: str | Path | None = None,
            aligned: bool = False, batch_size: int = 32, progress: bool = True,
-           save_every: int | None = None) -> EnrollResult:
+           save_every: int | None = None, merge: bool = False) -> EnrollResult:
     """Embed every image under ``tree`` with ``encoder`` and add it to the writable ``gallery``.
 
     Args:
@@ -100,6 +171,8 @@ def enroll(tree: str | Path, encoder: Any, gallery: Any, *, ids_csv: str | Path 
             are detected and aligned by ``facekd.faces.chips_from_files`` (largest face per image).
         batch_size: images per embedding batch.
         save_every: save the gallery after about this many added faces (resumable big runs).
+        merge: allow CSV rows that put a folder under an id another folder or an enrolled
+            person already has (otherwise GalleryError: that silently merges two people).
 
     Returns:
         :class:`EnrollResult`. Unreadable or face-less images are skipped with a reason; images
@@ -117,12 +190,24 @@ def enroll(tree: str | Path, encoder: Any, gallery: Any, *, ids_csv: str | Path 
                            f"cannot enrol with encoder {encoder.fingerprint}")
     if batch_size < 1:
         raise GalleryError(f"batch_size must be positive, got {batch_size}")
-    folders = _identity_folders(tree, ids_csv)
-    files = [(p, ident, name) for folder, ident, name in folders
-             for p in sorted(folder.iterdir()) if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES]
+    folders = _identity_folders(tree, ids_csv, gallery, merge)
     result = EnrollResult()
+    files = []
+    for folder, ident, name in folders:
+        for p in sorted(folder.iterdir()):
+            suffix = p.suffix.lower()
+            if p.is_file() and suffix in IMAGE_SUFFIXES:
+                if not _utf8(str(p)):  # SQLite stores text as UTF-8: the path cannot be recorded
+                    result.skipped.append((str(p), "file name is not valid UTF-8; rename it"))
+                else:
+                    files.append((p, ident, name))
+            elif suffix in UNSUPPORTED_SUFFIXES:  # an image the user expects in: say so
+                result.skipped.append((str(p), f"{suffix[1:].upper()} images are not supported"))
     enrolled: set[int] = set()
     seen: set[str] = set()
+    if not files and not result.skipped:
+        raise GalleryError(f"{tree}: no image files in its identity folders "
+                           f"({', '.join(sorted(IMAGE_SUFFIXES))})")
     since_save = 0
     size = encoder.input_spec.size
     with tqdm(total=len(files), unit="img", desc="enroll", disable=not progress) as bar:
@@ -131,9 +216,9 @@ def enroll(tree: str | Path, encoder: Any, gallery: Any, *, ids_csv: str | Path 
             blobs: list[tuple[Path, int, str | None, bytes, str]] = []
             for path, ident, name in batch:
                 try:
-                    data = path.read_bytes()
-                except OSError as exc:
-                    result.skipped.append((str(path), f"unreadable file ({exc.strerror})"))
+                    data = read_image_bytes(path)
+                except FaceError as exc:
+                    result.skipped.append((str(path), str(exc).removeprefix(f"{path}: ")))
                     continue
                 blobs.append((path, ident, name, data, hashlib.sha256(data).hexdigest()))
             known = gallery.known_sources([b[4] for b in blobs])
@@ -172,8 +257,8 @@ def _chips(todo: list, encoder: Any, size: int, aligned: bool,
     if aligned:
         for r, (path, _, _, data, _) in enumerate(todo):
             chip = _decode_chip(data, size)
-            if chip is None:
-                result.skipped.append((str(path), "unreadable image"))
+            if isinstance(chip, str):
+                result.skipped.append((str(path), chip))
             else:
                 chips.append(chip)
                 rows.append(r)

@@ -99,6 +99,17 @@ def _normalised(vectors: Any, d: int) -> np.ndarray:
     return x
 
 
+def _verify_sha(path: Path, sha: str | None, what: str) -> None:
+    """Refuse a committed file whose bytes no longer hash to what the save recorded."""
+    try:
+        actual = file_sha256(path)
+    except OSError as exc:
+        raise GalleryError(f"{path}: cannot read the {what} file ({exc.strerror or exc})") from None
+    if sha is not None and actual != sha:
+        raise GalleryError(f"{path}: {what} file is damaged (sha256 differs from the one recorded "
+                           "at save); restore the gallery from a backup")
+
+
 class Gallery:
     """A face gallery; get one with :meth:`create` or :meth:`open` (see the module docstring).
 
@@ -153,19 +164,22 @@ class Gallery:
 
     @classmethod
     def open(cls, path: str | os.PathLike, *, encoder_fingerprint: str | None = None,
-             writable: bool = False, lock_timeout: float = 10.0) -> "Gallery":
+             writable: bool = False, lock_timeout: float = 10.0, verify: bool = True) -> "Gallery":
         """Open the last saved generation.
 
         ``writable=True`` takes the single-writer lock (waiting up to ``lock_timeout`` seconds,
         then GalleryError) until :meth:`close`. Readers take no lock and see the generation they
         loaded even while a writer saves newer ones. A given ``encoder_fingerprint`` that differs
-        from the stored one raises GalleryError naming both.
+        from the stored one raises GalleryError naming both. ``verify`` (default) refuses files
+        whose sha256 differs from the one recorded at save; ``verify=False`` is for
+        :meth:`check`, which reports that instead.
         """
         path = Path(path)
         if not (path / DB_NAME).is_file():
             raise GalleryError(f"{path}: not a gallery (no {DB_NAME})")
         self = cls._blank()
         self._dir = path
+        self._verify = bool(verify)
         try:
             if writable:
                 self._acquire_lock(lock_timeout)
@@ -194,12 +208,18 @@ class Gallery:
         return self
 
     def _acquire_lock(self, timeout: float) -> None:
-        lock = FileLock(str(self._dir / LOCK_NAME), timeout=timeout)
+        lock_path = self._dir / LOCK_NAME
+        if lock_path.exists() and not lock_path.is_file():
+            raise GalleryError(f"{lock_path}: is not a regular file (a directory?); remove it")
+        lock = FileLock(str(lock_path), timeout=timeout)
         try:
             lock.acquire()
         except Timeout:
             raise GalleryError(f"{self._dir}: another process holds the writer lock "
                                f"(waited {timeout:g} s); open read-only or retry later") from None
+        except OSError as exc:  # read-only file system, no permission, lock is a directory
+            raise GalleryError(f"{self._dir}: cannot take the writer lock, the gallery is not "
+                               f"writable ({exc.strerror or exc})") from None
         self._lock = lock
 
     def _release(self) -> None:
@@ -235,9 +255,13 @@ class Gallery:
             raise GalleryError(f"{self._dir}: database lists {len(ids)} faces, generation "
                                f"{self._generation} recorded {n}")
         self._ids, self._labels = ids, labels
-        vec_name, vec_size, _ = files["vectors"]
+        vec_name, vec_size, vec_sha = files["vectors"]
         mm = open_vectors(self._dir / vec_name, n, self._dim, vec_size,
                           mode="c" if self._kind == "ivf" else "r")
+        # The file is read in full below anyway: hashing it once costs a second sequential read
+        # and means damaged rows are refused, never searched, re-hashed or saved as good.
+        if getattr(self, "_verify", False):
+            _verify_sha(self._dir / vec_name, vec_sha, "vector")
         self._vecs = None
         if self._kind == "flat":
             # The flat index's storage is the only in-RAM copy of the vectors.
@@ -257,6 +281,8 @@ class Gallery:
                 if ipath.stat().st_size != size:
                     raise GalleryError(f"{ipath}: index file is {ipath.stat().st_size} bytes, "
                                        f"expected {size} (truncated or overwritten)")
+                if getattr(self, "_verify", False):
+                    _verify_sha(ipath, files["index"][2], "index")
                 try:
                     self._index = faiss.read_index(str(ipath))
                 except RuntimeError as exc:
@@ -386,6 +412,12 @@ class Gallery:
     def has_identity(self, identity: int) -> bool:
         self._require_open()
         return self._store.has_identity(int(identity))
+
+    def identity_has_folder(self, identity: int, folder: str) -> bool:
+        """True when some face of ``identity`` was enrolled from a file in a folder named ``folder``
+        (a re-run of the same enrolment, not a second person under the same id)."""
+        self._require_open()
+        return any(Path(src).parent.name == folder for src in self._store.sources(int(identity)))
 
     def has_source(self, sha256: str) -> bool:
         """True when a face enrolled from a file with this sha256 (hex) is stored."""

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
+import os
 import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
@@ -111,7 +112,10 @@ class Store:
         """Open and verify an existing gallery database (a foreign file raises GalleryError)."""
         if not path.is_file():
             raise GalleryError(f"{path.parent}: not a gallery (no {path.name})")
-        conn = cls._connect(path, "rw")
+        # A reader on a read-only directory (mount, permissions) cannot create WAL's -shm file;
+        # immutable=1 reads the file as it is, which is right when no writer can exist there.
+        frozen = not writable and not os.access(path.parent, os.W_OK)
+        conn = cls._connect(path, "ro&immutable=1" if frozen else "rw")
         try:
             app_id = conn.execute("PRAGMA application_id").fetchone()[0]
             version = conn.execute("PRAGMA user_version").fetchone()[0]
@@ -127,7 +131,12 @@ class Store:
             conn.close()
             raise GalleryError(f"{path}: gallery schema version {version}, this code reads "
                                f"{SCHEMA_VERSION}")
-        cls._configure(conn)
+        if not frozen:
+            try:
+                cls._configure(conn)
+            except sqlite3.OperationalError as exc:  # e.g. a read-only file in a writable folder
+                conn.close()
+                raise GalleryError(f"{path}: cannot use the gallery database ({exc})") from None
         store = cls(conn, path, writable)
         if not writable:
             store.pin_snapshot()
@@ -242,6 +251,12 @@ class Store:
     def has_identity(self, identity: int) -> bool:
         return self._conn.execute("SELECT 1 FROM identities WHERE identity=?",
                                   (int(identity),)).fetchone() is not None
+
+    def sources(self, identity: int) -> list[str]:
+        """Source paths recorded for ``identity``'s faces."""
+        return [r[0] for r in self._conn.execute(
+            "SELECT source_path FROM faces WHERE identity=? AND source_path IS NOT NULL",
+            (int(identity),))]
 
     def has_source(self, sha256: str) -> bool:
         return self._conn.execute("SELECT 1 FROM faces WHERE source_sha256=? LIMIT 1",

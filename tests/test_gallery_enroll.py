@@ -81,7 +81,9 @@ def test_enroll_adds_every_readable_image_and_skips_unreadable(tmp_path, encoder
     g = Gallery.create(tmp_path / "g", 16, encoder_fingerprint=encoder.fingerprint)
     res = enroll(tmp_path / "tree", encoder, g, aligned=True, batch_size=5, progress=False)
     assert res.added == 12 and res.skipped_existing == 0 and res.identities == [7, 12, 1042]
-    assert res.skipped == [(str(tmp_path / "tree" / "7" / "broken.jpg"), "unreadable image")]
+    # named, with the reason
+    assert res.skipped == [(str(tmp_path / "tree" / "7" / "broken.jpg"),
+                            "corrupt or truncated JPEG (no end-of-image marker)")]
     order = sorted(files, key=lambda p: (p.parent.name, p.name))  # folders enrol in name order
     np.testing.assert_allclose(g.vectors(), _expected_vectors(encoder, order), atol=1e-5)
     np.testing.assert_array_equal(g.labels(), [int(p.parent.name) for p in order])

@@ -212,9 +212,10 @@ def test_forget_refuses_bad_requests_with_workspace_errors(erased_dir, case):
         if case == "unknown":
             with pytest.raises(WorkspaceError, match="facekd identities"):
                 ws.forget(99999, progress=False)
-        elif case == "erased":
-            with pytest.raises(WorkspaceError, match="already erased"):
-                ws.forget(who, progress=False)
+        elif case == "erased":  # idempotent: the committed receipt, nothing changed
+            again = ws.forget(who, progress=False)
+            assert again.already_erased and again.removed_faces == 0
+            assert again.receipt["receipt_id"] == ws.ledger()[0]["receipt_id"]
         elif case == "too_few":
             ws.config.min_vectors = 50
             with pytest.raises(WorkspaceError, match="at least 50"):
