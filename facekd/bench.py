@@ -11,7 +11,11 @@ Protocol (fresh re-enrolment, as in ``benchmarks/bench_tradeoff.py``), per erase
   the gallery, their probe half measures **retain rank-1**; **retain TAR** from their pairs.
 * further attacks: knowledge-retention probes trained on the edited gallery (incl. the re-enrolled
   fresh photos), membership inference (fit vs fresh photos), detectability of the erased person's
-  edited faces among ordinary ones, and how often the 5 look-alikes' faces are touched at all.
+  edited faces among ordinary ones, how often the 5 look-alikes' faces are touched at all, how
+  often an erased face matches someone else (false match), and what the edited model alone gives
+  away about whom it erased (:func:`template_leak`).
+* methods come from :data:`METHODS` (name -> fit function); a name may carry settings for it,
+  ``scramble:alpha=1.1:q=0.9999``.
 
 Sequential: per method, ``M`` people erased one after another, each step fitted on embeddings
 edited by the previous ones and composed (``composite.then(new)``); retained accuracy of the
@@ -43,7 +47,8 @@ from facekd.metrics import (MIA_MIN_PER_CLASS, identification_hits, knowledge_re
                             tar_at_far)
 
 __all__ = ["BenchError", "METHODS", "DEFAULT_METHODS", "Embedded", "embed_dataset", "run_bench",
-           "write_outputs", "format_markdown", "parse_methods", "parse_fit_photos"]
+           "write_outputs", "format_markdown", "parse_methods", "parse_fit_photos", "fit_method",
+           "template_leak"]
 
 FAR = 1e-3
 MAX_IMPOSTORS = 500_000  # sampled (seeded) retained impostor pairs: 500 lie above the threshold
