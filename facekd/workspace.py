@@ -350,7 +350,7 @@ class Workspace:
             cfg = Config.from_toml(tomllib.loads(cfg_path.read_text(encoding="utf-8")), str(cfg_path))
         except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
             raise WorkspaceError(f"{cfg_path}: invalid TOML ({exc})") from None
-        if writable and not os.access(root / "gallery", os.W_OK):
+        if writable and (root / "gallery").is_dir() and not os.access(root / "gallery", os.W_OK):
             raise WorkspaceError(f"{root}: the workspace is read-only (cannot write to "
                                  f"{root / 'gallery'}); this command changes it")
         gallery = Gallery.open(root / "gallery", writable=writable, lock_timeout=lock_timeout,
