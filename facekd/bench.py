@@ -44,7 +44,7 @@ from facekd.errors import FacekdError
 from facekd.fileio import write_atomic
 from facekd.metrics import (MIA_MIN_PER_CLASS, identification_hits, knowledge_retention,
                             membership_inference, mia_features, pair_scores, split_enrol_probe,
-                            tar_at_far)
+                            tar_at_far, template_leak)
 
 __all__ = ["BenchError", "METHODS", "DEFAULT_METHODS", "Embedded", "embed_dataset", "run_bench",
            "write_outputs", "format_markdown", "parse_methods", "parse_fit_photos", "fit_method",
@@ -483,36 +483,6 @@ def _r(v: float) -> float:
     return round(float(v), 4)
 
 
-def template_leak(erasure: Erasure, means: np.ndarray, ids: np.ndarray, person: int
-                  ) -> tuple[float, int]:
-    """What the edited model alone gives away about whom it erased.
-
-    Reads the erasure's own parameters, as anyone holding the edited model can (a gated tail
-    ships its gate; a folded linear edit is recovered from the public base model as
-    ``I - W'W^+``): the direction it singles out (the last gate's weights, or the erased
-    subspace's top direction) and ranks every identity's mean face by how strongly it triggers
-    it (gate score; energy in the erased subspace). Returns ``(cosine between that direction and
-    the person's mean face minus the population mean, the person's rank; 1 = singled out)``.
-
-    means: ``(c, d)`` unit-mean embedding of every identity (original space), ids ``(c,)``.
-    """
-    mu = means[np.searchsorted(ids, person)]
-    centre = means.mean(axis=0)
-    gates = [st for st in erasure.tail if hasattr(st, "weights")]
-    if gates:
-        w = gates[-1].weights[:, -1]
-        score = means @ w
-        direction = w
-    else:
-        a = np.eye(erasure.d) - erasure.matrix()
-        score = np.linalg.norm(means @ a, axis=1)
-        direction = np.linalg.svd(a)[0][:, 0]
-    dev = mu - centre
-    cos = float(abs(direction @ dev) / (np.linalg.norm(direction) * np.linalg.norm(dev) + 1e-12))
-    rank = int(1 + np.sum(score > score[np.searchsorted(ids, person)]))
-    return cos, rank
-
-
 # ---------------------------------------------------------------------- experiments
 def _single(x0: np.ndarray, y: np.ndarray, split: np.ndarray, cases: list[Case],
             methods: list[str], settings: list[str], seed: int, bar: Any
@@ -772,7 +742,7 @@ def format_markdown(result: dict) -> str:
               "the erasure moved at all. False match: pairs of (erased fresh photo, someone "
               "else's gallery face) above the FAR 1e-3 threshold (the original's are the person's "
               "look-alikes; a stranger's would be about 0.1). Template: what the edited model alone gives away "
-              "(facekd.bench.template_leak): |cosine| between the direction the edit singles out "
+              "(facekd.metrics.template_leak): |cosine| between the direction the edit singles out "
               "and the person's mean face minus the population mean, and how often the person "
               "ranks first among all identities by that direction (singled out, %)."]
     lines += [f"Fit setting {s!r} skipped for {n} of {p['erased']} people (no more than {s} "

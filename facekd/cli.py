@@ -267,6 +267,9 @@ def forget(workspace: Path, as_json: bool, identity: int, method: str | None, p:
             f"method {r['method']}, {what}; gallery generation "
             f"{r['gallery']['generation_before']} -> {r['gallery']['generation_after']}",
             f"edited encoder sha256 {model['edited_sha256_after'][:16]}...",
+            *([f"template leak: the edited model ranks this person {model['template_leak']['rank']}"
+               f" of {model['template_leak']['ranked_among']} enrolled identities (serve it, do "
+               "not distribute it; docs/threat-model.md)"] if "template_leak" in model else []),
             "", res.report_table, ""])
 
     _emit(as_json, res.to_dict(), text)

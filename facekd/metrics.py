@@ -25,7 +25,7 @@ import numpy as np
 __all__ = [
     "MetricsError", "identification_hits", "identification_rate", "pair_scores", "tar_at_far",
     "KnowledgeRetention", "far_threshold", "knowledge_retention", "membership_inference", "mia_features",
-    "split_enrol_probe", "ErasureReport", "erasure_report",
+    "split_enrol_probe", "ErasureReport", "erasure_report", "template_leak",
 ]
 
 _CHUNK = 2048  # probe rows per score block: (chunk, gallery) float32 stays a few MB
@@ -563,3 +563,35 @@ def erasure_report(E: Any, labels: Any, forget_labels: Iterable[int], erasure: A
         forget_labels=[int(v) for v in fl], fars=list(fars_t), counts=counts,
         thresholds={"before": thr_b, "after": thr_a},
         probes={"before": probe_b, "after": probe_a}, timings=timings)
+
+
+def template_leak(erasure: Any, means: Any, ids: Any, person: int) -> tuple[float, int]:
+    """What the edited model alone gives away about whom it erased.
+
+    Reads the erasure's own parameters, as anyone holding the edited model can (a gated tail
+    ships its gate; a folded linear edit is recovered from the public base model as
+    ``I - W'W^+``): the direction it singles out (the last gate's weights, or the erased
+    subspace's top direction) and ranks every identity's mean face by how strongly it triggers
+    it (gate score; energy in the erased subspace). Returns ``(cosine between that direction and
+    the person's mean face minus the population mean, the person's rank; 1 = singled out)``.
+
+    erasure: a :class:`facekd.erasure.Erasure` (read through its ``tail`` and ``matrix()``).
+    means: ``(c, d)`` mean unit embedding of every identity (the space the erasure was fitted in),
+    ids ``(c,)`` sorted.
+    """
+    means, ids = np.asarray(means, np.float64), np.asarray(ids)
+    mu = means[np.searchsorted(ids, person)]
+    centre = means.mean(axis=0)
+    gates = [st for st in erasure.tail if hasattr(st, "weights")]
+    if gates:
+        w = gates[-1].weights[:, -1]
+        score = means @ w
+        direction = w
+    else:
+        a = np.eye(erasure.d) - erasure.matrix()
+        score = np.linalg.norm(means @ a, axis=1)
+        direction = np.linalg.svd(a)[0][:, 0]
+    dev = mu - centre
+    cos = float(abs(direction @ dev) / (np.linalg.norm(direction) * np.linalg.norm(dev) + 1e-12))
+    rank = int(1 + np.sum(score > score[np.searchsorted(ids, person)]))
+    return cos, rank

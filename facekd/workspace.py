@@ -739,13 +739,14 @@ class Workspace:
         gen_after = gen_before + (0 if dry_run else 1)
         lap("edit")
 
+        leak = _template_leak(new, all_vecs, labels, identity)
         receipt = rc.build_receipt(
             identity_hash=h, method=method, params=params,
             model={"family": base.family, "base_sha256": base.fingerprint,
                    "edited_sha256_before": edited.fingerprint,
                    "edited_sha256_after": new_edited.fingerprint,
                    "k_added": new.k, "k_total": combined.k, "gates_total": combined.n_gates,
-                   "deletions_total": len(self.ledger()) + 1},
+                   "deletions_total": len(self.ledger()) + 1, "template_leak": leak},
             generation_before=gen_before, generation_after=gen_after,
             metrics={**report.to_dict(), "protocol": protocol}, histograms=hists,
             timings=timings, n_vectors=n_stored, n_images=n_images,
@@ -965,6 +966,21 @@ def _aligned_chips(paths: list[Path], size: int) -> tuple[list[np.ndarray], list
             continue
         sources.append(Path(p))
     return chips, sources, skipped
+
+
+def _template_leak(step: Erasure, vecs: np.ndarray, labels: np.ndarray, identity: int) -> dict:
+    """What the edited model alone gives away about the erased person (docs/threat-model.md):
+    the cosine between the direction this erasure singles out and the person's mean face (minus
+    the gallery's), and the person's rank among the gallery's identities by that direction (1 =
+    singled out). Numbers only: no direction or embedding leaves this function."""
+    from facekd.metrics import template_leak
+
+    ids, inv = np.unique(labels, return_inverse=True)
+    means = np.zeros((len(ids), vecs.shape[1]))
+    np.add.at(means, inv, _normalize(vecs))
+    means /= np.bincount(inv)[:, None]
+    cos, rank = template_leak(step, means, ids, identity)
+    return {"cosine_to_mean_face": round(cos, 4), "rank": rank, "ranked_among": int(len(ids))}
 
 
 def _score_histograms(vecs: np.ndarray, labels: np.ndarray, identity: int, erasure: Erasure,

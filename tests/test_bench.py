@@ -166,7 +166,7 @@ def test_template_leak_ranks_the_erased_person_first_for_a_gate():
     import numpy as np
 
     from clusters import identity_clusters
-    from facekd.bench import template_leak
+    from facekd.metrics import template_leak
     from facekd.erasure import fit_scramble
 
     E, y = identity_clusters(40, 12, 64, seed=1)

@@ -386,3 +386,12 @@ def test_two_look_alikes_erased_in_turn_both_stay_erased_and_verifiable(ws_dir, 
             assert res.attack["tar"] <= 0.05, person
         assert res.retained["rank1"] >= 0.85
         assert ws.check()["ok"]
+
+
+def test_every_receipt_measures_the_template_the_edited_model_gives_away(forgotten):
+    """The gate singles the erased person out among the gallery's identities: the receipt says
+    so with numbers (and holds no direction or embedding)."""
+    leak = forgotten[2].receipt["model"]["template_leak"]
+    assert set(leak) == {"cosine_to_mean_face", "rank", "ranked_among"}
+    assert leak["ranked_among"] == len(IDS) and 1 <= leak["rank"] <= 3
+    assert 0.0 < leak["cosine_to_mean_face"] <= 1.0
