@@ -316,15 +316,19 @@ def format_verify(res: Any) -> str:
 @click.option("--fp16", is_flag=True, help="Store weights in float16.")
 @click.option("--original", is_flag=True, help="Export the unedited encoder (it still knows everyone).")
 @click.option("--force", is_flag=True, help="Replace OUT even if it is not an ONNX model.")
+@click.option("--bake-preprocessing", is_flag=True,
+              help="Prepend a Sub/Mul head: the file takes raw RGB pixels (as insightface feeds "
+                   "a model whose graph normalises its own input).")
 @_command
 def export_onnx(workspace: Path, as_json: bool, out: Path, fp16: bool, original: bool,
-                force: bool) -> None:
+                force: bool, bake_preprocessing: bool) -> None:
     """Export the deployed (edited) encoder to ONNX, with a parity report.
 
     OUT must lie outside the workspace; an existing OUT is replaced (atomically) only when it is
     an ONNX model, or with --force."""
     with _open(workspace) as ws:
-        rep = ws.export_onnx(out, fp16=fp16, original=original, force=force)
+        rep = ws.export_onnx(out, fp16=fp16, original=original, force=force,
+                             bake_preprocessing=bake_preprocessing)
     data = rep.to_dict() if hasattr(rep, "to_dict") else {"path": str(out)}
     data.setdefault("path", str(out))
     _emit(as_json, data, lambda: f"wrote {printable(out)}\n" + "\n".join(

@@ -13,7 +13,6 @@ because onnxruntime silently falls back to CPU when e.g. the CUDA libraries are 
 from __future__ import annotations
 
 import copy
-import json
 import logging
 import os
 import tempfile
@@ -270,7 +269,8 @@ def _run_session(session, x: np.ndarray, step: int = 8) -> np.ndarray:
 
 def export(encoder: Encoder, path: str | os.PathLike, *, fp16: bool = False,
            check_chips: np.ndarray | None = None, providers: str | Sequence[str] | None = None,
-           opset: int = 17, require_cosine: float | None = None) -> ExportReport:
+           opset: int = 17, require_cosine: float | None = None,
+           bake_preprocessing: bool = False) -> ExportReport:
     """Write ``encoder`` as one ONNX file and check it against the encoder itself.
 
     Args:
@@ -282,6 +282,9 @@ def export(encoder: Encoder, path: str | os.PathLike, *, fp16: bool = False,
         providers: execution providers (or aliases) to prefer; see :func:`select_providers`.
         opset: ONNX opset for encoders exported from torch (ONNX encoders keep theirs).
         require_cosine: refuse (raise, leave ``path`` untouched) when the min cosine is lower.
+        bake_preprocessing: prepend a Sub/Mul head so the file takes raw RGB pixels (what
+            insightface feeds a model whose first nodes are named Sub/Mul); see
+            :mod:`facekd.encoders.onnx_head`.
 
     Returns:
         An :class:`ExportReport`; ``report.provider`` is the provider that really ran.
@@ -289,8 +292,8 @@ def export(encoder: Encoder, path: str | os.PathLike, *, fp16: bool = False,
     import onnx
     import onnxruntime as ort
 
-    from facekd.encoders.onnx_model import (ERASURE_METADATA_KEY, METADATA_KEY, set_metadata,
-                                            write_model)
+    from facekd.encoders.onnx_head import bake_preprocessing as bake, raw_pixel_spec
+    from facekd.encoders.onnx_model import write_model
 
     if not isinstance(encoder, Encoder):
         raise EncoderError(f"expected a facekd Encoder, got {type(encoder).__name__}")
@@ -314,14 +317,11 @@ def export(encoder: Encoder, path: str | os.PathLike, *, fp16: bool = False,
             raise EncoderError(f"the encoder wrote an unreadable ONNX file: {exc}") from None
         if len(model.graph.output) != 1:
             raise EncoderError(f"exported graph has {len(model.graph.output)} outputs; expected 1")
-        set_metadata(model, METADATA_KEY, json.dumps(spec.to_dict()))
-        if encoder.erasure is not None:
-            # Only the size of the edit: the erased directions are a person's template.
-            set_metadata(model, ERASURE_METADATA_KEY, json.dumps(
-                {"method": encoder.erasure.name, "k": encoder.erasure.k,
-                 "gates": encoder.erasure.n_gates, "steps": len(encoder.erasure.history)}))
         if fp16:
             model = to_fp16(model)
+        file_spec = spec
+        if bake_preprocessing:  # after fp16: the head stays float32, like the input
+            model, file_spec = bake(model, spec), raw_pixel_spec(spec)
         staged = write_model(model, Path(tmp) / "staged.onnx")
         try:  # on the file: the C++ checker needs no second in-memory serialisation
             onnx.checker.check_model(str(staged))
@@ -334,7 +334,7 @@ def export(encoder: Encoder, path: str | os.PathLike, *, fp16: bool = False,
                                f"{str(exc).splitlines()[0]}") from None
         used = list(session.get_providers())
         inp, out = session.get_inputs()[0], session.get_outputs()[0]
-        got = _run_session(session, spec.to_tensor_array(chips))
+        got = _run_session(session, file_spec.to_tensor_array(chips))
         ref = encoder.embed(chips, progress=False)
         if got.shape != ref.shape:
             raise EncoderError(f"exported model emits {got.shape}; the encoder emits {ref.shape}")
@@ -347,7 +347,7 @@ def export(encoder: Encoder, path: str | os.PathLike, *, fp16: bool = False,
             n_chips=len(chips), max_abs_diff=float(np.max(np.abs(got - ref))),
             max_abs_diff_normalized=float(np.max(np.abs(_normalize(got) - _normalize(ref)))),
             min_cosine=float(cos.min()), mean_cosine=float(cos.mean()), dim=int(ref.shape[1]),
-            input_name=inp.name, output_name=out.name, input_spec=spec.to_dict(),
+            input_name=inp.name, output_name=out.name, input_spec=file_spec.to_dict(),
             size_bytes=staged.stat().st_size, seconds=0.0,
             erasure_k=None if encoder.erasure is None else int(encoder.erasure.k),
             warnings=notes)

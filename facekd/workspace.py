@@ -534,8 +534,11 @@ class Workspace:
         return stats.get("threshold")
 
     def export_onnx(self, out: str | os.PathLike, *, fp16: bool = False, original: bool = False,
-                    force: bool = False):
+                    force: bool = False, bake_preprocessing: bool = False):
         """Export the edited (or, with ``original``, the base) encoder; returns the ExportReport.
+
+        ``bake_preprocessing``: the file takes raw RGB pixels through a Sub/Mul head (for
+        insightface; see :mod:`facekd.encoders.onnx_head`).
 
         The target must lie outside the workspace and be absent, or an ONNX model, or (with
         ``force``) any regular file; see :func:`facekd.onnx_export.check_target`.
@@ -547,7 +550,7 @@ class Workspace:
             warnings.warn("exporting the ORIGINAL encoder: it still recognises every erased person",
                           RuntimeWarning, stacklevel=2)
         enc = self.base_encoder if original else self.encoder
-        return export(enc, out, fp16=fp16)
+        return export(enc, out, fp16=fp16, bake_preprocessing=bake_preprocessing)
 
     def check(self) -> dict:
         """Consistency of gallery, encoder state, ledger and receipt files.

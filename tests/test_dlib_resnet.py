@@ -212,3 +212,26 @@ def test_a_valid_stream_of_another_network_is_not_taken_for_the_resnet(tmp_path)
     path.write_bytes(tiny_network())
     with pytest.raises(EncoderError, match="not dlib's face ResNet"):
         dlib_resnet.load(str(path), cache=False)
+
+
+def test_to_onnx_file_loads_with_dlib_preprocessing_and_matches_torch(encoder, test_chips,
+                                                                      embeddings, tmp_path):
+    """TorchEncoder.to_onnx writes facekd.input_spec: dlib's per-channel mean and /256 survive."""
+    path = encoder.to_onnx(tmp_path / "dlib.onnx")
+    loaded = load_encoder(f"onnx:{path}")
+    assert loaded.input_spec == encoder.input_spec
+    assert np.abs(loaded.embed(test_chips) - embeddings).max() <= 1e-5
+
+
+def test_baked_dlib_export_fed_raw_pixels_matches_torch(encoder, test_chips, embeddings, tmp_path):
+    import onnxruntime as ort
+
+    from facekd.onnx_export import export
+
+    report = export(encoder, tmp_path / "baked.onnx", check_chips=test_chips,
+                    bake_preprocessing=True)
+    assert report.passed and report.input_spec["std"] == [1.0] * 3
+    sess = ort.InferenceSession(str(tmp_path / "baked.onnx"), providers=["CPUExecutionProvider"])
+    raw = np.ascontiguousarray(test_chips.astype(np.float32).transpose(0, 3, 1, 2))
+    got = sess.run(None, {sess.get_inputs()[0].name: raw})[0]
+    assert np.abs(got - embeddings).max() <= 1e-5

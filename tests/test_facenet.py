@@ -8,6 +8,8 @@ InceptionResnetV1 at 160x160 costs ~1.5 GFLOP per chip, so batches stay small.
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import onnx
 import pytest
@@ -268,3 +270,35 @@ def test_facenet_carries_a_gated_erasure_in_torch_and_in_its_onnx_export(encoder
     sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     y = sess.run(None, {sess.get_inputs()[0].name: edited.input_spec.to_tensor_array(x)})[0]
     assert np.abs(normalized(y) - want).max() < 1e-3
+
+
+def test_to_onnx_file_loads_with_facenet_preprocessing_and_matches_torch(encoder, probe, tmp_path):
+    """TorchEncoder.to_onnx writes facekd.input_spec: load_encoder('onnx:...') needs nothing else."""
+    x, want = probe
+    edited = encoder.with_erasure(stand_in_erasure())
+    path = edited.to_onnx(tmp_path / "f.onnx")
+    loaded = load_encoder(f"onnx:{path}")
+    assert loaded.input_spec == FACENET_SPEC
+    assert np.abs(loaded.embed(x) - edited.embed(x)).max() <= 1e-5
+    meta = {p.key: p.value for p in onnx.load(str(path)).metadata_props}
+    assert set(json.loads(meta["facekd.erasure"])) <= {"method", "k", "gates", "steps"}
+
+
+def test_baked_facenet_export_takes_raw_pixels_and_insightface_reads_its_head(encoder, probe,
+                                                                             tmp_path):
+    import onnxruntime as ort
+
+    from facekd.encoders.onnx_model import has_preprocessing_head
+
+    x, want = probe
+    report = export(encoder, tmp_path / "baked.onnx", check_chips=x, bake_preprocessing=True)
+    assert report.passed and report.input_spec["mean"] == [0.0] * 3
+    model = onnx.load(str(tmp_path / "baked.onnx"))
+    names = [n.name for n in model.graph.node[:8]]  # insightface's ArcFaceONNX test, verbatim
+    assert any(s.startswith("Sub") for s in names) and any(s.startswith("Mul") for s in names)
+    assert has_preprocessing_head(model.graph)
+    sess = ort.InferenceSession(str(tmp_path / "baked.onnx"), providers=["CPUExecutionProvider"])
+    raw = np.ascontiguousarray(x.astype(np.float32).transpose(0, 3, 1, 2))  # pixels, RGB, NCHW
+    got = sess.run(None, {sess.get_inputs()[0].name: raw})[0]
+    assert np.abs(got - want).max() <= 1e-5
+    assert np.abs(load_encoder(f"onnx:{tmp_path / 'baked.onnx'}").embed(x) - want).max() <= 1e-5

@@ -164,3 +164,19 @@ def test_torch_to_onnx_failure_leaves_the_previous_file_untouched(tmp_path, monk
     with pytest.raises(RuntimeError, match="boom"):
         enc.to_onnx(out)
     assert out.read_bytes() == before and list(tmp_path.iterdir()) == [out]
+
+
+def test_baked_head_swaps_channels_for_a_bgr_network_and_is_skipped_for_raw_input(models, tmp_path):
+    from facekd.encoders.base import InputSpec
+
+    bgr = OnnxEncoder(models["gemm_bn"],
+                      input_spec=InputSpec(112, (10.0, 20.0, 30.0), (50.0, 60.0, 70.0), "BGR"))
+    x = chips(4, seed=9)
+    report = export(bgr, tmp_path / "bgr.onnx", check_chips=x, bake_preprocessing=True)
+    sess = ort.InferenceSession(str(tmp_path / "bgr.onnx"), providers=[CPU])
+    raw = np.ascontiguousarray(x.astype(np.float32).transpose(0, 3, 1, 2))  # RGB pixels
+    assert np.abs(sess.run(None, {sess.get_inputs()[0].name: raw})[0] - bgr.embed(x)).max() < 1e-4
+    assert report.input_spec["channel_order"] == "RGB"
+    raw_enc = OnnxEncoder(models["mxnet"])  # already takes raw pixels: nothing to bake
+    export(raw_enc, tmp_path / "m.onnx", bake_preprocessing=True)
+    assert len(onnx.load(str(tmp_path / "m.onnx")).graph.node) == len(raw_enc.model.graph.node)

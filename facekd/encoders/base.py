@@ -10,6 +10,7 @@ encoders), so that ``normalize(edited.embed(x)) == erasure.apply(original.embed(
 from __future__ import annotations
 
 import hashlib
+import json
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,7 +26,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from facekd.erasure import Erasure
 
 __all__ = ["InputSpec", "Encoder", "TorchEncoder", "sha256_arrays", "fold_into_linear",
-           "compose_for_fold", "apply_tail", "with_tail_nodes"]
+           "compose_for_fold", "apply_tail", "with_tail_nodes", "erasure_summary"]
 
 PROGRESS_MIN_CHIPS = 256  # show a progress bar from this many chips on
 
@@ -134,6 +135,17 @@ class Encoder(ABC):
     def fingerprint(self) -> str:
         """sha256 (hex) of the weights; changes when an erasure is folded in."""
 
+    def onnx_metadata(self) -> dict[str, str]:
+        """``metadata_props`` every ONNX file written from this encoder carries: the input
+        contract (so ``load_encoder("onnx:...")`` preprocesses as this encoder does) and, when
+        edited, the size of the edit."""
+        from facekd.encoders.onnx_model import ERASURE_METADATA_KEY, METADATA_KEY
+
+        meta = {METADATA_KEY: json.dumps(self.input_spec.to_dict())}
+        if self.erasure is not None:
+            meta[ERASURE_METADATA_KEY] = json.dumps(erasure_summary(self.erasure))
+        return meta
+
     def __repr__(self) -> str:
         edited = f", erasure k={self.erasure.k}" if self.erasure is not None else ""
         return f"<{type(self).__name__} d={self.dim} size={self.input_spec.size}{edited}>"
@@ -211,12 +223,22 @@ class TorchEncoder(Encoder):
     def to_onnx(self, path: str | Path, *, opset: int = 17) -> Path:
         import onnx
 
+        from facekd.encoders.onnx_model import set_metadata
         from facekd.fileio import write_atomic
 
         model = self.onnx_model(opset=opset)
+        for key, value in self.onnx_metadata().items():
+            set_metadata(model, key, value)
         onnx.checker.check_model(model)
         # Atomic: an interrupted export never leaves a partial model under the final name.
         return write_atomic(path, model.SerializeToString())
+
+
+def erasure_summary(erasure: "Erasure", **extra: str) -> dict:
+    """What an exported file may say about its edit: only its size, never the erased directions
+    (they are a person's template)."""
+    return {"method": erasure.name, "k": erasure.k, "gates": erasure.n_gates,
+            "steps": len(erasure.history), **extra}
 
 
 def apply_tail(erasure: "Erasure | None", out: np.ndarray) -> np.ndarray:

@@ -29,7 +29,8 @@ from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 
-from facekd.encoders.base import Encoder, InputSpec, compose_for_fold, sha256_arrays
+from facekd.encoders.base import (Encoder, InputSpec, compose_for_fold, erasure_summary,
+                                  sha256_arrays)
 from facekd.errors import EncoderError
 from facekd.fileio import write_atomic
 
@@ -555,9 +556,7 @@ class OnnxEncoder(Encoder):
             from facekd.encoders.tail_onnx import append_tail
 
             append_tail(model, composed.tail)
-        set_metadata(model, ERASURE_METADATA_KEY, json.dumps(
-            {"method": composed.name, "k": composed.k, "gates": composed.n_gates,
-             "steps": len(composed.history), "surgery": kind}))
+        set_metadata(model, ERASURE_METADATA_KEY, json.dumps(erasure_summary(composed, surgery=kind)))
         _check(model, "edited ONNX model")
         if kind == "appended-matmul":
             log.warning("the graph does not end in a foldable Gemm/MatMul (+BatchNormalization); "
@@ -578,8 +577,16 @@ class OnnxEncoder(Encoder):
         does not convert opsets). ``facekd.input_spec`` metadata records the input contract.
         """
         # Metadata is not part of the fingerprint; setting it in place avoids copying the weights.
-        set_metadata(self.model, METADATA_KEY, json.dumps(self.input_spec.to_dict()))
+        for key, value in self.onnx_metadata().items():
+            set_metadata(self.model, key, value)
         return write_model(self.model, path)
+
+    def onnx_metadata(self) -> dict[str, str]:
+        meta = super().onnx_metadata()
+        if self.erasure is not None:  # how the edit was folded, as with_erasure recorded it
+            meta[ERASURE_METADATA_KEY] = json.dumps(
+                erasure_summary(self.erasure, surgery=self.surgery or "none"))
+        return meta
 
     @property
     def fingerprint(self) -> str:
