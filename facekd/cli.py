@@ -87,16 +87,41 @@ def _run_mapped(fn: Callable, *args: Any, **kwargs: Any) -> Any:
     return result
 
 
+WORKSPACE_ENV, DEFAULT_WORKSPACE = "FACEKD_WORKSPACE", "facekd-workspace"
+_WORKSPACE_TYPE = click.Path(file_okay=False, path_type=Path)
+
+
+def _given_workspace() -> Path | None:
+    """``-w`` as given before the command name (``facekd -w DIR init``), else ``None``."""
+    root = click.get_current_context().find_root()
+    return (root.obj or {}).get("workspace")
+
+
+def _workspace(here: Path | None, *, fallback: bool = True) -> Path | None:
+    """The workspace a command works on: ``-w`` after the command name, or before it, or (with
+    ``fallback``) $FACEKD_WORKSPACE, or ./facekd-workspace. Two different ``-w`` values are
+    refused rather than one silently winning: forget in the wrong workspace erases the wrong
+    gallery."""
+    before = _given_workspace()
+    if here is not None and before is not None and Path(here) != Path(before):
+        _fail(f"two workspaces given: -w {printable(before)} before the command and "
+              f"-w {printable(here)} after it; give one")
+    chosen = here or before
+    if chosen is None and fallback:
+        chosen = os.environ.get(WORKSPACE_ENV) or DEFAULT_WORKSPACE
+    return None if chosen is None else Path(chosen)
+
+
 def _command(fn: Callable) -> Callable:
     """Common options (--workspace, --json) and the error-to-exit-status mapping."""
 
-    @click.option("--workspace", "-w", type=click.Path(file_okay=False, path_type=Path),
-                  envvar="FACEKD_WORKSPACE", default="facekd-workspace", show_default=True,
-                  help="Workspace directory (or $FACEKD_WORKSPACE).")
+    @click.option("--workspace", "-w", type=_WORKSPACE_TYPE, default=None,
+                  help=f"Workspace directory (default ${WORKSPACE_ENV}, else ./{DEFAULT_WORKSPACE}); "
+                       "also accepted before the command name.")
     @click.option("--json", "as_json", is_flag=True, help="Print only JSON on stdout.")
     @functools.wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        return _run_mapped(fn, *args, **kwargs)
+    def wrapper(*args: Any, workspace: Path | None = None, **kwargs: Any) -> Any:
+        return _run_mapped(fn, *args, workspace=_workspace(workspace), **kwargs)
 
     return wrapper
 
@@ -128,8 +153,13 @@ def _report_skipped(skipped: list) -> None:
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="facekd")
-def cli() -> None:
+@click.option("--workspace", "-w", type=_WORKSPACE_TYPE, default=None,
+              help=f"Workspace directory for the command (default ${WORKSPACE_ENV}, else "
+                   f"./{DEFAULT_WORKSPACE}); also accepted after the command name.")
+@click.pass_context
+def cli(ctx: click.Context, workspace: Path | None) -> None:
     """Erase people from a face encoder and its FAISS gallery, and prove it."""
+    ctx.obj = {"workspace": workspace}
 
 
 # ------------------------------------------------------------------------------ workspace
@@ -392,6 +422,8 @@ def demo(workspace: Path | None, n_ids: int, n_images: int, dataset: Path | None
     """End to end: enrol, forget one person, export ONNX, verify, print before/after."""
     from facekd.demo import run_demo
 
+    # -w before or after "demo"; never $FACEKD_WORKSPACE: a demo must not build into a real one.
+    workspace = _workspace(workspace, fallback=False)
     log = (lambda msg: click.echo(msg, err=True)) if as_json else click.echo
     try:
         res = run_demo(workspace, identities=n_ids, images=n_images, dataset=dataset,
