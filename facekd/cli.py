@@ -144,6 +144,18 @@ def _open(workspace: Path, *, writable: bool = False, verify: bool = True):
     return Workspace.open(workspace, writable=writable, verify=verify)
 
 
+def _who(ws: Any, identity: int | None, name: str | None, *, required: bool = True) -> int | None:
+    """The identity id from ``--identity ID`` or ``--name NAME`` (exactly one when ``required``,
+    at most one otherwise); an unknown name is a WorkspaceError (exit 2)."""
+    if identity is not None and name is not None:
+        _fail("give --identity or --name, not both")
+    if identity is None and name is None:
+        if required:
+            _fail("give --identity ID or --name NAME")
+        return None
+    return identity if name is None else ws.identity_named(name)
+
+
 def _report_skipped(skipped: list) -> None:
     """Name every skipped image and why, on stderr (the batch went on without it)."""
     for path, reason in skipped:
@@ -201,10 +213,16 @@ def enroll(workspace: Path, as_json: bool, tree: Path, ids_csv: Path | None, mer
     _report_skipped(res.skipped)
     data = {"added": int(res.added), "skipped_existing": int(res.skipped_existing),
             "skipped": len(res.skipped), "identities": len(res.identities),
-            "gallery_identities": total}
-    _emit(as_json, data, f"enrolled {data['added']} face(s) of {data['identities']} identities "
-                         f"({data['skipped_existing']} already present, {data['skipped']} skipped); "
-                         f"gallery holds {total} identities")
+            "gallery_identities": total,
+            "assigned": [{"name": name, "identity": int(ident), "new": bool(new)}
+                         for name, ident, new in res.assigned]}
+    summary = (f"enrolled {data['added']} face(s) of {data['identities']} identities "
+               f"({data['skipped_existing']} already present, {data['skipped']} skipped); "
+               f"gallery holds {total} identities")
+    mapping = [f"  {a['identity']:>10}  {printable(a['name'])}{'' if a['new'] else '  (as before)'}"
+               for a in data["assigned"]]
+    _emit(as_json, data, "\n".join(
+        [summary] + (["identity ids for folders named by person:"] + mapping if mapping else [])))
 
 
 @cli.command()
@@ -222,11 +240,15 @@ def identities(workspace: Path, as_json: bool) -> None:
 @cli.command()
 @click.argument("image", type=click.Path(path_type=Path))
 @click.option("-k", "k", type=click.IntRange(1, 100), default=5, show_default=True)
+@click.option("--identity", type=IDENTITY, default=None,
+              help="Compare with this identity's faces only (is IMAGE this person?).")
+@click.option("--name", default=None, help="As --identity, by the name enrol recorded.")
 @_command
-def search(workspace: Path, as_json: bool, image: Path, k: int) -> None:
+def search(workspace: Path, as_json: bool, image: Path, k: int, identity: int | None,
+           name: str | None) -> None:
     """Best gallery matches for the largest face in IMAGE."""
     with _open(workspace) as ws:
-        res = ws.search(image, k=k)
+        res = ws.search(image, k=k, identity=_who(ws, identity, name, required=False))
     thr = res["threshold"]
 
     def text() -> str:
@@ -254,7 +276,9 @@ def check(workspace: Path, as_json: bool) -> None:
 
 # ------------------------------------------------------------------------------ forget
 @cli.command()
-@click.option("--identity", required=True, type=IDENTITY, help="Integer identity id to erase.")
+@click.option("--identity", type=IDENTITY, default=None, help="Integer identity id to erase.")
+@click.option("--name", default=None,
+              help="The person to erase, by the name enrol recorded (instead of --identity).")
 @click.option("--method", type=click.Choice(["scramble", "esc", "esc-t"]), default=None,
               help="Erasure method (default from config.toml: scramble, the gated scramble; "
                    "esc and esc-t are the published methods). --p/--k/--energy imply esc.")
@@ -268,13 +292,15 @@ def check(workspace: Path, as_json: bool) -> None:
 @click.option("--force", is_flag=True,
               help="Fit on --images even when they do not look like the person.")
 @_command
-def forget(workspace: Path, as_json: bool, identity: int, method: str | None, p: float | None,
-           k: int | None, energy: float | None, images: Path | None, dry_run: bool,
-           force: bool) -> None:
+def forget(workspace: Path, as_json: bool, identity: int | None, name: str | None,
+           method: str | None, p: float | None, k: int | None, energy: float | None,
+           images: Path | None, dry_run: bool, force: bool) -> None:
     """Erase an identity from the encoder and the gallery (atomic)."""
     if sum(x is not None for x in (p, k, energy)) > 1:
         _fail("give at most one of --p, --k, --energy")
     with _open(workspace, writable=not dry_run) as ws:
+        # The receipt is keyed by the id's salted hash alone; the name only finds the id here.
+        identity = _who(ws, identity, name)
         res = ws.forget(identity, method=method, p=p, k=k, energy=energy, images=images,
                         dry_run=dry_run, progress=_progress(), force=force)
     r = res.receipt
@@ -300,20 +326,29 @@ def forget(workspace: Path, as_json: bool, identity: int, method: str | None, p:
             *([f"template leak: the edited model ranks this person {model['template_leak']['rank']}"
                f" of {model['template_leak']['ranked_among']} enrolled identities (serve it, do "
                "not distribute it; docs/threat-model.md)"] if "template_leak" in model else []),
+            *([f"verify with --identity {identity}: names of erased people are not kept"]
+              if name is not None and not dry_run else []),
             "", res.report_table, ""])
 
-    _emit(as_json, res.to_dict(), text)
+    data = res.to_dict()
+    if name is not None:  # stdout for the operator who named the person; never in the receipt
+        data["identity"] = identity
+    _emit(as_json, data, text)
 
 
 @cli.command()
-@click.option("--identity", required=True, type=IDENTITY, help="The erased identity's id.")
+@click.option("--identity", type=IDENTITY, default=None, help="The erased identity's id.")
+@click.option("--name", default=None,
+              help="By the name enrol recorded, while the person is enrolled (names of erased "
+                   "people are not kept: after forget, use --identity).")
 @click.option("--images", type=click.Path(path_type=Path), default=None,
               help="Photos of the person (ideally unseen) for the re-enrolment attack.")
 @_command
-def verify(workspace: Path, as_json: bool, identity: int, images: Path | None) -> None:
+def verify(workspace: Path, as_json: bool, identity: int | None, name: str | None,
+           images: Path | None) -> None:
     """Check an erased identity is no longer recognised; exit 1 if it is."""
     with _open(workspace) as ws:
-        res = ws.verify(identity, images=images, progress=_progress())
+        res = ws.verify(_who(ws, identity, name), images=images, progress=_progress())
     _emit(as_json, res.to_dict(), lambda: format_verify(res))
     if not res.passed:
         sys.exit(EXIT_VERIFY_FAILED)

@@ -36,6 +36,7 @@ import tomllib
 import warnings
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -502,15 +503,39 @@ class Workspace:
 
         if not Path(tree).is_dir():
             raise WorkspaceError(f"{tree}: not a directory")
+        erased = {e["identity_hash"] for e in self.ledger()}
         with image_limits(self.config.image_limits):
+            # An erased id is never handed to a newcomer: its ledger entry would describe them.
             result = enroll(tree, self.encoder, self.gallery, ids_csv=ids_csv,
-                            aligned=self.config.aligned, progress=progress, merge=merge)
+                            aligned=self.config.aligned, progress=progress, merge=merge,
+                            reserved=lambda i: self.hash_identity(i) in erased)
         if result.added:
             self.gallery.save()
         return result
 
-    def search(self, image: str | os.PathLike, *, k: int = 5) -> dict:
-        """Best ``k`` gallery matches of the largest face in ``image``."""
+    def identity_named(self, name: str) -> int:
+        """The enrolled identity recorded under ``name`` (exact match).
+
+        Names of erased people are not kept, so an erased person is found by id only.
+        """
+        ids = [int(i.identity) for i in self.gallery.identities() if i.name == name]
+        if not ids:
+            raise WorkspaceError(f"no enrolled identity is named {name!r} (names of erased people "
+                                 "are not kept: use --identity with the id forget printed; list "
+                                 "enrolled ones with `facekd identities`)")
+        if len(ids) > 1:
+            raise WorkspaceError(f"{len(ids)} identities are named {name!r} "
+                                 f"({', '.join(map(str, ids[:5]))}); use --identity")
+        return ids[0]
+
+    def search(self, image: str | os.PathLike, *, k: int = 5, identity: int | None = None) -> dict:
+        """Best ``k`` gallery matches of the largest face in ``image``; with ``identity``, only
+        that identity's faces are compared (a one-to-one check: is this that person?)."""
+        if identity is not None:
+            identity = _identity(identity)
+            if not self.gallery.has_identity(identity):
+                raise WorkspaceError(f"unknown identity {identity}; list them with "
+                                     "`facekd identities`")
         path = Path(image)
         if not path.is_file():
             raise WorkspaceError(f"{path}: no such image file")
@@ -519,7 +544,14 @@ class Workspace:
             why = "; ".join(str(reason).removeprefix(f"{p}: ") for p, reason in skipped)
             raise WorkspaceError(f"{path.name}: no usable face ({why or 'none found'})")
         thr = self.match_threshold()
-        matches = self.gallery.search(vecs, k=k)[0]
+        if identity is None:
+            matches = self.gallery.search(vecs, k=k)[0]
+        else:
+            scores = np.asarray(self.gallery.vectors(identity), np.float32) @ vecs[0]
+            best = np.argsort(-scores, kind="stable")[:k]
+            fids = self.gallery.face_ids(identity)
+            matches = [SimpleNamespace(identity=identity, face_id=fids[i], score=scores[i])
+                       for i in best]
         names = {i.identity: i.name for i in self.gallery.identities()}
         return {"image": path.name, "threshold": thr, "matches": [
             {"identity": int(m.identity), "name": names.get(m.identity), "face_id": int(m.face_id),

@@ -1,7 +1,8 @@
 """Enrol a folder-per-identity image tree into a gallery, resumably.
 
 Layout: ``tree/<folder>/<image>``; the folder name is the integer identity id, or ``ids_csv``
-maps ``folder,identity[,name]``. Every image is identified by the sha256 of its file bytes:
+maps ``folder,identity[,name]``, or (no CSV) a folder named by person, LFW-style, gets an id
+assigned automatically (:func:`assign_ids`) and its name recorded with it. Every image is identified by the sha256 of its file bytes:
 images whose sha256 is already in the gallery are skipped, so an interrupted run can simply be
 started again (after the gallery was saved; pass ``save_every`` to save along the way).
 """
@@ -12,7 +13,7 @@ import csv
 import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -30,6 +31,9 @@ class EnrollResult:
     skipped_existing: int = 0
     skipped: list[tuple[str, str]] = field(default_factory=list)
     identities: list[int] = field(default_factory=list)
+    #: ``(folder name, identity, new)`` for folders named by person (no ids CSV): the id given
+    #: to each, and whether it was assigned by this run (``False``: the gallery already had it)
+    assigned: list[tuple[str, int, bool]] = field(default_factory=list)
 
 
 INT64_MIN, INT64_MAX = -(2 ** 63), 2 ** 63 - 1  # SQLite's INTEGER: a larger id cannot be stored
@@ -95,8 +99,40 @@ def read_ids_csv(path: str | Path) -> dict[str, tuple[int, str | None]]:
     return mapping
 
 
+def assign_ids(names: list[str], gallery: Any = None, *, taken: set[int] = frozenset(),
+               reserved: Callable[[int], bool] | None = None) -> list[tuple[str, int, bool]]:
+    """``(name, identity, new)`` for folders named by person, in sorted name order.
+
+    A name the gallery already holds keeps its identity (a re-run of the same enrolment maps
+    every folder as before); every other name, in sorted order, gets the first id from 1 up that
+    is not in ``taken``, not enrolled, and not ``reserved`` (e.g. an erased id, whose ledger
+    entry would otherwise describe the newcomer). So ids are stable for a given tree and gallery.
+    """
+    known: dict[str, list[int]] = {}
+    for info in (gallery.identities() if gallery is not None else []):
+        if info.name is not None:
+            known.setdefault(info.name, []).append(int(info.identity))
+    used = set(taken) | ({int(i.identity) for i in gallery.identities()} if gallery else set())
+    out, candidate = [], 1
+    for name in sorted(names):
+        ids = known.get(name, [])
+        if len(ids) > 1:
+            raise GalleryError(f"the gallery holds {len(ids)} identities named {name[:80]!r} "
+                               f"({', '.join(map(str, sorted(ids)[:3]))}); pass an ids CSV to "
+                               "say which one this folder is")
+        if ids:
+            out.append((name, ids[0], False))
+            continue
+        while candidate in used or (reserved is not None and reserved(candidate)):
+            candidate += 1
+        used.add(candidate)
+        out.append((name, candidate, True))
+    return out
+
+
 def _identity_folders(tree: Path, ids_csv: str | Path | None, gallery: Any = None,
-                      merge: bool = False) -> list[tuple[Path, int, str | None]]:
+                      merge: bool = False, reserved: Callable[[int], bool] | None = None,
+                      ) -> tuple[list[tuple[Path, int, str | None]], list[tuple[str, int, bool]]]:
     if not tree.is_dir():
         raise GalleryError(f"{tree}: not a directory")
     mapping = read_ids_csv(ids_csv) if ids_csv is not None else {}
@@ -107,13 +143,24 @@ def _identity_folders(tree: Path, ids_csv: str | Path | None, gallery: Any = Non
         elif folder.name.strip().lstrip("+-").isdigit():
             out.append((folder, parse_identity(folder.name, f"{tree}: folder"), None))
         else:
-            unmapped.append(folder.name)
-    if unmapped:
+            unmapped.append(folder)
+    assigned: list[tuple[str, int, bool]] = []
+    if unmapped and ids_csv is not None:  # a CSV was meant to say who everyone is
         raise GalleryError(f"{len(unmapped)} folder(s) are neither integer identities nor in the ids "
-                           f"CSV (e.g. {unmapped[0]!r}); pass ids_csv=folder,identity[,name]")
+                           f"CSV (e.g. {unmapped[0].name!r}); add them as folder,identity[,name]")
+    if unmapped:
+        odd = [f.name for f in unmapped if not _utf8(f.name)]
+        if odd:  # the name could not be stored (SQLite text is UTF-8)
+            raise GalleryError(f"folder name {odd[0]!r} is not valid UTF-8; rename it or map it "
+                               "in an ids CSV (folder,identity[,name])")
+        assigned = assign_ids([f.name for f in unmapped], gallery,
+                              taken={ident for _, ident, _ in out}, reserved=reserved)
+        by_name = {name: ident for name, ident, _ in assigned}
+        out += [(f, by_name[f.name], f.name) for f in unmapped]
+        out.sort(key=lambda row: row[0].name)
     if not merge:
         _refuse_merges(out, gallery, mapping)
-    return out
+    return out, assigned
 
 
 def _refuse_merges(folders: list[tuple[Path, int, str | None]], gallery: Any,
@@ -158,7 +205,8 @@ def _decode_chip(data: bytes, size: int) -> np.ndarray | str:
 
 def enroll(tree: str | Path, encoder: Any, gallery: Any, *, ids_csv: str | Path | None = None,
            aligned: bool = False, batch_size: int = 32, progress: bool = True,
-           save_every: int | None = None, merge: bool = False) -> EnrollResult:
+           save_every: int | None = None, merge: bool = False,
+           reserved: Callable[[int], bool] | None = None) -> EnrollResult:
     """Embed every image under ``tree`` with ``encoder`` and add it to the writable ``gallery``.
 
     Args:
@@ -166,13 +214,15 @@ def enroll(tree: str | Path, encoder: Any, gallery: Any, *, ids_csv: str | Path 
         encoder: a :class:`facekd.encoders.base.Encoder` whose fingerprint and dimension match
             the gallery's.
         gallery: a writable :class:`gallery_tools.Gallery`; it is not saved unless ``save_every``.
-        ids_csv: ``folder,identity[,name]`` mapping for non-integer folder names.
+        ids_csv: ``folder,identity[,name]`` mapping for non-integer folder names; without it,
+            such folders are named by person and get ids from :func:`assign_ids`.
         aligned: files are already aligned chips for this encoder (only resized); otherwise faces
             are detected and aligned by ``facekd.faces.chips_from_files`` (largest face per image).
         batch_size: images per embedding batch.
         save_every: save the gallery after about this many added faces (resumable big runs).
         merge: allow CSV rows that put a folder under an id another folder or an enrolled
             person already has (otherwise GalleryError: that silently merges two people).
+        reserved: ids automatic assignment must not hand out (besides enrolled ones).
 
     Returns:
         :class:`EnrollResult`. Unreadable or face-less images are skipped with a reason; images
@@ -190,8 +240,8 @@ def enroll(tree: str | Path, encoder: Any, gallery: Any, *, ids_csv: str | Path 
                            f"cannot enrol with encoder {encoder.fingerprint}")
     if batch_size < 1:
         raise GalleryError(f"batch_size must be positive, got {batch_size}")
-    folders = _identity_folders(tree, ids_csv, gallery, merge)
-    result = EnrollResult()
+    folders, assigned = _identity_folders(tree, ids_csv, gallery, merge, reserved)
+    result = EnrollResult(assigned=assigned)
     files = []
     for folder, ident, name in folders:
         for p in sorted(folder.iterdir()):

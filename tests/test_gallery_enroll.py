@@ -127,8 +127,10 @@ def test_enroll_maps_folders_with_ids_csv_and_names(tmp_path, encoder):
 def test_enroll_refuses_unmapped_folders_and_foreign_encoders(tmp_path, encoder):
     _write_tree(tmp_path / "tree", {"alice": 1})
     g = Gallery.create(tmp_path / "g", 16, encoder_fingerprint=encoder.fingerprint)
+    other_csv = tmp_path / "other.csv"  # a CSV is meant to name everyone: no automatic ids
+    other_csv.write_text("bob,7\n")
     with pytest.raises(GalleryError, match="neither integer identities"):
-        enroll(tmp_path / "tree", encoder, g, aligned=True, progress=False)
+        enroll(tmp_path / "tree", encoder, g, ids_csv=other_csv, aligned=True, progress=False)
     with pytest.raises(GalleryError, match="cannot enrol with encoder"):
         enroll(tmp_path / "tree", TinyEncoder(seed=1), g, aligned=True, progress=False)
     bad_csv = tmp_path / "bad.csv"
@@ -165,4 +167,39 @@ def test_enroll_real_faces_with_detection(tmp_path, faces_dir):
     sims = v @ v.T
     np.fill_diagonal(sims, -1)
     assert (y[sims.argmax(axis=1)] == y).mean() >= 0.8  # same person is the nearest other face
+    g.close()
+
+
+# ---------------------------------------------------------------------------- named folders
+def test_folders_named_by_person_get_the_first_free_ids_in_sorted_name_order(tmp_path, encoder):
+    _write_tree(tmp_path / "tree", {"Zoe_Z": 2, "Ann_A": 2, "2": 2, "Bob_B": 2})
+    g = Gallery.create(tmp_path / "g", 16, encoder_fingerprint=encoder.fingerprint)
+    res = enroll(tmp_path / "tree", encoder, g, aligned=True, progress=False)
+    # the integer folder keeps its id; names take 1, 3, 4 in sorted order (2 is taken)
+    assert res.assigned == [("Ann_A", 1, True), ("Bob_B", 3, True), ("Zoe_Z", 4, True)]
+    assert {(i.identity, i.name, i.n_faces) for i in g.identities()} == {
+        (1, "Ann_A", 2), (2, None, 2), (3, "Bob_B", 2), (4, "Zoe_Z", 2)}
+    g.close()
+
+
+def test_automatic_ids_are_stable_when_the_tree_is_enrolled_again_or_grows(tmp_path, encoder):
+    _write_tree(tmp_path / "tree", {"Bob_B": 2, "Cy_C": 2})
+    g = Gallery.create(tmp_path / "g", 16, encoder_fingerprint=encoder.fingerprint)
+    first = enroll(tmp_path / "tree", encoder, g, aligned=True, progress=False)
+    assert first.assigned == [("Bob_B", 1, True), ("Cy_C", 2, True)]
+    _write_tree(tmp_path / "more", {"x": 2, "y": 2, "Ann_A": 2})  # third pattern: new photos
+    (tmp_path / "more" / "Ann_A").rename(tmp_path / "tree" / "Ann_A")
+    again = enroll(tmp_path / "tree", encoder, g, aligned=True, progress=False)
+    # known names keep their ids; the newcomer sorts first but takes the first *free* id
+    assert again.assigned == [("Ann_A", 3, True), ("Bob_B", 1, False), ("Cy_C", 2, False)]
+    assert again.added == 2 and again.skipped_existing == 4
+    g.close()
+
+
+def test_reserved_ids_are_never_handed_out(tmp_path, encoder):
+    _write_tree(tmp_path / "tree", {"Ann_A": 2})
+    g = Gallery.create(tmp_path / "g", 16, encoder_fingerprint=encoder.fingerprint)
+    res = enroll(tmp_path / "tree", encoder, g, aligned=True, progress=False,
+                 reserved=lambda i: i in (1, 2))  # e.g. erased ids
+    assert res.assigned == [("Ann_A", 3, True)]
     g.close()
