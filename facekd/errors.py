@@ -17,7 +17,11 @@ class FaceError(FacekdError):
     """An image cannot be read or holds no usable face."""
 
 
+class PackError(FacekdError):
+    """An insightface model pack cannot take the edited model as asked."""
+
+
 # The CLI turns these into exit status 2 with a one-line message.
 USER_ERRORS = (FacekdError, ErasureError)
 
-__all__ = ["FacekdError", "EncoderError", "FaceError", "ErasureError", "USER_ERRORS"]
+__all__ = ["FacekdError", "EncoderError", "FaceError", "PackError", "ErasureError", "USER_ERRORS"]

@@ -584,6 +584,23 @@ class Workspace:
         enc = self.base_encoder if original else self.encoder
         return export(enc, out, fp16=fp16, bake_preprocessing=bake_preprocessing)
 
+    def export_to_insightface_pack(self, pack: str | os.PathLike, *,
+                                   out: str | os.PathLike | None = None, in_place: bool = False,
+                                   fp16: bool = False, original: bool = False) -> dict:
+        """Write the edited (or original) encoder into an insightface model pack where
+        ``FaceAnalysis`` loads it: a copy at ``out``, or ``in_place`` with a backup beside the
+        pack (see :mod:`facekd.insightface_pack`)."""
+        from facekd.insightface_pack import export_to_pack
+
+        if original and self.ledger():
+            warnings.warn("exporting the ORIGINAL encoder: it still recognises every erased person",
+                          RuntimeWarning, stacklevel=2)
+        enc = self.base_encoder if original else self.encoder
+        source = getattr(self.base_encoder, "path", None)  # an ONNX encoder's own file
+        return export_to_pack(enc, self.base_encoder.fingerprint, pack, out=out,
+                              in_place=in_place, fp16=fp16, protect=(self.root,),
+                              keep=(source,) if source else ())
+
     def check(self) -> dict:
         """Consistency of gallery, encoder state, ledger and receipt files.
 
