@@ -410,7 +410,7 @@ def export_onnx(workspace: Path, as_json: bool, out: Path | None, fp16: bool, or
             [f"wrote {printable(res['file'])} (replacing the pack's {printable(res['replaced'])})",
              f"  insightface FaceAnalysis loads: {printable(res['loaded_by_insightface'])}"]
             + ([f"  original backed up in {printable(res['backup'])}"] if res["backup"] else [])
-            + ([f"  manifest.json sha256 updated"] if res["manifest_updated"] else [])
+            + (["  manifest.json sha256 updated"] if res["manifest_updated"] else [])
             + (["  a Sub/Mul preprocessing head was baked in (insightface feeds raw pixels)"]
                if res["baked_head"] else [])
             + ([f"  note: the encoder's chips are aligned as {res['alignment']!r}; FaceAnalysis.get "

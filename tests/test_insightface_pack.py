@@ -169,3 +169,17 @@ def test_in_place_refuses_to_overwrite_the_workspace_original_model(pack, tmp_pa
     assert code == 2 and "workspace's original encoder" in err and err.count("\n") == 1
     assert (pack / "w600k_r50.onnx").read_bytes() == before
     assert run("check", "-w", ws)[0] == 0
+
+
+def test_cli_bake_preprocessing_writes_a_file_that_takes_raw_pixels(pack, tmp_path):
+    from test_cli_workspace_option import run
+
+    ws = tmp_path / "ws"
+    assert run("init", "-w", ws, "--encoder", f"onnx:{pack / 'w600k_r50.onnx'}", "--aligned")[0] == 0
+    code, out, err = run("export-onnx", "-w", ws, tmp_path / "baked.onnx", "--bake-preprocessing",
+                         "--json")
+    assert code == 0 and json.loads(out)["input_spec"]["mean"] == [0.0] * 3, err
+    assert insightface_normalisation(onnx.load(str(tmp_path / "baked.onnx"))) == (0.0, 1.0)
+    x = chips(3, seed=8)
+    want = OnnxEncoder(pack / "w600k_r50.onnx").embed(x)
+    assert np.abs(insightface_embed(tmp_path / "baked.onnx", x) - want).max() <= 1e-5
