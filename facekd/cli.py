@@ -459,9 +459,10 @@ def ledger(workspace: Path, as_json: bool, receipt_id: str | None) -> None:
             return
         entries = ws.ledger()
     _emit(as_json, entries, lambda: "\n".join(
-        [f"{'receipt':<22} {'identity hash':<18} {'method':<6} {'k':>3}  created"]
-        + [f"{e['receipt_id']:<22} {e['identity_hash'][:16]:<18} {e['method']:<6} {e['k']:>3}  "
-           f"{e['created']}" for e in entries]) if entries else "no deletions yet")
+        [f"{'receipt':<22} {'identity hash':<18} {'method':<8} {'edit':<11} created"]
+        + [f"{e['receipt_id']:<22} {e['identity_hash'][:16]:<18} {e['method']:<8} "
+           f"{_edit_size(e):<11} {e['created']}" for e in entries]) if entries
+        else "no deletions yet")
 
 
 # ------------------------------------------------------------------------------ demo
@@ -544,6 +545,12 @@ def bench(dataset: Path, encoder: str, methods: str, erase: int, sequential: int
         click.echo(json.dumps(res, indent=2))
     else:
         click.echo("\n" + format_markdown(res))
+
+
+def _edit_size(entry: dict) -> str:
+    """A ledger entry's edit: ``1 gate`` for the scramble, ``k=3`` for ESC (older entries: k)."""
+    gates = entry.get("gates", 0)
+    return f"{gates} gate{'s' * (gates != 1)}" if gates else f"k={entry.get('k', 0)}"
 
 
 def main(argv: list[str] | None = None) -> None:

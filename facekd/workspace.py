@@ -815,6 +815,7 @@ class Workspace:
         rid = receipt["receipt_id"]
         ledger = self.ledger() + [{
             "identity_hash": h, "receipt_id": rid, "method": method, "k": new.k,
+            "gates": new.n_gates,
             "generation_before": gen_before, "generation_after": gen_after, "created": receipt["created"]}]
         self.gallery.set_meta("erasure", combined.to_bytes())
         self.gallery.set_meta("encoder_state", json.dumps(

@@ -108,7 +108,8 @@ def test_json_output_is_only_json(erased, held):
     rows = json.loads(facekd("identities", "--json", ws=erased).stdout)
     assert {row["identity"] for row in rows} == set(IDS) - {TARGET}
     ledger = json.loads(facekd("ledger", "--json", ws=erased).stdout)
-    assert len(ledger) == 1 and set(ledger[0]) >= {"identity_hash", "receipt_id", "method", "k"}
+    assert len(ledger) == 1 and set(ledger[0]) >= {"identity_hash", "receipt_id", "method", "k", "gates"}
+    assert "1 gate" in facekd("ledger", ws=erased).stdout
     rec = json.loads(facekd("ledger", "--receipt", ledger[0]["receipt_id"], "--json", ws=erased).stdout)
     assert rec["identity_hash"] == ledger[0]["identity_hash"]
     assert str(TARGET) not in json.dumps(rec).replace(rec["identity_hash"], "")
