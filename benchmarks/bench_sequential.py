@@ -133,9 +133,8 @@ def run(method: str, up_to: int, enc, E, labels, erased_all, retained, chips, se
         mine = stored_y == p
         t = time.perf_counter()
         if method == "scramble":
-            shared = composite.tail[0].scrambler if composite.tail else None
             new = fit_scramble(stored[mine], stored[~mine], gallery_labels=stored_y[~mine],
-                               scrambler=shared, seed=seed, q=q)
+                               scrambler=composite.scrambler, seed=seed, q=q)
         else:
             new = fit_esc(stored[mine], p=1.5)
         t_fit += time.perf_counter() - t

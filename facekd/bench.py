@@ -113,9 +113,8 @@ def _fit_esc_t(inp: FitInput, **kw: float) -> Erasure:
 
 def _fit_scramble(inp: FitInput, **kw: float) -> Erasure:
     # Reuse the chain's stranger map so every gate merges into one chain (one gate product).
-    head = inp.previous.tail[0] if inp.previous.tail else None
     return fit_scramble(inp.forget, inp.gallery, gallery_labels=inp.gallery_y,
-                        scrambler=getattr(head, "scrambler", None), **kw)
+                        scrambler=inp.previous.scrambler, **kw)
 
 
 # A new method is one entry: name -> function of a FitInput returning an Erasure.

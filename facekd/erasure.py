@@ -219,6 +219,13 @@ class Erasure:
         return "scramble" if self.tail else self.method
 
     @property
+    def scrambler(self) -> Scrambler | None:
+        """The stranger map of the tail's last gate chain (``None`` without gates): a new gated
+        step fitted with it (``fit_scramble(..., scrambler=...)``) merges into that chain."""
+        chains = [st for st in self.tail if isinstance(st, GateChain)]
+        return chains[-1].scrambler if chains else None
+
+    @property
     def n_gates(self) -> int:
         """Number of gated steps in the tail (0 for linear erasures)."""
         return sum(st.n_gates for st in self.tail if isinstance(st, GateChain))

@@ -750,13 +750,12 @@ class Workspace:
             if len(others) < 2:
                 raise WorkspaceError("scramble needs at least 2 gallery faces of other people "
                                      "(the gate is fitted against them)")
-            chains = [st for st in acc.tail if hasattr(st, "scrambler")]
-            # Later gates reuse the first one's stranger map, so the chain stays one object.
-            shared = chains[-1].scrambler if chains else None
 
             def fit(F: np.ndarray) -> Erasure:
+                # Later gates reuse the chain's stranger map, so the chain stays one object.
                 return fit_scramble(F, others, gallery_labels=others_y, q=cfg.scramble_q,
-                                    alpha=cfg.scramble_alpha, seed=cfg.seed, scrambler=shared)
+                                    alpha=cfg.scramble_alpha, seed=cfg.seed,
+                                    scrambler=acc.scrambler)
             params = {"q": cfg.scramble_q, "alpha": cfg.scramble_alpha}
         else:
             uniq = np.unique(labels)

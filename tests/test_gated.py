@@ -103,6 +103,7 @@ def test_composition_merges_gates_sharing_a_scrambler_and_equals_applying_in_tur
     b = fit_scramble(fit_b, others_b, scrambler=a.tail[0].scrambler)
     ab = a.then(b)
     assert len(ab.tail) == 1 and ab.n_gates == 2
+    assert ab.scrambler is a.scrambler is a.tail[0].scrambler and fit_esc(E[:5], k=1).scrambler is None
     assert np.allclose(ab.apply(E), b.apply(Ea), atol=1e-5)
     own = fit_scramble(fit_b, others_b)  # its own scrambler: two chains, same map
     assert len(a.then(own).tail) == 2
