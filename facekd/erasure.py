@@ -634,43 +634,51 @@ def fit_esc_t(F: Any, prototypes: Any, forget_index: int, *, scale: float = 30.0
 
 
 # ---------------------------------------------------------------------- gated scramble
+def _folds(n: int, folds: int, rng: np.random.Generator,
+           groups: np.ndarray | None = None) -> list[np.ndarray]:
+    """Cross-validation parts of ``n`` rows: random rows, or whole groups when ``groups`` labels
+    them (an identity's faces are never split across parts)."""
+    if groups is None:
+        return np.array_split(rng.permutation(n), min(folds, n))
+    uniq, inv = np.unique(groups, return_inverse=True)
+    return [np.flatnonzero(np.isin(inv, chunk))
+            for chunk in np.array_split(rng.permutation(len(uniq)), min(folds, len(uniq)))]
+
+
 class _RidgeDiscriminant:
     """Weighted ridge least squares ``x . w + b`` ~ 1 on the person's faces, ~ 0 on the gallery,
-    each class carrying its share of the weight whatever its size. The gallery's half of the
-    normal equations is computed once; cross-validation folds subtract their own rows from it."""
+    each class carrying its share of the weight whatever its size.
 
-    def __init__(self, gallery: np.ndarray, *, ridge: float, forget_weight: float) -> None:
+    The gallery's half of the normal equations, and each gallery cross-validation part's share of
+    it, are computed once and serve every ridge and every fold: they are the ``O(N d^2)`` work."""
+
+    def __init__(self, gallery: np.ndarray, parts: list[np.ndarray], *,
+                 forget_weight: float) -> None:
         self.ga = np.c_[gallery, np.ones(len(gallery))]
         self.wg = (1 - forget_weight) / len(gallery)
-        self.gram = self.wg * (self.ga.T @ self.ga) + ridge * np.eye(self.ga.shape[1])
+        self.base = self.wg * (self.ga.T @ self.ga)
+        self.parts = parts
+        self.part_grams = [self.wg * (self.ga[p].T @ self.ga[p]) for p in parts]
         self.forget_weight = forget_weight
 
-    def fit(self, forget: np.ndarray, *, without_gallery: np.ndarray | None = None
+    def fit(self, forget: np.ndarray, ridge: float, *, drop: int | None = None
             ) -> tuple[np.ndarray, float]:
+        """``(w (d,), b)`` fitted on ``forget`` and the gallery, without gallery part ``drop``."""
         fa = np.c_[forget, np.ones(len(forget))]
         wf = self.forget_weight / len(forget)
-        gram = self.gram + wf * (fa.T @ fa)
-        if without_gallery is not None:
-            out = self.ga[without_gallery]
-            gram = gram - self.wg * (out.T @ out)
+        gram = (self.base + ridge * np.eye(self.ga.shape[1])) + wf * (fa.T @ fa)
+        if drop is not None:
+            gram = gram - self.part_grams[drop]
         sol = np.linalg.solve(gram, wf * fa.sum(axis=0))
         return sol[:-1], float(sol[-1])
 
-    def heldout_gallery_scores(self, forget: np.ndarray, folds: int, rng: np.random.Generator,
-                               groups: np.ndarray | None = None) -> np.ndarray:
-        """Each gallery face scored by a discriminant fitted without it (without every face of
-        its identity when ``groups`` labels them): how an unseen ordinary face scores (in-sample
+    def heldout_gallery_scores(self, forget: np.ndarray, ridge: float) -> np.ndarray:
+        """Each gallery face scored by a discriminant fitted without its part (without its whole
+        identity when the parts are by identity): how an unseen ordinary face scores (in-sample
         scores are optimistic, most of all on small galleries)."""
-        n = len(self.ga)
-        scores = np.empty(n)
-        if groups is not None:
-            uniq, inv = np.unique(groups, return_inverse=True)
-            parts = [np.flatnonzero(np.isin(inv, chunk))
-                     for chunk in np.array_split(rng.permutation(len(uniq)), min(folds, len(uniq)))]
-        else:
-            parts = np.array_split(rng.permutation(n), min(folds, n))
-        for part in parts:
-            w, b = self.fit(forget, without_gallery=part)
+        scores = np.empty(len(self.ga))
+        for i, part in enumerate(self.parts):
+            w, b = self.fit(forget, ridge, drop=i)
             scores[part] = self.ga[part, :-1] @ w + b
         return scores
 
@@ -678,28 +686,26 @@ class _RidgeDiscriminant:
 RIDGE_GRID = (1e-4, 1e-3, 1e-2, 1e-1)  # fit_scramble's choices when ridge=None
 
 
-def _gate_fit(fit_g: np.ndarray, g: np.ndarray, f: np.ndarray, groups: np.ndarray | None,
-              ridge: float, forget_weight: float, q: float, folds: int, seed: int) -> dict:
+def _gate_fit(disc: _RidgeDiscriminant, g: np.ndarray, f: np.ndarray, ridge: float, q: float,
+              forget_parts: list[np.ndarray]) -> dict:
     """One ridge's discriminant ``(w, b)``, gate threshold ``t0`` and cross-validated scores of
     the person's photos (``held``), with how many of them clear ``t0`` (``recall``) and by how
     many held-out gallery standard deviations their lower quartile does (``margin``)."""
     from scipy.special import ndtri
 
-    rng = np.random.default_rng(seed)
-    disc = _RidgeDiscriminant(fit_g, ridge=ridge, forget_weight=forget_weight)
-    w, b = disc.fit(f)
+    w, b = disc.fit(f, ridge)
     # The gate opens above the q-quantile of held-out gallery scores (each face scored by a
     # discriminant fitted without it, or without its identity) and of in-sample scores. A
     # gallery holds too few faces to read a 1e-5 quantile off it: a normal tail fitted to the
     # held-out scores extrapolates it (and never lowers the empirical one).
-    heldout_g = disc.heldout_gallery_scores(f, folds, rng, groups)
+    heldout_g = disc.heldout_gallery_scores(f, ridge)
     tail = float(heldout_g.mean() + ndtri(q) * heldout_g.std())
     t0 = float(max(np.quantile(heldout_g, q), np.quantile(g @ w + b, q), tail))
     n = len(f)
     held = np.empty(n)
-    for part in np.array_split(rng.permutation(n), int(min(folds, n))):
+    for part in forget_parts:
         rest = np.setdiff1d(np.arange(n), part)
-        w2, b2 = disc.fit(f[rest]) if len(rest) else (w, b)
+        w2, b2 = disc.fit(f[rest], ridge) if len(rest) else (w, b)
         held[part] = f[part] @ w2 + b2
     return {"w": w, "b": b, "t0": t0, "held": held, "ridge": ridge,
             "recall": float(np.mean(held > t0)),
@@ -764,8 +770,12 @@ def fit_scramble(F: Any, gallery: Any, *, q: float | None = None, width: float =
     fit_g = g[pick]
     groups = None if groups is None else groups[pick]
     ridges = RIDGE_GRID if ridge is None else (float(ridge),)
+    fold_rng = np.random.default_rng(seed)  # the same parts for every ridge
+    gallery_parts = _folds(len(fit_g), folds, fold_rng, groups)
+    forget_parts = _folds(n, folds, fold_rng)
     with _single_threaded_blas():
-        fits = [_gate_fit(fit_g, g, f, groups, r, forget_weight, q, folds, seed) for r in ridges]
+        disc = _RidgeDiscriminant(fit_g, gallery_parts, forget_weight=forget_weight)
+        fits = [_gate_fit(disc, g, f, r, q, forget_parts) for r in ridges]
     # The ridge whose held-out photos of the person clear the gate best (ties: the wider margin).
     best = max(fits, key=lambda fit: (fit["recall"], fit["margin"]))
     w, b, t0, held, ridge = best["w"], best["b"], best["t0"], best["held"], best["ridge"]
