@@ -5,23 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from click.testing import CliRunner
-
-RUNNER = CliRunner()
-
-
-def run(*args, env_workspace: Path | None = None) -> tuple[int, str, str]:
-    """``facekd ARGS`` in-process with $FACEKD_WORKSPACE set or unset; (status, stdout, stderr)."""
-    from facekd.cli import main
-
-    env = {"FACEKD_WORKSPACE": None if env_workspace is None else str(env_workspace)}
-    with RUNNER.isolation(env=env) as streams:
-        try:
-            main([str(a) for a in args])
-            code = 0
-        except SystemExit as exc:
-            code = exc.code if isinstance(exc.code, int) else 1
-        return code, streams[0].getvalue().decode(), streams[1].getvalue().decode()
+from conftest import run_cli as run
 
 
 def workspace_of(*args, env_workspace: Path | None = None) -> str:

@@ -26,28 +26,12 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-from click.testing import CliRunner
+from conftest import SYNTH_IDS as IDS, SYNTH_TARGET as TARGET, run_cli as run
 
-from conftest import SYNTH_IDS as IDS, SYNTH_TARGET as TARGET
-
-RUNNER = CliRunner()
 KNOWN = IDS[0]
 
 
 # ---------------------------------------------------------------------------- helpers
-def run(*args) -> tuple[int, str, str]:
-    """``facekd ARGS`` in-process; returns (exit status, stdout, stderr)."""
-    from facekd.cli import main
-
-    os.environ.pop("FACEKD_WORKSPACE", None)
-    with RUNNER.isolation() as streams:
-        try:
-            main([str(a) for a in args])
-            code = 0
-        except SystemExit as exc:
-            code = exc.code if isinstance(exc.code, int) else 1
-        out, err = streams[0].getvalue().decode(), streams[1].getvalue().decode()
-    return code, out, err
 
 
 def snapshot(ws: Path) -> tuple[str, str]:

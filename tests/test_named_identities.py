@@ -8,25 +8,9 @@ import shutil
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner
+from conftest import SYNTH_IDS as IDS, SYNTH_TARGET as TARGET, run_cli as run
 
-from conftest import SYNTH_IDS as IDS, SYNTH_TARGET as TARGET
-
-RUNNER = CliRunner()
 NAME = "Zed_Target"  # sorts last: automatic ids go in sorted name order
-
-
-def run(*args) -> tuple[int, str, str]:
-    """``facekd ARGS`` in-process; (exit status, stdout, stderr)."""
-    from facekd.cli import main
-
-    with RUNNER.isolation(env={"FACEKD_WORKSPACE": None}) as streams:
-        try:
-            main([str(a) for a in args])
-            code = 0
-        except SystemExit as exc:
-            code = exc.code if isinstance(exc.code, int) else 1
-        return code, streams[0].getvalue().decode(), streams[1].getvalue().decode()
 
 
 def ok(*args) -> str:
