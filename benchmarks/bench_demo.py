@@ -55,8 +55,8 @@ Machine: {env}. Command: `python benchmarks/bench_demo.py --identities
 {args.identities} --images {args.images} --rounds {args.rounds}`. 1-minute load average
 {load_before:.1f} before, {load_after:.1f} after (a shared box: a quiet one is faster).
 `facekd demo` = render {args.identities} synthetic identities x {args.images} images, init + enrol with
-the tiny `samples` encoder, forget 1042 with 40 photos sent with the request (fit at energy 0.95 +
-before/after report with converged probes + commit), export the edited encoder to ONNX with its
+the tiny `samples` encoder, forget 1042 with 40 photos sent with the request (the default method,
+the gated scramble: fit + before/after report with converged probes + commit), export the edited encoder to ONNX with its
 parity check, verify with {args.images} fresh renders that neither the gallery nor the fit saw.
 Goal (issue 7): total under 60 s on 2 CPU cores.
 
