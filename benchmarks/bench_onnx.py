@@ -32,9 +32,10 @@ from torch import nn
 # Run as `python benchmarks/bench_onnx.py`: sys.path[0] is benchmarks/, so the shared helpers in
 # benchmarks/_common.py import as a top-level module.
 from _common import load_average, machine, versions, write_section
-from facekd.encoders.onnx_model import OnnxEncoder, _append_matmul, _Graph
+from facekd.encoders.onnx_model import OnnxEncoder
 from facekd.erasure import fit_esc
 from facekd.onnx_export import export
+from facekd.onnx_graph import append_matmul
 
 
 class Bottleneck(nn.Module):
@@ -128,8 +129,8 @@ def main() -> None:
         t_edit = time.perf_counter() - t
 
         appended = copy.deepcopy(enc.model)  # the non-folded alternative, for comparison only
-        _append_matmul(_Graph(appended.graph), appended.graph.output[0].name, erasure.matrix(),
-                       np.float32)
+        append_matmul(appended.graph, appended.graph.output[0].name, erasure.matrix(),
+                      np.float32)
         onnx.save(appended, str(tmp / "appended.onnx"))
 
         t = time.perf_counter()

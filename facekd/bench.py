@@ -14,8 +14,8 @@ Protocol (fresh re-enrolment, as in ``benchmarks/bench_tradeoff.py``), per erase
   edited faces among ordinary ones, how often the 5 look-alikes' faces are touched at all, how
   often an erased face matches someone else (false match), and what the edited model alone gives
   away about whom it erased (:func:`template_leak`).
-* methods come from :data:`METHODS` (name -> fit function); a name may carry settings for it,
-  ``scramble:alpha=1.1:q=0.9999``.
+* methods come from the registry (:mod:`facekd.methods`); a name may carry settings for its
+  fit, ``scramble:alpha=1.1:q=0.9999`` (names in ``Method.options``).
 
 Sequential: per method, ``M`` people erased one after another, each step fitted on embeddings
 edited by the previous ones and composed (``composite.then(new)``); retained accuracy of the
@@ -35,18 +35,20 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Iterable, Sequence
 
 import numpy as np
 
-from facekd.erasure import Erasure, fit_esc, fit_esc_t, fit_scramble
+from facekd import methods as registry
+from facekd.erasure import Erasure
+from facekd.methods import unit_rows as _unit
 from facekd.errors import FacekdError
 from facekd.fileio import write_atomic
 from facekd.metrics import (MIA_MIN_PER_CLASS, identification_hits, knowledge_retention,
                             membership_inference, mia_features, pair_scores, split_enrol_probe,
                             tar_at_far, template_leak)
 
-__all__ = ["BenchError", "METHODS", "DEFAULT_METHODS", "Embedded", "embed_dataset", "run_bench",
+__all__ = ["BenchError", "DEFAULT_METHODS", "Embedded", "embed_dataset", "run_bench",
            "write_outputs", "format_markdown", "parse_methods", "parse_fit_photos", "fit_method",
            "template_leak"]
 
@@ -54,7 +56,7 @@ FAR = 1e-3
 MAX_IMPOSTORS = 500_000  # sampled (seeded) retained impostor pairs: 500 lie above the threshold
 MIN_FACES = 4            # fewer usable faces: no enrolment and probe pair, the identity is skipped
 MAX_HELD = 20            # fresh photos per erased person on LFW-sized identities
-ESC_P = 1.5              # the published ESC rule: k = int(d * p / 100)
+ESC_P = 1.5              # fit_esc's default, the published rule k = int(d * p / 100)
 LOOKALIKES = 5
 MOVED_TOL = 1e-4         # an edited unit embedding further than this from the original "moved"
 # A photo this small with no detected face is taken to be a face crop already (ORL: 92x112);
@@ -62,7 +64,7 @@ MOVED_TOL = 1e-4         # an edited unit embedding further than this from the o
 FALLBACK_MAX_SIDE = 128
 CACHE_FORMAT = 1         # bump when the cached arrays change meaning
 CHUNK_FILES = 256        # files per detect + embed round: bounds the chips held in memory
-DEFAULT_METHODS = ("esc", "esc-t", "scramble")
+DEFAULT_METHODS = registry.names()  # the built-ins, in registration order
 METRICS = ("forget_rank1", "forget_tar", "kr_linear", "kr_knn", "mia", "detect_auc",
            "detect_auc_trained", "lookalike_fp", "false_match", "retain_rank1", "retain_tar",
            "template_cos", "template_top1")
@@ -75,53 +77,6 @@ class BenchError(FacekdError):
 
 
 # ---------------------------------------------------------------------- methods
-@dataclass
-class FitInput:
-    """What a method may fit on, all in the space the new erasure will be applied to.
-
-    forget: ``(f, d)`` float32 embeddings of the person's fit photos.
-    gallery: ``(g, d)`` float32 unit embeddings of everyone else's enrolment faces.
-    gallery_y: ``(g,)`` int64 identity of each gallery row.
-    previous: the erasure already applied to these embeddings (identity for a single erasure).
-    """
-
-    forget: np.ndarray
-    gallery: np.ndarray
-    gallery_y: np.ndarray
-    previous: Erasure
-
-
-def _class_means(x: np.ndarray, y: np.ndarray) -> np.ndarray:
-    """``(c, d)`` mean unit embedding of each identity in ``y`` (sorted by label)."""
-    labs, inv = np.unique(y, return_inverse=True)
-    sums = np.zeros((len(labs), x.shape[1]))
-    np.add.at(sums, inv, _unit(x))
-    return sums / np.bincount(inv)[:, None]
-
-
-def _fit_esc(inp: FitInput, **kw: float) -> Erasure:
-    kw.setdefault("p", ESC_P)
-    return fit_esc(inp.forget, **kw)
-
-
-def _fit_esc_t(inp: FitInput, **kw: float) -> Erasure:
-    # ESC-T needs a classifier head: one prototype per gallery identity, the person's last.
-    protos = np.vstack([_class_means(inp.gallery, inp.gallery_y),
-                        _unit(inp.forget).mean(axis=0, keepdims=True)])
-    return fit_esc_t(inp.forget, protos, len(protos) - 1, **kw)
-
-
-def _fit_scramble(inp: FitInput, **kw: float) -> Erasure:
-    # Reuse the chain's stranger map so every gate merges into one chain (one gate product).
-    return fit_scramble(inp.forget, inp.gallery, gallery_labels=inp.gallery_y,
-                        scrambler=inp.previous.scrambler, **kw)
-
-
-# A new method is one entry: name -> function of a FitInput returning an Erasure.
-METHODS: dict[str, Callable[[FitInput], Erasure]] = {
-    "esc": _fit_esc, "esc-t": _fit_esc_t, "scramble": _fit_scramble}
-
-
 def _split_method(name: str) -> tuple[str, dict[str, float]]:
     """``"scramble:alpha=1.1:q=0.9999"`` -> ``("scramble", {"alpha": 1.1, "q": 0.9999})``."""
     base, *pairs = name.split(":")
@@ -139,12 +94,16 @@ def _split_method(name: str) -> tuple[str, dict[str, float]]:
     return base, kw
 
 
-def fit_method(name: str, inp: FitInput) -> Erasure:
-    """Fit the registry method ``name`` (with any ``:key=value`` settings) on ``inp``."""
+def fit_method(name: str, forget: np.ndarray, gallery: np.ndarray, gallery_y: np.ndarray,
+               previous: Erasure) -> Erasure:
+    """Fit the registry method ``name`` (with any ``:key=value`` settings) on the person's fit
+    photos ``forget`` ``(f, d)``, against everyone else's enrolment faces ``gallery`` ``(g, d)``
+    labelled ``gallery_y`` ``(g,)``; all in the space ``previous`` already edited."""
     base, kw = _split_method(name)
+    context = registry.FitContext(gallery, gallery_y, previous, kw)
     try:
-        return METHODS[base](inp, **kw)
-    except TypeError as exc:  # a setting the method does not take
+        return registry.get(base).fit(forget, context)
+    except registry.MethodError as exc:
         raise BenchError(f"method {name!r}: {exc}") from None
 
 
@@ -153,12 +112,17 @@ def parse_methods(methods: str | Iterable[str]) -> list[str]:
     duplicates dropped); a method may carry settings for its fit function, ``:key=value``."""
     names = methods.split(",") if isinstance(methods, str) else list(methods)
     out = list(dict.fromkeys(n.strip().lower() for n in names if n.strip()))
+    known = registry.names()
     if not out:
-        raise BenchError("no method given; expected one or more of " + ", ".join(METHODS))
+        raise BenchError("no method given; expected one or more of " + ", ".join(known))
     for name in out:
-        base, _ = _split_method(name)
-        if base not in METHODS:
-            raise BenchError(f"unknown method {base!r}; expected one of {', '.join(METHODS)}")
+        base, kw = _split_method(name)
+        if base not in known:
+            raise BenchError(f"unknown method {base!r}; expected one of {', '.join(known)}")
+        try:
+            registry.get(base).check_options(kw)
+        except registry.MethodError as exc:
+            raise BenchError(f"method {name!r}: {exc}") from None
     return out
 
 
@@ -175,12 +139,6 @@ def parse_fit_photos(setting: str | Iterable[str]) -> list[str]:
 
 
 # ---------------------------------------------------------------------- embeddings
-def _unit(x: np.ndarray) -> np.ndarray:
-    """Rows scaled to unit length: ``(n, d)`` float32."""
-    x = np.asarray(x, np.float32)
-    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
-
-
 @dataclass
 class Embedded:
     """Every usable face of a dataset, embedded once.
@@ -491,7 +449,7 @@ def _single(x0: np.ndarray, y: np.ndarray, split: np.ndarray, cases: list[Case],
     ident = Erasure.identity(x0.shape[1])
     x_ident = ident.apply(x0)
     all_ids = np.unique(y)
-    means = _class_means(x0, y)
+    means = registry.class_means(x0, y)
     orig = []
     per: dict[tuple[str, str], list] = {(m, s): [] for m in methods for s in settings}
     times: dict[tuple[str, str], list] = {k: [] for k in per}
@@ -508,7 +466,7 @@ def _single(x0: np.ndarray, y: np.ndarray, split: np.ndarray, cases: list[Case],
                 rows = _fit_rows(case.pool, setting)
                 if rows is not None:
                     t = time.perf_counter()
-                    er = fit_method(method, FitInput(x0[rows], gallery, y[case.gallery], ident))
+                    er = fit_method(method, x0[rows], gallery, y[case.gallery], ident)
                     times[(method, setting)].append(time.perf_counter() - t)
                     row = _evaluate(er.apply(x0), x0, y, case, rows, seed)
                     cos, rank = template_leak(er, means, all_ids, case.person)
@@ -571,8 +529,9 @@ def _sequential(x0: np.ndarray, y: np.ndarray, split: np.ndarray, people: np.nda
         bar.set_postfix_str(f"sequential {method} {step}/{len(people)}")
         x = composite.apply(x0)
         alive = ~np.isin(y, people[:step])  # not yet erased, and not this person
-        inp = FitInput(x[splits[int(person)][2]], x[alive & split], y[alive & split], composite)
-        composite = composite.then(fit_method(method, inp))
+        new = fit_method(method, x[splits[int(person)][2]], x[alive & split], y[alive & split],
+                         composite)
+        composite = composite.then(new)
         if step in marks:
             x = composite.apply(x0)
             r1, tar, thr = _retained_state(x, y, split, never, seed)
@@ -611,7 +570,7 @@ def run_bench(dataset: str | os.PathLike, encoder: str, *,
 
     Args:
         dataset: folder-per-identity photo tree. encoder: a :func:`load_encoder` spec.
-        methods: names from :data:`METHODS`. erase: people erased one at a time (single
+        methods: registered method names (:func:`facekd.methods.names`). erase: people erased one at a time (single
             erasure). sequential: people erased one after another per method (0 = off).
         fit_photos: ``"all"`` and/or ``"K"`` (only K of the person's non-fresh photos).
         cache: embedding cache root (default ``$FACEKD_CACHE`` or ``~/.cache/facekd``).
@@ -651,7 +610,7 @@ def run_bench(dataset: str | os.PathLike, encoder: str, *,
         + (f", {len(seq.people)} sequentially ({seq.held} fresh photos each)" if seq else ""))
     x0 = _unit(E)
     split = split_enrol_probe(y, seed=seed)
-    means = _unit(_class_means(x0, y))
+    means = _unit(registry.class_means(x0, y))
     cases = [_make_case(y, split, means, ids, int(p), single.held, seed)
              for p in single.people]
     total = len(cases) * (1 + len(names) * len(settings)) + (

@@ -18,12 +18,29 @@ from typing import Any, Callable
 
 import click
 
+from facekd import methods
 from facekd.errors import USER_ERRORS
 from facekd.terminal import printable
 
 EXIT_OK, EXIT_VERIFY_FAILED, EXIT_USAGE = 0, 1, 2
 DEBUG_ENV = "FACEKD_DEBUG"  # set to 1: unexpected errors keep their traceback
 IDENTITY = click.IntRange(-(2 ** 63), 2 ** 63 - 1)  # what SQLite's INTEGER can hold
+
+
+class _MethodChoice(click.Choice):
+    """``--method``: one of the registered erasure methods (:mod:`facekd.methods`), read when the
+    option is parsed, so a method registered after this module was imported is accepted too."""
+
+    def __init__(self) -> None:
+        super().__init__((), case_sensitive=True)
+
+    @property
+    def choices(self) -> tuple[str, ...]:
+        return methods.names()
+
+    @choices.setter
+    def choices(self, _value: Any) -> None:  # click.Choice.__init__ assigns it; the registry rules
+        pass
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:
@@ -279,7 +296,7 @@ def check(workspace: Path, as_json: bool) -> None:
 @click.option("--identity", type=IDENTITY, default=None, help="Integer identity id to erase.")
 @click.option("--name", default=None,
               help="The person to erase, by the name enrol recorded (instead of --identity).")
-@click.option("--method", type=click.Choice(["scramble", "esc", "esc-t"]), default=None,
+@click.option("--method", type=_MethodChoice(), default=None,
               help="Erasure method (default from config.toml: scramble, the gated scramble; "
                    "esc and esc-t are the published methods). --p/--k/--energy imply esc.")
 @click.option("--p", "p", type=float, default=None, help="Erase int(d * p / 100) directions.")
@@ -476,7 +493,7 @@ def ledger(workspace: Path, as_json: bool, receipt_id: str | None) -> None:
 @click.option("--encoder", default=None, help="Encoder for --dataset (e.g. dlib).")
 @click.option("--request-images", type=click.IntRange(0, 1000), default=40, show_default=True,
               help="Synthetic demo: extra photos of the person sent with the deletion request.")
-@click.option("--method", type=click.Choice(["scramble", "esc", "esc-t"]), default=None,
+@click.option("--method", type=_MethodChoice(), default=None,
               help="Erasure method (default: scramble, the workspace default).")
 @click.option("--k", type=click.IntRange(1, None), default=None,
               help="ESC: erase exactly K directions.")
@@ -510,7 +527,7 @@ def demo(workspace: Path | None, n_ids: int, n_images: int, dataset: Path | None
               help="Folder-per-identity photo tree (jpg/png/pgm).")
 @click.option("--encoder", required=True, metavar="SPEC",
               help="dlib | dlib:PATH | facenet:PATH | onnx:PATH | samples")
-@click.option("--methods", default="esc,esc-t,scramble", show_default=True,
+@click.option("--methods", default=",".join(methods.names()), show_default=True,
               help="Comma-separated erasure methods; a method may carry settings, e.g. "
                    "scramble:alpha=1.1:q=0.9999 or esc:k=8.")
 @click.option("--erase", type=click.IntRange(1, None), default=12, show_default=True,

@@ -12,7 +12,6 @@ because onnxruntime silently falls back to CPU when e.g. the CUDA libraries are 
 
 from __future__ import annotations
 
-import copy
 import logging
 import os
 import tempfile
@@ -22,69 +21,24 @@ from pathlib import Path
 from typing import Sequence
 
 import numpy as np
+import onnx
+import onnxruntime as ort
 
 from facekd.encoders.base import Encoder, validate_chips
+from facekd.encoders.onnx_head import bake_preprocessing as bake, raw_pixel_spec
+from facekd.encoders.tail_onnx import split_tail
 from facekd.errors import EncoderError
+from facekd.onnx_graph import toposort, write_model
+from facekd.onnx_providers import PROVIDER_PRIORITY, select_providers
 
 __all__ = ["ExportReport", "export", "check_target", "select_providers", "to_fp16",
            "PROVIDER_PRIORITY"]
 
 log = logging.getLogger(__name__)
 
-#: preference order when nothing is asked for; CPU always closes the list as the fallback
-PROVIDER_PRIORITY = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
-_ALIASES = {"tensorrt": "TensorrtExecutionProvider", "trt": "TensorrtExecutionProvider",
-            "cuda": "CUDAExecutionProvider", "gpu": "CUDAExecutionProvider",
-            "cpu": "CPUExecutionProvider"}
 PARITY_CHIPS = 16  # chips in the default parity batch
 FP32_MIN_COSINE = 0.99999
 FP16_MIN_COSINE = 0.999
-
-
-def _canonical(name: str) -> str:
-    return _ALIASES.get(name.strip().lower(), name.strip())
-
-
-def select_providers(available: Sequence[str] | None = None,
-                     prefer: str | Sequence[str] | None = None) -> list[str]:
-    """Execution providers to hand to ``onnxruntime.InferenceSession``, best first.
-
-    Args:
-        available: what onnxruntime offers (default ``onnxruntime.get_available_providers()``).
-        prefer: provider names or aliases (``"tensorrt"``, ``"cuda"``, ``"cpu"``), in order; the
-            ones available are kept in that order. Default: TensorRT -> CUDA -> CPU.
-
-    Returns:
-        A non-empty list that always ends with ``CPUExecutionProvider`` (the fallback for nodes a
-        GPU provider cannot run); TensorRT is followed by CUDA when both are there.
-
-    Raises:
-        EncoderError: ``prefer`` names only providers this onnxruntime lacks (asking for a GPU
-            explicitly and silently getting the CPU would hide a broken install).
-    """
-    if available is None:
-        import onnxruntime as ort
-
-        available = ort.get_available_providers()
-    available = list(available)
-    if prefer is None:
-        wanted = list(PROVIDER_PRIORITY)
-    else:
-        wanted = [_canonical(p) for p in ([prefer] if isinstance(prefer, str) else list(prefer))]
-        if not wanted:
-            raise EncoderError("prefer is empty; name at least one execution provider")
-        if not any(p in available for p in wanted):
-            hint = (" (install onnxruntime-gpu and the CUDA/TensorRT libraries)"
-                    if any(p != "CPUExecutionProvider" for p in wanted) else "")
-            raise EncoderError(f"none of the requested execution providers {wanted} is available; "
-                               f"onnxruntime offers {available}{hint}")
-    chosen = [p for p in dict.fromkeys(wanted) if p in available]
-    if chosen and chosen[0] == "TensorrtExecutionProvider" and "CUDAExecutionProvider" in available \
-            and "CUDAExecutionProvider" not in chosen:
-        chosen.insert(1, "CUDAExecutionProvider")
-    if "CPUExecutionProvider" not in chosen:
-        chosen.append("CPUExecutionProvider")
-    return chosen
 
 
 @dataclass
@@ -144,8 +98,6 @@ def to_fp16(model):
         raise EncoderError(f"fp16 export needs onnxruntime.transformers: {exc}") from None
     import warnings
 
-    from facekd.encoders.tail_onnx import split_tail
-
     # A gated tail stays float32: its gate must open where the float64 reference opens it, and
     # its stranger map multiplies the embedding by ~200 before a Cos. It is cut off, the body is
     # converted (its output stays float32), and the tail is put back unchanged.
@@ -153,39 +105,8 @@ def to_fp16(model):
     with warnings.catch_warnings():  # it warns on every weight it clips to the fp16 range
         warnings.simplefilter("ignore")
         half = convert_float_to_float16(body, keep_io_types=True)
-    _toposort(half.graph)
+    toposort(half.graph)
     return reattach(half)
-
-
-def _needed(node) -> set[str]:
-    """A node's inputs plus the outer-scope names its subgraphs (If/Loop bodies) read."""
-    names = set(node.input)
-    for attr in node.attribute:
-        if attr.g is not None and attr.g.node:
-            made = {o for n in attr.g.node for o in n.output} | {t.name for t in attr.g.initializer}
-            names |= {i for n in attr.g.node for i in _needed(n)} - made
-    return names
-
-
-def _toposort(graph) -> None:
-    """Reorder nodes topologically in place (the fp16 converter appends its input Casts last,
-    which onnxruntime tolerates but onnx.checker and stricter consumers reject)."""
-    ready = {v.name for v in graph.input} | {t.name for t in graph.initializer} | {""}
-    pending, ordered = list(graph.node), []
-    needs = {id(n): _needed(n) for n in pending}
-    while pending:
-        still = [n for n in pending if not needs[id(n)] <= ready]
-        done = [n for n in pending if needs[id(n)] <= ready]
-        if not done:  # a cycle or a dangling input: leave the rest as it was for the checker
-            ordered += still
-            break
-        for n in done:
-            ready.update(n.output)
-        ordered += done
-        pending = still
-    nodes = [copy.deepcopy(n) for n in ordered]
-    del graph.node[:]
-    graph.node.extend(nodes)
 
 
 _SYSTEM_TREES = ("/proc", "/sys", "/dev")  # kernel interfaces and devices, never model files
@@ -193,8 +114,6 @@ _SYSTEM_TREES = ("/proc", "/sys", "/dev")  # kernel interfaces and devices, neve
 
 def _is_onnx_model(path: Path) -> bool:
     """Whether ``path`` holds an ONNX model (ModelProto with an ir_version and a graph)."""
-    import onnx
-
     try:
         with open(path, "rb") as fh:
             if fh.read(1) != b"\x08":  # field 1 (ir_version, varint): how every writer starts
@@ -289,12 +208,6 @@ def export(encoder: Encoder, path: str | os.PathLike, *, fp16: bool = False,
     Returns:
         An :class:`ExportReport`; ``report.provider`` is the provider that really ran.
     """
-    import onnx
-    import onnxruntime as ort
-
-    from facekd.encoders.onnx_head import bake_preprocessing as bake, raw_pixel_spec
-    from facekd.encoders.onnx_model import write_model
-
     if not isinstance(encoder, Encoder):
         raise EncoderError(f"expected a facekd Encoder, got {type(encoder).__name__}")
     t0 = time.perf_counter()

@@ -42,7 +42,8 @@ from typing import Any
 import numpy as np
 
 from facekd import receipt as rc
-from facekd.erasure import Erasure, fit_esc, fit_esc_t, fit_scramble
+from facekd import methods
+from facekd.erasure import Erasure
 from facekd.errors import FaceError, FacekdError
 from facekd.faces import (DEFAULT_LIMITS, IMAGE_SUFFIXES, UNSUPPORTED_SUFFIXES, ImageLimits,
                           image_limits)
@@ -55,7 +56,6 @@ CONFIG_NAME = "config.toml"
 STAGE_ENV = "FACEKD_TEST_PAUSE_AT"  # test instrumentation: sleep at a named forget stage
 REPORT_MAX_IDENTITIES = 300  # forget's before/after report: the erased one + a sample
 RETAIN_SAMPLE = 4000  # vectors used for retained-identity statistics in verify
-METHODS = ("scramble", "esc", "esc-t")  # forget's methods; the first is the default
 
 
 class WorkspaceError(FacekdError):
@@ -205,8 +205,8 @@ class Config:
             raise WorkspaceError(f"{source}: [forget] esc_t_lr must be > 0")
         if self.max_image_bytes < 1 or self.max_image_pixels < 1:
             raise WorkspaceError(f"{source}: [images] limits must be positive integers")
-        if self.method not in METHODS:
-            raise WorkspaceError(f"{source}: method must be one of {', '.join(METHODS)}, "
+        if self.method not in methods.names():
+            raise WorkspaceError(f"{source}: method must be one of {', '.join(methods.names())}, "
                                  f"got {self.method!r}")
         if not 0 < float(self.scramble_q) < 1 or not float(self.scramble_alpha) > 0:
             raise WorkspaceError(f"{source}: scramble_q must be in (0, 1), scramble_alpha > 0")
@@ -674,8 +674,9 @@ class Workspace:
         rule_given = (p, k, energy) != (None, None, None)
         # A direction-count rule names ESC: `forget --k 8` keeps meaning what it always meant.
         method = method or ("esc" if rule_given else cfg.method)
-        if method not in METHODS:
-            raise WorkspaceError(f"unknown method {method!r}; use one of {', '.join(METHODS)}")
+        if method not in methods.names():
+            raise WorkspaceError(f"unknown method {method!r}; use one of "
+                                 f"{', '.join(methods.names())}")
         if method != "esc" and rule_given:
             raise WorkspaceError("--p/--k/--energy only apply to --method esc")
         if sum(x is not None for x in (p, k, energy)) > 1:
@@ -736,45 +737,25 @@ class Workspace:
 
         all_vecs = np.asarray(self.gallery.vectors(), dtype=np.float32)
         labels = np.asarray(self.gallery.labels(), dtype=np.int64)
-        if method == "esc":
-            if p is None and k is None and energy is None:  # the workspace's own rule
-                k, energy = cfg.k, cfg.energy
-                p = cfg.p if k is None and energy is None else None
-            p_eff = p
+        m = methods.get(method)
+        options = m.options_from_config(cfg)
+        if (p, k, energy) != (None, None, None):  # an explicit rule replaces the configured one
+            options.update(p=cfg.p if p is None else p, k=k, energy=energy)
+        others = labels != identity
+        context = methods.FitContext(all_vecs[others], labels[others], acc, options,
+                                     person=all_vecs[~others])
 
-            def fit(F: np.ndarray) -> Erasure:
-                return fit_esc(F, p=p_eff if p_eff is not None else cfg.p, k=k, energy=energy)
-            params = {"p": p_eff, "k_requested": k, "energy_requested": energy}
-        elif method == "scramble":
-            others, others_y = all_vecs[labels != identity], labels[labels != identity]
-            if len(others) < 2:
-                raise WorkspaceError("scramble needs at least 2 gallery faces of other people "
-                                     "(the gate is fitted against them)")
+        def fit(F: np.ndarray) -> Erasure:  # also refits the measured twin (_erasure_report)
+            return m.fit(F, context)
 
-            def fit(F: np.ndarray) -> Erasure:
-                # Later gates reuse the chain's stranger map, so the chain stays one object.
-                return fit_scramble(F, others, gallery_labels=others_y, q=cfg.scramble_q,
-                                    alpha=cfg.scramble_alpha, seed=cfg.seed,
-                                    scrambler=acc.scrambler)
-            params = {"q": cfg.scramble_q, "alpha": cfg.scramble_alpha}
-        else:
-            uniq = np.unique(labels)
-            if len(uniq) < 2:
-                raise WorkspaceError("esc-t needs at least 2 enrolled identities (its classifier head)")
-            protos = np.stack([_normalize(all_vecs[labels == u]).mean(0) for u in uniq])
-            row = int(np.searchsorted(uniq, identity))
-
-            def fit(F: np.ndarray) -> Erasure:
-                return fit_esc_t(F, protos, row, lr=cfg.esc_t_lr, seed=cfg.seed,
-                                 normalize_step=cfg.esc_t_normalize_step)
-            params = {"lr": cfg.esc_t_lr, "normalize_step": cfg.esc_t_normalize_step}
-        new = fit(forget_vecs)
-        if method == "esc-t" and new.params.get("masked_fraction", 1.0) == 0.0:
-            raise WorkspaceError(
-                f"ESC-T masked nothing in {new.params['epochs_run']} epochs at lr "
-                f"{cfg.esc_t_lr}: the erasure would change nothing; raise [forget] esc_t_lr "
-                "(or set esc_t_normalize_step = true) in config.toml, or use --method esc")
-        params.update({key: v for key, v in new.params.items()})
+        try:
+            new = fit(forget_vecs)
+        except methods.MethodError as exc:
+            raise WorkspaceError(str(exc)) from None
+        refusal = m.refuse(new)
+        if refusal:
+            raise WorkspaceError(refusal)
+        params = dict(new.params)
         combined = acc.then(new)
         lap("fit")
 

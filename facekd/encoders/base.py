@@ -139,7 +139,7 @@ class Encoder(ABC):
         """``metadata_props`` every ONNX file written from this encoder carries: the input
         contract (so ``load_encoder("onnx:...")`` preprocesses as this encoder does) and, when
         edited, the size of the edit."""
-        from facekd.encoders.onnx_model import ERASURE_METADATA_KEY, METADATA_KEY
+        from facekd.onnx_graph import ERASURE_METADATA_KEY, METADATA_KEY
 
         meta = {METADATA_KEY: json.dumps(self.input_spec.to_dict())}
         if self.erasure is not None:
@@ -223,7 +223,7 @@ class TorchEncoder(Encoder):
     def to_onnx(self, path: str | Path, *, opset: int = 17) -> Path:
         import onnx
 
-        from facekd.encoders.onnx_model import set_metadata
+        from facekd.onnx_graph import set_metadata
         from facekd.fileio import write_atomic
 
         model = self.onnx_model(opset=opset)

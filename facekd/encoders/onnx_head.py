@@ -13,19 +13,16 @@ from __future__ import annotations
 
 import copy
 import json
-from typing import TYPE_CHECKING
 
 import numpy as np
+import onnx
+from onnx import numpy_helper
 
 from facekd.encoders.base import InputSpec
 from facekd.errors import EncoderError
-
-if TYPE_CHECKING:  # pragma: no cover
-    import onnx
+from facekd.onnx_graph import FLOAT_TYPES, METADATA_KEY, graph_inputs, set_metadata
 
 __all__ = ["bake_preprocessing", "raw_pixel_spec"]
-
-_ONNX_FLOAT = {1: np.float32, 10: np.float16, 11: np.float64}
 
 
 def raw_pixel_spec(spec: InputSpec) -> InputSpec:
@@ -40,21 +37,15 @@ def bake_preprocessing(model: "onnx.ModelProto", spec: InputSpec) -> "onnx.Model
     ``facekd.input_spec`` metadata is rewritten to say so. A spec that already means raw pixels
     (mean 0, std 1, RGB) leaves the model as it is.
     """
-    import onnx
-    from onnx import numpy_helper
-
-    from facekd.encoders.onnx_model import METADATA_KEY, set_metadata
-
     raw = raw_pixel_spec(spec)
     if spec == raw:
         return model
     graph = model.graph
-    initialisers = {t.name for t in graph.initializer}
-    inputs = [v for v in graph.input if v.name not in initialisers]
+    inputs = graph_inputs(graph)
     if len(inputs) != 1:
         raise EncoderError(f"cannot bake preprocessing: the graph has {len(inputs)} inputs, not 1")
     name = inputs[0].name
-    dtype = _ONNX_FLOAT.get(inputs[0].type.tensor_type.elem_type)
+    dtype = FLOAT_TYPES.get(inputs[0].type.tensor_type.elem_type)
     if dtype is None:
         raise EncoderError("cannot bake preprocessing: the input is not a float tensor")
     taken = ({t.name for t in graph.initializer} | {o for n in graph.node for o in n.output}

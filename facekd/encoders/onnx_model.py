@@ -25,18 +25,23 @@ import json
 import logging
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
+import onnx
+import onnxruntime as ort
+from onnx import numpy_helper
 
 from facekd.encoders.base import (Encoder, InputSpec, compose_for_fold, erasure_summary,
                                   sha256_arrays)
+from facekd.encoders.tail_onnx import append_tail
 from facekd.errors import EncoderError
-from facekd.fileio import write_atomic
+from facekd.onnx_graph import (ERASURE_METADATA_KEY, FLOAT_TYPES, METADATA_KEY, fold_matrix,
+                               fold_plan, graph_inputs, has_preprocessing_head, output_dim,
+                               set_metadata, tensor_dims, write_model)
+from facekd.onnx_providers import select_providers
 
 if TYPE_CHECKING:  # pragma: no cover
-    import onnx
-
     from facekd.erasure import Erasure
 
 log = logging.getLogger(__name__)
@@ -46,18 +51,11 @@ __all__ = ["OnnxEncoder", "load", "ARCFACE_SPEC", "METADATA_KEY", "fold_plan", "
 
 #: insightface's recognition contract (``ArcFaceONNX`` in insightface.model_zoo).
 ARCFACE_SPEC = InputSpec(112, (127.5,) * 3, (127.5,) * 3, "RGB", alignment="arcface")
-#: metadata_props key under which facekd records the input contract (JSON of InputSpec.to_dict()).
-METADATA_KEY = "facekd.input_spec"
-ERASURE_METADATA_KEY = "facekd.erasure"
-_FLOAT_TYPES = {1: np.float32, 10: np.float16, 11: np.float64}  # onnx TensorProto elem types
-_HEAD_NODES = 8  # insightface inspects the first 8 nodes for a Sub/Mul pre-processing head
 
 
 # ---------------------------------------------------------------------------- reading the file
 def _read_model(source: "str | os.PathLike | onnx.ModelProto",
                 ) -> "tuple[onnx.ModelProto, Path | None]":
-    import onnx
-
     if isinstance(source, onnx.ModelProto):
         return source, None
     path = Path(source)
@@ -76,28 +74,12 @@ def _read_model(source: "str | os.PathLike | onnx.ModelProto",
 def _check(model: "onnx.ModelProto", where: str, path: Path | None = None) -> None:
     """onnx.checker on the file when there is one (C++ reads it, external data and > 2 GB
     included), else on the in-memory proto."""
-    import onnx
-
     try:
         onnx.checker.check_model(str(path) if path is not None else model)
     except onnx.checker.ValidationError as exc:
         raise EncoderError(f"{where}: invalid ONNX model: {str(exc).splitlines()[0]}") from None
     except ValueError as exc:  # a > 2 GB in-memory proto cannot be serialised for the checker
         raise EncoderError(f"{where}: cannot check the model in memory ({exc})") from None
-
-
-def _dims(value_info) -> list[int | str | None]:
-    """Shape of a graph input/output: ints for static dims, names/None for dynamic ones."""
-    t = value_info.type.tensor_type
-    if not t.HasField("shape"):
-        return []
-    return [d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in t.shape.dim]
-
-
-def _graph_inputs(graph) -> list:
-    """Real inputs: older exporters (MXNet, IR < 4) also list every initialiser as an input."""
-    inits = {t.name for t in graph.initializer}
-    return [v for v in graph.input if v.name not in inits]
 
 
 def _metadata_spec(model, base: InputSpec) -> InputSpec | None:
@@ -137,271 +119,6 @@ def _metadata_spec(model, base: InputSpec) -> InputSpec | None:
                      align or base.alignment)
 
 
-def _constant_value(graph, name: str) -> np.ndarray | None:
-    """Value of a tensor that is an initialiser, a Constant node's output, or an Identity of one."""
-    from onnx import numpy_helper
-
-    for t in graph.initializer:
-        if t.name == name:
-            return numpy_helper.to_array(t)
-    for node in graph.node:
-        if name in node.output:
-            if node.op_type == "Constant":
-                for a in node.attribute:
-                    if a.name == "value":
-                        return numpy_helper.to_array(a.t)
-                    if a.name in ("value_float", "value_floats"):
-                        return np.asarray(a.f if a.name == "value_float" else list(a.floats), np.float32)
-            if node.op_type == "Identity":
-                return _constant_value(graph, node.input[0])
-            return None
-    return None
-
-
-def has_preprocessing_head(graph) -> bool:
-    """True when the graph's first nodes already turn raw pixels into normalised input.
-
-    insightface's rule (names of the first 8 nodes starting with Sub/_minus and Mul/_mul), plus the
-    structural version of it: a Sub and a Mul/Div with constant operands applied to the input.
-    """
-    names = [n.name for n in graph.node[:_HEAD_NODES]]
-    if (any(s.startswith(("Sub", "_minus")) for s in names)
-            and any(s.startswith(("Mul", "_mul")) for s in names)):
-        return True
-    inputs = _graph_inputs(graph)
-    if not inputs:
-        return False
-    current, ops = inputs[0].name, set()
-    for node in graph.node[:_HEAD_NODES]:
-        if current in node.input and node.op_type in ("Sub", "Add", "Mul", "Div"):
-            other = [i for i in node.input if i != current]
-            if other and _constant_value(graph, other[0]) is not None:
-                ops.add(node.op_type)
-                current = node.output[0]
-    return bool(ops & {"Sub", "Add"}) and bool(ops & {"Mul", "Div"})
-
-
-# ---------------------------------------------------------------------------- graph surgery
-class _Graph:
-    """Small helpers over an ``onnx.GraphProto`` being edited in place."""
-
-    def __init__(self, graph):
-        self.g = graph
-
-    def producer(self, tensor: str):
-        for node in self.g.node:
-            if tensor in node.output:
-                return node
-        return None
-
-    def consumers(self, tensor: str) -> list:
-        return [n for n in self.g.node if tensor in n.input]
-
-    def is_graph_output(self, tensor: str) -> bool:
-        return any(o.name == tensor for o in self.g.output)
-
-    def only_feeds(self, tensor: str, node) -> bool:
-        """``tensor`` goes to ``node`` and nowhere else (so changing it changes nothing else)."""
-        users = self.consumers(tensor)
-        return len(users) == 1 and users[0] is node and not self.is_graph_output(tensor)
-
-    def const(self, name: str) -> np.ndarray | None:
-        return _constant_value(self.g, name)
-
-    def fresh_name(self, base: str) -> str:
-        taken = {t.name for t in self.g.initializer} | {o for n in self.g.node for o in n.output}
-        taken |= {v.name for v in self.g.input}
-        name, i = f"{base}_facekd", 0
-        while name in taken:
-            i += 1
-            name = f"{base}_facekd{i}"
-        return name
-
-    def set_input(self, node, index: int, value: np.ndarray, dtype) -> None:
-        """Feed ``value`` (cast to ``dtype``) to ``node.input[index]`` as a new initialiser."""
-        from onnx import numpy_helper
-
-        while len(node.input) <= index:  # optional inputs (a Gemm's bias C) may be absent
-            node.input.append("")
-        name = self.fresh_name(node.input[index] or f"{node.name or node.op_type}_in{index}")
-        self.g.initializer.append(numpy_helper.from_array(np.asarray(value).astype(dtype), name))
-        node.input[index] = name
-
-    def prune(self) -> None:
-        """Drop initialisers and Constant/Identity nodes nothing uses any more.
-
-        This matters for privacy, not only size: the replaced final weights would otherwise stay
-        in the file, and original vs edited weights reveal the erased directions.
-        """
-        outputs = {o.name for o in self.g.output}
-        while True:
-            used = {i for n in self.g.node for i in n.input} | outputs
-            dead = [n for n in self.g.node
-                    if n.op_type in ("Constant", "Identity") and not set(n.output) & used]
-            if not dead:
-                break
-            for n in dead:
-                self.g.node.remove(n)
-        removed = {t.name for t in self.g.initializer if t.name not in used}
-        for t in [t for t in self.g.initializer if t.name in removed]:
-            self.g.initializer.remove(t)
-        for v in [v for v in self.g.input if v.name in removed]:  # IR < 4 lists them as inputs
-            self.g.input.remove(v)
-
-
-def _affine_of_linear(gr: _Graph, node) -> tuple[np.ndarray, np.ndarray, Any] | None:
-    """``(W, b, dtype)`` with ``node(x) == x @ W + b`` for a constant Gemm/MatMul/MatMul+Add.
-
-    ``W`` is ``(d_in, d)`` float64 and ``b`` ``(d,)`` float64; ``None`` if ``node`` is not such a layer.
-    """
-    if node.op_type == "Gemm":
-        attrs = {a.name: a for a in node.attribute}
-        w = gr.const(node.input[1])
-        if w is None or w.ndim != 2 or w.dtype.kind != "f":
-            return None
-        alpha = attrs["alpha"].f if "alpha" in attrs else 1.0
-        beta = attrs["beta"].f if "beta" in attrs else 1.0
-        trans_b = attrs["transB"].i if "transB" in attrs else 0
-        w64 = (w.T if trans_b else w).astype(np.float64) * alpha
-        d = w64.shape[1]
-        b = np.zeros(d)
-        if len(node.input) > 2 and node.input[2]:
-            c = gr.const(node.input[2])
-            if c is None or c.size not in (1, d):
-                return None  # a batch-shaped or computed bias cannot be folded
-            b = np.broadcast_to(c.astype(np.float64).reshape(-1), (d,)) * beta
-        return w64, b, w.dtype
-    if node.op_type == "MatMul":
-        w = gr.const(node.input[1])
-        if w is None or w.ndim != 2 or w.dtype.kind != "f":
-            return None
-        return w.astype(np.float64), np.zeros(w.shape[1]), w.dtype
-    return None
-
-
-def _rewrite_gemm(gr: _Graph, node, w: np.ndarray, b: np.ndarray, dtype) -> None:
-    """Make the Gemm ``node`` compute ``x @ w + b`` (same name, input, output, transA/transB)."""
-    import onnx
-
-    attrs = {a.name: a for a in node.attribute}
-    trans_b = attrs["transB"].i if "transB" in attrs else 0
-    for name in ("alpha", "beta"):  # alpha and beta are folded into the new tensors
-        if name in attrs:
-            node.attribute.remove(attrs[name])
-    node.attribute.extend([onnx.helper.make_attribute("alpha", 1.0),
-                           onnx.helper.make_attribute("beta", 1.0)])
-    gr.set_input(node, 1, w.T if trans_b else w, dtype)
-    gr.set_input(node, 2, b, dtype)
-
-
-def fold_plan(model: "onnx.ModelProto", dim: int | None = None) -> str:
-    """How :meth:`OnnxEncoder.with_erasure` would edit ``model`` (embedding width ``dim``, default
-    the declared output width): ``"gemm+batchnorm"``, ``"gemm"``, ``"matmul+add"``, ``"matmul"``,
-    ``"matmul+batchnorm"``... (folded) or ``"appended-matmul"``."""
-    d = dim or _output_dim(model)
-    if d is None:
-        raise EncoderError("the model does not declare its output width; pass dim")
-    return _edit(model, np.eye(d), dry_run=True)  # a dry run reads, never writes
-
-
-def _output_dim(model) -> int | None:
-    dims = _dims(model.graph.output[0]) if len(model.graph.output) == 1 else []
-    return dims[-1] if dims and isinstance(dims[-1], int) and dims[-1] > 0 else None
-
-
-def _edit(model: "onnx.ModelProto", a: np.ndarray, *, dry_run: bool = False) -> str:
-    """Fold ``y -> y @ a`` into ``model`` in place; return the kind of edit made."""
-    gr = _Graph(model.graph)
-    out = model.graph.output[0].name
-    last = gr.producer(out)
-    d = a.shape[0]
-
-    # Trailing BatchNormalization over (N, d): y = z * s + c, folded through into the layer below.
-    bn_scale = np.ones(d)
-    bn_shift = np.zeros(d)
-    bn = None
-    layer = last
-    if last is not None and last.op_type == "BatchNormalization" and len(last.output) == 1:
-        params = [gr.const(i) for i in last.input[1:5]]
-        src = gr.producer(last.input[0])
-        if all(p is not None and p.shape == (d,) for p in params) and src is not None \
-                and gr.only_feeds(last.input[0], last):
-            gamma, beta, mean, var = (p.astype(np.float64) for p in params)
-            eps = next((x.f for x in last.attribute if x.name == "epsilon"), 1e-5)
-            bn_scale = gamma / np.sqrt(var + eps)
-            bn_shift = beta - mean * bn_scale
-            bn, layer = last, src
-    bias_add = None
-    if layer is not None and layer.op_type == "Add":  # MatMul + Add(bias)
-        for k, name in enumerate(layer.input):
-            src = gr.producer(name)
-            other = gr.const(layer.input[1 - k])
-            if src is not None and src.op_type == "MatMul" and other is not None \
-                    and other.size == d and gr.only_feeds(name, layer):
-                bias_add, layer = (layer, 1 - k, other), src
-                break
-    affine = _affine_of_linear(gr, layer) if layer is not None else None
-    if affine is not None and affine[0].shape[1] != d:
-        affine = None
-
-    if affine is None:
-        kind = "appended-matmul"
-        if dry_run:
-            return kind
-        _append_matmul(gr, out, a, _FLOAT_TYPES.get(model.graph.output[0].type.tensor_type.elem_type,
-                                                    np.float32))
-        return kind
-
-    w, b, dtype = affine
-    if bias_add is not None:
-        b = b + bias_add[2].astype(np.float64).reshape(-1)
-    kind = {"Gemm": "gemm", "MatMul": "matmul+add" if bias_add is not None else "matmul"}[layer.op_type]
-    if bn is not None:
-        kind += "+batchnorm"
-    if dry_run:
-        return kind
-    # (x W + b) * s + c, then @ A  ==  x (W diag(s) A) + (b * s + c) A
-    w_new = (w * bn_scale) @ a
-    b_new = (b * bn_scale + bn_shift) @ a
-    if layer.op_type == "Gemm":
-        _rewrite_gemm(gr, layer, w_new, b_new, dtype)
-        shift = np.zeros(d)
-    else:
-        gr.set_input(layer, 1, w_new, dtype)
-        if bias_add is not None:
-            gr.set_input(bias_add[0], bias_add[1], b_new.reshape(bias_add[2].shape), bias_add[2].dtype)
-            shift = np.zeros(d)
-        else:
-            shift = b_new  # a bare MatMul has no bias: the BN (if any) carries the shift
-    if bn is not None:
-        # The BN becomes y = x + shift: scale 1, mean 0, var + eps == 1.
-        eps = next((x.f for x in bn.attribute if x.name == "epsilon"), 1e-5)
-        bdt = gr.const(bn.input[1]).dtype
-        gr.set_input(bn, 1, np.ones(d), bdt)
-        gr.set_input(bn, 2, shift, bdt)
-        gr.set_input(bn, 3, np.zeros(d), bdt)
-        gr.set_input(bn, 4, np.full(d, 1.0 - eps), bdt)
-    gr.prune()
-    return kind
-
-
-def _append_matmul(gr: _Graph, out: str, a: np.ndarray, dtype) -> None:
-    import onnx
-    from onnx import numpy_helper
-
-    pre = gr.fresh_name(f"{out}_pre_erasure")
-    for node in gr.g.node:  # rename the output tensor where it is produced and consumed
-        for i, name in enumerate(node.output):
-            if name == out:
-                node.output[i] = pre
-        for i, name in enumerate(node.input):
-            if name == out:
-                node.input[i] = pre
-    mat = gr.fresh_name("erasure_matrix")
-    gr.g.initializer.append(numpy_helper.from_array(a.astype(dtype), mat))
-    gr.g.node.append(onnx.helper.make_node("MatMul", [pre, mat], [out], name="facekd_erasure"))
-
-
 # ---------------------------------------------------------------------------- the encoder
 class OnnxEncoder(Encoder):
     """An :class:`Encoder` running an ONNX model with onnxruntime.
@@ -426,7 +143,7 @@ class OnnxEncoder(Encoder):
         if not _checked:  # with_erasure checks its result itself
             _check(model, where, self.path)
         graph = model.graph
-        inputs = _graph_inputs(graph)
+        inputs = graph_inputs(graph)
         if len(inputs) != 1:
             raise EncoderError(f"{where}: expected one image input, found {len(inputs)} "
                                f"({', '.join(v.name for v in inputs)})")
@@ -435,18 +152,18 @@ class OnnxEncoder(Encoder):
                                f"({', '.join(v.name for v in graph.output)}); a face encoder has one")
         self.input_name, self.output_name = inputs[0].name, graph.output[0].name
         in_type = inputs[0].type.tensor_type.elem_type
-        if in_type not in _FLOAT_TYPES:
+        if in_type not in FLOAT_TYPES:
             raise EncoderError(f"{where}: input {self.input_name!r} must be a float tensor "
                                f"(got ONNX element type {in_type})")
-        self._input_dtype = _FLOAT_TYPES[in_type]
-        dims = _dims(inputs[0])
+        self._input_dtype = FLOAT_TYPES[in_type]
+        dims = tensor_dims(inputs[0])
         if len(dims) != 4:
             raise EncoderError(f"{where}: input {self.input_name!r} has rank {len(dims)}; "
                                "expected (N, 3, H, W)")
         if isinstance(dims[1], int) and dims[1] != 3:
             raise EncoderError(f"{where}: input {self.input_name!r} has {dims[1]} channels in "
                                "axis 1; expected NCHW with 3 channels")
-        out_dims = _dims(graph.output[0])
+        out_dims = tensor_dims(graph.output[0])
         if out_dims and len(out_dims) != 2:
             raise EncoderError(f"{where}: output {self.output_name!r} has shape {out_dims}; "
                                "expected an (N, d) embedding")
@@ -464,7 +181,7 @@ class OnnxEncoder(Encoder):
         self._untailed = None  # with a gated tail: the graph before it (the linear part folded)
         self._session = None
         self._fingerprint: str | None = None
-        self.dim = _output_dim(model) or self._probe_dim(where)
+        self.dim = output_dim(model) or self._probe_dim(where)
 
     # -------------------------------------------------------------- contract inference
     @staticmethod
@@ -495,10 +212,6 @@ class OnnxEncoder(Encoder):
     def session(self):
         """The onnxruntime session (created on first use)."""
         if self._session is None:
-            import onnxruntime as ort
-
-            from facekd.onnx_export import select_providers
-
             providers = select_providers(prefer=self.providers)  # aliases, clear errors
             try:
                 if self.path is not None and self.erasure is None:
@@ -550,11 +263,9 @@ class OnnxEncoder(Encoder):
         if np.array_equal(matrix, np.eye(self.dim)):
             kind = self.surgery or "none"
         else:
-            kind = _edit(untailed, matrix)
+            kind = fold_matrix(untailed, matrix)
         model = copy.deepcopy(untailed) if composed.tail else untailed
         if composed.tail:
-            from facekd.encoders.tail_onnx import append_tail
-
             append_tail(model, composed.tail)
         set_metadata(model, ERASURE_METADATA_KEY, json.dumps(erasure_summary(composed, surgery=kind)))
         _check(model, "edited ONNX model")
@@ -592,32 +303,11 @@ class OnnxEncoder(Encoder):
     def fingerprint(self) -> str:
         """sha256 of the initialisers and Constant-node tensors, in graph order."""
         if self._fingerprint is None:
-            from onnx import numpy_helper
-
             arrays = [numpy_helper.to_array(t) for t in self.model.graph.initializer]
             arrays += [numpy_helper.to_array(a.t) for n in self.model.graph.node
                        if n.op_type == "Constant" for a in n.attribute if a.name == "value"]
             self._fingerprint = sha256_arrays(arrays)
         return self._fingerprint
-
-
-def set_metadata(model, key: str, value: str) -> None:
-    for p in model.metadata_props:
-        if p.key == key:
-            p.value = value
-            return
-    entry = model.metadata_props.add()
-    entry.key, entry.value = key, value
-
-
-def write_model(model: "onnx.ModelProto", path: str | os.PathLike) -> Path:
-    """Serialise ``model`` to ``path`` atomically (temp file + fsync + os.replace)."""
-    path = Path(path)
-    try:
-        data = model.SerializeToString()
-    except ValueError as exc:  # > 2 GB protos need external data, which a single file cannot hold
-        raise EncoderError(f"model too large for a single ONNX file: {exc}") from None
-    return write_atomic(path, data)
 
 
 def load(arg: str | None, **options) -> OnnxEncoder:

@@ -16,14 +16,14 @@ runs only if it opens for some row (another ``If``). A batch of ordinary faces p
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import copy
 
 import numpy as np
+import onnx
+from onnx import numpy_helper
 
 from facekd.errors import EncoderError
-
-if TYPE_CHECKING:  # pragma: no cover
-    import onnx
+from facekd.tail import GateChain, LinearStage
 
 __all__ = ["append_tail", "split_tail", "TAIL_PREFIX", "tail_node_names", "tail_inputs"]
 
@@ -51,15 +51,11 @@ class _Builder:
         return f"{TAIL_PREFIX}{base}_{k}"
 
     def const(self, base: str, value: np.ndarray) -> str:
-        from onnx import numpy_helper
-
         name = self.name(base)
         self.g.initializer.append(numpy_helper.from_array(np.asarray(value, np.float32), name))
         return name
 
     def node(self, op: str, inputs: list[str], out: str | None = None, **attrs) -> str:
-        import onnx
-
         out = out or self.name(op.lower())
         self.g.node.append(onnx.helper.make_node(op, inputs, [out], name=self.name(op), **attrs))
         return out
@@ -74,8 +70,6 @@ class _Builder:
     def if_changed(self, cond: str, v: str, branch, out: str | None = None) -> str:
         """``If(cond, branch(builder) -> new value, else v)``; ``branch`` writes into a subgraph
         through the builder it is given and returns the name of its result."""
-        import onnx
-
         def graph(body) -> "onnx.GraphProto":
             sub = onnx.helper.make_graph([], self.name("branch"), [], [])
             result = body(_Builder(sub, self.names))
@@ -129,10 +123,6 @@ def append_tail(model: "onnx.ModelProto", stages: list) -> "onnx.ModelProto":
 
     The output keeps its name; its values become unit vectors (the tail normalises).
     """
-    import onnx
-
-    from facekd.tail import GateChain, LinearStage
-
     graph = model.graph
     if len(graph.output) != 1:
         raise EncoderError(f"the graph has {len(graph.output)} outputs; a tail needs exactly one")
@@ -163,8 +153,6 @@ def split_tail(model: "onnx.ModelProto"):
     """``(body, reattach)``: a copy of ``model`` without its tail (output = the tail's input), and
     a function that puts the original tail back onto a (converted) body. Without a tail,
     ``body`` is ``model`` and ``reattach`` returns its argument."""
-    import copy
-
     graph = model.graph
     tail = [n for n in graph.node if n.name.startswith(TAIL_PREFIX)]
     if not tail:
