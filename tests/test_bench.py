@@ -174,3 +174,28 @@ def test_template_leak_ranks_the_erased_person_first_for_a_gate():
     means = np.stack([E[y == c].mean(0) for c in range(40)])
     cos, rank = template_leak(e, means, np.arange(40), 7)
     assert rank == 1 and 0 < cos <= 1
+
+
+def test_a_method_registered_in_one_file_is_benchmarked_by_name(tree, cache):
+    import numpy as np
+
+    from facekd import methods
+    from test_methods import fit_mean_direction
+
+    methods.register("mean-direction", options=("seed",))(fit_mean_direction)
+    try:
+        with pytest.raises(BenchError, match="unexpected keyword setting 'alpha'"):
+            parse_methods("mean-direction:alpha=1")
+        res = run_bench(tree, "samples", methods="mean-direction,esc:k=1", erase=2, sequential=2,
+                        fit_photos="all", cache=cache)
+    finally:
+        methods.unregister("mean-direction")
+    rows = {r["method"]: r for r in res["rows"]}
+    assert set(rows) == {"mean-direction", "esc:k=1"} and rows["mean-direction"]["n_erased"] == 2
+    seq = [r for r in res["sequential"] if r["method"] == "mean-direction"]
+    assert [r["erased"] for r in seq] == [0, 1, 2] and seq[-1]["forget_rank1"] is not None
+    # Both erase one direction, the mean vs the top singular vector of uncentred faces: nearly
+    # the same direction, so the same forgetting here, below the original's.
+    assert rows["mean-direction"]["forget_rank1"] < res["original"]["forget_rank1"]
+    assert np.isclose(rows["mean-direction"]["forget_rank1"], rows["esc:k=1"]["forget_rank1"],
+                      atol=10)
