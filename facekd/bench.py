@@ -35,7 +35,7 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 
@@ -48,7 +48,7 @@ from facekd.metrics import (MIA_MIN_PER_CLASS, identification_hits, knowledge_re
                             membership_inference, mia_features, pair_scores, split_enrol_probe,
                             tar_at_far, template_leak)
 
-__all__ = ["BenchError", "DEFAULT_METHODS", "Embedded", "embed_dataset", "run_bench",
+__all__ = ["BenchError", "Embedded", "embed_dataset", "run_bench",
            "write_outputs", "format_markdown", "parse_methods", "parse_fit_photos", "fit_method",
            "template_leak"]
 
@@ -64,7 +64,6 @@ MOVED_TOL = 1e-4         # an edited unit embedding further than this from the o
 FALLBACK_MAX_SIDE = 128
 CACHE_FORMAT = 1         # bump when the cached arrays change meaning
 CHUNK_FILES = 256        # files per detect + embed round: bounds the chips held in memory
-DEFAULT_METHODS = registry.names()  # the built-ins, in registration order
 METRICS = ("forget_rank1", "forget_tar", "kr_linear", "kr_knn", "mia", "detect_auc",
            "detect_auc_trained", "lookalike_fp", "false_match", "retain_rank1", "retain_tar",
            "template_cos", "template_top1")
@@ -562,7 +561,7 @@ def _usable(emb: Embedded) -> tuple[np.ndarray, np.ndarray, int]:
 
 
 def run_bench(dataset: str | os.PathLike, encoder: str, *,
-              methods: str | Iterable[str] = DEFAULT_METHODS, erase: int = 12,
+              methods: str | Iterable[str] | None = None, erase: int = 12,
               sequential: int = 20, fit_photos: str | Iterable[str] = ("all", "10"), seed: int = 0,
               cache: str | os.PathLike | None = None, progress: bool = False,
               echo: Callable[[str], None] | None = None) -> dict:
@@ -570,7 +569,8 @@ def run_bench(dataset: str | os.PathLike, encoder: str, *,
 
     Args:
         dataset: folder-per-identity photo tree. encoder: a :func:`load_encoder` spec.
-        methods: registered method names (:func:`facekd.methods.names`). erase: people erased one at a time (single
+        methods: registered method names, each with optional ``:key=value`` settings (default:
+            all, :func:`facekd.methods.names`). erase: people erased one at a time (single
             erasure). sequential: people erased one after another per method (0 = off).
         fit_photos: ``"all"`` and/or ``"K"`` (only K of the person's non-fresh photos).
         cache: embedding cache root (default ``$FACEKD_CACHE`` or ``~/.cache/facekd``).
@@ -582,7 +582,8 @@ def run_bench(dataset: str | os.PathLike, encoder: str, *,
     from facekd.encoders import load_encoder
 
     say = echo or (lambda _msg: None)
-    names, settings = parse_methods(methods), parse_fit_photos(fit_photos)
+    names = parse_methods(registry.names() if methods is None else methods)
+    settings = parse_fit_photos(fit_photos)
     if int(erase) < 1 or int(sequential) < 0:
         raise BenchError("--erase must be >= 1 and --sequential >= 0")
     root = Path(dataset).expanduser()

@@ -40,7 +40,7 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from facekd.tail import GateChain, LinearStage, Scrambler, apply_stages, merge_stages, normalize_rows
+from facekd.tail import GateChain, LinearStage, Scrambler, apply_stages, merge_stages
 
 __all__ = ["Erasure", "ErasureError", "as_matrix", "single_threaded_blas", "fit_esc", "fit_esc_t",
            "fit_scramble", "select_k"]
