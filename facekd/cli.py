@@ -2,6 +2,8 @@
 
 Exit status: 0 ok, 1 verification failed, 2 bad input or usage. With ``--json`` stdout holds only
 JSON; progress bars and warnings go to stderr. Errors print one line, ``error: ...``, on stderr.
+Commands import the workspace, ``bench``, ``demo`` and ``report`` inside their bodies: that keeps
+``facekd --help`` fast.
 """
 
 from __future__ import annotations

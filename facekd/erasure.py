@@ -21,6 +21,8 @@ importable from here (resolved on first use, see :func:`__getattr__`).
 
 This module is pure math: it imports nothing else from the project but :mod:`facekd.tail` (pure
 math too), does no logging and touches the disk only in :meth:`Erasure.save` / :meth:`Erasure.load`.
+scipy and threadpoolctl are imported where they are used, which keeps ``import facekd`` (and so
+``facekd --help``) light.
 """
 
 from __future__ import annotations

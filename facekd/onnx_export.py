@@ -16,6 +16,7 @@ import logging
 import os
 import tempfile
 import time
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Sequence
@@ -92,12 +93,10 @@ class ExportReport:
 
 def to_fp16(model):
     """``model`` with float16 weights and compute, float32 graph inputs and outputs."""
-    try:
+    try:  # imported here: an optional part of onnxruntime, needed by fp16 exports only
         from onnxruntime.transformers.float16 import convert_float_to_float16
     except ImportError as exc:  # pragma: no cover - part of every onnxruntime wheel we know of
         raise EncoderError(f"fp16 export needs onnxruntime.transformers: {exc}") from None
-    import warnings
-
     # A gated tail stays float32: its gate must open where the float64 reference opens it, and
     # its stranger map multiplies the embedding by ~200 before a Cos. It is cut off, the body is
     # converted (its output stays float32), and the tail is put back unchanged.

@@ -743,7 +743,7 @@ class Workspace:
             options.update(p=cfg.p if p is None else p, k=k, energy=energy)
         others = labels != identity
         context = methods.FitContext(all_vecs[others], labels[others], acc, options,
-                                     person=all_vecs[~others])
+                                     person=all_vecs[~others], identity=identity)
 
         def fit(F: np.ndarray) -> Erasure:  # also refits the measured twin (_erasure_report)
             return m.fit(F, context)

@@ -13,7 +13,7 @@ What the input expects is decided, in this order of precedence:
 Editing (:meth:`OnnxEncoder.with_erasure`) folds the erasure map ``A`` ``(d, d)`` into the
 initialisers of a final ``Gemm`` / ``MatMul`` (``+ Add``), through a trailing
 ``BatchNormalization`` when there is one; any other graph gets one ``MatMul`` appended before the
-output. Input/output names, dtypes and the batch axis are untouched, so the edited file drops into
+output (the graph surgery is :func:`facekd.onnx_graph.fold_matrix`). Input/output names, dtypes and the batch axis are untouched, so the edited file drops into
 the same serving code (insightface's model_zoo included: one output, no new nodes at the head).
 The original final weights are removed from the edited graph, not left behind as dead tensors.
 """

@@ -23,8 +23,8 @@ import numpy as np
 
 from facekd.erasure import Erasure, ErasureError
 
-__all__ = ["FitContext", "Method", "MethodError", "class_means", "get", "names", "register",
-           "unregister", "unit_rows"]
+__all__ = ["FitContext", "Method", "MethodError", "get", "names", "register", "unit_rows",
+           "unregister"]
 
 
 class MethodError(ErasureError):
@@ -43,6 +43,7 @@ class FitContext:
         options: the method's settings (keyword arguments of its fit; names in ``Method.options``).
         person: ``(m, d)`` the person's own gallery faces when the caller holds them (the
             workspace does; ``None``: the forget set stands for them).
+        identity: the person's label in ``gallery_labels``' numbering, when the caller knows it.
     """
 
     gallery: np.ndarray
@@ -50,21 +51,13 @@ class FitContext:
     previous: Erasure
     options: Mapping[str, Any] = field(default_factory=dict)
     person: np.ndarray | None = None
+    identity: int | None = None
 
 
 def unit_rows(x: np.ndarray) -> np.ndarray:
     """Rows scaled to unit length: ``(n, d)`` float32."""
     x = np.asarray(x, np.float32)
     return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
-
-
-def class_means(x: np.ndarray, y: np.ndarray) -> np.ndarray:
-    """``(c, d)`` float64 mean unit embedding of each identity in ``y`` ``(n,)`` (sorted by label)
-    of ``x`` ``(n, d)``: identity prototypes, e.g. ESC-T's classifier head."""
-    labs, inv = np.unique(y, return_inverse=True)
-    sums = np.zeros((len(labs), x.shape[1]))
-    np.add.at(sums, inv, unit_rows(x))
-    return sums / np.bincount(inv)[:, None]
 
 
 FitFunction = Callable[[np.ndarray, FitContext], Erasure]

@@ -1,11 +1,12 @@
 """ESC-T: a learned element-wise mask on a full SVD basis of the person's embeddings (dense map).
 
 ESC-T trains against a classifier head; a face encoder has none at deployment time, so the head is
-a cosine classifier over identity prototypes: each gallery identity's mean unit embedding, and the
-person's (from their own gallery faces when the caller holds them, else from the forget set) last.
+a cosine classifier over identity prototypes: each identity's mean unit embedding, the person's
+from their own gallery faces when the caller holds them, else from the forget set.
 
 Imports nothing from the project but :mod:`facekd.erasure` and :mod:`facekd.methods.base`; torch
-is imported inside :func:`fit_esc_t` (heavy, and only ESC-T needs it).
+is imported inside :func:`fit_esc_t` (heavy, and only ESC-T needs it: ``import facekd`` and
+``facekd --help`` stay light).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from facekd.erasure import Erasure, ErasureError, as_matrix
-from facekd.methods.base import FitContext, MethodError, class_means, register, unit_rows
+from facekd.methods.base import FitContext, MethodError, register, unit_rows
 
 __all__ = ["fit_esc_t", "prototypes"]
 
@@ -130,10 +131,18 @@ def fit_esc_t(F: Any, prototypes: Any, forget_index: int, *, scale: float = 30.0
 
 
 
-def prototypes(gallery: np.ndarray, labels: np.ndarray, person: np.ndarray) -> np.ndarray:
-    """``(c + 1, d)`` classifier head: the ``c`` gallery identities' mean unit embeddings (sorted
-    by label), then the person's (the mean of ``person``'s unit rows) last."""
-    return np.vstack([class_means(gallery, labels), unit_rows(person).mean(axis=0, keepdims=True)])
+def prototypes(gallery: np.ndarray, labels: np.ndarray, person: np.ndarray,
+               identity: int | None = None) -> tuple[np.ndarray, int]:
+    """``(protos (c + 1, d) float32, row)``: the mean unit embedding of each of the ``c`` gallery
+    identities and of the person (``person`` ``(m, d)``, labelled ``identity``; default: after
+    every gallery label), in label order; ``row`` is the person's."""
+    if identity is None:
+        identity = int(labels.max()) + 1 if len(labels) else 0
+    vecs = np.concatenate([gallery, person])
+    labs = np.concatenate([labels, np.full(len(person), identity, dtype=labels.dtype)])
+    uniq = np.unique(labs)
+    protos = np.stack([unit_rows(vecs[labs == u]).mean(axis=0) for u in uniq])
+    return protos, int(np.searchsorted(uniq, identity))
 
 
 def _refuse(erasure: Erasure) -> str | None:
@@ -152,5 +161,6 @@ def _fit(forget: np.ndarray, context: FitContext) -> Erasure:
     if len(np.unique(context.gallery_labels)) < 1:
         raise MethodError("esc-t needs at least 2 enrolled identities (its classifier head)")
     person = forget if context.person is None else context.person
-    protos = prototypes(context.gallery, context.gallery_labels, person)
-    return fit_esc_t(forget, protos, len(protos) - 1, **context.options)
+    protos, row = prototypes(context.gallery, np.asarray(context.gallery_labels), person,
+                             context.identity)
+    return fit_esc_t(forget, protos, row, **context.options)

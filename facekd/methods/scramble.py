@@ -5,7 +5,7 @@ faces; a gated face is replaced by a pseudo-random stranger (:mod:`facekd.tail`)
 gate are returned bit for bit unchanged.
 
 Imports nothing from the project but :mod:`facekd.erasure`, :mod:`facekd.tail` and
-:mod:`facekd.methods.base`.
+:mod:`facekd.methods.base`; scipy is imported where it is used (keeps ``import facekd`` light).
 """
 
 from __future__ import annotations
