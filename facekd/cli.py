@@ -177,7 +177,10 @@ def cli(ctx: click.Context, workspace: Path | None) -> None:
 # ------------------------------------------------------------------------------ workspace
 @cli.command()
 @click.option("--encoder", required=True, metavar="SPEC",
-              help="dlib | dlib:PATH | facenet:PATH | onnx:PATH | samples")
+              help="dlib | dlib:PATH | facenet:PATH | onnx:PATH | insightface:DIR | samples "
+                   "(insightface:DIR: a model-pack folder or a pack name under "
+                   "~/.insightface/models; its recognition model, and its detector's 5 "
+                   "landmarks for alignment)")
 @click.option("--aligned", is_flag=True, help="Images are already aligned chips (no detection).")
 @click.option("--index", default="flat", show_default=True, help="FAISS index kind.")
 @click.option("--threshold", type=float, default=None,
@@ -188,13 +191,26 @@ def init(workspace: Path, as_json: bool, encoder: str, aligned: bool, index: str
     """Create a workspace for an encoder."""
     from facekd.workspace import Workspace
 
+    family, _, arg = encoder.partition(":")
+    if family.strip().lower() == "insightface" and arg:
+        from facekd.encoders.insightface import resolve_pack
+
+        encoder = f"insightface:{resolve_pack(arg)}"  # later commands run from anywhere
     with Workspace.init(workspace, encoder, aligned=aligned, index=index,
                         match_threshold=threshold) as ws:
         enc = ws.base_encoder
         data = {"workspace": str(ws.root), "encoder": encoder, "family": enc.family,
-                "dim": enc.dim, "fingerprint": enc.fingerprint}
-    _emit(as_json, data, f"workspace {data['workspace']}: encoder {encoder} "
-                         f"({enc.family}, d={enc.dim}, sha256 {enc.fingerprint[:12]}...)")
+                "dim": enc.dim, "fingerprint": enc.fingerprint,
+                "model": str(enc.path) if getattr(enc, "path", None) else None,
+                "detector": getattr(enc.input_spec, "detector", None)}
+    lines = [f"workspace {data['workspace']}: encoder {encoder} "
+             f"({enc.family}, d={enc.dim}, sha256 {enc.fingerprint[:12]}...)"]
+    if family.strip().lower() == "insightface":
+        lines.append(f"  recognition model: {data['model']}")
+        if data["detector"] and not aligned:
+            lines.append(f"  faces: the pack's detector {data['detector']} (5 landmarks, "
+                         "insightface's alignment)")
+    _emit(as_json, data, "\n".join(printable(line) for line in lines))
 
 
 @cli.command()
