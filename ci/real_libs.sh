@@ -24,12 +24,13 @@ skip() {
 
 python3 -m venv "$venv" >"$log" 2>&1 || skip "cannot create a virtual environment"
 py="$venv/bin/python"
-"$py" -m pip install -q "torch==2.13.0" -e . pytest >"$log" 2>&1 \
+"$py" -m pip install -q --no-compile "torch==2.13.0" -e . pytest >"$log" 2>&1 \
   || skip "facekd and its dependencies cannot be installed"
-"$py" -m pip install -q --no-deps "facenet-pytorch==$FACENET" >"$log" 2>&1 \
-  || skip "facenet-pytorch==$FACENET cannot be installed (no network or index?)"
-"$py" -m pip install -q "insightface==$INSIGHTFACE" >"$log" 2>&1 \
+"$py" -m pip install -q --no-compile "insightface==$INSIGHTFACE" >"$log" 2>&1 \
   || skip "insightface==$INSIGHTFACE or one of its dependencies cannot be installed or built"
+# --no-deps last: it pins torch<2.3, numpy<2 and torchvision, none of which its network needs
+"$py" -m pip install -q --no-compile --no-deps "facenet-pytorch==$FACENET" >"$log" 2>&1 \
+  || skip "facenet-pytorch==$FACENET cannot be installed (no network or index?)"
 "$py" -c "import insightface.app, insightface.model_zoo" >"$log" 2>&1 \
   || skip "insightface==$INSIGHTFACE installed but does not import"
 

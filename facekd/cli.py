@@ -451,16 +451,21 @@ def export_onnx(workspace: Path, as_json: bool, out: Path | None, fp16: bool, or
 @click.option("--html", "html_out", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="HTML file to write (default WORKSPACE/report.html).")
 @click.option("--receipt", "receipt_id", default=None, help="Receipt id (default: the latest).")
+@click.option("--bench", "bench_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="A `facekd bench --out` folder whose plots to include (default: WORKSPACE/bench, "
+                   "then facekd-bench beside the workspace, then ./facekd-bench, when present).")
 @_command
-def report(workspace: Path, as_json: bool, html_out: Path | None, receipt_id: str | None) -> None:
-    """PNG plots and an HTML page for a deletion receipt."""
+def report(workspace: Path, as_json: bool, html_out: Path | None, receipt_id: str | None,
+           bench_dir: Path | None) -> None:
+    """An HTML page for a deletion receipt: a one-screen summary, plots, bench plots, receipt."""
     from facekd.report import write_report
 
     with _open(workspace) as ws:
-        res = write_report(ws, html_out=html_out, receipt_id=receipt_id)
+        res = write_report(ws, html_out=html_out, receipt_id=receipt_id, bench_dir=bench_dir)
     data = {key: str(v) if isinstance(v, Path) else v for key, v in res.items()}
-    _emit(as_json, data, lambda: "\n".join(f"wrote {v}" for key, v in data.items()
-                                           if key in ("html", "histograms_png", "metrics_png")))
+    _emit(as_json, data, lambda: "\n".join(
+        [f"wrote {v}" for key, v in data.items() if key in ("html", "histograms_png", "metrics_png")]
+        + ([f"  with the bench plots from {data['bench']}"] if data.get("bench") else [])))
 
 
 @cli.command()

@@ -347,26 +347,58 @@ def _template_chip(image: np.ndarray, landmarks: np.ndarray, size: int) -> np.nd
                           borderMode=cv2.BORDER_CONSTANT, borderValue=0)
 
 
+def _umeyama(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
+    """skimage's ``SimilarityTransform.estimate`` (Umeyama 1991, its ``_umeyama``), step for step
+    and in the points' own precision (insightface hands it float32): ``(2, 3)`` float64."""
+    num, dim = src.shape
+    src_mean, dst_mean = src.mean(axis=0), dst.mean(axis=0)
+    src_demean, dst_demean = src - src_mean, dst - dst_mean
+    a = dst_demean.T @ src_demean / num
+    d = np.ones((dim,), dtype=np.float64)
+    if np.linalg.det(a) < 0:
+        d[dim - 1] = -1
+    t = np.eye(dim + 1, dtype=np.float64)
+    u, s, v = np.linalg.svd(a)
+    rank = np.count_nonzero(s > s.max() * max(a.shape) * np.finfo(float).eps)
+    if rank == 0:
+        raise FaceError("the 5 landmarks coincide; no alignment is possible")
+    if rank == dim - 1 and np.linalg.det(u) * np.linalg.det(v) <= 0:
+        d2 = d.copy()
+        d2[dim - 1] = -1
+        t[:dim, :dim] = u @ np.diag(d2) @ v
+    elif rank == dim - 1:
+        t[:dim, :dim] = u @ v
+    else:
+        t[:dim, :dim] = u @ np.diag(d) @ v
+    scale = 1.0 / src_demean.var(axis=0).sum() * (s @ d)
+    t[:dim, dim] = dst_mean - scale * (t[:dim, :dim] @ src_mean.T)
+    t[:dim, :dim] *= scale
+    return t[:2]
+
+
 def norm_crop(image: np.ndarray, kps: np.ndarray, size: int = 112) -> np.ndarray:
     """insightface's ``face_align.norm_crop``: the ArcFace template chip from its own 5 points.
 
     ``kps`` (5, 2) in insightface's order. The template is scaled by ``size / 112`` (sizes
     divisible by 112), or by ``size / 128`` and shifted right by ``8 * size / 128`` (divisible by
-    128), as ``estimate_norm`` does; other sizes scale by ``size / 112``. The similarity is the
-    least-squares (Umeyama) fit skimage's ``SimilarityTransform.estimate`` computes, and the warp
-    the same bilinear ``cv2.warpAffine`` with a black border. skimage fits in the points' dtype
-    (float32 from SCRFD), facekd in float64: the transforms differ by ~1e-6 px, which moves a few
-    pixels of a chip by one grey level (measured: 11 of 37,632 values; embeddings agree to 1e-6).
+    128), as ``estimate_norm`` does; other sizes scale by ``size / 112``. The similarity is
+    skimage's least-squares fit computed as skimage computes it, in the points' precision (float32
+    from SCRFD: a float64 fit moves the transform by ~1e-6 px and flips a few chip pixels by one
+    grey level, which an MXNet-style raw-pixel model turns into 6e-6 of embedding), and the warp
+    the same bilinear ``cv2.warpAffine`` with a black border: the same chip, bit for bit.
     """
-    pts = _check_landmarks(kps)
-    # insightface's template is float32 and scaled in float32: the same rounding, the same chip
+    _check_landmarks(kps)
+    pts = np.asarray(kps)
+    if pts.dtype not in (np.float32, np.float64):
+        pts = pts.astype(np.float64)
+    # insightface's template is float32 and scaled in float32
     template = ARCFACE_TEMPLATE.astype(np.float32)
     if size % 112 == 0 or size % 128 != 0:
         template = template * np.float32(size / 112.0)
     else:
         template = template * np.float32(size / 128.0)
         template[:, 0] += np.float32(8.0 * size / 128.0)
-    m = _similarity(pts, template)
+    m = _umeyama(pts, template)
     return cv2.warpAffine(_as_rgb(image), m, (size, size), borderValue=0.0)
 
 
