@@ -529,6 +529,22 @@ class FaceAligner:
 _DEFAULT_ALIGNERS: dict = {}
 
 
+def pack_detector_key(input_spec: "InputSpec") -> str | None:
+    """``"scrfd:<sha256 of the detector file>"`` when ``input_spec`` carries an insightface pack
+    detector, else ``None``: chips of one encoder differ with the face finder, so caches of
+    embeddings must tell them apart."""
+    import hashlib
+
+    detector = getattr(input_spec, "detector", None)
+    if not detector:
+        return None
+    h = hashlib.sha256()
+    with open(detector, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return f"scrfd:{h.hexdigest()}"
+
+
 def default_aligner(input_spec: "InputSpec"):
     """The face finder for ``input_spec``: the insightface pack's SCRFD detector when the spec
     carries one (``input_spec.detector``), else dlib's :class:`FaceAligner`; one per process."""

@@ -217,3 +217,12 @@ def test_cli_refuses_an_unreadable_onnx_file(pack, tmp_path):
 def test_cli_refuses_a_broken_version_2_manifest(pack, tmp_path):
     (pack / "manifest.json").write_text(json.dumps({"manifest_version": 2, "tasks": {}}))
     _refused(tmp_path, f"insightface:{pack}", "version-2 manifest without model_id")
+
+
+def test_bench_caches_the_pack_detector_chips_apart_from_dlib_chips(pack, tmp_path):
+    from facekd.bench import _cache_key
+
+    files = [_write_rgb(tmp_path / "a.png", face_image())]
+    plain, packed = OnnxEncoder(pack / "w600k_r50.onnx"), load_encoder(f"insightface:{pack}")
+    assert plain.input_spec == packed.input_spec and plain.fingerprint == packed.fingerprint
+    assert _cache_key(plain, tmp_path, files) != _cache_key(packed, tmp_path, files)
