@@ -35,7 +35,8 @@ py="$venv/bin/python"
   || skip "insightface==$INSIGHTFACE installed but does not import"
 
 # The tests themselves: any failure fails the job.
-OMP_NUM_THREADS=${OMP_NUM_THREADS:-1} "$py" -m pytest -q -p no:cacheprovider -W "ignore:`estimate` is deprecated:FutureWarning" tests_real_libs
+OMP_NUM_THREADS=${OMP_NUM_THREADS:-1} "$py" -m pytest -q -p no:cacheprovider \
+  -W 'ignore:`estimate` is deprecated:FutureWarning' tests_real_libs
 status=$?
 if [ "$status" -ne 0 ]; then
   echo "real-libs: FAILED (pytest status $status)" >&2
