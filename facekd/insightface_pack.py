@@ -339,15 +339,15 @@ def select_models(pack: str | os.PathLike) -> PackModels:
             detection_outputs=_io_of(det)[1] if det else 0,
             recognition_size=_side(_io(rec_model)[0]) if rec_model else 112,
             checksums={k: v for k, v in sums.items() if v})
-    for path in (models.recognition, models.detection):
-        for want in (models.checksums.get(path.name, []) if path is not None else []):
-            got = _sha256(path)
-            if str(want).lower() != got:
-                raise PackError(f"{path}: sha256 {got[:16]}... does not match the "
-                                f"{want[:16] if isinstance(want, str) else want}... that {where} "
-                                "records; insightface refuses a file that changed after its "
-                                "manifest (restore the file, or re-export it with facekd "
-                                "export-onnx --insightface-pack, which updates the manifest)")
+    for path in (p for p in (models.recognition, models.detection) if p is not None):
+        wanted = [str(w).lower() for w in models.checksums.get(path.name, [])]
+        got = _sha256(path) if wanted else None
+        for want in wanted:
+            if want != got:
+                raise PackError(f"{path}: sha256 {got[:16]}... does not match the {want[:16]}... "
+                                f"that {where} records; insightface refuses a file that changed "
+                                "after its manifest (restore the file, or re-export it with "
+                                "facekd export-onnx --insightface-pack, which updates the manifest)")
     return models
 
 
