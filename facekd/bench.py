@@ -186,8 +186,12 @@ def _cache_dir(cache: str | os.PathLike | None) -> Path:
 
 
 def _cache_key(encoder: Any, root: Path, files: Sequence[Path]) -> str:
+    from facekd.faces import pack_detector_key
+
     listing = [(f.relative_to(root).as_posix(), f.stat().st_size) for f in files]
-    blob = json.dumps([CACHE_FORMAT, encoder.fingerprint, encoder.input_spec.to_dict(), listing])
+    finder = pack_detector_key(encoder.input_spec)  # an insightface pack's detector cuts other chips
+    blob = json.dumps([CACHE_FORMAT, encoder.fingerprint, encoder.input_spec.to_dict(), listing]
+                      + ([finder] if finder else []))
     return hashlib.sha256(blob.encode()).hexdigest()
 
 

@@ -196,7 +196,10 @@ def cli(ctx: click.Context, workspace: Path | None) -> None:
 # ------------------------------------------------------------------------------ workspace
 @cli.command()
 @click.option("--encoder", required=True, metavar="SPEC",
-              help="dlib | dlib:PATH | facenet:PATH | onnx:PATH | samples")
+              help="dlib | dlib:PATH | facenet:PATH | onnx:PATH | insightface:DIR | samples "
+                   "(insightface:DIR: a model-pack folder or a pack name under "
+                   "~/.insightface/models; its recognition model, and its detector's 5 "
+                   "landmarks for alignment)")
 @click.option("--aligned", is_flag=True, help="Images are already aligned chips (no detection).")
 @click.option("--index", default="flat", show_default=True, help="FAISS index kind.")
 @click.option("--threshold", type=float, default=None,
@@ -207,13 +210,26 @@ def init(workspace: Path, as_json: bool, encoder: str, aligned: bool, index: str
     """Create a workspace for an encoder."""
     from facekd.workspace import Workspace
 
+    family, _, arg = encoder.partition(":")
+    if family.strip().lower() == "insightface" and arg:
+        from facekd.encoders.insightface import resolve_pack
+
+        encoder = f"insightface:{resolve_pack(arg)}"  # later commands run from anywhere
     with Workspace.init(workspace, encoder, aligned=aligned, index=index,
                         match_threshold=threshold) as ws:
         enc = ws.base_encoder
         data = {"workspace": str(ws.root), "encoder": encoder, "family": enc.family,
-                "dim": enc.dim, "fingerprint": enc.fingerprint}
-    _emit(as_json, data, f"workspace {data['workspace']}: encoder {encoder} "
-                         f"({enc.family}, d={enc.dim}, sha256 {enc.fingerprint[:12]}...)")
+                "dim": enc.dim, "fingerprint": enc.fingerprint,
+                "model": str(enc.path) if getattr(enc, "path", None) else None,
+                "detector": getattr(enc.input_spec, "detector", None)}
+    lines = [f"workspace {data['workspace']}: encoder {encoder} "
+             f"({enc.family}, d={enc.dim}, sha256 {enc.fingerprint[:12]}...)"]
+    if family.strip().lower() == "insightface":
+        lines.append(f"  recognition model: {data['model']}")
+        if data["detector"] and not aligned:
+            lines.append(f"  faces: the pack's detector {data['detector']} (5 landmarks, "
+                         "insightface's alignment)")
+    _emit(as_json, data, "\n".join(printable(line) for line in lines))
 
 
 @cli.command()
@@ -454,16 +470,21 @@ def export_onnx(workspace: Path, as_json: bool, out: Path | None, fp16: bool, or
 @click.option("--html", "html_out", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="HTML file to write (default WORKSPACE/report.html).")
 @click.option("--receipt", "receipt_id", default=None, help="Receipt id (default: the latest).")
+@click.option("--bench", "bench_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="A `facekd bench --out` folder whose plots to include (default: WORKSPACE/bench, "
+                   "then facekd-bench beside the workspace, then ./facekd-bench, when present).")
 @_command
-def report(workspace: Path, as_json: bool, html_out: Path | None, receipt_id: str | None) -> None:
-    """PNG plots and an HTML page for a deletion receipt."""
+def report(workspace: Path, as_json: bool, html_out: Path | None, receipt_id: str | None,
+           bench_dir: Path | None) -> None:
+    """An HTML page for a deletion receipt: a one-screen summary, plots, bench plots, receipt."""
     from facekd.report import write_report
 
     with _open(workspace) as ws:
-        res = write_report(ws, html_out=html_out, receipt_id=receipt_id)
+        res = write_report(ws, html_out=html_out, receipt_id=receipt_id, bench_dir=bench_dir)
     data = {key: str(v) if isinstance(v, Path) else v for key, v in res.items()}
-    _emit(as_json, data, lambda: "\n".join(f"wrote {v}" for key, v in data.items()
-                                           if key in ("html", "histograms_png", "metrics_png")))
+    _emit(as_json, data, lambda: "\n".join(
+        [f"wrote {v}" for key, v in data.items() if key in ("html", "histograms_png", "metrics_png")]
+        + ([f"  with the bench plots from {data['bench']}"] if data.get("bench") else [])))
 
 
 @cli.command()

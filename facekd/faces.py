@@ -23,6 +23,12 @@ Chips (``alignment`` of :class:`~facekd.encoders.base.InputSpec`):
 ``facenet`` 160x160: the arcface template scaled by 160/112 (facenet-pytorch itself crops the
             MTCNN box with a margin; a landmark template keeps one alignment code path).
 ``none``    the images are already aligned chips: resize only, no detection.
+
+An encoder loaded from an insightface model pack (``insightface:DIR``) whose pack holds an SCRFD
+detector with landmarks carries that detector in its input spec (``input_spec.detector``):
+faces are then found by :class:`facekd.insightface_det.ScrfdDetector` and their five points are
+insightface's own (``Face.order == "insightface"``): ``arcface`` chips are then exactly
+insightface's ``face_align.norm_crop`` (:func:`norm_crop`), no mean-face estimate involved.
 """
 
 from __future__ import annotations
@@ -43,7 +49,8 @@ if TYPE_CHECKING:  # pragma: no cover
     from facekd.encoders.base import InputSpec
 
 __all__ = ["Face", "FaceAligner", "ChipResult", "read_image", "read_image_bytes", "decode_image",
-           "chips_from_files", "align_chip", "dlib_chip_opencv", "ImageLimits", "image_limits",
+           "chips_from_files", "align_chip", "dlib_chip_opencv", "norm_crop", "ImageLimits",
+           "image_limits", "LANDMARK_ORDERS",
            "IMAGE_SUFFIXES", "UNSUPPORTED_SUFFIXES", "ALIGNMENTS", "SELECT_MODES"]
 
 ALIGNMENTS = ("dlib", "arcface", "facenet", "none")
@@ -69,14 +76,19 @@ ARCFACE_TEMPLATE = np.array([[38.2946, 51.6963], [73.5318, 51.5014], [56.0252, 7
                              [41.5493, 92.3655], [70.7299, 92.2041]])
 
 
+LANDMARK_ORDERS = ("dlib", "insightface")
+
+
 @dataclass(frozen=True, eq=False)  # eq on an ndarray field would be ambiguous
 class Face:
     """One detected face: ``box`` (left, top, right, bottom) pixels, ``landmarks`` (5, 2) float32
-    (x, y) in dlib's 5-point order, ``score`` the detector's confidence."""
+    (x, y) in ``order``'s 5-point scheme (dlib's, or insightface's eyes / nose tip / mouth
+    corners), ``score`` the detector's confidence."""
 
     box: tuple[int, int, int, int]
     landmarks: np.ndarray = field(repr=False)
     score: float = 0.0
+    order: str = "dlib"
 
     @property
     def area(self) -> int:
@@ -335,6 +347,68 @@ def _template_chip(image: np.ndarray, landmarks: np.ndarray, size: int) -> np.nd
                           borderMode=cv2.BORDER_CONSTANT, borderValue=0)
 
 
+def _umeyama(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
+    """skimage's ``SimilarityTransform.estimate`` (Umeyama 1991, its ``_umeyama``), step for step
+    and in the points' own precision (insightface hands it float32): ``(2, 3)`` float64."""
+    num, dim = src.shape
+    src_mean, dst_mean = src.mean(axis=0), dst.mean(axis=0)
+    src_demean, dst_demean = src - src_mean, dst - dst_mean
+    a = dst_demean.T @ src_demean / num
+    d = np.ones((dim,), dtype=np.float64)
+    if np.linalg.det(a) < 0:
+        d[dim - 1] = -1
+    t = np.eye(dim + 1, dtype=np.float64)
+    u, s, v = np.linalg.svd(a)
+    rank = np.count_nonzero(s > s.max() * max(a.shape) * np.finfo(float).eps)
+    if rank == 0:
+        raise FaceError("the 5 landmarks coincide; no alignment is possible")
+    if rank == dim - 1 and np.linalg.det(u) * np.linalg.det(v) <= 0:
+        d2 = d.copy()
+        d2[dim - 1] = -1
+        t[:dim, :dim] = u @ np.diag(d2) @ v
+    elif rank == dim - 1:
+        t[:dim, :dim] = u @ v
+    else:
+        t[:dim, :dim] = u @ np.diag(d) @ v
+    scale = 1.0 / src_demean.var(axis=0).sum() * (s @ d)
+    t[:dim, dim] = dst_mean - scale * (t[:dim, :dim] @ src_mean.T)
+    t[:dim, :dim] *= scale
+    return t[:2]
+
+
+def norm_crop(image: np.ndarray, kps: np.ndarray, size: int = 112) -> np.ndarray:
+    """insightface's ``face_align.norm_crop``: the ArcFace template chip from its own 5 points.
+
+    ``kps`` (5, 2) in insightface's order. The template is scaled by ``size / 112`` (sizes
+    divisible by 112), or by ``size / 128`` and shifted right by ``8 * size / 128`` (divisible by
+    128), as ``estimate_norm`` does; other sizes scale by ``size / 112``. The similarity is
+    skimage's least-squares fit computed as skimage computes it, in the points' precision (float32
+    from SCRFD: a float64 fit moves the transform by ~1e-6 px and flips a few chip pixels by one
+    grey level, which an MXNet-style raw-pixel model turns into 6e-6 of embedding), and the warp
+    the same bilinear ``cv2.warpAffine`` with a black border: the same chip, bit for bit.
+    """
+    _check_landmarks(kps)
+    pts = np.asarray(kps)
+    if pts.dtype not in (np.float32, np.float64):
+        pts = pts.astype(np.float64)
+    # insightface's template is float32 and scaled in float32
+    template = ARCFACE_TEMPLATE.astype(np.float32)
+    if size % 112 == 0 or size % 128 != 0:
+        template = template * np.float32(size / 112.0)
+    else:
+        template = template * np.float32(size / 128.0)
+        template[:, 0] += np.float32(8.0 * size / 128.0)
+    m = _umeyama(pts, template)
+    return cv2.warpAffine(_as_rgb(image), m, (size, size), borderValue=0.0)
+
+
+def _dlib_points_from_insightface(kps: np.ndarray) -> np.ndarray:
+    """dlib's 5 points estimated from insightface's 5 (through dlib's mean face), for a dlib
+    chip of a face an insightface detector found."""
+    to_image = _similarity(_INSIGHTFACE5_MEAN_FACE, _check_landmarks(kps))
+    return _DLIB5_MEAN_FACE @ to_image[:, :2].T + to_image[:, 2]
+
+
 def _resize(image: np.ndarray, size: int) -> np.ndarray:
     img = _as_rgb(image)
     if img.shape[:2] == (size, size):
@@ -345,19 +419,28 @@ def _resize(image: np.ndarray, size: int) -> np.ndarray:
 
 
 def align_chip(image: np.ndarray, landmarks: np.ndarray | None, alignment: str,
-               size: int) -> np.ndarray:
+               size: int, *, order: str = "dlib") -> np.ndarray:
     """Cut a ``(size, size, 3)`` uint8 chip with the OpenCV paths (no dlib needed).
 
-    ``landmarks`` (5, 2) in dlib's order; ignored (may be ``None``) for ``alignment="none"``.
+    ``landmarks`` (5, 2) in ``order``'s scheme (``"dlib"`` or ``"insightface"``); ignored (may be
+    ``None``) for ``alignment="none"``. insightface points give :func:`norm_crop` for
+    ``arcface`` (and ``facenet``, its template scaled to the size).
     """
     if alignment not in ALIGNMENTS:
         raise FaceError(f"unknown alignment {alignment!r}; expected one of {', '.join(ALIGNMENTS)}")
+    if order not in LANDMARK_ORDERS:
+        raise FaceError(f"unknown landmark order {order!r}; expected one of "
+                        f"{', '.join(LANDMARK_ORDERS)}")
     if not isinstance(size, (int, np.integer)) or size < 2:
         raise FaceError(f"chip size must be an integer >= 2, got {size!r}")
     if alignment == "none":
         return _resize(image, int(size))
     if landmarks is None:
         raise FaceError(f"alignment {alignment!r} needs 5 landmarks")
+    if order == "insightface":
+        if alignment == "dlib":
+            return dlib_chip_opencv(image, _dlib_points_from_insightface(landmarks), int(size))
+        return norm_crop(image, landmarks, int(size))
     if alignment == "dlib":
         return dlib_chip_opencv(image, landmarks, int(size))
     return _template_chip(image, landmarks, int(size))
@@ -430,6 +513,8 @@ class FaceAligner:
 
     def chip(self, image: np.ndarray, face: Face, alignment: str, size: int) -> np.ndarray:
         """``(size, size, 3)`` uint8 RGB chip of ``face``; ``"dlib"`` is dlib's own chip."""
+        if face.order != "dlib":
+            return align_chip(image, face.landmarks, alignment, size, order=face.order)
         if alignment == "dlib" and isinstance(size, (int, np.integer)) and size >= 2:
             dlib = self._dlib
             pts = _check_landmarks(face.landmarks)
@@ -441,7 +526,41 @@ class FaceAligner:
         return align_chip(image, face.landmarks, alignment, size)
 
 
-_DEFAULT_ALIGNERS: dict[str, FaceAligner] = {}
+_DEFAULT_ALIGNERS: dict = {}
+
+
+def pack_detector_key(input_spec: "InputSpec") -> str | None:
+    """``"scrfd:<sha256 of the detector file>"`` when ``input_spec`` carries an insightface pack
+    detector, else ``None``: chips of one encoder differ with the face finder, so caches of
+    embeddings must tell them apart."""
+    import hashlib
+
+    detector = getattr(input_spec, "detector", None)
+    if not detector:
+        return None
+    h = hashlib.sha256()
+    with open(detector, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return f"scrfd:{h.hexdigest()}"
+
+
+def default_aligner(input_spec: "InputSpec"):
+    """The face finder for ``input_spec``: the insightface pack's SCRFD detector when the spec
+    carries one (``input_spec.detector``), else dlib's :class:`FaceAligner`; one per process."""
+    detector = getattr(input_spec, "detector", None)
+    key = ("scrfd", detector, tuple(getattr(input_spec, "detector_norm", ()))) if detector \
+        else "default"
+    aligner = _DEFAULT_ALIGNERS.get(key)
+    if aligner is None:  # loading a detector or the 9 MB predictor once per process is enough
+        if detector:
+            from facekd.insightface_det import ScrfdDetector
+
+            aligner = ScrfdDetector(detector, norm=input_spec.detector_norm)
+        else:
+            aligner = FaceAligner()
+        _DEFAULT_ALIGNERS[key] = aligner
+    return aligner
 
 
 def chips_from_files(paths: Sequence[str | os.PathLike] | Iterable[str | os.PathLike],
@@ -451,7 +570,8 @@ def chips_from_files(paths: Sequence[str | os.PathLike] | Iterable[str | os.Path
 
     Never raises for a bad file: unreadable/non-image files and images without a face are listed
     in ``skipped`` with a reason. ``select`` picks the faces per image (overrides the aligner's).
-    ``alignment == "none"``: the files are already aligned chips, only resized.
+    ``alignment == "none"``: the files are already aligned chips, only resized. Without an
+    ``aligner``, :func:`default_aligner` picks one for ``input_spec``.
     """
     from tqdm.auto import tqdm
 
@@ -462,9 +582,7 @@ def chips_from_files(paths: Sequence[str | os.PathLike] | Iterable[str | os.Path
     if select not in SELECT_MODES:
         raise FaceError(f"select must be one of {', '.join(SELECT_MODES)}, got {select!r}")
     if alignment != "none" and aligner is None:
-        aligner = _DEFAULT_ALIGNERS.get("default")
-        if aligner is None:  # loading the 9 MB predictor once per process is enough
-            aligner = _DEFAULT_ALIGNERS["default"] = FaceAligner()
+        aligner = default_aligner(input_spec)
     chips: list[np.ndarray] = []
     sources: list[int] = []
     skipped: list[tuple[str, str]] = []

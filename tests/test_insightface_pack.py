@@ -183,3 +183,37 @@ def test_cli_bake_preprocessing_writes_a_file_that_takes_raw_pixels(pack, tmp_pa
     x = chips(3, seed=8)
     want = OnnxEncoder(pack / "w600k_r50.onnx").embed(x)
     assert np.abs(insightface_embed(tmp_path / "baked.onnx", x) - want).max() <= 1e-5
+
+
+def _v2(pack_dir: Path, **recognition) -> None:
+    """insightface 2.x's task manifest naming w600k_r50.onnx (and the detector)."""
+    tasks = {"detection": {"file": "det_10g.onnx", "sha256": _sha(pack_dir / "det_10g.onnx")},
+             "recognition": {"file": "w600k_r50.onnx", "sha256": _sha(pack_dir / "w600k_r50.onnx"),
+                             **recognition}}
+    (pack_dir / "manifest.json").write_text(json.dumps(
+        {"manifest_version": 2, "model_id": pack_dir.name, "license": "MODEL.LICENSE", "tasks": tasks}))
+
+
+def test_version_2_manifest_names_the_file_whatever_sorts_first_and_gets_the_new_sha(pack, tmp_path):
+    from facekd.insightface_pack import select_models
+
+    build_torch_model("gemm", pack / "a_glint.onnx", seed=5)  # the glob would pick this one
+    _v2(pack, preprocessing={"mean": 127.5, "std": 127.5})
+    base = OnnxEncoder(pack / "w600k_r50.onnx")
+    edited = base.with_erasure(fitted_erasure(base))
+    out = tmp_path / "models" / "buffalo_x_erased"
+    res = export_to_pack(edited, base.fingerprint, pack, out=out)
+    chosen = select_models(out)  # verifies the manifest's sha256 against the written file
+    assert chosen.manifest_v2 and chosen.recognition == out / "w600k_r50.onnx" == Path(res["file"])
+    tasks = json.loads((out / "manifest.json").read_text())["tasks"]
+    assert tasks["recognition"]["sha256"] == _sha(out / "w600k_r50.onnx")
+    assert tasks["detection"]["sha256"] == _sha(pack / "det_10g.onnx")
+
+
+def test_version_2_manifest_with_another_normalisation_is_refused(pack, tmp_path):
+    _v2(pack, preprocessing="embedded")  # insightface would feed raw pixels to an ArcFace graph
+    base = OnnxEncoder(pack / "w600k_r50.onnx")
+    with pytest.raises(PackError, match="tells insightface to feed"):
+        export_to_pack(base.with_erasure(fitted_erasure(base)), base.fingerprint, pack,
+                       out=tmp_path / "copy")
+    assert not (tmp_path / "copy").exists()

