@@ -549,7 +549,7 @@ def demo(workspace: Path | None, n_ids: int, n_images: int, dataset: Path | None
 @click.option("--dataset", required=True, type=click.Path(path_type=Path),
               help="Folder-per-identity photo tree (jpg/png/pgm).")
 @click.option("--encoder", required=True, metavar="SPEC",
-              help="dlib | dlib:PATH | facenet:PATH | onnx:PATH | samples")
+              help="dlib | dlib:PATH | facenet:PATH | onnx:PATH | insightface:DIR | samples")
 @click.option("--methods", default=",".join(methods.names()), show_default=True,
               help="Comma-separated erasure methods; a method may carry settings, e.g. "
                    "scramble:alpha=1.1:q=0.9999 or esc:k=8.")
