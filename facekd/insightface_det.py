@@ -22,7 +22,8 @@ import cv2
 import numpy as np
 
 from facekd.errors import FaceError, PackError
-from facekd.faces import SELECT_MODES, Face, align_chip
+from facekd.alignment import SELECT_MODES, Face, align_chip
+from facekd.images import _as_rgb
 
 __all__ = ["ScrfdDetector", "DEFAULT_DET_SIZES"]
 
@@ -176,7 +177,6 @@ class ScrfdDetector:
     # ---------------------------------------------------------------- the FaceAligner interface
     def detect(self, image: np.ndarray, *, select: str | None = None) -> list[Face]:
         """Faces in ``image`` ((H, W, 3) uint8 RGB) with insightface-order landmarks."""
-        from facekd.faces import _as_rgb
 
         select = select or self.select
         if select not in SELECT_MODES:
