@@ -38,6 +38,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import shutil
 import threading
 from pathlib import Path
 from typing import Any, Sequence
@@ -285,6 +286,20 @@ class MilvusGallery:
         self._point_alias()
         for stale in self._stale_collections():
             self._call("drop_collection", stale)
+        self._remove_lite_leftovers()
+
+    def _remove_lite_leftovers(self) -> None:
+        """Milvus Lite drops a collection with ``rmtree``; a kill in the middle can delete its
+        ``schema.json`` first, after which Lite no longer lists the directory but the segment
+        files (maybe an erased person's vectors) are still there. This process holds Lite's
+        directory lock, so it deletes such unlisted directories of this gallery itself."""
+        if self._spec.kind != "milvus-lite":
+            return
+        root = Path(self._spec.uri) / "collections"
+        listed = set(self._call("list_collections"))
+        for d in (root.iterdir() if root.is_dir() else ()):
+            if d.is_dir() and self._is_generation(d.name) and d.name not in listed:
+                shutil.rmtree(d)
 
     # ------------------------------------------------------------------ Milvus helpers
     def _call(self, method: str, *args: Any, **kwargs: Any) -> Any:
@@ -302,9 +317,11 @@ class MilvusGallery:
     def _stale_collections(self) -> list[str]:
         """Collections of this gallery's other generations: old ones a crash left behind (they
         may hold erased faces) and half-written ones."""
-        pat = re.compile(rf"^{re.escape(self._spec.name)}_g\d{{8}}$")
         return sorted(c for c in self._call("list_collections")
-                      if pat.match(c) and c != self._collection)
+                      if self._is_generation(c) and c != self._collection)
+
+    def _is_generation(self, name: str) -> bool:
+        return re.fullmatch(rf"{re.escape(self._spec.name)}_g\d{{8}}", name) is not None
 
     def _alias_target(self) -> str | None:
         try:
@@ -428,6 +445,16 @@ class MilvusGallery:
     @property
     def alias(self) -> str:
         return self._spec.name
+
+    def served_collection(self) -> str | None:
+        """The collection the alias serves right now (None when there is no alias)."""
+        self._require_open()
+        return self._alias_target()
+
+    def collections(self) -> list[str]:
+        """This gallery's collections in Milvus: the committed one plus any a crash left."""
+        self._require_open()
+        return sorted([self._collection] + self._stale_collections())
 
     def set_encoder_fingerprint(self, fp: str) -> None:
         self._require_writable()

@@ -5,6 +5,8 @@ from every file afterwards (where a plain Milvus delete leaves them), and clear 
 from __future__ import annotations
 
 import json
+import os
+import sys
 
 import numpy as np
 import pytest
@@ -116,8 +118,7 @@ def test_forget_through_the_cli_leaves_no_byte_of_the_erased_vectors(tmp_path, f
         assert g.collection != before and g.generation == 3
         kept = g.vectors(int(y[0]) + 5000)
         assert find_traces(files(), kept), "the scan cannot see stored vectors"
-        assert [c for c in g._call("list_collections") if c.startswith("faces_g")] == [g.collection]
-        assert g._alias_target() == g.collection
+        assert g.collections() == [g.collection] and g.served_collection() == g.collection
         assert len(ws.ledger()) == 1 and ws.check()["ok"]
     code, out, _ = run_cli("check", "-w", ws_dir, "--json")
     assert code == 0 and json.loads(out)["ok"]
@@ -173,3 +174,75 @@ def test_parse_spec_keeps_credentials_out_of_the_stored_address():
     assert (s.kind, s.uri, s.name, str(s)) == ("milvus", "http://db.example:19530", "faces",
                                               "milvus://db.example:19530/faces")
     assert parse_spec(None).kind == "faiss"
+
+
+def test_forget_killed_after_its_commit_is_reported_and_finished_by_the_next_run(tmp_path, faces):
+    """The one window where the alias lags: SIGKILL right after the SQLite commit. The ledger,
+    receipt and faces are the new state, `check` names the stale alias (exit 1), and re-running
+    the forget re-points the alias, drops the old collection and writes the receipt file."""
+    import signal
+    import subprocess
+    import sys
+
+    from facekd.workspace import Workspace
+
+    x, y = faces
+    ws_dir = tmp_path / "ws"
+    Workspace.init(ws_dir, "samples", aligned=True, backend="milvus-lite:milvus.db").close()
+    with Workspace.open(ws_dir, writable=True) as ws:
+        ws.gallery.add(x[:2000], y[:2000])
+        ws.gallery.save()
+        erased = ws.gallery.vectors(int(y[0]))
+        files = ws.gallery.storage_files
+    env = {**os.environ, "FACEKD_WORKSPACE": str(ws_dir), "FACEKD_TEST_MILVUS_STAGE": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "facekd.cli", "forget", "--identity",
+                             str(int(y[0]))], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.DEVNULL, text=True)
+    while (line := proc.stdout.readline()) and line.strip() != "stage committed":
+        pass
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    proc.stdout.close()
+    assert line.strip() == "stage committed"
+
+    code, out, _ = run_cli("check", "-w", ws_dir, "--json")
+    report = json.loads(out)
+    assert code == 1 and any("alias faces serves" in p for p in report["problems"])
+    with Workspace.open(ws_dir) as ws:
+        assert len(ws.ledger()) == 1 and not ws.gallery.has_identity(int(y[0]))
+    assert find_traces(files(), erased), "the old collection is still there until the next writer"
+
+    code, out, _ = run_cli("forget", "-w", ws_dir, "--identity", int(y[0]), "--json")
+    assert code == 0 and json.loads(out)["already_erased"]
+    assert find_traces(files(), erased) == []
+    code, out, _ = run_cli("check", "-w", ws_dir, "--json")
+    assert code == 0 and json.loads(out)["ok"]
+
+
+def test_a_half_dropped_lite_collection_is_deleted_by_the_next_writer(tmp_path, faces):
+    """A kill inside Milvus Lite's rmtree can take schema.json first: Lite stops listing the
+    directory, but its segment files remain. The next writer deletes such directories."""
+    import shutil
+
+    x, y = faces
+    g = create_backend("milvus-lite:lite.db", tmp_path / "m", 128, encoder_fingerprint="e")
+    g.add(x[:500], y[:500])
+    g.save()
+    coll_dir = tmp_path / "lite.db" / "collections"
+    shutil.copytree(coll_dir / g.collection, coll_dir / "faces_g00000099")
+    (coll_dir / "faces_g00000099" / "schema.json").unlink()
+    stored = g.vectors()
+    g.close()
+    assert len(find_traces(sorted((coll_dir / "faces_g00000099").rglob("*.parquet")), stored)) == 1
+    with open_backend("milvus-lite:lite.db", tmp_path / "m", writable=True) as g:
+        assert not (coll_dir / "faces_g00000099").exists() and g.check().ok
+
+
+def test_a_milvus_workspace_without_pymilvus_is_one_line_exit_2(tmp_path, monkeypatch):
+    from facekd.workspace import Workspace
+
+    Workspace.init(tmp_path / "ws", "samples", aligned=True, backend="milvus-lite:milvus.db").close()
+    monkeypatch.setitem(sys.modules, "pymilvus", None)  # what an absent package looks like
+    code, _, err = run_cli("identities", "-w", tmp_path / "ws")
+    assert code == 2 and "pymilvus is not installed" in err and "facekd[milvus]" in err
+    assert len(err.strip().splitlines()) == 1

@@ -77,7 +77,7 @@ def _same(found: dict, want: dict) -> bool:
 
 def _served_ids(g) -> np.ndarray:
     """Face ids in the collection the alias serves (read before any writer repairs anything)."""
-    target = g._alias_target()
+    target = g.served_collection()
     g._call("load_collection", target)
     ids = [b[0] for b in g._batches(target, ("face_id", "identity"))]
     return np.sort(np.concatenate(ids)) if ids else np.empty(0, np.int64)
@@ -167,4 +167,4 @@ def test_sigkill_during_the_rewrite_leaves_a_complete_served_collection(tmp_path
     assert sum(outcomes.values()) >= 10
     assert outcomes["old"] > 0 and outcomes["new"] > 0, outcomes
     with open_backend(SPEC, path) as g:
-        assert [c for c in g._call("list_collections") if c.startswith("faces_g")] == [g.collection]
+        assert g.collections() == [g.collection] == [g.served_collection()]
