@@ -56,7 +56,8 @@ __all__ = ["MilvusGallery"]
 DB_NAME = "gallery.sqlite"
 LOCK_NAME = "writer.lock"
 FORMAT = "facekd-gallery-milvus/1"
-BATCH = 4096            # rows per streamed read / insert during a rewrite
+BATCH = 4096            # rows per insert during a rewrite
+READ_BATCH = 8192       # rows per read by primary key (Milvus returns at most 16,384 per query)
 _NORM_TOL = 1e-3
 STAGE_ENV = "FACEKD_TEST_MILVUS_STAGE"  # test hook: print a line at a named stage of save()
 
@@ -259,6 +260,7 @@ class MilvusGallery:
                                f"the workspace names {self._spec}")
         self._writable = writable
         self._ids, self._labels = self._store.face_rows()
+        self._committed_ids = self._ids
         if len(self._ids) != n:
             raise GalleryError(f"{self._dir}: database lists {len(self._ids)} faces, generation "
                                f"{self._generation} recorded {n}")
@@ -361,39 +363,28 @@ class MilvusGallery:
                     for i, l, v in zip(ids[s:s + BATCH], labels[s:s + BATCH], vecs[s:s + BATCH])]
             self._call("insert", coll, rows)
 
-    def _batches(self, coll: str, fields: Sequence[str]):
-        """Committed rows of ``coll`` in batches of :data:`BATCH`: ``(ids, labels, vectors)``
-        arrays (vectors ``(b, d)`` float32, or None when not asked for), in no fixed order."""
-        # A reader hides rows a concurrent writer inserted but has not committed; a writer has
-        # deleted any such rows on opening, and the filter costs ~40% of the scan.
-        hide = {} if self._writable else {"filter": f"face_id < {self._committed_next}"}
-        it = self._call("query_iterator", coll, batch_size=BATCH, output_fields=list(fields),
-                        **hide)
-        try:
-            while True:
-                rows = self._call_it(it)
-                if not rows:
-                    return
-                ids = np.fromiter((r["face_id"] for r in rows), np.int64, len(rows))
-                labels = np.fromiter((r["identity"] for r in rows), np.int64, len(rows))
-                vecs = (np.asarray([r["vector"] for r in rows], np.float32)
-                        if "vector" in fields else None)
-                yield ids, labels, vecs
-        finally:
-            it.close()
-
-    @staticmethod
-    def _call_it(it: Any) -> list:
-        try:
-            return it.next()
-        except Exception as exc:
-            raise GalleryError(f"Milvus query_iterator failed: {_reason(exc)}") from None
+    def _batches(self, coll: str, fields: Sequence[str], ids: np.ndarray):
+        """The rows of ``coll`` with primary keys ``ids`` (SQLite knows them), in batches of
+        :data:`READ_BATCH`: ``(ids, labels, vectors)`` arrays (vectors ``(b, d)`` float32, or
+        None when not asked for), each batch in no fixed order. Reading by key never touches
+        other rows (a removed person's are not even read) and costs the same per row at any
+        collection size, where query_iterator's cost per row grows with the collection (100k
+        rows: 16 s against 6 s)."""
+        for s in range(0, len(ids), READ_BATCH):
+            rows = self._call("query", coll, ids=ids[s:s + READ_BATCH].tolist(),
+                              output_fields=list(fields))
+            got = np.fromiter((r["face_id"] for r in rows), np.int64, len(rows))
+            labels = np.fromiter((r["identity"] for r in rows), np.int64, len(rows))
+            vecs = (np.asarray([r["vector"] for r in rows], np.float32).reshape(-1, self._dim)
+                    if "vector" in fields else None)
+            yield got, labels, vecs
 
     def _committed(self) -> tuple[np.ndarray, np.ndarray]:
         """``(ids (n,), raw vectors (n, d))`` of the committed collection in face-id order,
         read once and cached until the next save."""
         if self._cache is None:
-            parts = list(self._batches(self._collection, ("face_id", "identity", "vector")))
+            parts = list(self._batches(self._collection, ("face_id", "identity", "vector"),
+                                       self._committed_ids))
             ids = np.concatenate([p[0] for p in parts]) if parts else np.empty(0, np.int64)
             vecs = (np.concatenate([p[2] for p in parts]) if parts
                     else np.empty((0, self._dim), np.float32))
@@ -667,6 +658,7 @@ class MilvusGallery:
         _stage("committed")
         self._generation, self._collection = new, target
         self._committed_next = self._next_face_id
+        self._committed_ids = self._ids
         self._point_alias()
         _stage("aliased")
         if target != old:
@@ -690,10 +682,10 @@ class MilvusGallery:
         bar = tqdm(total=want, desc="rewrite", unit="face", disable=None if progress is None else not progress,
                    leave=False)
         try:
-            for ids, labels, vecs in self._batches(self._collection, ("face_id", "identity", "vector")):
-                keep = ~np.isin(ids, self._removed)
-                ids, labels, vecs = ids[keep], labels[keep], self._edit(vecs[keep])
-                self._insert(name, ids, labels, vecs)
+            kept = np.setdiff1d(self._committed_ids, self._removed)
+            for ids, labels, vecs in self._batches(self._collection,
+                                                   ("face_id", "identity", "vector"), kept):
+                self._insert(name, ids, labels, self._edit(vecs))
                 bar.update(len(ids))
                 _stage("batch")
             self._insert(name, self._new_ids, self._new_labels, self._new_vecs)
@@ -742,12 +734,15 @@ class MilvusGallery:
             p.append("some face identities are missing from the identities table")
         if self._pending():
             return report  # unsaved changes: the collection is compared after the save
-        parts = list(self._batches(self._collection, ("face_id", "identity")))
+        parts = list(self._batches(self._collection, ("face_id", "identity"), self._ids))
         ids = np.concatenate([q[0] for q in parts]) if parts else np.empty(0, np.int64)
         labels = np.concatenate([q[1] for q in parts]) if parts else np.empty(0, np.int64)
         order = np.argsort(ids)
-        if not (np.array_equal(ids[order], self._ids) and np.array_equal(labels[order], self._labels)):
-            p.append(f"collection {self._collection} holds {len(ids)} faces that differ from "
+        total = self._count(self._collection, "face_id >= 0" if self._writable
+                            else f"face_id < {self._committed_next}")
+        if not (total == len(self._ids) and np.array_equal(ids[order], self._ids)
+                and np.array_equal(labels[order], self._labels)):
+            p.append(f"collection {self._collection} holds {total} faces that differ from "
                      f"SQLite's {len(self._ids)}")
         elif len(ids):
             sample = np.unique(np.linspace(0, len(ids) - 1, num=min(len(ids), 256)).astype(np.int64))
