@@ -90,11 +90,12 @@ def render(n: int, rows: dict, agree: float) -> str:
         f"{m['single_ms'] / f['single_ms']:.1f}x the latency. Top-1 face ids agree on "
         f"{100 * agree:.1f} % of the {QUERIES} queries (both search exactly).",
         "",
-        "The Milvus rewrite streams every row out of the old collection (query_iterator, 4,096 "
-        "rows per batch), edits it and inserts it into a new collection, flushes, switches the "
-        "alias and drops the old collection; the FAISS rewrite edits the vectors in RAM and "
-        "writes one new file. The per-vector cost of Milvus is the gRPC + row-dict round trip "
-        "(Milvus Lite is pure Python behind a local gRPC server), not the arithmetic.",
+        "The Milvus rewrite reads every kept row out of the old collection by primary key "
+        "(8,192 per query), edits it, inserts it into a new collection (4,096 per insert), "
+        "flushes, switches the alias and drops the old collection; the FAISS rewrite edits the "
+        "vectors in RAM and writes one new file. The per-vector cost of Milvus is the gRPC + "
+        "row-dict round trip (Milvus Lite is pure Python behind a local gRPC server), not the "
+        "arithmetic.",
     ]
     return "\n".join(lines)
 
