@@ -4,7 +4,8 @@ Layout::
 
     WORKSPACE/
       config.toml      encoder spec, alignment, thresholds, acceptance bound, forget defaults
-      gallery/         the gallery_tools.Gallery (FAISS vectors + SQLite metadata)
+      gallery/         the gallery_tools.Gallery (FAISS vectors + SQLite metadata; with a Milvus
+                       backend only the SQLite metadata, see gallery_tools.backend)
       receipts/        <receipt_id>.json, derived copies of the receipts held in the gallery
 
 Every piece of *mutable* state lives in the gallery's meta table, so one ``Gallery.save()``

@@ -13,8 +13,9 @@ that is physical on every deployment is dropping the collection that holds them.
 
 ``save()`` after a :meth:`remove` or :meth:`apply`:
 
-1. write ``NAME_g<G+1>``: stream every committed row out of ``NAME_g<G>`` in batches, leave
-   the removed faces out, apply the queued erasures, insert; flush; verify the row count;
+1. write ``NAME_g<G+1>``: read every committed row except the removed faces out of
+   ``NAME_g<G>`` by primary key in batches, apply the queued erasures, insert; flush; verify
+   the row count;
 2. commit one SQLite transaction holding the new collection's name, the generation, the face
    rows and every meta change (ledger, receipts, encoder state) -- **the commit point**;
 3. point the alias ``NAME`` at ``NAME_g<G+1>``;
