@@ -36,11 +36,9 @@ Connection settings come from the environment, never the config or logs: ``MILVU
 
 from __future__ import annotations
 
-import logging
 import os
 import re
 import shutil
-import threading
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -50,6 +48,7 @@ from filelock import FileLock, Timeout
 from gallery_tools.backend import BackendSpec
 from gallery_tools.errors import GalleryError
 from gallery_tools.gallery import CheckReport, Match, _normalised
+from gallery_tools.milvus_connect import connect, disconnect, reason
 from gallery_tools.store import IdentityInfo, Store
 
 __all__ = ["MilvusGallery"]
@@ -62,84 +61,10 @@ READ_BATCH = 8192       # rows per read by primary key (Milvus returns at most 1
 _NORM_TOL = 1e-3
 STAGE_ENV = "FACEKD_TEST_MILVUS_STAGE"  # test hook: print a line at a named stage of save()
 
-_lite_users: dict[str, int] = {}   # Lite directory -> open galleries in this process
-_lite_guard = threading.Lock()
-
-
-def _quiet() -> None:
-    """pymilvus logs every failed RPC with a traceback, and Milvus Lite logs its own errors;
-    this module turns them into one-line GalleryErrors instead. (Called after importing
-    pymilvus, whose import configures its loggers.)"""
-    for name in ("pymilvus", "pymilvus.milvus_client", "milvus_lite"):
-        logging.getLogger(name).setLevel(logging.CRITICAL + 1)
-
-
-def _reason(exc: BaseException) -> str:
-    msg = getattr(exc, "message", None) or str(exc) or type(exc).__name__
-    return " ".join(str(msg).split())[:300]
-
-
-def _redact(uri: str) -> str:
-    """A URI fit for messages: any ``user:password@`` removed."""
-    return re.sub(r"//[^/@]*@", "//", uri)
-
 
 def _stage(name: str) -> None:
     if os.environ.get(STAGE_ENV):
         print(f"stage {name}", flush=True)
-
-
-def _connect(spec: BackendSpec) -> Any:
-    """A MilvusClient for ``spec``; GalleryError (one line, no credentials) when it cannot."""
-    try:
-        from pymilvus import MilvusClient
-    except ImportError:
-        raise GalleryError("this gallery lives in Milvus but pymilvus is not installed "
-                           "(pip install 'facekd[milvus]')") from None
-    _quiet()
-    timeout = float(os.environ.get("MILVUS_TIMEOUT", "10"))
-    if spec.kind == "milvus-lite":
-        try:
-            import milvus_lite  # noqa: F401  (pymilvus starts it for a .db path)
-        except ImportError:
-            raise GalleryError("this gallery lives in Milvus Lite but milvus-lite is not "
-                               "installed (pip install 'facekd[milvus]')") from None
-        Path(spec.uri).parent.mkdir(parents=True, exist_ok=True)
-        try:
-            client = MilvusClient(uri=spec.uri, timeout=timeout)
-        except Exception as exc:
-            raise GalleryError(f"{spec.uri}: cannot open the Milvus Lite database (another "
-                               f"process may be using it): {_reason(exc)}") from None
-        with _lite_guard:
-            _lite_users[spec.uri] = _lite_users.get(spec.uri, 0) + 1
-        return client
-    uri = os.environ.get("MILVUS_URI") or spec.uri
-    user = os.environ.get("MILVUS_USER", "")
-    token = os.environ.get("MILVUS_TOKEN") or (
-        f"{user}:{os.environ.get('MILVUS_PASSWORD', '')}" if user else "")
-    try:
-        return MilvusClient(uri=uri, token=token, db_name=os.environ.get("MILVUS_DB_NAME", ""),
-                            timeout=timeout)
-    except Exception as exc:
-        raise GalleryError(f"cannot connect to Milvus at {_redact(uri)}: {_reason(exc)} "
-                           "(check the server, MILVUS_URI and MILVUS_TOKEN)") from None
-
-
-def _disconnect(client: Any, spec: BackendSpec) -> None:
-    try:
-        client.close()
-    except Exception:  # closing a dead connection must not mask the caller's error
-        pass
-    if spec.kind != "milvus-lite":
-        return
-    with _lite_guard:
-        left = _lite_users.get(spec.uri, 1) - 1
-        _lite_users[spec.uri] = left
-    if left <= 0:  # the in-process Lite server holds the directory's lock until released
-        from milvus_lite.server_manager import server_manager_instance
-
-        server_manager_instance.release_server(spec.uri)
-        _lite_users.pop(spec.uri, None)
 
 
 class MilvusGallery:
@@ -174,7 +99,7 @@ class MilvusGallery:
             raise GalleryError(f"{path}: exists and is not an empty directory")
         self = cls._blank(path, spec)
         try:
-            self._client = _connect(spec)
+            self._client = connect(spec)
             if self._alias_target() is not None or self._client.has_collection(spec.name):
                 raise GalleryError(f"Milvus already holds a collection or alias {spec.name!r}; "
                                    "choose another NAME or drop it first")
@@ -207,7 +132,7 @@ class MilvusGallery:
             if writable:
                 self._take_lock(lock_timeout)
             self._store = Store.open(path / DB_NAME, writable=writable)
-            self._client = _connect(spec)
+            self._client = connect(spec)
             self._load(writable=writable)
             if writable:
                 self._recover()
@@ -235,7 +160,7 @@ class MilvusGallery:
         finally:
             self._store = None
             if self._client is not None:
-                _disconnect(self._client, self._spec)
+                disconnect(self._client, self._spec)
                 self._client = None
             if self._lock is not None:
                 self._lock.release()
@@ -312,7 +237,7 @@ class MilvusGallery:
         except GalleryError:
             raise
         except Exception as exc:
-            raise GalleryError(f"Milvus {method} failed: {_reason(exc)}") from None
+            raise GalleryError(f"Milvus {method} failed: {reason(exc)}") from None
 
     def _collection_name(self, generation: int) -> str:
         return f"{self._spec.name}_g{generation:08d}"
