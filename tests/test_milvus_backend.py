@@ -246,3 +246,26 @@ def test_a_milvus_workspace_without_pymilvus_is_one_line_exit_2(tmp_path, monkey
     code, _, err = run_cli("identities", "-w", tmp_path / "ws")
     assert code == 2 and "pymilvus is not installed" in err and "facekd[milvus]" in err
     assert len(err.strip().splitlines()) == 1
+
+
+def test_enroll_search_forget_verify_through_the_cli_on_milvus_lite(tmp_path, synthetic_photos):
+    """The whole workflow on photos, with the gallery in Milvus Lite: enrolment appends to the
+    serving collection, search finds the person, forget and verify work as on FAISS."""
+    from conftest import SYNTH_IDS, SYNTH_TARGET
+
+    tree, held = synthetic_photos
+    ws = tmp_path / "ws"
+    assert run_cli("init", "-w", ws, "--encoder", "samples", "--aligned",
+                   "--gallery", "milvus-lite:milvus.db")[0] == 0
+    code, out, err = run_cli("enroll", tree, "-w", ws, "--json")
+    assert code == 0, err
+    assert json.loads(out)["gallery_identities"] == len(SYNTH_IDS)
+    img = sorted(held.iterdir())[0]
+    code, out, err = run_cli("search", img, "-k", "3", "--json", "-w", ws)
+    assert code == 0 and json.loads(out)["matches"][0]["identity"] == SYNTH_TARGET, err
+    assert run_cli("forget", "--identity", SYNTH_TARGET, "-w", ws)[0] == 0
+    code, out, err = run_cli("verify", "--identity", SYNTH_TARGET, "--images", held, "-w", ws)
+    assert code in (0, 1) and "Traceback" not in err
+    code, out, _ = run_cli("identities", "--json", "-w", ws)
+    assert SYNTH_TARGET not in {i["identity"] for i in json.loads(out)}
+    assert run_cli("check", "-w", ws)[0] == 0
