@@ -204,9 +204,13 @@ def cli(ctx: click.Context, workspace: Path | None) -> None:
 @click.option("--index", default="flat", show_default=True, help="FAISS index kind.")
 @click.option("--threshold", type=float, default=None,
               help="Match threshold (cosine); default: auto, from the gallery at FAR 1e-3.")
+@click.option("--gallery", "backend", default="faiss", show_default=True, metavar="SPEC",
+              help="Where the gallery vectors live: faiss (in the workspace), "
+                   "milvus://HOST:PORT/NAME (credentials from MILVUS_TOKEN or MILVUS_USER + "
+                   "MILVUS_PASSWORD) or milvus-lite:PATH.db (relative to the workspace).")
 @_command
 def init(workspace: Path, as_json: bool, encoder: str, aligned: bool, index: str,
-         threshold: float | None) -> None:
+         threshold: float | None, backend: str) -> None:
     """Create a workspace for an encoder."""
     from facekd.workspace import Workspace
 
@@ -216,7 +220,7 @@ def init(workspace: Path, as_json: bool, encoder: str, aligned: bool, index: str
 
         encoder = f"insightface:{resolve_pack(arg)}"  # later commands run from anywhere
     with Workspace.init(workspace, encoder, aligned=aligned, index=index,
-                        match_threshold=threshold) as ws:
+                        match_threshold=threshold, backend=backend) as ws:
         enc = ws.base_encoder
         data = {"workspace": str(ws.root), "encoder": encoder, "family": enc.family,
                 "dim": enc.dim, "fingerprint": enc.fingerprint,

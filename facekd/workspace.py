@@ -4,7 +4,8 @@ Layout::
 
     WORKSPACE/
       config.toml      encoder spec, alignment, thresholds, acceptance bound, forget defaults
-      gallery/         the gallery_tools.Gallery (FAISS vectors + SQLite metadata)
+      gallery/         the gallery_tools.Gallery (FAISS vectors + SQLite metadata; with a Milvus
+                       backend only the SQLite metadata, see gallery_tools.backend)
       receipts/        <receipt_id>.json, derived copies of the receipts held in the gallery
 
 Every piece of *mutable* state lives in the gallery's meta table, so one ``Gallery.save()``
@@ -121,6 +122,8 @@ class Config:
     encoder: str
     aligned: bool = False
     index: str = "flat"
+    # Where the vectors live: "faiss" (this directory) or a Milvus address (gallery_tools.backend).
+    backend: str = "faiss"
     match_threshold: float | None = None
     far: float = 1e-3
     # The gated scramble is the default: on LFW + dlib it is the method that passes verify while
@@ -154,6 +157,7 @@ class Config:
         return {
             "encoder": {"spec": self.encoder, "aligned": self.aligned},
             "gallery": {"index": self.index,
+                        **({"backend": self.backend} if self.backend != "faiss" else {}),
                         "match_threshold": "auto" if self.match_threshold is None
                         else float(self.match_threshold)},
             "forget": {"method": self.method, "p": self.p, "min_vectors": self.min_vectors,
@@ -197,6 +201,13 @@ class Config:
             _check_type(f.name, getattr(self, f.name), source)
         if self.index not in ("flat", "ivf"):
             raise WorkspaceError(f"{source}: index must be flat or ivf, got {self.index!r}")
+        from gallery_tools.backend import parse_spec
+        from gallery_tools.errors import GalleryError
+
+        try:
+            parse_spec(self.backend)
+        except GalleryError as exc:
+            raise WorkspaceError(f"{source}: [gallery] backend: {exc}") from None
         if not 0 < self.p <= 100:
             raise WorkspaceError(f"{source}: [forget] p must be in (0, 100]")
         if not 0 <= self.seed < 2 ** 32:
@@ -303,20 +314,24 @@ class Workspace:
     # -------------------------------------------------------------- lifecycle
     @classmethod
     def init(cls, root: str | os.PathLike, encoder: str, *, aligned: bool = False,
-             index: str = "flat", match_threshold: float | None = None) -> "Workspace":
-        """Create a workspace for encoder spec ``encoder`` (``dlib``, ``onnx:PATH``...)."""
+             index: str = "flat", match_threshold: float | None = None,
+             backend: str = "faiss") -> "Workspace":
+        """Create a workspace for encoder spec ``encoder`` (``dlib``, ``onnx:PATH``...) whose
+        gallery vectors live in ``backend`` (``faiss``, ``milvus://HOST:PORT/NAME``,
+        ``milvus-lite:PATH``; see gallery_tools.backend)."""
         from facekd.encoders import load_encoder
-        from gallery_tools import Gallery
+        from gallery_tools.backend import create_backend
 
         root = Path(root)
         if (root / CONFIG_NAME).exists() or (root / "gallery").exists():
             raise WorkspaceError(f"{root}: already holds a workspace")
-        cfg = Config(encoder=encoder, aligned=aligned, index=index, match_threshold=match_threshold)
+        cfg = Config(encoder=encoder, aligned=aligned, index=index, match_threshold=match_threshold,
+                     backend=backend)
         cfg.validate()
         enc = load_encoder(encoder)
         root.mkdir(parents=True, exist_ok=True)
-        gallery = Gallery.create(root / "gallery", enc.dim, encoder_fingerprint=enc.fingerprint,
-                                 index=index)
+        gallery = create_backend(backend, root / "gallery", enc.dim,
+                                 encoder_fingerprint=enc.fingerprint, index=index)
         try:
             gallery.set_meta("salt", rc.new_salt().encode())
             gallery.set_meta("encoder_state", json.dumps(
@@ -340,7 +355,7 @@ class Workspace:
              lock_timeout: float = 10.0, verify: bool = True) -> "Workspace":
         """Open a workspace; ``verify`` refuses gallery files whose checksum changed (``check``
         opens with ``verify=False`` and reports it instead)."""
-        from gallery_tools import Gallery
+        from gallery_tools.backend import open_backend
 
         root = Path(root) if root is not None else default_workspace()
         cfg_path = root / CONFIG_NAME
@@ -354,8 +369,8 @@ class Workspace:
         if writable and (root / "gallery").is_dir() and not os.access(root / "gallery", os.W_OK):
             raise WorkspaceError(f"{root}: the workspace is read-only (cannot write to "
                                  f"{root / 'gallery'}); this command changes it")
-        gallery = Gallery.open(root / "gallery", writable=writable, lock_timeout=lock_timeout,
-                               verify=verify)
+        gallery = open_backend(cfg.backend, root / "gallery", writable=writable,
+                               lock_timeout=lock_timeout, verify=verify)
         return cls(root, cfg, gallery, writable)
 
     def close(self) -> None:

@@ -733,3 +733,8 @@ class Gallery:
                 p.append(f"{name}: {f.stat().st_size} bytes, recorded {size}")
             elif file_sha256(f) != sha:
                 p.append(f"{name}: sha256 differs from the one recorded at save")
+
+    def storage_files(self) -> list[Path]:
+        """Every file of the gallery directory: what a byte scan for an erased face's vectors
+        reads (:func:`gallery_tools.backend.find_traces`)."""
+        return sorted(p for p in self._dir.rglob("*") if p.is_file())
