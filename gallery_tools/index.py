@@ -31,6 +31,21 @@ def flat_inner(index: faiss.Index) -> faiss.IndexFlat:
     return faiss.downcast_index(index.index)
 
 
+def flat_reserve(index: faiss.Index, n: int, ids: np.ndarray) -> np.ndarray:
+    """Size an empty flat index for ``n`` vectors with face ``ids`` ``(n,)`` int64 and return
+    its storage as a writable ``(n, d)`` float32 view, to be filled in place (e.g. read from a
+    file into it): the index's own buffer is the only copy, with no add() from a second one."""
+    inner = flat_inner(index)
+    if index.ntotal or inner.ntotal:
+        raise ValueError("flat_reserve needs an empty index")
+    d = inner.d
+    inner.codes.resize(int(n) * d * 4)
+    inner.ntotal = index.ntotal = int(n)
+    faiss.copy_array_to_vector(np.ascontiguousarray(ids, dtype=np.int64), index.id_map)
+    index.construct_rev_map()
+    return flat_view(index, d)
+
+
 def flat_view(index: faiss.Index, d: int) -> np.ndarray:
     """``(ntotal, d)`` float32 numpy view of a flat index's storage (no copy).
 
