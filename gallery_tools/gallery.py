@@ -23,11 +23,14 @@ the WAL frames its snapshot needs) until it closes and the next writer save or c
 checkpoints; and a crash between the commit and the clean-up leaves the old generation's files
 until the next writer opens the gallery (it deletes them first thing).
 
-What is verified when: every ``open`` (unless ``verify=False``) checks each committed file's
-size and sha256 against the records of the committed generation before anything is served (one
-streamed read of the vectors; a flat writer reads them straight into the index in the same pass,
-a reader's index is filled lazily on its first search). :meth:`Gallery.check` re-hashes every
-file, checks every vector's norm in the same pass, and compares the arrays with SQLite's rows.
+What is verified when: ``open`` checks every committed file's size and the ``.npy`` header of
+the vectors, and the sha256 of the face rows file (small) and of an IVF index; the vectors' sha256
+is checked by the one streamed read that fills the flat index from the file, before any vector is
+used (a writer at open, a reader on its first search or ``vectors()`` call), so damaged rows are
+refused, never searched, re-hashed or saved as good, and a reader that only lists identities
+never reads them. ``verify=False`` skips the sha256 comparisons (``check`` reports instead).
+:meth:`Gallery.check` re-hashes every file, checks every vector's norm in the same read, and
+compares the arrays with SQLite's rows.
 
 Invariants (checked by :meth:`Gallery.check`): the index, the vectors and SQLite hold the same
 face ids in the same (ascending) order; every vector has unit norm; every face's identity is in
@@ -192,8 +195,9 @@ class Gallery:
         then GalleryError) until :meth:`close`. Readers take no lock and see the generation they
         loaded even while a writer saves newer ones. A given ``encoder_fingerprint`` that differs
         from the stored one raises GalleryError naming both. ``verify`` (default) refuses files
-        whose sha256 differs from the one recorded at save; ``verify=False`` is for
-        :meth:`check`, which reports that instead.
+        whose sha256 differs from the one recorded at save (a flat reader's vectors: when first
+        used; see the module docstring); ``verify=False`` is for :meth:`check`, which reports
+        that instead.
         """
         path = Path(path)
         if not (path / DB_NAME).is_file():
@@ -291,17 +295,15 @@ class Gallery:
         verify = getattr(self, "_verify", False)
         if self._kind == "flat":
             del mm
-            # The flat index's storage is the only in-RAM copy of the vectors. A writer fills it
-            # now, hashing in the same read; a reader only hashes now (damaged rows are refused
-            # before anything is served) and fills the index on its first search.
+            # The flat index's storage is the only in-RAM copy of the vectors, filled by one read
+            # of the file that also hashes it (damaged rows are refused before any is used). A
+            # writer fills it now; a reader on its first use of the vectors (search, vectors(),
+            # check), so commands that never read them (identities, ledger) never pay for it.
             # The open file keeps this generation readable after a writer deletes it.
             self._close_vec_file()
             self._vec_file = open(self._dir / vec_name, "rb", buffering=0)
             if writable or n == 0:
                 self._fill_flat(check_sha=verify)
-            elif verify:
-                self._vec_digest = stream_file(self._vec_file)
-                self._refuse_if_damaged(vec_name, vec_sha)
         else:
             # The file is read in full below anyway: hashing it once costs a second sequential
             # read and means damaged rows are refused, never searched, re-hashed or saved as good.
