@@ -467,6 +467,17 @@ class Gallery:
             return np.array(allv, dtype=np.float32, copy=True)
         return np.array(allv[self._labels == int(identity)], dtype=np.float32)
 
+    def vectors_view(self) -> np.ndarray:
+        """Read-only ``(N, d)`` float32 view of every stored vector (no copy of the gallery).
+
+        Valid only until the next change (add, remove, apply, save): the storage moves or is
+        edited in place then. For reading the whole gallery once, e.g. to measure it.
+        """
+        self._require_open()
+        view = self._all_vectors().view()
+        view.flags.writeable = False
+        return view
+
     def labels(self) -> np.ndarray:
         """``(N,)`` int64 identity of each row of :meth:`vectors`."""
         self._require_open()
