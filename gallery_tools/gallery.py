@@ -278,7 +278,8 @@ class Gallery:
         self._files = files
         if files.get("rows"):
             name, size, sha = files["rows"]
-            ids, labels = read_rows(self._dir / name, n, size, sha)
+            ids, labels = read_rows(self._dir / name, n, size, sha,
+                                    verify=getattr(self, "_verify", True))
         else:  # saved before the rows file existed: SQLite's rows (the next save writes the file)
             ids, labels = self._store.face_rows()
             if len(ids) != n:
