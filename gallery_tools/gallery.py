@@ -44,9 +44,8 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, NamedTuple, Sequence
+from typing import TYPE_CHECKING, Any, NamedTuple, Sequence
 
-import faiss
 import numpy as np
 from filelock import FileLock, Timeout
 
@@ -55,6 +54,9 @@ from gallery_tools.errors import GalleryError
 from gallery_tools.files import (atomic_write, file_sha256, fsync_dir, npy_data_offset, open_vectors,
                                  read_rows, stream_file, write_rows, write_vectors)
 from gallery_tools.store import IdentityInfo, Store, dumps
+
+if TYPE_CHECKING:
+    import faiss  # imported where an index is built or read (gallery_tools.index._faiss)
 
 __all__ = ["Gallery", "Match", "CheckReport", "IdentityInfo", "GalleryError"]
 
@@ -323,7 +325,7 @@ class Gallery:
                 if getattr(self, "_verify", False):
                     _verify_sha(ipath, files["index"][2], "index")
                 try:
-                    self._index = faiss.read_index(str(ipath))
+                    self._index = _ix._faiss().read_index(str(ipath))
                 except RuntimeError as exc:
                     raise GalleryError(f"{ipath}: unreadable FAISS index ({str(exc)[:200]})") from None
                 if self._index.ntotal != n:
@@ -595,7 +597,7 @@ class Gallery:
         gone = self._ids[rows]
         self._ensure_vectors()
         if self._kind == "flat":
-            removed = self._index.remove_ids(faiss.IDSelectorBatch(gone))
+            removed = self._index.remove_ids(_ix._faiss().IDSelectorBatch(gone))
             if removed != len(rows):
                 raise GalleryError(f"internal: index removed {removed} of {len(rows)} faces")
         else:
@@ -708,7 +710,7 @@ class Gallery:
         idx_rec = None
         if self._kind == "ivf" and len(self._ids):
             if self._vectors_dirty or not self._files.get("index"):
-                data = faiss.serialize_index(self._index)  # always from the CPU index
+                data = _ix._faiss().serialize_index(self._index)  # always from the CPU index
                 with atomic_write(self._dir / idx_name) as out:
                     out.write(data)
                 idx_rec = [idx_name, out.size, out.sha256.hexdigest()]
@@ -839,7 +841,7 @@ class Gallery:
     def _check_index(self, p: list[str]) -> None:
         n = len(self._ids)
         if self._kind == "flat":
-            id_map = faiss.vector_to_array(self._index.id_map)
+            id_map = _ix._faiss().vector_to_array(self._index.id_map)
             if not np.array_equal(id_map, self._ids):
                 p.append("flat index ids differ from the database's face ids")
             return
