@@ -916,7 +916,9 @@ class Workspace:
         from facekd.metrics import (MetricsError, far_threshold, identification_rate, pair_scores,
                                     split_enrol_probe, tar_at_far)
 
-        vecs = np.asarray(self.gallery.vectors(), dtype=np.float32)
+        # A read-only view: only a sample (or the rows kept below) is ever copied.
+        vecs = np.asarray(getattr(self.gallery, "vectors_view", self.gallery.vectors)(),
+                          dtype=np.float32)
         labels = np.asarray(self.gallery.labels(), dtype=np.int64)
         if exclude is not None:
             keep = labels != exclude
