@@ -118,6 +118,15 @@ def _normalised(vectors: Any, d: int) -> np.ndarray:
     return x
 
 
+def _members(values: np.ndarray, sorted_keys: np.ndarray) -> np.ndarray:
+    """``(n,)`` bool: which ``values`` occur in ascending ``sorted_keys`` (a binary search each,
+    no sort of the million values as ``np.isin`` / ``np.unique`` would do)."""
+    if len(sorted_keys) == 0:
+        return np.zeros(len(values), bool)
+    at = np.minimum(np.searchsorted(sorted_keys, values), len(sorted_keys) - 1)
+    return sorted_keys[at] == values
+
+
 def _unit_rows(block: np.ndarray) -> bool:
     """True when every row of ``(n, d)`` float32 ``block`` is finite with unit norm."""
     norms = np.sqrt(np.einsum("ij,ij->i", block, block))
@@ -502,9 +511,9 @@ class Gallery:
         """
         self._require_open()
         ids, names = self._store.identity_names()
-        labs, counts = np.unique(self._labels, return_counts=True)
-        at = np.minimum(np.searchsorted(labs, ids), max(len(labs) - 1, 0))
-        n = np.where((len(labs) > 0) & (labs[at] == ids), counts[at] if len(labs) else 0, 0)
+        known = _members(self._labels, ids)  # a label missing from the table counts nowhere
+        at = np.searchsorted(ids, self._labels[known])
+        n = np.bincount(at, minlength=len(ids))
         return list(map(IdentityInfo, ids.tolist(), names, n.tolist()))
 
     def has_identity(self, identity: int) -> bool:
@@ -777,6 +786,17 @@ class Gallery:
         self._require_open()
         report = CheckReport()
         p = report.problems
+        scan = None
+        if self._kind == "flat" and self._index is None:
+            # A reader that has not searched: check the committed file itself, hashing it and
+            # checking every row's norm in one read (nothing is loaded into an index). In a
+            # second thread: hashing and SQLite's scans both release the GIL.
+            from concurrent.futures import ThreadPoolExecutor
+
+            pool = ThreadPoolExecutor(1)
+            file_problems: list[str] = []
+            scan = pool.submit(self._scan_vector_file, file_problems)
+            pool.shutdown(wait=False)
         integrity = self._store.integrity()
         if integrity != "ok":
             p.append(f"SQLite integrity check: {integrity}")
@@ -791,14 +811,13 @@ class Gallery:
         if orphans:
             p.append(f"{len(orphans)} identities have no face")
         known = self._store.identity_names()[0]
-        missing = np.setdiff1d(np.unique(self._labels), known)
+        missing = np.unique(self._labels[~_members(self._labels, known)])
         if missing.size:
             p.append(f"{missing.size} face identities are missing from the identities table")
         digests: dict[str, str] = {}
-        if self._kind == "flat" and self._index is None:
-            # A reader that has not searched: check the committed file itself, hashing it and
-            # checking every row's norm in one read (nothing is loaded into an index).
-            digests = self._scan_vector_file(p)
+        if scan is not None:
+            digests = scan.result()
+            p += file_problems
         else:
             vec = self._all_vectors()
             if vec.shape != (len(self._ids), self._dim):
