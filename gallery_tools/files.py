@@ -180,31 +180,47 @@ def stream_file(path: Path | BinaryIO, data: np.ndarray | None = None, *, offset
     h = hashlib.sha256()
     with (open(path, "rb", buffering=0) if isinstance(path, (str, os.PathLike))
           else _Rewound(path)) as fh:
-        head = fh.read(offset)
-        h.update(head)
-        if data is not None:
-            target = memoryview(data.reshape(-1).view(np.uint8))
-            pos = 0
-            while pos < len(target):
-                k = fh.readinto(target[pos:pos + chunk])
-                if not k:
-                    raise GalleryError(f"{path}: shorter than its array (truncated while read)")
-                h.update(target[pos:pos + k])
-                if visit is not None:
-                    visit(pos, np.frombuffer(target[pos:pos + k], np.uint8))
-                pos += k
-            rest = fh.read()
-            h.update(rest)
-        else:
-            buf = bytearray(chunk)
-            mv = memoryview(buf)
-            pos = 0
-            while k := fh.readinto(mv):
-                h.update(mv[:k])
-                if visit is not None:
-                    visit(pos, np.frombuffer(mv[:k], np.uint8))
-                pos += k
+        h.update(fh.read(offset))
+        target = None if data is None else memoryview(data.reshape(-1).view(np.uint8))
+        pos = 0
+        for pos, block in _read_ahead(fh, target, chunk):
+            h.update(block)
+            if visit is not None:
+                visit(pos, np.frombuffer(block, np.uint8))
+            pos += len(block)
+        if target is not None:
+            if pos != len(target):
+                raise GalleryError(f"{path}: shorter than its array (truncated while read)")
+            h.update(fh.read())
     return h.hexdigest()
+
+
+def _read_ahead(fh: BinaryIO, target: memoryview | None, chunk: int
+                ) -> Iterator[tuple[int, memoryview]]:
+    """``(offset, block)`` of ``fh`` from where it stands, read a block ahead in a second thread
+    (file reads and sha256 both release the GIL, so reading and hashing overlap on two cores).
+    Into consecutive slices of ``target`` until it is full, else through two alternating buffers."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    spare = [memoryview(bytearray(chunk)), memoryview(bytearray(chunk))] if target is None else []
+
+    def region(pos: int, turn: int) -> memoryview:
+        return spare[turn % 2] if target is None else target[pos:pos + chunk]
+
+    with ThreadPoolExecutor(1) as pool:
+        pos, turn = 0, 0
+        dst = region(pos, turn)
+        pending = pool.submit(fh.readinto, dst) if len(dst) else None
+        while pending is not None:
+            k = pending.result()
+            if not k:
+                return
+            block = dst[:k]
+            turn += 1
+            dst = region(pos + k, turn)
+            pending = pool.submit(fh.readinto, dst) if len(dst) else None
+            yield pos, block
+            pos += k
 
 
 def open_vectors(path: Path, n: int, d: int, size: int | None, *, mode: str = "r") -> np.ndarray:
