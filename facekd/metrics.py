@@ -203,7 +203,8 @@ def wilson_interval(successes: float, trials: int, *, z: float = 1.959964) -> tu
     z2 = z * z / trials
     centre = (p + z2 / 2) / (1 + z2)
     half = z * math.sqrt(p * (1 - p) / trials + z2 / (4 * trials)) / (1 + z2)
-    return max(0.0, centre - half), min(1.0, centre + half)
+    # min/max: at p = 0 or 1 the bound equals p mathematically; keep it so in floating point
+    return max(0.0, min(p, centre - half)), min(1.0, max(p, centre + half))
 
 
 def far_threshold(impostor: Any, far: float) -> float:
