@@ -181,11 +181,8 @@ def measure(faces: int, profile: Path | None, repeats: int) -> dict:
     return res
 
 
-def markdown(rows: list[dict], label: str) -> str:
-    lines = [f"Machine: {machine()}; {versions('numpy', 'faiss', 'scikit-learn')}; load average "
-             f"{load_average()}. {label}",
-             "",
-             "| faces | identities | open (`identities`) | forget | check | search (1 query) "
+def _table(rows: list[dict]) -> list[str]:
+    lines = ["| faces | identities | open (`identities`) | forget | check | search (1 query) "
              "| floor: copy+fsync | floor: apply | sha256 of vectors |",
              "|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
@@ -194,12 +191,30 @@ def markdown(rows: list[dict], label: str) -> str:
                      f"| {cell('check')} | {cell('search')} | {r['copy_fsync_s']:.2f} s "
                      f"| {r['apply_s']:.2f} s | {r['sha256_s']:.2f} s |")
     lines.append("")
-    lines.append("Ratios are to the floor = copy + fsync of the vectors file + one pass of the "
-                 "apply, timed in the same run. Forget stages (s, from the receipt):")
+    lines.append("Forget stages (s, from the receipt; `fit` is the erasure's own fit, `metrics` "
+                 "includes the twin refit the receipt measures):")
     for r in rows:
         t = ", ".join(f"{k} {v:.2f}" for k, v in r.get("forget_timings", {}).items())
         lines.append(f"- {r['faces']:,} faces: {t}")
-    return "\n".join(lines)
+    return lines
+
+
+def markdown(rows: list[dict], label: str, before: list[dict] | None = None,
+             before_label: str = "") -> str:
+    lines = ["## A million faces: every command against the cost of touching the vectors once "
+             "(`benchmarks/bench_million.py`)", "",
+             f"Machine: {machine()}; {versions('numpy', 'faiss', 'scikit-learn')}. Workspaces of "
+             f"100k and 1M faces (10 per identity, d = {D}, clustered unit vectors, the `samples` "
+             "encoder) built through `Workspace`/`Gallery.add`; every command is a fresh "
+             "`facekd` process (imports included), best of the runs. Ratios (in parentheses) are "
+             "to the floor timed in the same run: copy + fsync of the vectors file plus one pass "
+             "of the forget's erasure over every vector.", ""]
+    if before:
+        lines += [f"Before ({before_label}):", ""] + _table(before) + [""]
+        lines += [f"After ({label}):", ""]
+    else:
+        lines += [f"{label}:", ""]
+    return "\n".join(lines + _table(rows))
 
 
 def main() -> None:
@@ -207,13 +222,21 @@ def main() -> None:
     ap.add_argument("--sizes", default="100000,1000000")
     ap.add_argument("--repeats", type=int, default=2, help="best of N fresh processes per step")
     ap.add_argument("--profile", type=Path, default=None, help="pyinstrument profiles here")
-    ap.add_argument("--label", default="", help="a note written above the table")
+    ap.add_argument("--label", default=None, help="a note written above the table")
     ap.add_argument("--no-write", action="store_true", help="print; leave docs/benchmarks.md")
+    ap.add_argument("--json-out", type=Path, default=None, help="also write the rows here")
+    ap.add_argument("--before", type=Path, default=None,
+                    help="rows (--json-out) of an earlier run, e.g. of the previous release")
+    ap.add_argument("--before-label", default="the code before this change")
     args = ap.parse_args()
     rows = [measure(int(s), args.profile, args.repeats) for s in args.sizes.split(",")]
     for r in rows:
         print(json.dumps(r, indent=1))
-    text = markdown(rows, args.label)
+    if args.json_out:
+        args.json_out.write_text(json.dumps(rows, indent=1))
+    before = json.loads(args.before.read_text()) if args.before else None
+    label = args.label or f"this run, load average {load_average():.1f}"
+    text = markdown(rows, label, before, args.before_label)
     print(text)
     if not args.no_write:
         write_section("million", text)
