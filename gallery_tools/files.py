@@ -37,12 +37,20 @@ class _HashingWriter:
         self.fh = fh
         self.sha256 = hashlib.sha256()
         self.size = 0
+        self.pool = None  # set (a 1-thread executor): large blocks are hashed while written
 
     def write(self, data) -> int:
         mv = memoryview(data).cast("B")
-        self.sha256.update(mv)
         self.size += len(mv)
-        return self.fh.write(mv)
+        if self.pool is None or len(mv) < (1 << 20):
+            self.sha256.update(mv)
+            return self.fh.write(mv)
+        # write() and sha256 both release the GIL: on two cores the block costs the slower one
+        hashed = self.pool.submit(self.sha256.update, mv)
+        try:
+            return self.fh.write(mv)
+        finally:
+            hashed.result()
 
 
 @contextmanager
@@ -89,7 +97,9 @@ def write_rows(path: Path, face_ids: np.ndarray, identities: np.ndarray) -> tupl
 
 
 def _write_npy(path: Path, array: np.ndarray, *, progress: bool = False) -> tuple[int, str]:
-    with atomic_write(path) as out:
+    from concurrent.futures import ThreadPoolExecutor
+
+    with atomic_write(path) as out, ThreadPoolExecutor(1) as out.pool:
         header = {"descr": array.dtype.str, "fortran_order": False, "shape": array.shape}
         np.lib.format.write_array_header_1_0(out, header)
         if progress:

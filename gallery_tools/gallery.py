@@ -850,7 +850,7 @@ class Gallery:
         try:
             digest = stream_file(path, offset=npy_data_offset(path), visit=visit,
                                  chunk=max(1, (1 << 24) // row_bytes) * row_bytes)
-        except (OSError, ValueError) as exc:
+        except (OSError, ValueError, GalleryError) as exc:  # e.g. shrank while being read
             p.append(f"{name}: unreadable ({exc})")
             return {}
         if bad:
