@@ -56,6 +56,9 @@ __all__ = ["Config", "Workspace", "WorkspaceError", "ForgetResult", "VerifyResul
 CONFIG_NAME = "config.toml"
 STAGE_ENV = "FACEKD_TEST_PAUSE_AT"  # test instrumentation: sleep at a named forget stage
 REPORT_MAX_IDENTITIES = 300  # forget's before/after report: the erased one + a sample
+# ... of which the knowledge-retention probes use this many others: the one-vs-rest weak probe
+# costs grow with identities x faces (3 s per state at 300 identities x 5 faces, 0.3 s at 100).
+KR_MAX_IDENTITIES = 100
 RETAIN_SAMPLE = 4000  # vectors used for retained-identity statistics in verify
 
 
@@ -750,7 +753,9 @@ class Workspace:
                                  f"at least {cfg.min_vectors} are needed to fit (add --images DIR)")
         lap("collect")
 
-        all_vecs = np.asarray(self.gallery.vectors(), dtype=np.float32)
+        # A view, not a copy of the gallery: read only, and only before remove/apply below.
+        all_vecs = np.asarray(getattr(self.gallery, "vectors_view", self.gallery.vectors)(),
+                              dtype=np.float32)
         labels = np.asarray(self.gallery.labels(), dtype=np.int64)
         m = methods.get(method)
         options = m.options_from_config(cfg)
@@ -889,9 +894,14 @@ class Workspace:
                         "on all the erased identity's faces) is measured, so its probes are seen "
                         "faces and MIA is not meaningful")
         protocol += sampled
+        if len(np.unique(labels)) - 1 > KR_MAX_IDENTITIES:
+            protocol += (f"; knowledge-retention probes on the erased identity and a seeded "
+                         f"sample of {KR_MAX_IDENTITIES} others")
+        protocol += "; 95% Wilson intervals in metrics.intervals"
         try:
             report = erasure_report(all_vecs, labels, [identity], twin, split,
-                                    fars=(self.config.far,), seed=self.config.seed)
+                                    fars=(self.config.far,), seed=self.config.seed,
+                                    max_probe_identities=KR_MAX_IDENTITIES)
         except MetricsError as exc:
             raise WorkspaceError(f"cannot measure this erasure: {exc}") from None
         return report, protocol
@@ -902,7 +912,9 @@ class Workspace:
         from facekd.metrics import (MetricsError, far_threshold, identification_rate, pair_scores,
                                     split_enrol_probe, tar_at_far)
 
-        vecs = np.asarray(self.gallery.vectors(), dtype=np.float32)
+        # A read-only view: only a sample (or the rows kept below) is ever copied.
+        vecs = np.asarray(getattr(self.gallery, "vectors_view", self.gallery.vectors)(),
+                          dtype=np.float32)
         labels = np.asarray(self.gallery.labels(), dtype=np.int64)
         if exclude is not None:
             keep = labels != exclude
@@ -1023,12 +1035,31 @@ def _template_leak(step: Erasure, vecs: np.ndarray, labels: np.ndarray, identity
     singled out). Numbers only: no direction or embedding leaves this function."""
     from facekd.metrics import template_leak
 
-    ids, inv = np.unique(labels, return_inverse=True)
-    means = np.zeros((len(ids), vecs.shape[1]))
-    np.add.at(means, inv, _normalize(vecs))
-    means /= np.bincount(inv)[:, None]
+    ids, means = _identity_means(vecs, labels)
     cos, rank = template_leak(step, means, ids, identity)
     return {"cosine_to_mean_face": round(cos, 4), "rank": rank, "ranked_among": int(len(ids))}
+
+
+def _identity_means(vecs: np.ndarray, labels: np.ndarray, *, block: int = 65536
+                    ) -> tuple[np.ndarray, np.ndarray]:
+    """Sorted identities ``(c,)`` and the float64 mean of each one's unit vectors ``(c, d)``.
+
+    Summed a block at a time, so a million faces cost one pass and no normalised copy of the
+    gallery (``np.add.at`` took 10 s).
+    """
+    from scipy.sparse import csr_matrix
+
+    ids, inv = np.unique(labels, return_inverse=True)
+    sums = np.zeros((len(ids), vecs.shape[1]))
+    for s in range(0, len(inv), block):
+        part = inv[s:s + block]
+        x = np.array(vecs[s:s + block], dtype=np.float32)  # float32: a mean needs 4 digits
+        x /= np.maximum(np.sqrt(np.einsum("ij,ij->i", x, x)), 1e-12)[:, None]
+        # One sparse (identities x rows) indicator product per block: np.add.reduceat along rows
+        # and a running sum were 5-50x slower.
+        sums += csr_matrix((np.ones(len(part), np.float32), (part, np.arange(len(part)))),
+                           shape=(len(ids), len(part))) @ x
+    return ids, sums / np.bincount(inv, minlength=len(ids))[:, None]
 
 
 def _score_histograms(vecs: np.ndarray, labels: np.ndarray, identity: int, erasure: Erasure,
@@ -1037,10 +1068,10 @@ def _score_histograms(vecs: np.ndarray, labels: np.ndarray, identity: int, erasu
     rng = np.random.default_rng(seed)
     f = labels == identity
     iu = np.triu_indices(int(f.sum()), k=1)
-    rest, rest_labels = vecs[~f], labels[~f]
+    rest = np.flatnonzero(~f)  # indices, not a copy of everyone else's vectors
     m = min(len(rest), 2 * int(np.sqrt(max_impostor)) + 2)
     pick = rng.choice(len(rest), size=m, replace=False) if len(rest) > m else np.arange(len(rest))
-    r, rl = rest[pick], rest_labels[pick]
+    r, rl = vecs[rest[pick]], labels[rest[pick]]
     ir = np.triu_indices(len(r), k=1)
     imp_mask = rl[ir[0]] != rl[ir[1]]
     out = {}

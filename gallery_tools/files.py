@@ -8,10 +8,11 @@ file or the complete file under the final name, never a partial one.
 from __future__ import annotations
 
 import hashlib
+import io
 import os
 from contextlib import contextmanager
 from pathlib import Path
-from typing import BinaryIO, Iterator
+from typing import BinaryIO, Callable, Iterator
 
 import numpy as np
 
@@ -36,12 +37,20 @@ class _HashingWriter:
         self.fh = fh
         self.sha256 = hashlib.sha256()
         self.size = 0
+        self.pool = None  # set (a 1-thread executor): large blocks are hashed while written
 
     def write(self, data) -> int:
         mv = memoryview(data).cast("B")
-        self.sha256.update(mv)
         self.size += len(mv)
-        return self.fh.write(mv)
+        if self.pool is None or len(mv) < (1 << 20):
+            self.sha256.update(mv)
+            return self.fh.write(mv)
+        # write() and sha256 both release the GIL: on two cores the block costs the slower one
+        hashed = self.pool.submit(self.sha256.update, mv)
+        try:
+            return self.fh.write(mv)
+        finally:
+            hashed.result()
 
 
 @contextmanager
@@ -65,24 +74,163 @@ def atomic_write(path: Path) -> Iterator[_HashingWriter]:
 def write_vectors(path: Path, vectors: np.ndarray, *, progress: bool = False) -> tuple[int, str]:
     """Write ``(n, d)`` float32 rows as a ``.npy`` file atomically, streaming in blocks.
 
-    Returns ``(size_bytes, sha256_hex)`` of the file, recorded in SQLite so that :func:`open_vectors`
-    can detect truncation cheaply and ``check`` can detect corruption.
+    Returns ``(size_bytes, sha256_hex)`` of the file, hashed while it is written (one pass),
+    recorded in SQLite so that :func:`open_vectors` can detect truncation cheaply and ``open`` /
+    ``check`` can detect corruption.
     """
     vectors = np.asarray(vectors)
     if vectors.dtype != np.float32 or vectors.ndim != 2:
         raise GalleryError(f"internal: vectors must be (n, d) float32, got {vectors.dtype} {vectors.shape}")
-    with atomic_write(path) as out:
-        header = {"descr": "<f4", "fortran_order": False, "shape": vectors.shape}
-        np.lib.format.write_array_header_1_0(out, header)
-        from tqdm.auto import tqdm
+    return _write_npy(path, vectors, progress=progress)
 
-        with tqdm(total=vectors.shape[0], unit="face", desc=f"write {path.name}", leave=False,
-                  disable=not progress) as bar:
-            for start in range(0, vectors.shape[0], _WRITE_ROWS):
-                block = np.ascontiguousarray(vectors[start:start + _WRITE_ROWS])
+
+def write_rows(path: Path, face_ids: np.ndarray, identities: np.ndarray) -> tuple[int, str]:
+    """Write the ``(n, 2)`` int64 ``[face_id, identity]`` table beside the vectors (atomically).
+
+    It is what ``open`` needs from the ``faces`` table, in the shape it needs it: reading it is
+    one file read instead of a million SQLite rows turned into Python tuples.
+    Returns ``(size_bytes, sha256_hex)``.
+    """
+    rows = np.empty((len(face_ids), 2), dtype="<i8")
+    rows[:, 0], rows[:, 1] = face_ids, identities
+    return _write_npy(path, rows)
+
+
+def _write_npy(path: Path, array: np.ndarray, *, progress: bool = False) -> tuple[int, str]:
+    from concurrent.futures import ThreadPoolExecutor
+
+    with atomic_write(path) as out, ThreadPoolExecutor(1) as out.pool:
+        header = {"descr": array.dtype.str, "fortran_order": False, "shape": array.shape}
+        np.lib.format.write_array_header_1_0(out, header)
+        if progress:
+            from tqdm.auto import tqdm  # only saves of large galleries show a bar
+        with (tqdm(total=array.shape[0], unit="face", desc=f"write {path.name}", leave=False)
+              if progress else _NoBar()) as bar:
+            for start in range(0, array.shape[0], _WRITE_ROWS):
+                block = np.ascontiguousarray(array[start:start + _WRITE_ROWS])
                 out.write(block)
                 bar.update(len(block))
     return out.size, out.sha256.hexdigest()
+
+
+class _NoBar:
+    def __enter__(self) -> "_NoBar":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+    def update(self, n: int) -> None:
+        return None
+
+
+def read_rows(path: Path, n: int, size: int, sha: str, *,
+              verify: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """``(face_ids, identities)`` ``(n,)`` int64 from a file of :func:`write_rows`, refused
+    (GalleryError) when missing, of another size or shape, or (``verify``) sha256 than recorded."""
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise GalleryError(f"{path}: face rows file missing (the gallery is incomplete)") from None
+    except OSError as exc:
+        raise GalleryError(f"{path}: cannot read the face rows file ({exc.strerror or exc})") from None
+    if len(data) != size:
+        raise GalleryError(f"{path}: face rows file is {len(data)} bytes, expected {size} "
+                           "(truncated or overwritten)")
+    if verify and hashlib.sha256(data).hexdigest() != sha:
+        raise GalleryError(f"{path}: face rows file is damaged (sha256 differs from the one "
+                           "recorded at save); restore the gallery from a backup")
+    try:
+        rows = np.load(io.BytesIO(data), allow_pickle=False)
+    except Exception as exc:
+        raise GalleryError(f"{path}: not a readable face rows file ({exc})") from None
+    if rows.dtype != np.int64 or rows.shape != (n, 2):
+        raise GalleryError(f"{path}: holds {rows.dtype} {rows.shape}, expected int64 ({n}, 2)")
+    return np.ascontiguousarray(rows[:, 0]), np.ascontiguousarray(rows[:, 1])
+
+
+def npy_data_offset(path: Path | BinaryIO) -> int:
+    """Byte offset of the array data in a ``.npy`` file (its header length)."""
+    with (open(path, "rb") if isinstance(path, (str, os.PathLike)) else _Rewound(path)) as fh:
+        version = np.lib.format.read_magic(fh)
+        reader = {(1, 0): np.lib.format.read_array_header_1_0,
+                  (2, 0): np.lib.format.read_array_header_2_0}.get(version)
+        if reader is None:
+            raise GalleryError(f"{path}: .npy format version {version} is not supported")
+        reader(fh)
+        return fh.tell()
+
+
+class _Rewound:
+    """An already open binary file, read from its start and left open afterwards."""
+
+    def __init__(self, fh: BinaryIO):
+        self.fh = fh
+
+    def __enter__(self) -> BinaryIO:
+        self.fh.seek(0)
+        return self.fh
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+
+def stream_file(path: Path | BinaryIO, data: np.ndarray | None = None, *, offset: int = 0,
+                visit: Callable[[int, np.ndarray], None] | None = None,
+                chunk: int = 1 << 24) -> str:
+    """One sequential read of ``path`` (or of an open unbuffered binary file, from its start):
+    returns its sha256 (hex), hashing every byte as it passes.
+
+    ``data``: a writable C-contiguous array that the bytes from ``offset`` on are read into (e.g.
+    a FAISS index's own storage, so loading needs no second copy); ``visit(start_byte, block)``
+    is called on each block of those bytes (``uint8`` view), e.g. to check norms while hashing.
+    Without ``data`` the file is read through one reused buffer.
+    """
+    h = hashlib.sha256()
+    with (open(path, "rb", buffering=0) if isinstance(path, (str, os.PathLike))
+          else _Rewound(path)) as fh:
+        h.update(fh.read(offset))
+        target = None if data is None else memoryview(data.reshape(-1).view(np.uint8))
+        pos = 0
+        for pos, block in _read_ahead(fh, target, chunk):
+            h.update(block)
+            if visit is not None:
+                visit(pos, np.frombuffer(block, np.uint8))
+            pos += len(block)
+        if target is not None:
+            if pos != len(target):
+                raise GalleryError(f"{path}: shorter than its array (truncated while read)")
+            h.update(fh.read())
+    return h.hexdigest()
+
+
+def _read_ahead(fh: BinaryIO, target: memoryview | None, chunk: int
+                ) -> Iterator[tuple[int, memoryview]]:
+    """``(offset, block)`` of ``fh`` from where it stands, read a block ahead in a second thread
+    (file reads and sha256 both release the GIL, so reading and hashing overlap on two cores).
+    Into consecutive slices of ``target`` until it is full, else through two alternating buffers."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    spare = [memoryview(bytearray(chunk)), memoryview(bytearray(chunk))] if target is None else []
+
+    def region(pos: int, turn: int) -> memoryview:
+        return spare[turn % 2] if target is None else target[pos:pos + chunk]
+
+    with ThreadPoolExecutor(1) as pool:
+        pos, turn = 0, 0
+        dst = region(pos, turn)
+        pending = pool.submit(fh.readinto, dst) if len(dst) else None
+        while pending is not None:
+            k = pending.result()
+            if not k:
+                return
+            block = dst[:k]
+            turn += 1
+            dst = region(pos + k, turn)
+            pending = pool.submit(fh.readinto, dst) if len(dst) else None
+            yield pos, block
+            pos += k
 
 
 def open_vectors(path: Path, n: int, d: int, size: int | None, *, mode: str = "r") -> np.ndarray:

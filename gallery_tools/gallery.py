@@ -4,6 +4,9 @@ On disk, a gallery is a directory::
 
     gallery.sqlite          faces, identities, settings, meta (WAL mode); the commit point
     vectors-GGGGGGGG.npy    (N, d) float32, L2-normalised, rows in face-id order
+    rows-GGGGGGGG.npy       (N, 2) int64 [face_id, identity] of those rows: what open needs of
+                            the faces table, as one array (galleries saved before it existed
+                            are read from SQLite and gain the file at their next save)
     index-GGGGGGGG.faiss    IVF galleries only (a flat index *is* its vectors: nothing to add)
     writer.lock             the single-writer lock (filelock)
 
@@ -20,6 +23,15 @@ the WAL frames its snapshot needs) until it closes and the next writer save or c
 checkpoints; and a crash between the commit and the clean-up leaves the old generation's files
 until the next writer opens the gallery (it deletes them first thing).
 
+What is verified when: ``open`` checks every committed file's size and the ``.npy`` header of
+the vectors, and the sha256 of the face rows file (small) and of an IVF index; the vectors' sha256
+is checked by the one streamed read that fills the flat index from the file, before any vector is
+used (a writer at open, a reader on its first search or ``vectors()`` call), so damaged rows are
+refused, never searched, re-hashed or saved as good, and a reader that only lists identities
+never reads them. ``verify=False`` skips the sha256 comparisons (``check`` reports instead).
+:meth:`Gallery.check` re-hashes every file, checks every vector's norm in the same read, and
+compares the arrays with SQLite's rows.
+
 Invariants (checked by :meth:`Gallery.check`): the index, the vectors and SQLite hold the same
 face ids in the same (ascending) order; every vector has unit norm; every face's identity is in
 the identities table and every identity has a face.
@@ -32,23 +44,26 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, NamedTuple, Sequence
+from typing import TYPE_CHECKING, Any, NamedTuple, Sequence
 
-import faiss
 import numpy as np
 from filelock import FileLock, Timeout
 
 from gallery_tools import index as _ix
 from gallery_tools.errors import GalleryError
-from gallery_tools.files import atomic_write, file_sha256, fsync_dir, open_vectors, write_vectors
+from gallery_tools.files import (atomic_write, file_sha256, fsync_dir, npy_data_offset, open_vectors,
+                                 read_rows, stream_file, write_rows, write_vectors)
 from gallery_tools.store import IdentityInfo, Store, dumps
+
+if TYPE_CHECKING:
+    import faiss  # imported where an index is built or read (gallery_tools.index._faiss)
 
 __all__ = ["Gallery", "Match", "CheckReport", "IdentityInfo", "GalleryError"]
 
 DB_NAME = "gallery.sqlite"
 LOCK_NAME = "writer.lock"
 FORMAT = "facekd-gallery/1"
-_GEN_FILE = re.compile(r"^(vectors-\d{8}\.npy|index-\d{8}\.faiss|\..+\.tmp-\d+)$")
+_GEN_FILE = re.compile(r"^(vectors-\d{8}\.npy|rows-\d{8}\.npy|index-\d{8}\.faiss|\..+\.tmp-\d+)$")
 _APPLY_ROWS = 65536  # rows per erasure block: bounds the validation temporaries of Erasure.apply
 _NORM_TOL = 1e-3
 PROGRESS_MIN_FACES = 250_000  # saves of galleries this large show a progress bar
@@ -80,6 +95,10 @@ def _file_names(generation: int) -> tuple[str, str]:
     return f"vectors-{generation:08d}.npy", f"index-{generation:08d}.faiss"
 
 
+def _rows_name(generation: int) -> str:
+    return f"rows-{generation:08d}.npy"
+
+
 def _normalised(vectors: Any, d: int) -> np.ndarray:
     """Validate ``(n, d)`` finite non-zero vectors; return L2-normalised float32 rows (a copy)."""
     try:
@@ -97,6 +116,21 @@ def _normalised(vectors: Any, d: int) -> np.ndarray:
         raise GalleryError(f"{int((norms == 0).sum())} vector(s) are all zero and cannot be normalised")
     x /= norms[:, None]
     return x
+
+
+def _members(values: np.ndarray, sorted_keys: np.ndarray) -> np.ndarray:
+    """``(n,)`` bool: which ``values`` occur in ascending ``sorted_keys`` (a binary search each,
+    no sort of the million values as ``np.isin`` / ``np.unique`` would do)."""
+    if len(sorted_keys) == 0:
+        return np.zeros(len(values), bool)
+    at = np.minimum(np.searchsorted(sorted_keys, values), len(sorted_keys) - 1)
+    return sorted_keys[at] == values
+
+
+def _unit_rows(block: np.ndarray) -> bool:
+    """True when every row of ``(n, d)`` float32 ``block`` is finite with unit norm."""
+    norms = np.sqrt(np.einsum("ij,ij->i", block, block))
+    return bool(np.isfinite(norms).all() and np.abs(norms - 1).max(initial=0) <= _NORM_TOL)
 
 
 def _verify_sha(path: Path, sha: str | None, what: str) -> None:
@@ -127,6 +161,7 @@ class Gallery:
         self._store = None
         self._lock = None
         self._closed = False
+        self._vec_file = None
         self._device = _ix.SearchDevice()
         return self
 
@@ -171,8 +206,9 @@ class Gallery:
         then GalleryError) until :meth:`close`. Readers take no lock and see the generation they
         loaded even while a writer saves newer ones. A given ``encoder_fingerprint`` that differs
         from the stored one raises GalleryError naming both. ``verify`` (default) refuses files
-        whose sha256 differs from the one recorded at save; ``verify=False`` is for
-        :meth:`check`, which reports that instead.
+        whose sha256 differs from the one recorded at save (a flat reader's vectors: when first
+        used; see the module docstring); ``verify=False`` is for :meth:`check`, which reports
+        that instead.
         """
         path = Path(path)
         if not (path / DB_NAME).is_file():
@@ -223,6 +259,7 @@ class Gallery:
         self._lock = lock
 
     def _release(self) -> None:
+        self._close_vec_file()
         try:
             if self._store is not None:
                 self._store.close()
@@ -250,27 +287,40 @@ class Gallery:
             raise GalleryError(f"{self._dir}: gallery settings are damaged ({exc})") from None
         self._writable = writable
         self._files = files
-        ids, labels = self._store.face_rows()
-        if len(ids) != n:
-            raise GalleryError(f"{self._dir}: database lists {len(ids)} faces, generation "
-                               f"{self._generation} recorded {n}")
+        if files.get("rows"):
+            name, size, sha = files["rows"]
+            ids, labels = read_rows(self._dir / name, n, size, sha,
+                                    verify=getattr(self, "_verify", True))
+        else:  # saved before the rows file existed: SQLite's rows (the next save writes the file)
+            ids, labels = self._store.face_rows()
+            if len(ids) != n:
+                raise GalleryError(f"{self._dir}: database lists {len(ids)} faces, generation "
+                                   f"{self._generation} recorded {n}")
         self._ids, self._labels = ids, labels
+        self._rows_dirty = not files.get("rows")
         vec_name, vec_size, vec_sha = files["vectors"]
         mm = open_vectors(self._dir / vec_name, n, self._dim, vec_size,
                           mode="c" if self._kind == "ivf" else "r")
-        # The file is read in full below anyway: hashing it once costs a second sequential read
-        # and means damaged rows are refused, never searched, re-hashed or saved as good.
-        if getattr(self, "_verify", False):
-            _verify_sha(self._dir / vec_name, vec_sha, "vector")
         self._vecs = None
+        self._index = None
+        self._vec_digest = None  # sha256 of the vector file as read by this object, once known
+        verify = getattr(self, "_verify", False)
         if self._kind == "flat":
-            # The flat index's storage is the only in-RAM copy of the vectors.
-            # One add from the map: a single allocation and copy (chunked adds regrow the storage).
-            self._index = _ix.new_flat(self._dim)
-            if n:
-                self._index.add_with_ids(mm, ids)
             del mm
+            # The flat index's storage is the only in-RAM copy of the vectors, filled by one read
+            # of the file that also hashes it (damaged rows are refused before any is used). A
+            # writer fills it now; a reader on its first use of the vectors (search, vectors(),
+            # check), so commands that never read them (identities, ledger) never pay for it.
+            # The open file keeps this generation readable after a writer deletes it.
+            self._close_vec_file()
+            self._vec_file = open(self._dir / vec_name, "rb", buffering=0)
+            if writable or n == 0:
+                self._fill_flat(check_sha=verify)
         else:
+            # The file is read in full below anyway: hashing it once costs a second sequential
+            # read and means damaged rows are refused, never searched, re-hashed or saved as good.
+            if verify:
+                _verify_sha(self._dir / vec_name, vec_sha, "vector")
             self._vecs = mm  # copy-on-write map: pages load on first touch, edits stay private
             self._index = None
             if files.get("index"):
@@ -284,7 +334,7 @@ class Gallery:
                 if getattr(self, "_verify", False):
                     _verify_sha(ipath, files["index"][2], "index")
                 try:
-                    self._index = faiss.read_index(str(ipath))
+                    self._index = _ix._faiss().read_index(str(ipath))
                 except RuntimeError as exc:
                     raise GalleryError(f"{ipath}: unreadable FAISS index ({str(exc)[:200]})") from None
                 if self._index.ntotal != n:
@@ -298,9 +348,44 @@ class Gallery:
         self._trained_n = int(n)
         self._device.invalidate()
 
+    def _refuse_if_damaged(self, vec_name: str, vec_sha: str | None) -> None:
+        if vec_sha is not None and self._vec_digest != vec_sha:
+            raise GalleryError(f"{self._dir / vec_name}: vector file is damaged (sha256 differs "
+                               "from the one recorded at save); restore the gallery from a backup")
+
+    def _fill_flat(self, *, check_sha: bool) -> None:
+        """Build the flat index from the committed vector file: one read straight into the
+        index's own storage, hashed as it passes (no intermediate copy)."""
+        vec_name, _, vec_sha = self._files["vectors"]
+        n, d = len(self._ids), self._dim
+        index = _ix.new_flat(d)
+        if n:
+            path, fh = self._dir / vec_name, self._vec_file
+            storage = _ix.flat_reserve(index, n, self._ids)
+            digest = stream_file(fh, storage, offset=npy_data_offset(fh))
+            if self._vec_digest is not None and digest != self._vec_digest:
+                raise GalleryError(f"{path}: vector file changed since it was verified")
+            self._vec_digest = digest
+            if check_sha:
+                self._refuse_if_damaged(vec_name, vec_sha)
+        self._index = index
+        self._close_vec_file()
+
+    def _close_vec_file(self) -> None:
+        fh, self._vec_file = getattr(self, "_vec_file", None), None
+        if fh is not None:
+            fh.close()
+
+    def _ensure_vectors(self) -> None:
+        """Load a reader's flat index on first use (see :meth:`_load`)."""
+        if self._index is None and self._kind == "flat":
+            self._require_open()
+            self._fill_flat(check_sha=getattr(self, "_verify", False))
+            self._device.invalidate()
+
     def _remove_stale_files(self) -> None:
         """Delete files of other generations (crashed saves, or old ones a crash left behind)."""
-        keep = {self._files["vectors"][0]} | ({self._files["index"][0]} if self._files.get("index") else set())
+        keep = {rec[0] for rec in (self._files.get(k) for k in ("vectors", "index", "rows")) if rec}
         removed = False
         for p in self._dir.iterdir():
             if _GEN_FILE.match(p.name) and p.name not in keep:
@@ -370,6 +455,7 @@ class Gallery:
         """Release the lock and files; unsaved changes are discarded."""
         if not self._closed:
             self._release()
+            self._close_vec_file()
             self._index = None
             self._vecs = None
             self._device.invalidate()
@@ -378,6 +464,7 @@ class Gallery:
     def _all_vectors(self) -> np.ndarray:
         """``(N, d)`` float32 rows in face-id order; a view of the live storage (not a copy)."""
         if self._kind == "flat":
+            self._ensure_vectors()
             return _ix.flat_view(self._index, self._dim)
         return self._vecs
 
@@ -391,6 +478,17 @@ class Gallery:
         if identity is None:
             return np.array(allv, dtype=np.float32, copy=True)
         return np.array(allv[self._labels == int(identity)], dtype=np.float32)
+
+    def vectors_view(self) -> np.ndarray:
+        """Read-only ``(N, d)`` float32 view of every stored vector (no copy of the gallery).
+
+        Valid only until the next change (add, remove, apply, save): the storage moves or is
+        edited in place then. For reading the whole gallery once, e.g. to measure it.
+        """
+        self._require_open()
+        view = self._all_vectors().view()
+        view.flags.writeable = False
+        return view
 
     def labels(self) -> np.ndarray:
         """``(N,)`` int64 identity of each row of :meth:`vectors`."""
@@ -406,8 +504,17 @@ class Gallery:
 
     # ------------------------------------------------------------------ metadata
     def identities(self) -> list[IdentityInfo]:
+        """Every identity, ascending, with its name and face count.
+
+        Names come from SQLite's ``identities`` table, counts from the in-memory labels (the same
+        rows as the ``faces`` table, without a million-row GROUP BY).
+        """
         self._require_open()
-        return self._store.identities()
+        ids, names = self._store.identity_names()
+        known = _members(self._labels, ids)  # a label missing from the table counts nowhere
+        at = np.searchsorted(ids, self._labels[known])
+        n = np.bincount(at, minlength=len(ids))
+        return list(map(IdentityInfo, ids.tolist(), names, n.tolist()))
 
     def has_identity(self, identity: int) -> bool:
         self._require_open()
@@ -468,6 +575,7 @@ class Gallery:
         if n == 0:
             return np.empty(0, dtype=np.int64)
         face_ids = np.arange(self._next_face_id, self._next_face_id + n, dtype=np.int64)
+        self._ensure_vectors()
         self._store.add_faces(face_ids, ident, names, sources, source_sha256)
         if self._kind == "flat":
             self._index.add_with_ids(x, face_ids)
@@ -480,7 +588,7 @@ class Gallery:
         self._ids = np.concatenate([self._ids, face_ids])
         self._labels = np.concatenate([self._labels, ident])
         self._next_face_id += n
-        self._vectors_dirty = True
+        self._vectors_dirty = self._rows_dirty = True
         self._device.invalidate()
         return face_ids
 
@@ -496,8 +604,9 @@ class Gallery:
         if len(rows) == 0 and not self._store.has_identity(identity):
             raise GalleryError(f"identity {identity} is not in the gallery")
         gone = self._ids[rows]
+        self._ensure_vectors()
         if self._kind == "flat":
-            removed = self._index.remove_ids(faiss.IDSelectorBatch(gone))
+            removed = self._index.remove_ids(_ix._faiss().IDSelectorBatch(gone))
             if removed != len(rows):
                 raise GalleryError(f"internal: index removed {removed} of {len(rows)} faces")
         else:
@@ -514,7 +623,7 @@ class Gallery:
         n_db = self._store.remove_identity(identity)
         if n_db != len(rows):
             raise GalleryError(f"internal: database removed {n_db} faces, memory {len(rows)}")
-        self._vectors_dirty = True
+        self._vectors_dirty = self._rows_dirty = True
         self._removed_since_save = True
         self._device.invalidate()
         return int(len(rows))
@@ -541,7 +650,10 @@ class Gallery:
 
     def _ensure_index(self) -> None:
         """Build or rebuild an IVF index when changes made it stale (flat indexes never are)."""
-        if self._kind != "ivf" or len(self._ids) == 0:
+        if self._kind == "flat":
+            self._ensure_vectors()
+            return
+        if len(self._ids) == 0:
             return
         if self._index is None or self._index_dirty:
             self._index = _ix.build_ivf(np.asarray(self._vecs), self._ids)
@@ -598,10 +710,16 @@ class Gallery:
         else:  # unchanged: a hard link is a new name for the same durable bytes
             self._link(old_vec[0], vec_name)
             vec_rec = [vec_name, old_vec[1], old_vec[2]]
+        rows_name, old_rows = _rows_name(new), self._files.get("rows")
+        if self._rows_dirty or not old_rows:
+            rows_rec = [rows_name, *write_rows(self._dir / rows_name, self._ids, self._labels)]
+        else:
+            self._link(old_rows[0], rows_name)
+            rows_rec = [rows_name, old_rows[1], old_rows[2]]
         idx_rec = None
         if self._kind == "ivf" and len(self._ids):
             if self._vectors_dirty or not self._files.get("index"):
-                data = faiss.serialize_index(self._index)  # always from the CPU index
+                data = _ix._faiss().serialize_index(self._index)  # always from the CPU index
                 with atomic_write(self._dir / idx_name) as out:
                     out.write(data)
                 idx_rec = [idx_name, out.size, out.sha256.hexdigest()]
@@ -609,7 +727,7 @@ class Gallery:
             else:
                 self._link(self._files["index"][0], idx_name)
                 idx_rec = [idx_name] + list(self._files["index"][1:])
-        files = {"vectors": vec_rec, "index": idx_rec}
+        files = {"vectors": vec_rec, "index": idx_rec, "rows": rows_rec}
         self._store.set_settings({"generation": str(new), "faces": str(len(self._ids)),
                                   "next_face_id": str(self._next_face_id),
                                   "encoder_fingerprint": self._fingerprint, "files": dumps(files)})
@@ -623,7 +741,9 @@ class Gallery:
             # Re-map the just-written file so the RAM copy can be dropped (pages come back lazily).
             self._vecs = open_vectors(self._dir / vec_name, len(self._ids), self._dim,
                                       vec_rec[1], mode="c")
-        self._vectors_dirty = self._removed_since_save = False
+        if self._vectors_dirty:
+            self._vec_digest = vec_rec[2]  # hashed while written: what the index holds
+        self._vectors_dirty = self._removed_since_save = self._rows_dirty = False
         return new
 
     def _link(self, old: str, new: str) -> None:
@@ -666,6 +786,17 @@ class Gallery:
         self._require_open()
         report = CheckReport()
         p = report.problems
+        scan = None
+        if self._kind == "flat" and self._index is None:
+            # A reader that has not searched: check the committed file itself, hashing it and
+            # checking every row's norm in one read (nothing is loaded into an index). In a
+            # second thread: hashing and SQLite's scans both release the GIL.
+            from concurrent.futures import ThreadPoolExecutor
+
+            pool = ThreadPoolExecutor(1)
+            file_problems: list[str] = []
+            scan = pool.submit(self._scan_vector_file, file_problems)
+            pool.shutdown(wait=False)
         integrity = self._store.integrity()
         if integrity != "ok":
             p.append(f"SQLite integrity check: {integrity}")
@@ -679,29 +810,57 @@ class Gallery:
         orphans = self._store.orphan_identities()
         if orphans:
             p.append(f"{len(orphans)} identities have no face")
-        known = {i.identity for i in self._store.identities()}
-        missing = set(np.unique(self._labels).tolist()) - known
-        if missing:
-            p.append(f"{len(missing)} face identities are missing from the identities table")
-        vec = self._all_vectors()
-        if vec.shape != (len(self._ids), self._dim):
-            p.append(f"vectors have shape {vec.shape}, expected ({len(self._ids)}, {self._dim})")
+        known = self._store.identity_names()[0]
+        missing = np.unique(self._labels[~_members(self._labels, known)])
+        if missing.size:
+            p.append(f"{missing.size} face identities are missing from the identities table")
+        digests: dict[str, str] = {}
+        if scan is not None:
+            digests = scan.result()
+            p += file_problems
         else:
-            for start in range(0, vec.shape[0], _APPLY_ROWS):
-                block = vec[start:start + _APPLY_ROWS]
-                norms = np.sqrt(np.einsum("ij,ij->i", block, block))
-                if not np.isfinite(norms).all() or np.abs(norms - 1).max(initial=0) > _NORM_TOL:
-                    p.append(f"vectors in rows {start}.. are not finite unit vectors")
-                    break
-        self._check_index(p)
+            vec = self._all_vectors()
+            if vec.shape != (len(self._ids), self._dim):
+                p.append(f"vectors have shape {vec.shape}, expected ({len(self._ids)}, {self._dim})")
+            else:
+                for start in range(0, vec.shape[0], _APPLY_ROWS):
+                    if not _unit_rows(vec[start:start + _APPLY_ROWS]):
+                        p.append(f"vectors in rows {start}.. are not finite unit vectors")
+                        break
+            self._check_index(p)
         if hashes and not self._vectors_dirty:
-            self._check_files(p)
+            self._check_files(p, digests)
         return report
+
+    def _scan_vector_file(self, p: list[str]) -> dict[str, str]:
+        """Hash the committed vector file and check its rows' norms in one streamed read;
+        returns ``{file name: sha256}`` (empty when the file is missing or of the wrong size,
+        which :meth:`_check_files` reports)."""
+        name, size, _ = self._files["vectors"]
+        path = self._dir / name
+        if not path.is_file() or path.stat().st_size != size:
+            return {}
+        row_bytes = 4 * self._dim
+        bad: list[int] = []
+
+        def visit(start: int, block: np.ndarray) -> None:
+            if not bad and not _unit_rows(block.view(np.float32).reshape(-1, self._dim)):
+                bad.append(start // row_bytes)
+
+        try:
+            digest = stream_file(path, offset=npy_data_offset(path), visit=visit,
+                                 chunk=max(1, (1 << 24) // row_bytes) * row_bytes)
+        except (OSError, ValueError, GalleryError) as exc:  # e.g. shrank while being read
+            p.append(f"{name}: unreadable ({exc})")
+            return {}
+        if bad:
+            p.append(f"vectors in rows {bad[0]}.. are not finite unit vectors")
+        return {name: digest}
 
     def _check_index(self, p: list[str]) -> None:
         n = len(self._ids)
         if self._kind == "flat":
-            id_map = faiss.vector_to_array(self._index.id_map)
+            id_map = _ix._faiss().vector_to_array(self._index.id_map)
             if not np.array_equal(id_map, self._ids):
                 p.append("flat index ids differ from the database's face ids")
             return
@@ -723,15 +882,17 @@ class Gallery:
             if err > 0.05:  # 8-bit codes of unit vectors are far more precise than this
                 p.append(f"IVF codes do not match the stored vectors (max error {err:.3f})")
 
-    def _check_files(self, p: list[str]) -> None:
-        records = [self._files["vectors"]] + ([self._files["index"]] if self._files.get("index") else [])
+    def _check_files(self, p: list[str], digests: dict[str, str] | None = None) -> None:
+        """Size and sha256 of every committed file (``digests``: ones already hashed)."""
+        digests = digests or {}
+        records = [self._files[k] for k in ("vectors", "index", "rows") if self._files.get(k)]
         for name, size, sha in records:
             f = self._dir / name
             if not f.is_file():
                 p.append(f"{name}: missing")
             elif f.stat().st_size != size:
                 p.append(f"{name}: {f.stat().st_size} bytes, recorded {size}")
-            elif file_sha256(f) != sha:
+            elif (digests.get(name) or file_sha256(f)) != sha:
                 p.append(f"{name}: sha256 differs from the one recorded at save")
 
     def storage_files(self) -> list[Path]:

@@ -7,28 +7,56 @@
   by a linear map, which is why the float32 vectors are kept beside it.
 
 Vectors are L2-normalised before they get here: inner product = cosine similarity.
+
+faiss is imported on first use, not with this module: commands that never touch an index (listing
+identities, ``check`` of a reader) do not pay for loading it.
 """
 
 from __future__ import annotations
 
 import math
 import os
+from typing import TYPE_CHECKING, Any
 
-import faiss
 import numpy as np
+
+if TYPE_CHECKING:
+    import faiss
 
 KINDS = ("flat", "ivf")
 GPU_ENV = "FACEKD_GALLERY_GPU"  # "0" forces CPU search even where a GPU build and device exist
 
 
+def _faiss() -> Any:
+    import faiss
+
+    return faiss
+
+
 def new_flat(d: int) -> faiss.IndexIDMap2:
     """An empty exact inner-product index with 64-bit face ids."""
+    faiss = _faiss()
     return faiss.IndexIDMap2(faiss.IndexFlatIP(d))
 
 
 def flat_inner(index: faiss.Index) -> faiss.IndexFlat:
     """The ``IndexFlatIP`` inside an ``IndexIDMap2`` (downcast, so its vectors can be viewed)."""
-    return faiss.downcast_index(index.index)
+    return _faiss().downcast_index(index.index)
+
+
+def flat_reserve(index: faiss.Index, n: int, ids: np.ndarray) -> np.ndarray:
+    """Size an empty flat index for ``n`` vectors with face ``ids`` ``(n,)`` int64 and return
+    its storage as a writable ``(n, d)`` float32 view, to be filled in place (e.g. read from a
+    file into it): the index's own buffer is the only copy, with no add() from a second one."""
+    inner = flat_inner(index)
+    if index.ntotal or inner.ntotal:
+        raise ValueError("flat_reserve needs an empty index")
+    d = inner.d
+    inner.codes.resize(int(n) * d * 4)
+    inner.ntotal = index.ntotal = int(n)
+    _faiss().copy_array_to_vector(np.ascontiguousarray(ids, dtype=np.int64), index.id_map)
+    index.construct_rev_map()
+    return flat_view(index, d)
 
 
 def flat_view(index: faiss.Index, d: int) -> np.ndarray:
@@ -41,7 +69,7 @@ def flat_view(index: faiss.Index, d: int) -> np.ndarray:
     n = int(inner.ntotal)
     if n == 0:
         return np.empty((0, d), dtype=np.float32)
-    return faiss.rev_swig_ptr(inner.get_xb(), n * d).reshape(n, d)
+    return _faiss().rev_swig_ptr(inner.get_xb(), n * d).reshape(n, d)
 
 
 def ivf_nlist(n: int) -> int:
@@ -60,6 +88,7 @@ def ivf_nprobe(nlist: int) -> int:
 
 def build_ivf(vectors: np.ndarray, ids: np.ndarray, *, seed: int = 1234) -> faiss.Index:
     """Train an IVF-SQ8 index on a sample of ``vectors`` ``(n, d)`` and add all of them with ``ids``."""
+    faiss = _faiss()
     n, d = vectors.shape
     nlist = ivf_nlist(n)
     quantizer = faiss.IndexFlatIP(d)
@@ -78,13 +107,15 @@ def build_ivf(vectors: np.ndarray, ids: np.ndarray, *, seed: int = 1234) -> fais
     return index
 
 
-def gpu_available(faiss_module=faiss) -> bool:
+def gpu_available(faiss_module: Any = None) -> bool:
     """True when this faiss build has GPU support, a device is visible and it is not disabled.
 
-    Takes the module as an argument so the choice is testable on CPU-only machines.
+    Takes the module as an argument (default: faiss) so the choice is testable on CPU-only
+    machines.
     """
     if os.environ.get(GPU_ENV, "1") == "0":
         return False
+    faiss_module = _faiss() if faiss_module is None else faiss_module
     if not hasattr(faiss_module, "StandardGpuResources") or not hasattr(faiss_module, "index_cpu_to_gpu"):
         return False
     try:
@@ -100,11 +131,21 @@ class SearchDevice:
     lazily, and saving always goes through the CPU index.
     """
 
-    def __init__(self, faiss_module=faiss):
-        self._faiss = faiss_module
-        self.use_gpu = gpu_available(faiss_module)
+    def __init__(self, faiss_module: Any = None):
+        self._faiss = faiss_module  # None: faiss itself, imported when first needed
+        self._use_gpu: bool | None = None
         self._res = None
         self._gpu_index = None
+
+    @property
+    def use_gpu(self) -> bool:
+        if self._use_gpu is None:
+            self._use_gpu = gpu_available(self._faiss)
+        return self._use_gpu
+
+    @use_gpu.setter
+    def use_gpu(self, value: bool) -> None:
+        self._use_gpu = bool(value)
 
     def invalidate(self) -> None:
         self._gpu_index = None
@@ -113,10 +154,11 @@ class SearchDevice:
         if not self.use_gpu:
             return cpu_index
         if self._gpu_index is None:
+            module = self._faiss or _faiss()
             if self._res is None:
-                self._res = self._faiss.StandardGpuResources()
+                self._res = module.StandardGpuResources()
             try:
-                self._gpu_index = self._faiss.index_cpu_to_gpu(self._res, 0, cpu_index)
+                self._gpu_index = module.index_cpu_to_gpu(self._res, 0, cpu_index)
             except Exception:  # an index type without a GPU implementation: search on CPU
                 self.use_gpu = False
                 return cpu_index

@@ -19,6 +19,7 @@ import datetime as _dt
 import json
 import os
 import sqlite3
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Sequence
@@ -140,6 +141,18 @@ class Store:
         store = cls(conn, path, writable)
         if not writable:
             store.pin_snapshot()
+        else:
+            # A writer builds the next generation on these pages: refuse a damaged file before
+            # changing anything (0.1 s at a million faces). Readers rely on SQLite's own checks
+            # of the pages they read; ``check`` runs the same scan.
+            try:
+                integrity = store.integrity()
+            except sqlite3.DatabaseError as exc:
+                integrity = str(exc)
+            if integrity != "ok":
+                conn.close()
+                raise GalleryError(f"{path}: the gallery database is damaged (quick_check: "
+                                   f"{integrity.splitlines()[0][:200]}); restore it from a backup")
         return store
 
     def pin_snapshot(self) -> None:
@@ -202,11 +215,30 @@ class Store:
 
     # ------------------------------------------------------------------ faces
     def face_rows(self) -> tuple[np.ndarray, np.ndarray]:
-        """``(face_ids, identities)``, both ``(N,)`` int64, in face-id order."""
-        cur = self._conn.execute("SELECT face_id, identity FROM faces ORDER BY face_id")
-        flat = np.fromiter((v for row in cur for v in row), dtype=np.int64)
+        """``(face_ids, identities)``, both ``(N,)`` int64, in face-id order.
+
+        SQLite joins the numbers into one text that numpy parses: a million rows as Python tuples
+        cost 0.5-0.8 s, this 0.3 s. The parsed count is checked against ``count(*)``, with the
+        row-by-row read as the fallback (e.g. a non-integer value in a damaged database).
+        """
+        n, text = self._conn.execute(
+            "SELECT count(*), group_concat(face_id || ',' || identity) FROM "
+            "(SELECT face_id, identity FROM faces ORDER BY face_id)").fetchone()
+        flat = np.zeros(0, np.int64)
+        if text:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", DeprecationWarning)  # a short read is checked below
+                flat = np.fromstring(text, dtype=np.int64, sep=",")
+        if flat.size != 2 * n:
+            cur = self._conn.execute("SELECT face_id, identity FROM faces ORDER BY face_id")
+            flat = np.fromiter((v for row in cur for v in row), dtype=np.int64)
         rows = flat.reshape(-1, 2)
         return rows[:, 0].copy(), rows[:, 1].copy()
+
+    def identity_names(self) -> tuple[np.ndarray, list[str | None]]:
+        """Every identity ``(m,)`` int64, ascending, and its name (None where unnamed)."""
+        rows = self._conn.execute("SELECT identity, name FROM identities ORDER BY identity").fetchall()
+        return np.array([r[0] for r in rows], dtype=np.int64), [r[1] for r in rows]
 
     def add_faces(self, face_ids: np.ndarray, identities: np.ndarray,
                   names: Sequence[str | None] | None, sources: Sequence[str | None] | None,

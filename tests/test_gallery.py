@@ -336,8 +336,14 @@ def test_flipped_bytes_in_vectors_fail_check(tmp_path):
     data = bytearray(vec.read_bytes())
     data[-7] ^= 0xFF
     vec.write_bytes(bytes(data))
-    with pytest.raises(GalleryError, match="damaged"):  # never searched with damaged rows
-        Gallery.open(path)
+    with pytest.raises(GalleryError, match="damaged"):  # a writer reads them at open
+        Gallery.open(path, writable=True)
+    with Gallery.open(path) as r:  # a reader refuses them on first use: never searched
+        assert len(r.identities()) > 0  # listing identities does not read the vectors
+        with pytest.raises(GalleryError, match="damaged"):
+            r.search(np.ones((1, r.dim), np.float32))
+        with pytest.raises(GalleryError, match="damaged"):
+            r.vectors()
     with Gallery.open(path, verify=False) as r:  # check opens unverified and reports
         report = r.check()
     assert not report.ok and any("sha256" in p or "unit" in p for p in report.problems)

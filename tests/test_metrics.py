@@ -164,3 +164,57 @@ def test_bad_report_inputs_raise_metrics_error():
         with pytest.raises(MetricsError):
             call()
             pytest.fail(f"bad input #{i} was accepted")
+
+
+# ---------------------------------------------------------------------- bounded cost, stated power
+def test_wilson_interval_matches_known_values_and_stays_wide_at_zero_hits():
+    from facekd.metrics import wilson_interval
+
+    lo, hi = wilson_interval(0, 10)
+    assert lo == 0.0 and hi == pytest.approx(0.2775, abs=1e-4)  # not the normal 0-width [0, 0]
+    lo, hi = wilson_interval(50, 100)
+    assert lo == pytest.approx(0.4038, abs=1e-4) and hi == pytest.approx(0.5962, abs=1e-4)
+    assert wilson_interval(0, 0) == (0.0, 1.0)
+    for k, n in ((1, 3), (299, 300), (7, 7)):
+        lo, hi = wilson_interval(k, n)
+        assert 0 <= lo <= k / n <= hi <= 1
+
+
+def test_sampled_pairs_read_off_the_gram_matrix_equal_the_row_by_row_scores(monkeypatch):
+    import facekd.metrics as m
+
+    E, y = identity_clusters(40, 5, 16, seed=4)
+    gen_a, imp_a = pair_scores(E, y, max_impostor_pairs=5000, seed=3)
+    monkeypatch.setattr(m, "_GRAM_MAX", 0)  # force the gather + dot path
+    gen_b, imp_b = pair_scores(E, y, max_impostor_pairs=5000, seed=3)
+    assert np.array_equal(gen_a, gen_b) and np.allclose(imp_a, imp_b, atol=1e-6)
+
+
+def test_knowledge_retention_counts_the_test_samples_behind_each_accuracy():
+    E, y = identity_clusters(30, 8, 32, spread=0.6, seed=5)
+    split = split_enrol_probe(y, seed=0)
+    kr = knowledge_retention(E[split], y[split], E[~split], y[~split], [3])
+    assert kr.n_forget == int(((y == 3) & ~split).sum()) and kr.n_retain + kr.n_forget == (~split).sum()
+
+
+def test_report_states_intervals_and_bounds_the_probe_population():
+    E, y = identity_clusters(40, 6, 32, seed=6)
+    split = split_enrol_probe(y, seed=0)
+    e = fit_esc(E[(y == 3) & split], k=2)
+    full = erasure_report(E, y, [3], e, split, fars=(1e-2,))
+    capped = erasure_report(E, y, [3], e, split, fars=(1e-2,), max_probe_identities=10)
+    same = erasure_report(E, y, [3], e, split, fars=(1e-2,), max_probe_identities=39)
+    assert same.before == full.before and same.after == full.after  # small: measured fully
+    assert full.counts["kr_identities"] == 40 and capped.counts["kr_identities"] == 11
+    assert capped.counts["kr_retain_probe"] < full.counts["kr_retain_probe"]
+    # rank-1 and TAR do not depend on the probe cap
+    assert {k: v for k, v in capped.after.items() if not k.startswith("kr_")} == \
+        {k: v for k, v in full.after.items() if not k.startswith("kr_")}
+    for state in ("before", "after"):
+        for name, (lo, hi) in full.intervals[state].items():
+            assert 0 <= lo <= getattr(full, state)[name] <= hi <= 100, name
+    assert set(full.intervals["after"]) >= {"rank1_forget", "rank1_retain", "tar@0.01_retain",
+                                            "kr_linear_forget", "kr_knn_retain"}
+    table = full.table()
+    assert "95% CI" in table and "impostor pairs" in table and "KR probes on 40 identities" in table
+    assert ErasureReport.from_json(full.to_json()).intervals == full.intervals
