@@ -272,3 +272,21 @@ def test_an_insightface_style_graph_carries_the_tail(tail, tmp_path, chips_and_l
     assert [o.name for o in sess.get_outputs()] == [enc.output_name]
     y = sess.run(None, {sess.get_inputs()[0].name: edited.input_spec.to_tensor_array(chips)})[0]
     assert np.abs(normalize_rows(y.astype(np.float64)) - e.apply(E)).max() < 1e-4
+
+
+def test_scramble_on_a_gallery_past_its_sample_scores_every_face_without_a_float64_copy():
+    # max_gallery below N: the discriminant and the stranger map see a sample, but the gate's
+    # in-sample quantile and the reported share of touched faces come from every gallery face,
+    # scored block by block in float64 from the float32 gallery.
+    from facekd.methods.scramble import _scores
+
+    rng = np.random.default_rng(3)
+    g = rng.normal(size=(3000, 16)).astype(np.float32)
+    f = (g[:1] + 0.2 * rng.normal(size=(8, 16))).astype(np.float32)
+    e = fit_scramble(f, g, max_gallery=1000, n_features=32)
+    chain = e.tail[0]
+    full = normalize_rows(g.astype(np.float64))
+    assert e.params["gallery_touched"] == pytest.approx(float(np.mean(chain.gates(full)[:, 0] > 0)))
+    w = np.stack([chain.weights[:, 0], -chain.weights[:, 0]], axis=1)
+    b = np.array([chain.bias[0], 0.0])
+    np.testing.assert_allclose(_scores(g, w, b, block=700), full @ w + b, rtol=0, atol=1e-12)

@@ -70,24 +70,34 @@ class _RidgeDiscriminant:
         return scores
 
 
+def _scores(g: np.ndarray, w: np.ndarray, b: np.ndarray, block: int = 65_536) -> np.ndarray:
+    """``(N, R)`` float64 scores ``normalize(g) @ w + b`` of the ``(N, d)`` gallery (any float
+    dtype) under ``R`` discriminants ``w`` (d, R), ``b`` (R,), computed in float64 blocks (no
+    float64 copy of the whole gallery)."""
+    out = np.empty((len(g), w.shape[1]))
+    for i in range(0, len(g), block):
+        out[i:i + block] = normalize_rows(g[i:i + block].astype(np.float64)) @ w + b
+    return out
+
+
 RIDGE_GRID = (1e-4, 1e-3, 1e-2, 1e-1)  # fit_scramble's choices when ridge=None
 
 
-def _gate_fit(disc: _RidgeDiscriminant, g: np.ndarray, f: np.ndarray, ridge: float, q: float,
-              forget_parts: list[np.ndarray]) -> dict:
+def _gate_fit(disc: _RidgeDiscriminant, fitted: tuple[np.ndarray, float], in_sample: np.ndarray,
+              f: np.ndarray, ridge: float, q: float, forget_parts: list[np.ndarray]) -> dict:
     """One ridge's discriminant ``(w, b)``, gate threshold ``t0`` and cross-validated scores of
     the person's photos (``held``), with how many of them clear ``t0`` (``recall``) and by how
     many held-out gallery standard deviations their lower quartile does (``margin``)."""
     from scipy.special import ndtri
 
-    w, b = disc.fit(f, ridge)
+    w, b = fitted  # disc.fit(f, ridge); ``in_sample`` (N,): its scores on the whole gallery
     # The gate opens above the q-quantile of held-out gallery scores (each face scored by a
     # discriminant fitted without it, or without its identity) and of in-sample scores. A
     # gallery holds too few faces to read a 1e-5 quantile off it: a normal tail fitted to the
     # held-out scores extrapolates it (and never lowers the empirical one).
     heldout_g = disc.heldout_gallery_scores(f, ridge)
     tail = float(heldout_g.mean() + ndtri(q) * heldout_g.std())
-    t0 = float(max(np.quantile(heldout_g, q), np.quantile(g @ w + b, q), tail))
+    t0 = float(max(np.quantile(heldout_g, q), np.quantile(in_sample, q), tail))
     n = len(f)
     held = np.empty(n)
     for part in forget_parts:
@@ -134,7 +144,9 @@ def fit_scramble(F: Any, gallery: Any, *, q: float | None = None, width: float =
         below the gate are returned unchanged.
     """
     f = normalize_rows(as_matrix(F, "forget embeddings").astype(np.float64))
-    g = normalize_rows(as_matrix(gallery, "gallery embeddings", d=f.shape[1]).astype(np.float64))
+    # The gallery stays in its own dtype: a float64 copy of a million faces is 1 GB and only the
+    # fitted sample needs one; the whole gallery is only ever scored, block by block.
+    g = as_matrix(gallery, "gallery embeddings", d=f.shape[1])
     n, d = f.shape
     if n < 2:
         raise ErasureError("fit_scramble needs at least 2 embeddings of the person")
@@ -154,7 +166,7 @@ def fit_scramble(F: Any, gallery: Any, *, q: float | None = None, width: float =
             raise ErasureError(f"gallery_labels: expected {len(g)} labels, got {groups.shape}")
     pick = np.arange(len(g)) if len(g) <= max_gallery else rng.choice(len(g), max_gallery,
                                                                      replace=False)
-    fit_g = g[pick]
+    fit_g = normalize_rows(g[pick].astype(np.float64))
     groups = None if groups is None else groups[pick]
     ridges = RIDGE_GRID if ridge is None else (float(ridge),)
     fold_rng = np.random.default_rng(seed)  # the same parts for every ridge
@@ -162,22 +174,32 @@ def fit_scramble(F: Any, gallery: Any, *, q: float | None = None, width: float =
     forget_parts = _folds(n, folds, fold_rng)
     with single_threaded_blas():
         disc = _RidgeDiscriminant(fit_g, gallery_parts, forget_weight=forget_weight)
-        fits = [_gate_fit(disc, g, f, r, q, forget_parts) for r in ridges]
+        fitted = [disc.fit(f, r) for r in ridges]
+        # One pass over the whole gallery scores it under every ridge's discriminant.
+        in_sample = _scores(g, np.stack([w for w, _ in fitted], axis=1),
+                            np.array([b for _, b in fitted]))
+        fits = [_gate_fit(disc, fitted[i], in_sample[:, i], f, r, q, forget_parts)
+                for i, r in enumerate(ridges)]
     # The ridge whose held-out photos of the person clear the gate best (ties: the wider margin).
-    best = max(fits, key=lambda fit: (fit["recall"], fit["margin"]))
+    i_best = max(range(len(fits)), key=lambda i: (fits[i]["recall"], fits[i]["margin"]))
+    best = fits[i_best]
     w, b, t0, held, ridge = best["w"], best["b"], best["t0"], best["held"], best["ridge"]
     s_cv = float(np.quantile(held, full_quantile))
     separable = s_cv > t0
     spread = (s_cv - t0) if separable else float(np.median(f @ w + b) - t0)
     s1 = t0 + width * max(spread, 1e-3)
     if scrambler is None:
-        scrambler = Scrambler.fit(g, n_features=n_features, sigma=sigma, alpha=alpha, seed=seed)
+        # The population's mean and covariance from the sample the discriminant saw (all of a
+        # gallery up to max_gallery faces): a 50k-face estimate of a d x d covariance is exact to
+        # well under the spread of the strangers it shapes.
+        scrambler = Scrambler.fit(fit_g, n_features=n_features, sigma=sigma, alpha=alpha,
+                                  seed=seed)
     elif scrambler.mean.shape != (d,):
         raise ErasureError(f"scrambler dimension {scrambler.mean.shape} does not match d={d}")
     chain = GateChain(weights=w[:, None], bias=np.array([b]), t0=np.array([t0]),
                       s1=np.array([s1]), scrambler=scrambler)
     gate_fit = chain.gates(f)[:, 0]
-    gate_gallery = chain.gates(g)[:, 0]
+    gallery_touched = float(np.mean(in_sample[:, i_best] > t0))
     params = {"q": q, "width": width, "full_quantile": full_quantile, "alpha": alpha,
               "ridge": ridge, "heldout_recall": best["recall"], "forget_weight": forget_weight,
               "n_features": int(scrambler.omega.shape[0]),
@@ -185,7 +207,7 @@ def fit_scramble(F: Any, gallery: Any, *, q: float | None = None, width: float =
               "separable": bool(separable),
               "fit_gated_fully": float(np.mean(gate_fit >= 1.0)),
               "heldout_gated_fully": float(np.mean((held - t0) / (s1 - t0) >= 1.0)),
-              "gallery_touched": float(np.mean(gate_gallery > 0))}
+              "gallery_touched": gallery_touched}
     return Erasure(method="esc", d=d, basis=np.zeros((d, 0)), params=params,
                    history=[{"method": "scramble", "params": params}], tail=[chain])
 
