@@ -76,7 +76,10 @@ def _scores(g: np.ndarray, w: np.ndarray, b: np.ndarray, block: int = 65_536) ->
     float64 copy of the whole gallery)."""
     out = np.empty((len(g), w.shape[1]))
     for i in range(0, len(g), block):
-        out[i:i + block] = normalize_rows(g[i:i + block].astype(np.float64)) @ w + b
+        x = g[i:i + block].astype(np.float64)
+        # (x @ w) / |x| rather than (x / |x|) @ w: no normalised copy of the block
+        norms = np.maximum(np.sqrt(np.einsum("ij,ij->i", x, x)), 1e-12)
+        out[i:i + block] = (x @ w) / norms[:, None] + b
     return out
 
 
