@@ -42,9 +42,8 @@ from __future__ import annotations
 import json
 import os
 import re
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NamedTuple, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 from filelock import FileLock, Timeout
@@ -54,6 +53,7 @@ from gallery_tools.errors import GalleryError
 from gallery_tools.files import (atomic_write, file_sha256, fsync_dir, npy_data_offset, open_vectors,
                                  read_rows, stream_file, write_rows, write_vectors)
 from gallery_tools.store import IdentityInfo, Store, dumps
+from gallery_tools.vectors import CheckReport, Match, members, normalised, unit_rows
 
 if TYPE_CHECKING:
     import faiss  # imported where an index is built or read (gallery_tools.index._faiss)
@@ -65,30 +65,7 @@ LOCK_NAME = "writer.lock"
 FORMAT = "facekd-gallery/1"
 _GEN_FILE = re.compile(r"^(vectors-\d{8}\.npy|rows-\d{8}\.npy|index-\d{8}\.faiss|\..+\.tmp-\d+)$")
 _APPLY_ROWS = 65536  # rows per erasure block: bounds the validation temporaries of Erasure.apply
-_NORM_TOL = 1e-3
 PROGRESS_MIN_FACES = 250_000  # saves of galleries this large show a progress bar
-
-
-class Match(NamedTuple):
-    """One search hit: the identity, the matched face and the cosine similarity."""
-
-    identity: int
-    face_id: int
-    score: float
-
-
-@dataclass
-class CheckReport:
-    """Result of :meth:`Gallery.check`: ``ok`` is True when ``problems`` is empty."""
-
-    problems: list[str] = field(default_factory=list)
-
-    @property
-    def ok(self) -> bool:
-        return not self.problems
-
-    def __str__(self) -> str:
-        return "ok" if self.ok else "\n".join(f"- {p}" for p in self.problems)
 
 
 def _file_names(generation: int) -> tuple[str, str]:
@@ -97,40 +74,6 @@ def _file_names(generation: int) -> tuple[str, str]:
 
 def _rows_name(generation: int) -> str:
     return f"rows-{generation:08d}.npy"
-
-
-def _normalised(vectors: Any, d: int) -> np.ndarray:
-    """Validate ``(n, d)`` finite non-zero vectors; return L2-normalised float32 rows (a copy)."""
-    try:
-        x = np.array(vectors, dtype=np.float32, copy=True, order="C")
-    except (TypeError, ValueError) as exc:
-        raise GalleryError(f"vectors cannot be read as a float matrix ({exc})") from None
-    if x.ndim == 1 and x.shape[0] == d:
-        x = x[None]
-    if x.ndim != 2 or x.shape[1] != d:
-        raise GalleryError(f"expected vectors of shape (n, {d}), got {x.shape}")
-    if not np.isfinite(x).all():
-        raise GalleryError("vectors contain NaN or inf")
-    norms = np.sqrt(np.einsum("ij,ij->i", x, x))
-    if (norms == 0).any():
-        raise GalleryError(f"{int((norms == 0).sum())} vector(s) are all zero and cannot be normalised")
-    x /= norms[:, None]
-    return x
-
-
-def _members(values: np.ndarray, sorted_keys: np.ndarray) -> np.ndarray:
-    """``(n,)`` bool: which ``values`` occur in ascending ``sorted_keys`` (a binary search each,
-    no sort of the million values as ``np.isin`` / ``np.unique`` would do)."""
-    if len(sorted_keys) == 0:
-        return np.zeros(len(values), bool)
-    at = np.minimum(np.searchsorted(sorted_keys, values), len(sorted_keys) - 1)
-    return sorted_keys[at] == values
-
-
-def _unit_rows(block: np.ndarray) -> bool:
-    """True when every row of ``(n, d)`` float32 ``block`` is finite with unit norm."""
-    norms = np.sqrt(np.einsum("ij,ij->i", block, block))
-    return bool(np.isfinite(norms).all() and np.abs(norms - 1).max(initial=0) <= _NORM_TOL)
 
 
 def _verify_sha(path: Path, sha: str | None, what: str) -> None:
@@ -511,7 +454,7 @@ class Gallery:
         """
         self._require_open()
         ids, names = self._store.identity_names()
-        known = _members(self._labels, ids)  # a label missing from the table counts nowhere
+        known = members(self._labels, ids)  # a label missing from the table counts nowhere
         at = np.searchsorted(ids, self._labels[known])
         n = np.bincount(at, minlength=len(ids))
         return list(map(IdentityInfo, ids.tolist(), names, n.tolist()))
@@ -560,7 +503,7 @@ class Gallery:
         ``(n,)`` int64 face ids, which are never reused, even after removal.
         """
         self._require_writable()
-        x = _normalised(vectors, self._dim)
+        x = normalised(vectors, self._dim)
         n = x.shape[0]
         ident = np.asarray(identities)
         if ident.ndim == 0:
@@ -668,7 +611,7 @@ class Gallery:
         ``threshold`` keeps only matches with cosine similarity >= threshold.
         """
         self._require_open()
-        q = _normalised(queries, self._dim)
+        q = normalised(queries, self._dim)
         if not isinstance(k, (int, np.integer)) or k < 1:
             raise GalleryError(f"k must be a positive integer, got {k!r}")
         if len(self._ids) == 0:
@@ -811,7 +754,7 @@ class Gallery:
         if orphans:
             p.append(f"{len(orphans)} identities have no face")
         known = self._store.identity_names()[0]
-        missing = np.unique(self._labels[~_members(self._labels, known)])
+        missing = np.unique(self._labels[~members(self._labels, known)])
         if missing.size:
             p.append(f"{missing.size} face identities are missing from the identities table")
         digests: dict[str, str] = {}
@@ -824,7 +767,7 @@ class Gallery:
                 p.append(f"vectors have shape {vec.shape}, expected ({len(self._ids)}, {self._dim})")
             else:
                 for start in range(0, vec.shape[0], _APPLY_ROWS):
-                    if not _unit_rows(vec[start:start + _APPLY_ROWS]):
+                    if not unit_rows(vec[start:start + _APPLY_ROWS]):
                         p.append(f"vectors in rows {start}.. are not finite unit vectors")
                         break
             self._check_index(p)
@@ -844,7 +787,7 @@ class Gallery:
         bad: list[int] = []
 
         def visit(start: int, block: np.ndarray) -> None:
-            if not bad and not _unit_rows(block.view(np.float32).reshape(-1, self._dim)):
+            if not bad and not unit_rows(block.view(np.float32).reshape(-1, self._dim)):
                 bad.append(start // row_bytes)
 
         try:

@@ -47,9 +47,9 @@ from filelock import FileLock, Timeout
 
 from gallery_tools.backend_spec import BackendSpec
 from gallery_tools.errors import GalleryError
-from gallery_tools.gallery import CheckReport, Match, _normalised
 from gallery_tools.milvus_connect import connect, disconnect, reason
 from gallery_tools.store import IdentityInfo, Store
+from gallery_tools.vectors import NORM_TOL, CheckReport, Match, normalised
 
 __all__ = ["MilvusGallery"]
 
@@ -58,7 +58,6 @@ LOCK_NAME = "writer.lock"
 FORMAT = "facekd-gallery-milvus/1"
 BATCH = 4096            # rows per insert during a rewrite
 READ_BATCH = 8192       # rows per read by primary key (Milvus returns at most 16,384 per query)
-_NORM_TOL = 1e-3
 STAGE_ENV = "FACEKD_TEST_MILVUS_STAGE"  # test hook: print a line at a named stage of save()
 
 
@@ -437,7 +436,7 @@ class MilvusGallery:
         cosine similarity; ``threshold`` keeps matches scoring at least that. With unsaved
         changes the search is exact over :meth:`vectors` (what the save will commit)."""
         self._require_open()
-        q = _normalised(queries, self._dim)
+        q = normalised(queries, self._dim)
         if not isinstance(k, (int, np.integer)) or k < 1:
             raise GalleryError(f"k must be a positive integer, got {k!r}")
         if len(self._ids) == 0:
@@ -505,7 +504,7 @@ class MilvusGallery:
         """Add ``(n, d)`` vectors (normalised here) for ``(n,)`` integer identities; returns the
         new ``(n,)`` int64 face ids (never reused). Same arguments as ``Gallery.add``."""
         self._require_writable()
-        x = _normalised(vectors, self._dim)
+        x = normalised(vectors, self._dim)
         n = x.shape[0]
         ident = np.asarray(identities)
         if ident.ndim == 0:
@@ -675,7 +674,7 @@ class MilvusGallery:
             rows = self._call("query", self._collection, output_fields=["vector"],
                               filter=f"face_id in {self._ids[sample].tolist()}")
             norms = np.linalg.norm(np.asarray([r["vector"] for r in rows], np.float32), axis=1)
-            if len(rows) != len(sample) or np.abs(norms - 1).max(initial=0) > _NORM_TOL:
+            if len(rows) != len(sample) or np.abs(norms - 1).max(initial=0) > NORM_TOL:
                 p.append("sampled vectors are missing or not unit rows")
         target = self._alias_target()
         if target != self._collection:

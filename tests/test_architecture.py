@@ -165,7 +165,5 @@ def test_facekd_help_loads_no_heavy_library():
     assert _heavy_after(code) == []
 
 
-@pytest.mark.xfail(strict=True, reason="gallery_tools imports faiss (index.py) and cv2 (enroll.py "
-                   "-> facekd.faces) at module level; the gallery_tools split makes them lazy")
 def test_import_gallery_tools_loads_no_heavy_library():
     assert _heavy_after("import facekd, gallery_tools") == []
