@@ -48,12 +48,13 @@ from typing import TYPE_CHECKING, Any, Sequence
 import numpy as np
 from filelock import FileLock, Timeout
 
+from gallery_tools import check as _check
 from gallery_tools import index as _ix
 from gallery_tools.errors import GalleryError
 from gallery_tools.files import (atomic_write, file_sha256, fsync_dir, npy_data_offset, open_vectors,
                                  read_rows, stream_file, write_rows, write_vectors)
 from gallery_tools.store import IdentityInfo, Store, dumps
-from gallery_tools.vectors import CheckReport, Match, members, normalised, unit_rows
+from gallery_tools.vectors import CheckReport, Match, members, normalised
 
 if TYPE_CHECKING:
     import faiss  # imported where an index is built or read (gallery_tools.index._faiss)
@@ -723,8 +724,8 @@ class Gallery:
     def check(self, *, hashes: bool = True) -> CheckReport:
         """Verify that index, vectors and SQLite agree (and, with ``hashes``, the file hashes).
 
-        Checks what is in memory against the database and the committed files; never raises for
-        an inconsistency, it reports it.
+        Checks what is in memory against the database and the committed files
+        (:mod:`gallery_tools.check`); never raises for an inconsistency, it reports it.
         """
         self._require_open()
         report = CheckReport()
@@ -736,107 +737,26 @@ class Gallery:
             # second thread: hashing and SQLite's scans both release the GIL.
             from concurrent.futures import ThreadPoolExecutor
 
+            name, size, _ = self._files["vectors"]
             pool = ThreadPoolExecutor(1)
             file_problems: list[str] = []
-            scan = pool.submit(self._scan_vector_file, file_problems)
+            scan = pool.submit(_check.scan_vector_file, self._dir / name, size, self._dim,
+                               file_problems)
             pool.shutdown(wait=False)
-        integrity = self._store.integrity()
-        if integrity != "ok":
-            p.append(f"SQLite integrity check: {integrity}")
-        db_ids, db_labels = self._store.face_rows()
-        if not np.array_equal(db_ids, self._ids) or not np.array_equal(db_labels, self._labels):
-            p.append(f"face rows differ between SQLite ({len(db_ids)}) and memory ({len(self._ids)})")
-        if len(self._ids) > 1 and not (np.diff(self._ids) > 0).all():
-            p.append("face ids are not strictly increasing")
-        if len(self._ids) and self._ids[-1] >= self._next_face_id:
-            p.append("next_face_id is not above every stored face id")
-        orphans = self._store.orphan_identities()
-        if orphans:
-            p.append(f"{len(orphans)} identities have no face")
-        known = self._store.identity_names()[0]
-        missing = np.unique(self._labels[~members(self._labels, known)])
-        if missing.size:
-            p.append(f"{missing.size} face identities are missing from the identities table")
+        _check.check_metadata(self._store, self._ids, self._labels, self._next_face_id, p)
         digests: dict[str, str] = {}
         if scan is not None:
             digests = scan.result()
             p += file_problems
         else:
-            vec = self._all_vectors()
-            if vec.shape != (len(self._ids), self._dim):
-                p.append(f"vectors have shape {vec.shape}, expected ({len(self._ids)}, {self._dim})")
-            else:
-                for start in range(0, vec.shape[0], _APPLY_ROWS):
-                    if not unit_rows(vec[start:start + _APPLY_ROWS]):
-                        p.append(f"vectors in rows {start}.. are not finite unit vectors")
-                        break
-            self._check_index(p)
+            _check.check_vectors(self._all_vectors(), len(self._ids), self._dim, p)
+            _check.check_index(self._kind, self._index, self._ids, self._vecs,
+                               index_dirty=self._index_dirty, vectors_dirty=self._vectors_dirty,
+                               p=p)
         if hashes and not self._vectors_dirty:
-            self._check_files(p, digests)
+            records = [self._files[k] for k in ("vectors", "index", "rows") if self._files.get(k)]
+            _check.check_files(self._dir, records, p, digests)
         return report
-
-    def _scan_vector_file(self, p: list[str]) -> dict[str, str]:
-        """Hash the committed vector file and check its rows' norms in one streamed read;
-        returns ``{file name: sha256}`` (empty when the file is missing or of the wrong size,
-        which :meth:`_check_files` reports)."""
-        name, size, _ = self._files["vectors"]
-        path = self._dir / name
-        if not path.is_file() or path.stat().st_size != size:
-            return {}
-        row_bytes = 4 * self._dim
-        bad: list[int] = []
-
-        def visit(start: int, block: np.ndarray) -> None:
-            if not bad and not unit_rows(block.view(np.float32).reshape(-1, self._dim)):
-                bad.append(start // row_bytes)
-
-        try:
-            digest = stream_file(path, offset=npy_data_offset(path), visit=visit,
-                                 chunk=max(1, (1 << 24) // row_bytes) * row_bytes)
-        except (OSError, ValueError, GalleryError) as exc:  # e.g. shrank while being read
-            p.append(f"{name}: unreadable ({exc})")
-            return {}
-        if bad:
-            p.append(f"vectors in rows {bad[0]}.. are not finite unit vectors")
-        return {name: digest}
-
-    def _check_index(self, p: list[str]) -> None:
-        n = len(self._ids)
-        if self._kind == "flat":
-            id_map = _ix._faiss().vector_to_array(self._index.id_map)
-            if not np.array_equal(id_map, self._ids):
-                p.append("flat index ids differ from the database's face ids")
-            return
-        if self._index is None or self._index_dirty:
-            if n and not self._vectors_dirty:
-                p.append("IVF gallery has faces but no index")
-            return
-        if self._index.ntotal != n:
-            p.append(f"IVF index holds {self._index.ntotal} faces, expected {n}")
-            return
-        if n:
-            sample = np.unique(np.linspace(0, n - 1, num=min(n, 256)).astype(np.int64))
-            try:
-                rec = np.stack([self._index.reconstruct(int(self._ids[r])) for r in sample])
-            except RuntimeError:
-                p.append("IVF index lacks some of the database's face ids")
-                return
-            err = np.abs(rec - np.asarray(self._vecs[sample])).max()
-            if err > 0.05:  # 8-bit codes of unit vectors are far more precise than this
-                p.append(f"IVF codes do not match the stored vectors (max error {err:.3f})")
-
-    def _check_files(self, p: list[str], digests: dict[str, str] | None = None) -> None:
-        """Size and sha256 of every committed file (``digests``: ones already hashed)."""
-        digests = digests or {}
-        records = [self._files[k] for k in ("vectors", "index", "rows") if self._files.get(k)]
-        for name, size, sha in records:
-            f = self._dir / name
-            if not f.is_file():
-                p.append(f"{name}: missing")
-            elif f.stat().st_size != size:
-                p.append(f"{name}: {f.stat().st_size} bytes, recorded {size}")
-            elif (digests.get(name) or file_sha256(f)) != sha:
-                p.append(f"{name}: sha256 differs from the one recorded at save")
 
     def storage_files(self) -> list[Path]:
         """Every file of the gallery directory: what a byte scan for an erased face's vectors
