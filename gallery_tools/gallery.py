@@ -41,7 +41,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
@@ -49,10 +48,10 @@ import numpy as np
 from filelock import FileLock, Timeout
 
 from gallery_tools import check as _check
+from gallery_tools import generations as _gen
 from gallery_tools import index as _ix
 from gallery_tools.errors import GalleryError
-from gallery_tools.files import (atomic_write, file_sha256, fsync_dir, npy_data_offset, open_vectors,
-                                 read_rows, stream_file, write_rows, write_vectors)
+from gallery_tools.files import open_vectors, read_rows, verify_sha256, write_vectors
 from gallery_tools.store import IdentityInfo, Store, dumps
 from gallery_tools.vectors import CheckReport, Match, members, normalised
 
@@ -64,28 +63,7 @@ __all__ = ["Gallery", "Match", "CheckReport", "IdentityInfo", "GalleryError"]
 DB_NAME = "gallery.sqlite"
 LOCK_NAME = "writer.lock"
 FORMAT = "facekd-gallery/1"
-_GEN_FILE = re.compile(r"^(vectors-\d{8}\.npy|rows-\d{8}\.npy|index-\d{8}\.faiss|\..+\.tmp-\d+)$")
 _APPLY_ROWS = 65536  # rows per erasure block: bounds the validation temporaries of Erasure.apply
-PROGRESS_MIN_FACES = 250_000  # saves of galleries this large show a progress bar
-
-
-def _file_names(generation: int) -> tuple[str, str]:
-    return f"vectors-{generation:08d}.npy", f"index-{generation:08d}.faiss"
-
-
-def _rows_name(generation: int) -> str:
-    return f"rows-{generation:08d}.npy"
-
-
-def _verify_sha(path: Path, sha: str | None, what: str) -> None:
-    """Refuse a committed file whose bytes no longer hash to what the save recorded."""
-    try:
-        actual = file_sha256(path)
-    except OSError as exc:
-        raise GalleryError(f"{path}: cannot read the {what} file ({exc.strerror or exc})") from None
-    if sha is not None and actual != sha:
-        raise GalleryError(f"{path}: {what} file is damaged (sha256 differs from the one recorded "
-                           "at save); restore the gallery from a backup")
 
 
 class Gallery:
@@ -128,7 +106,7 @@ class Gallery:
         self._dir = path
         self._acquire_lock(10.0)
         try:
-            vec_name, _ = _file_names(0)
+            vec_name = _gen.vectors_name(0)
             size, sha = write_vectors(path / vec_name, np.empty((0, int(dim)), np.float32))
             settings = {"format": FORMAT, "dim": str(int(dim)), "index": index,
                         "encoder_fingerprint": str(encoder_fingerprint), "generation": "0",
@@ -181,7 +159,7 @@ class Gallery:
                 raise GalleryError(f"{path}: gallery was built with encoder {self._fingerprint}, "
                                    f"but encoder {encoder_fingerprint} was given")
             if writable:
-                self._remove_stale_files()
+                _gen.remove_stale(self._dir, self._files)
         except BaseException:
             self._release()
             raise
@@ -264,26 +242,13 @@ class Gallery:
             # The file is read in full below anyway: hashing it once costs a second sequential
             # read and means damaged rows are refused, never searched, re-hashed or saved as good.
             if verify:
-                _verify_sha(self._dir / vec_name, vec_sha, "vector")
+                verify_sha256(self._dir / vec_name, vec_sha, "vector")
             self._vecs = mm  # copy-on-write map: pages load on first touch, edits stay private
             self._index = None
             if files.get("index"):
-                name, size, _ = files["index"]
-                ipath = self._dir / name
-                if not ipath.is_file():
-                    raise GalleryError(f"{ipath}: index file missing (the gallery is incomplete)")
-                if ipath.stat().st_size != size:
-                    raise GalleryError(f"{ipath}: index file is {ipath.stat().st_size} bytes, "
-                                       f"expected {size} (truncated or overwritten)")
-                if getattr(self, "_verify", False):
-                    _verify_sha(ipath, files["index"][2], "index")
-                try:
-                    self._index = _ix._faiss().read_index(str(ipath))
-                except RuntimeError as exc:
-                    raise GalleryError(f"{ipath}: unreadable FAISS index ({str(exc)[:200]})") from None
-                if self._index.ntotal != n:
-                    raise GalleryError(f"{ipath}: index holds {self._index.ntotal} faces, "
-                                       f"database {n}")
+                name, size, sha = files["index"]
+                self._index = _ix.read_ivf(self._dir / name, size, sha, n,
+                                           verify=getattr(self, "_verify", False))
             elif n:
                 raise GalleryError(f"{self._dir}: IVF gallery with {n} faces but no index file")
         self._vectors_dirty = False
@@ -301,14 +266,11 @@ class Gallery:
         """Build the flat index from the committed vector file: one read straight into the
         index's own storage, hashed as it passes (no intermediate copy)."""
         vec_name, _, vec_sha = self._files["vectors"]
-        n, d = len(self._ids), self._dim
-        index = _ix.new_flat(d)
-        if n:
-            path, fh = self._dir / vec_name, self._vec_file
-            storage = _ix.flat_reserve(index, n, self._ids)
-            digest = stream_file(fh, storage, offset=npy_data_offset(fh))
+        index, digest = _ix.read_flat(self._vec_file, self._dim, self._ids)
+        if digest is not None:
             if self._vec_digest is not None and digest != self._vec_digest:
-                raise GalleryError(f"{path}: vector file changed since it was verified")
+                raise GalleryError(f"{self._dir / vec_name}: vector file changed since it was "
+                                   "verified")
             self._vec_digest = digest
             if check_sha:
                 self._refuse_if_damaged(vec_name, vec_sha)
@@ -326,17 +288,6 @@ class Gallery:
             self._require_open()
             self._fill_flat(check_sha=getattr(self, "_verify", False))
             self._device.invalidate()
-
-    def _remove_stale_files(self) -> None:
-        """Delete files of other generations (crashed saves, or old ones a crash left behind)."""
-        keep = {rec[0] for rec in (self._files.get(k) for k in ("vectors", "index", "rows")) if rec}
-        removed = False
-        for p in self._dir.iterdir():
-            if _GEN_FILE.match(p.name) and p.name not in keep:
-                p.unlink(missing_ok=True)
-                removed = True
-        if removed:
-            fsync_dir(self._dir)
 
     # ------------------------------------------------------------------ properties
     def _require_open(self) -> None:
@@ -645,56 +596,30 @@ class Gallery:
         self._require_writable()
         self._ensure_index()
         new = self._generation + 1
-        vec_name, idx_name = _file_names(new)
-        old_vec = self._files["vectors"]
-        if self._vectors_dirty:
-            size, sha = write_vectors(self._dir / vec_name, self._all_vectors(),
-                                      progress=len(self._ids) >= PROGRESS_MIN_FACES)
-            vec_rec = [vec_name, size, sha]
-        else:  # unchanged: a hard link is a new name for the same durable bytes
-            self._link(old_vec[0], vec_name)
-            vec_rec = [vec_name, old_vec[1], old_vec[2]]
-        rows_name, old_rows = _rows_name(new), self._files.get("rows")
-        if self._rows_dirty or not old_rows:
-            rows_rec = [rows_name, *write_rows(self._dir / rows_name, self._ids, self._labels)]
-        else:
-            self._link(old_rows[0], rows_name)
-            rows_rec = [rows_name, old_rows[1], old_rows[2]]
-        idx_rec = None
-        if self._kind == "ivf" and len(self._ids):
-            if self._vectors_dirty or not self._files.get("index"):
-                data = _ix._faiss().serialize_index(self._index)  # always from the CPU index
-                with atomic_write(self._dir / idx_name) as out:
-                    out.write(data)
-                idx_rec = [idx_name, out.size, out.sha256.hexdigest()]
-                del data
-            else:
-                self._link(self._files["index"][0], idx_name)
-                idx_rec = [idx_name] + list(self._files["index"][1:])
-        files = {"vectors": vec_rec, "index": idx_rec, "rows": rows_rec}
+        ivf = self._kind == "ivf" and len(self._ids) > 0
+        files = _gen.write_generation(self._dir, new, self._files,
+                                      vectors=self._all_vectors if self._vectors_dirty else None,
+                                      ids=self._ids, labels=self._labels,
+                                      rows_dirty=self._rows_dirty,
+                                      index=self._index if ivf else None)
+        vec_rec = files["vectors"]
         self._store.set_settings({"generation": str(new), "faces": str(len(self._ids)),
                                   "next_face_id": str(self._next_face_id),
                                   "encoder_fingerprint": self._fingerprint, "files": dumps(files)})
         self._store.commit()  # <- the commit point of generation `new`
         self._generation, self._files = new, files
-        self._remove_stale_files()
+        _gen.remove_stale(self._dir, self._files)
         if self._removed_since_save:
             self._store.vacuum()
         self._store.checkpoint()
-        if self._kind == "ivf" and len(self._ids):
+        if ivf:
             # Re-map the just-written file so the RAM copy can be dropped (pages come back lazily).
-            self._vecs = open_vectors(self._dir / vec_name, len(self._ids), self._dim,
+            self._vecs = open_vectors(self._dir / vec_rec[0], len(self._ids), self._dim,
                                       vec_rec[1], mode="c")
         if self._vectors_dirty:
             self._vec_digest = vec_rec[2]  # hashed while written: what the index holds
         self._vectors_dirty = self._removed_since_save = self._rows_dirty = False
         return new
-
-    def _link(self, old: str, new: str) -> None:
-        target = self._dir / new
-        target.unlink(missing_ok=True)
-        os.link(self._dir / old, target)
-        fsync_dir(self._dir)
 
     # ------------------------------------------------------------------ reporting
     def stats(self) -> dict:
@@ -754,8 +679,7 @@ class Gallery:
                                index_dirty=self._index_dirty, vectors_dirty=self._vectors_dirty,
                                p=p)
         if hashes and not self._vectors_dirty:
-            records = [self._files[k] for k in ("vectors", "index", "rows") if self._files.get(k)]
-            _check.check_files(self._dir, records, p, digests)
+            _check.check_files(self._dir, _gen.records(self._files), p, digests)
         return report
 
     def storage_files(self) -> list[Path]:
