@@ -52,6 +52,7 @@ from gallery_tools import generations as _gen
 from gallery_tools import index as _ix
 from gallery_tools.errors import GalleryError
 from gallery_tools.files import open_vectors, read_rows, verify_sha256, write_vectors
+from gallery_tools.metadata import StoreBacked
 from gallery_tools.store import IdentityInfo, Store, dumps
 from gallery_tools.vectors import CheckReport, Match, members, normalised
 
@@ -66,7 +67,7 @@ FORMAT = "facekd-gallery/1"
 _APPLY_ROWS = 65536  # rows per erasure block: bounds the validation temporaries of Erasure.apply
 
 
-class Gallery:
+class Gallery(StoreBacked):
     """A face gallery; get one with :meth:`create` or :meth:`open` (see the module docstring).
 
     Changes made in memory (add, remove, apply, meta, fingerprint) are invisible on disk until
@@ -290,61 +291,14 @@ class Gallery:
             self._device.invalidate()
 
     # ------------------------------------------------------------------ properties
-    def _require_open(self) -> None:
-        if self._closed:
-            raise GalleryError("the gallery is closed")
-
-    def _require_writable(self) -> None:
-        self._require_open()
-        if not self._writable:
-            raise GalleryError("the gallery was opened read-only (open it with writable=True)")
-
-    @property
-    def path(self) -> Path:
-        return self._dir
-
-    @property
-    def dim(self) -> int:
-        return self._dim
-
     @property
     def index_type(self) -> str:
         return self._kind
-
-    @property
-    def generation(self) -> int:
-        """Generation number of the last committed save this object loaded or wrote."""
-        return self._generation
-
-    @property
-    def writable(self) -> bool:
-        return self._writable
-
-    @property
-    def encoder_fingerprint(self) -> str:
-        return self._fingerprint
-
-    def set_encoder_fingerprint(self, fp: str) -> None:
-        """Record the encoder the vectors now belong to (e.g. after folding an erasure in)."""
-        self._require_writable()
-        if not isinstance(fp, str) or not fp:
-            raise GalleryError("encoder fingerprint must be a non-empty string")
-        self._store.set_settings({"encoder_fingerprint": fp})
-        self._fingerprint = fp
-
-    def __len__(self) -> int:
-        return int(len(self._ids))
 
     def __repr__(self) -> str:
         mode = "closed" if self._closed else ("writable" if self._writable else "read-only")
         return (f"<Gallery {self._dir} {self._kind} d={self._dim} faces={len(self)} "
                 f"generation={self._generation} {mode}>")
-
-    def __enter__(self) -> "Gallery":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
 
     def close(self) -> None:
         """Release the lock and files; unsaved changes are discarded."""
@@ -385,18 +339,6 @@ class Gallery:
         view.flags.writeable = False
         return view
 
-    def labels(self) -> np.ndarray:
-        """``(N,)`` int64 identity of each row of :meth:`vectors`."""
-        self._require_open()
-        return self._labels.copy()
-
-    def face_ids(self, identity: int | None = None) -> np.ndarray:
-        """``(n,)`` int64 face ids (ascending), of one identity or all."""
-        self._require_open()
-        if identity is None:
-            return self._ids.copy()
-        return self._ids[self._labels == int(identity)]
-
     # ------------------------------------------------------------------ metadata
     def identities(self) -> list[IdentityInfo]:
         """Every identity, ascending, with its name and face count.
@@ -410,39 +352,6 @@ class Gallery:
         at = np.searchsorted(ids, self._labels[known])
         n = np.bincount(at, minlength=len(ids))
         return list(map(IdentityInfo, ids.tolist(), names, n.tolist()))
-
-    def has_identity(self, identity: int) -> bool:
-        self._require_open()
-        return self._store.has_identity(int(identity))
-
-    def identity_has_folder(self, identity: int, folder: str) -> bool:
-        """True when some face of ``identity`` was enrolled from a file in a folder named ``folder``
-        (a re-run of the same enrolment, not a second person under the same id)."""
-        self._require_open()
-        return any(Path(src).parent.name == folder for src in self._store.sources(int(identity)))
-
-    def has_source(self, sha256: str) -> bool:
-        """True when a face enrolled from a file with this sha256 (hex) is stored."""
-        self._require_open()
-        return self._store.has_source(str(sha256))
-
-    def known_sources(self, shas: Sequence[str]) -> set[str]:
-        """The subset of ``shas`` already enrolled (batched :meth:`has_source`)."""
-        self._require_open()
-        return self._store.known_sources(shas)
-
-    def get_meta(self, key: str) -> bytes | None:
-        self._require_open()
-        return self._store.get_meta(key)
-
-    def set_meta(self, key: str, value: bytes) -> None:
-        """Store ``value`` under ``key``; committed with the next :meth:`save`, all or nothing."""
-        self._require_writable()
-        self._store.set_meta(key, value)
-
-    def delete_meta(self, key: str) -> None:
-        self._require_writable()
-        self._store.delete_meta(key)
 
     # ------------------------------------------------------------------ changes
     def add(self, vectors: Any, identities: Any, *, names: Sequence[str | None] | None = None,
