@@ -35,6 +35,15 @@ compares the arrays with SQLite's rows.
 Invariants (checked by :meth:`Gallery.check`): the index, the vectors and SQLite hold the same
 face ids in the same (ascending) order; every vector has unit norm; every face's identity is in
 the identities table and every identity has a face.
+
+This module is the :class:`Gallery` itself: opening a generation, the changes held in memory,
+search and the commit. Its parts live beside it: :mod:`gallery_tools.generations` (a
+generation's files: names, writing G+1, deleting the others), :mod:`gallery_tools.files`
+(atomic writes, checked ``.npy`` files, hashing), :mod:`gallery_tools.store` (SQLite),
+:mod:`gallery_tools.index` (FAISS: build, read, CPU or GPU search), :mod:`gallery_tools.check`
+(the invariant checks), and, shared with the Milvus backend, :mod:`gallery_tools.metadata`
+(:class:`~gallery_tools.metadata.StoreBacked`, the SQLite half) and :mod:`gallery_tools.vectors`
+(validation, ``Match``, ``CheckReport``).
 """
 
 from __future__ import annotations
