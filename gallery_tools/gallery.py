@@ -257,8 +257,7 @@ class Gallery(StoreBacked):
             self._index = None
             if files.get("index"):
                 name, size, sha = files["index"]
-                self._index = _ix.read_ivf(self._dir / name, size, sha, n,
-                                           verify=getattr(self, "_verify", False))
+                self._index = _ix.read_ivf(self._dir / name, size, sha, n, verify=verify)
             elif n:
                 raise GalleryError(f"{self._dir}: IVF gallery with {n} faces but no index file")
         self._vectors_dirty = False
