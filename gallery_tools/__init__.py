@@ -6,8 +6,9 @@
 """
 
 from gallery_tools.errors import GalleryError
-from gallery_tools.gallery import CheckReport, Gallery, Match
+from gallery_tools.gallery import Gallery
 from gallery_tools.store import IdentityInfo
+from gallery_tools.vectors import CheckReport, Match
 from gallery_tools.enroll import EnrollResult, enroll  # noqa: E402  (binds the function, not the module)
 
 __all__ = ["Gallery", "GalleryError", "Match", "CheckReport", "IdentityInfo", "enroll",

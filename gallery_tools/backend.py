@@ -8,6 +8,9 @@ Two backends implement :class:`GalleryBackend`:
   :class:`gallery_tools.milvus_backend.MilvusGallery`, vectors in a Milvus collection behind the
   alias ``NAME``, the same SQLite metadata (faces, identities, meta) in the gallery directory.
 
+Both inherit :class:`gallery_tools.metadata.StoreBacked` (the SQLite half: guards, face rows,
+identity and meta reads) and return :mod:`gallery_tools.vectors`' ``Match`` and ``CheckReport``.
+
 Both keep the same contract: changes stay in memory until :meth:`GalleryBackend.save`, which
 commits them all or none; after the save that follows :meth:`GalleryBackend.remove` no byte of
 the removed faces' vectors is left in the backend's storage (:func:`find_traces` proves it for

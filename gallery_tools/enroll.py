@@ -5,6 +5,9 @@ maps ``folder,identity[,name]``, or (no CSV) a folder named by person, LFW-style
 assigned automatically (:func:`assign_ids`) and its name recorded with it. Every image is identified by the sha256 of its file bytes:
 images whose sha256 is already in the gallery are skipped, so an interrupted run can simply be
 started again (after the gallery was saved; pass ``save_every`` to save along the way).
+
+Image reading (:mod:`facekd.faces`, which loads OpenCV) is imported inside the functions that
+read images, so ``import gallery_tools`` stays light for commands that never enrol.
 """
 
 from __future__ import annotations
@@ -18,7 +21,6 @@ from typing import Any, Callable
 import numpy as np
 
 from facekd.errors import FaceError
-from facekd.faces import IMAGE_SUFFIXES, UNSUPPORTED_SUFFIXES, read_image_bytes
 from gallery_tools.errors import GalleryError
 
 
@@ -229,6 +231,8 @@ def enroll(tree: str | Path, encoder: Any, gallery: Any, *, ids_csv: str | Path 
         whose sha256 is already stored are counted in ``skipped_existing``.
     """
     from tqdm.auto import tqdm
+
+    from facekd.faces import IMAGE_SUFFIXES, UNSUPPORTED_SUFFIXES, read_image_bytes
 
     tree = Path(tree)
     if not gallery.writable:

@@ -266,3 +266,15 @@ def file_sha256(path: Path, chunk: int = 1 << 22) -> str:
         while block := fh.read(chunk):
             h.update(block)
     return h.hexdigest()
+
+
+def verify_sha256(path: Path, sha: str | None, what: str) -> None:
+    """Refuse (GalleryError) a committed ``what`` file whose bytes no longer hash to ``sha``, the
+    sha256 (hex) its save recorded; an unreadable file is refused too."""
+    try:
+        actual = file_sha256(path)
+    except OSError as exc:
+        raise GalleryError(f"{path}: cannot read the {what} file ({exc.strerror or exc})") from None
+    if sha is not None and actual != sha:
+        raise GalleryError(f"{path}: {what} file is damaged (sha256 differs from the one recorded "
+                           "at save); restore the gallery from a backup")

@@ -35,25 +35,35 @@ compares the arrays with SQLite's rows.
 Invariants (checked by :meth:`Gallery.check`): the index, the vectors and SQLite hold the same
 face ids in the same (ascending) order; every vector has unit norm; every face's identity is in
 the identities table and every identity has a face.
+
+This module is the :class:`Gallery` itself: opening a generation, the changes held in memory,
+search and the commit. Its parts live beside it: :mod:`gallery_tools.generations` (a
+generation's files: names, writing G+1, deleting the others), :mod:`gallery_tools.files`
+(atomic writes, checked ``.npy`` files, hashing), :mod:`gallery_tools.store` (SQLite),
+:mod:`gallery_tools.index` (FAISS: build, read, CPU or GPU search), :mod:`gallery_tools.check`
+(the invariant checks), and, shared with the Milvus backend, :mod:`gallery_tools.metadata`
+(:class:`~gallery_tools.metadata.StoreBacked`, the SQLite half) and :mod:`gallery_tools.vectors`
+(validation, ``Match``, ``CheckReport``).
 """
 
 from __future__ import annotations
 
 import json
 import os
-import re
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NamedTuple, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 from filelock import FileLock, Timeout
 
+from gallery_tools import check as _check
+from gallery_tools import generations as _gen
 from gallery_tools import index as _ix
 from gallery_tools.errors import GalleryError
-from gallery_tools.files import (atomic_write, file_sha256, fsync_dir, npy_data_offset, open_vectors,
-                                 read_rows, stream_file, write_rows, write_vectors)
+from gallery_tools.files import open_vectors, read_rows, verify_sha256, write_vectors
+from gallery_tools.metadata import StoreBacked
 from gallery_tools.store import IdentityInfo, Store, dumps
+from gallery_tools.vectors import CheckReport, Match, members, normalised
 
 if TYPE_CHECKING:
     import faiss  # imported where an index is built or read (gallery_tools.index._faiss)
@@ -63,88 +73,10 @@ __all__ = ["Gallery", "Match", "CheckReport", "IdentityInfo", "GalleryError"]
 DB_NAME = "gallery.sqlite"
 LOCK_NAME = "writer.lock"
 FORMAT = "facekd-gallery/1"
-_GEN_FILE = re.compile(r"^(vectors-\d{8}\.npy|rows-\d{8}\.npy|index-\d{8}\.faiss|\..+\.tmp-\d+)$")
 _APPLY_ROWS = 65536  # rows per erasure block: bounds the validation temporaries of Erasure.apply
-_NORM_TOL = 1e-3
-PROGRESS_MIN_FACES = 250_000  # saves of galleries this large show a progress bar
 
 
-class Match(NamedTuple):
-    """One search hit: the identity, the matched face and the cosine similarity."""
-
-    identity: int
-    face_id: int
-    score: float
-
-
-@dataclass
-class CheckReport:
-    """Result of :meth:`Gallery.check`: ``ok`` is True when ``problems`` is empty."""
-
-    problems: list[str] = field(default_factory=list)
-
-    @property
-    def ok(self) -> bool:
-        return not self.problems
-
-    def __str__(self) -> str:
-        return "ok" if self.ok else "\n".join(f"- {p}" for p in self.problems)
-
-
-def _file_names(generation: int) -> tuple[str, str]:
-    return f"vectors-{generation:08d}.npy", f"index-{generation:08d}.faiss"
-
-
-def _rows_name(generation: int) -> str:
-    return f"rows-{generation:08d}.npy"
-
-
-def _normalised(vectors: Any, d: int) -> np.ndarray:
-    """Validate ``(n, d)`` finite non-zero vectors; return L2-normalised float32 rows (a copy)."""
-    try:
-        x = np.array(vectors, dtype=np.float32, copy=True, order="C")
-    except (TypeError, ValueError) as exc:
-        raise GalleryError(f"vectors cannot be read as a float matrix ({exc})") from None
-    if x.ndim == 1 and x.shape[0] == d:
-        x = x[None]
-    if x.ndim != 2 or x.shape[1] != d:
-        raise GalleryError(f"expected vectors of shape (n, {d}), got {x.shape}")
-    if not np.isfinite(x).all():
-        raise GalleryError("vectors contain NaN or inf")
-    norms = np.sqrt(np.einsum("ij,ij->i", x, x))
-    if (norms == 0).any():
-        raise GalleryError(f"{int((norms == 0).sum())} vector(s) are all zero and cannot be normalised")
-    x /= norms[:, None]
-    return x
-
-
-def _members(values: np.ndarray, sorted_keys: np.ndarray) -> np.ndarray:
-    """``(n,)`` bool: which ``values`` occur in ascending ``sorted_keys`` (a binary search each,
-    no sort of the million values as ``np.isin`` / ``np.unique`` would do)."""
-    if len(sorted_keys) == 0:
-        return np.zeros(len(values), bool)
-    at = np.minimum(np.searchsorted(sorted_keys, values), len(sorted_keys) - 1)
-    return sorted_keys[at] == values
-
-
-def _unit_rows(block: np.ndarray) -> bool:
-    """True when every row of ``(n, d)`` float32 ``block`` is finite with unit norm."""
-    norms = np.sqrt(np.einsum("ij,ij->i", block, block))
-    return bool(np.isfinite(norms).all() and np.abs(norms - 1).max(initial=0) <= _NORM_TOL)
-
-
-def _verify_sha(path: Path, sha: str | None, what: str) -> None:
-    """Refuse a committed file whose bytes no longer hash to what the save recorded."""
-    try:
-        actual = file_sha256(path)
-    except OSError as exc:
-        raise GalleryError(f"{path}: cannot read the {what} file ({exc.strerror or exc})") from None
-    if sha is not None and actual != sha:
-        raise GalleryError(f"{path}: {what} file is damaged (sha256 differs from the one recorded "
-                           "at save); restore the gallery from a backup")
-
-
-class Gallery:
+class Gallery(StoreBacked):
     """A face gallery; get one with :meth:`create` or :meth:`open` (see the module docstring).
 
     Changes made in memory (add, remove, apply, meta, fingerprint) are invisible on disk until
@@ -184,7 +116,7 @@ class Gallery:
         self._dir = path
         self._acquire_lock(10.0)
         try:
-            vec_name, _ = _file_names(0)
+            vec_name = _gen.vectors_name(0)
             size, sha = write_vectors(path / vec_name, np.empty((0, int(dim)), np.float32))
             settings = {"format": FORMAT, "dim": str(int(dim)), "index": index,
                         "encoder_fingerprint": str(encoder_fingerprint), "generation": "0",
@@ -237,7 +169,7 @@ class Gallery:
                 raise GalleryError(f"{path}: gallery was built with encoder {self._fingerprint}, "
                                    f"but encoder {encoder_fingerprint} was given")
             if writable:
-                self._remove_stale_files()
+                _gen.remove_stale(self._dir, self._files)
         except BaseException:
             self._release()
             raise
@@ -320,26 +252,12 @@ class Gallery:
             # The file is read in full below anyway: hashing it once costs a second sequential
             # read and means damaged rows are refused, never searched, re-hashed or saved as good.
             if verify:
-                _verify_sha(self._dir / vec_name, vec_sha, "vector")
+                verify_sha256(self._dir / vec_name, vec_sha, "vector")
             self._vecs = mm  # copy-on-write map: pages load on first touch, edits stay private
             self._index = None
             if files.get("index"):
-                name, size, _ = files["index"]
-                ipath = self._dir / name
-                if not ipath.is_file():
-                    raise GalleryError(f"{ipath}: index file missing (the gallery is incomplete)")
-                if ipath.stat().st_size != size:
-                    raise GalleryError(f"{ipath}: index file is {ipath.stat().st_size} bytes, "
-                                       f"expected {size} (truncated or overwritten)")
-                if getattr(self, "_verify", False):
-                    _verify_sha(ipath, files["index"][2], "index")
-                try:
-                    self._index = _ix._faiss().read_index(str(ipath))
-                except RuntimeError as exc:
-                    raise GalleryError(f"{ipath}: unreadable FAISS index ({str(exc)[:200]})") from None
-                if self._index.ntotal != n:
-                    raise GalleryError(f"{ipath}: index holds {self._index.ntotal} faces, "
-                                       f"database {n}")
+                name, size, sha = files["index"]
+                self._index = _ix.read_ivf(self._dir / name, size, sha, n, verify=verify)
             elif n:
                 raise GalleryError(f"{self._dir}: IVF gallery with {n} faces but no index file")
         self._vectors_dirty = False
@@ -357,14 +275,11 @@ class Gallery:
         """Build the flat index from the committed vector file: one read straight into the
         index's own storage, hashed as it passes (no intermediate copy)."""
         vec_name, _, vec_sha = self._files["vectors"]
-        n, d = len(self._ids), self._dim
-        index = _ix.new_flat(d)
-        if n:
-            path, fh = self._dir / vec_name, self._vec_file
-            storage = _ix.flat_reserve(index, n, self._ids)
-            digest = stream_file(fh, storage, offset=npy_data_offset(fh))
+        index, digest = _ix.read_flat(self._vec_file, self._dim, self._ids)
+        if digest is not None:
             if self._vec_digest is not None and digest != self._vec_digest:
-                raise GalleryError(f"{path}: vector file changed since it was verified")
+                raise GalleryError(f"{self._dir / vec_name}: vector file changed since it was "
+                                   "verified")
             self._vec_digest = digest
             if check_sha:
                 self._refuse_if_damaged(vec_name, vec_sha)
@@ -383,73 +298,15 @@ class Gallery:
             self._fill_flat(check_sha=getattr(self, "_verify", False))
             self._device.invalidate()
 
-    def _remove_stale_files(self) -> None:
-        """Delete files of other generations (crashed saves, or old ones a crash left behind)."""
-        keep = {rec[0] for rec in (self._files.get(k) for k in ("vectors", "index", "rows")) if rec}
-        removed = False
-        for p in self._dir.iterdir():
-            if _GEN_FILE.match(p.name) and p.name not in keep:
-                p.unlink(missing_ok=True)
-                removed = True
-        if removed:
-            fsync_dir(self._dir)
-
     # ------------------------------------------------------------------ properties
-    def _require_open(self) -> None:
-        if self._closed:
-            raise GalleryError("the gallery is closed")
-
-    def _require_writable(self) -> None:
-        self._require_open()
-        if not self._writable:
-            raise GalleryError("the gallery was opened read-only (open it with writable=True)")
-
-    @property
-    def path(self) -> Path:
-        return self._dir
-
-    @property
-    def dim(self) -> int:
-        return self._dim
-
     @property
     def index_type(self) -> str:
         return self._kind
-
-    @property
-    def generation(self) -> int:
-        """Generation number of the last committed save this object loaded or wrote."""
-        return self._generation
-
-    @property
-    def writable(self) -> bool:
-        return self._writable
-
-    @property
-    def encoder_fingerprint(self) -> str:
-        return self._fingerprint
-
-    def set_encoder_fingerprint(self, fp: str) -> None:
-        """Record the encoder the vectors now belong to (e.g. after folding an erasure in)."""
-        self._require_writable()
-        if not isinstance(fp, str) or not fp:
-            raise GalleryError("encoder fingerprint must be a non-empty string")
-        self._store.set_settings({"encoder_fingerprint": fp})
-        self._fingerprint = fp
-
-    def __len__(self) -> int:
-        return int(len(self._ids))
 
     def __repr__(self) -> str:
         mode = "closed" if self._closed else ("writable" if self._writable else "read-only")
         return (f"<Gallery {self._dir} {self._kind} d={self._dim} faces={len(self)} "
                 f"generation={self._generation} {mode}>")
-
-    def __enter__(self) -> "Gallery":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
 
     def close(self) -> None:
         """Release the lock and files; unsaved changes are discarded."""
@@ -490,18 +347,6 @@ class Gallery:
         view.flags.writeable = False
         return view
 
-    def labels(self) -> np.ndarray:
-        """``(N,)`` int64 identity of each row of :meth:`vectors`."""
-        self._require_open()
-        return self._labels.copy()
-
-    def face_ids(self, identity: int | None = None) -> np.ndarray:
-        """``(n,)`` int64 face ids (ascending), of one identity or all."""
-        self._require_open()
-        if identity is None:
-            return self._ids.copy()
-        return self._ids[self._labels == int(identity)]
-
     # ------------------------------------------------------------------ metadata
     def identities(self) -> list[IdentityInfo]:
         """Every identity, ascending, with its name and face count.
@@ -511,43 +356,10 @@ class Gallery:
         """
         self._require_open()
         ids, names = self._store.identity_names()
-        known = _members(self._labels, ids)  # a label missing from the table counts nowhere
+        known = members(self._labels, ids)  # a label missing from the table counts nowhere
         at = np.searchsorted(ids, self._labels[known])
         n = np.bincount(at, minlength=len(ids))
         return list(map(IdentityInfo, ids.tolist(), names, n.tolist()))
-
-    def has_identity(self, identity: int) -> bool:
-        self._require_open()
-        return self._store.has_identity(int(identity))
-
-    def identity_has_folder(self, identity: int, folder: str) -> bool:
-        """True when some face of ``identity`` was enrolled from a file in a folder named ``folder``
-        (a re-run of the same enrolment, not a second person under the same id)."""
-        self._require_open()
-        return any(Path(src).parent.name == folder for src in self._store.sources(int(identity)))
-
-    def has_source(self, sha256: str) -> bool:
-        """True when a face enrolled from a file with this sha256 (hex) is stored."""
-        self._require_open()
-        return self._store.has_source(str(sha256))
-
-    def known_sources(self, shas: Sequence[str]) -> set[str]:
-        """The subset of ``shas`` already enrolled (batched :meth:`has_source`)."""
-        self._require_open()
-        return self._store.known_sources(shas)
-
-    def get_meta(self, key: str) -> bytes | None:
-        self._require_open()
-        return self._store.get_meta(key)
-
-    def set_meta(self, key: str, value: bytes) -> None:
-        """Store ``value`` under ``key``; committed with the next :meth:`save`, all or nothing."""
-        self._require_writable()
-        self._store.set_meta(key, value)
-
-    def delete_meta(self, key: str) -> None:
-        self._require_writable()
-        self._store.delete_meta(key)
 
     # ------------------------------------------------------------------ changes
     def add(self, vectors: Any, identities: Any, *, names: Sequence[str | None] | None = None,
@@ -560,7 +372,7 @@ class Gallery:
         ``(n,)`` int64 face ids, which are never reused, even after removal.
         """
         self._require_writable()
-        x = _normalised(vectors, self._dim)
+        x = normalised(vectors, self._dim)
         n = x.shape[0]
         ident = np.asarray(identities)
         if ident.ndim == 0:
@@ -668,7 +480,7 @@ class Gallery:
         ``threshold`` keeps only matches with cosine similarity >= threshold.
         """
         self._require_open()
-        q = _normalised(queries, self._dim)
+        q = normalised(queries, self._dim)
         if not isinstance(k, (int, np.integer)) or k < 1:
             raise GalleryError(f"k must be a positive integer, got {k!r}")
         if len(self._ids) == 0:
@@ -701,56 +513,30 @@ class Gallery:
         self._require_writable()
         self._ensure_index()
         new = self._generation + 1
-        vec_name, idx_name = _file_names(new)
-        old_vec = self._files["vectors"]
-        if self._vectors_dirty:
-            size, sha = write_vectors(self._dir / vec_name, self._all_vectors(),
-                                      progress=len(self._ids) >= PROGRESS_MIN_FACES)
-            vec_rec = [vec_name, size, sha]
-        else:  # unchanged: a hard link is a new name for the same durable bytes
-            self._link(old_vec[0], vec_name)
-            vec_rec = [vec_name, old_vec[1], old_vec[2]]
-        rows_name, old_rows = _rows_name(new), self._files.get("rows")
-        if self._rows_dirty or not old_rows:
-            rows_rec = [rows_name, *write_rows(self._dir / rows_name, self._ids, self._labels)]
-        else:
-            self._link(old_rows[0], rows_name)
-            rows_rec = [rows_name, old_rows[1], old_rows[2]]
-        idx_rec = None
-        if self._kind == "ivf" and len(self._ids):
-            if self._vectors_dirty or not self._files.get("index"):
-                data = _ix._faiss().serialize_index(self._index)  # always from the CPU index
-                with atomic_write(self._dir / idx_name) as out:
-                    out.write(data)
-                idx_rec = [idx_name, out.size, out.sha256.hexdigest()]
-                del data
-            else:
-                self._link(self._files["index"][0], idx_name)
-                idx_rec = [idx_name] + list(self._files["index"][1:])
-        files = {"vectors": vec_rec, "index": idx_rec, "rows": rows_rec}
+        ivf = self._kind == "ivf" and len(self._ids) > 0
+        files = _gen.write_generation(self._dir, new, self._files,
+                                      vectors=self._all_vectors if self._vectors_dirty else None,
+                                      ids=self._ids, labels=self._labels,
+                                      rows_dirty=self._rows_dirty,
+                                      index=self._index if ivf else None)
+        vec_rec = files["vectors"]
         self._store.set_settings({"generation": str(new), "faces": str(len(self._ids)),
                                   "next_face_id": str(self._next_face_id),
                                   "encoder_fingerprint": self._fingerprint, "files": dumps(files)})
         self._store.commit()  # <- the commit point of generation `new`
         self._generation, self._files = new, files
-        self._remove_stale_files()
+        _gen.remove_stale(self._dir, self._files)
         if self._removed_since_save:
             self._store.vacuum()
         self._store.checkpoint()
-        if self._kind == "ivf" and len(self._ids):
+        if ivf:
             # Re-map the just-written file so the RAM copy can be dropped (pages come back lazily).
-            self._vecs = open_vectors(self._dir / vec_name, len(self._ids), self._dim,
+            self._vecs = open_vectors(self._dir / vec_rec[0], len(self._ids), self._dim,
                                       vec_rec[1], mode="c")
         if self._vectors_dirty:
             self._vec_digest = vec_rec[2]  # hashed while written: what the index holds
         self._vectors_dirty = self._removed_since_save = self._rows_dirty = False
         return new
-
-    def _link(self, old: str, new: str) -> None:
-        target = self._dir / new
-        target.unlink(missing_ok=True)
-        os.link(self._dir / old, target)
-        fsync_dir(self._dir)
 
     # ------------------------------------------------------------------ reporting
     def stats(self) -> dict:
@@ -780,8 +566,8 @@ class Gallery:
     def check(self, *, hashes: bool = True) -> CheckReport:
         """Verify that index, vectors and SQLite agree (and, with ``hashes``, the file hashes).
 
-        Checks what is in memory against the database and the committed files; never raises for
-        an inconsistency, it reports it.
+        Checks what is in memory against the database and the committed files
+        (:mod:`gallery_tools.check`); never raises for an inconsistency, it reports it.
         """
         self._require_open()
         report = CheckReport()
@@ -793,107 +579,25 @@ class Gallery:
             # second thread: hashing and SQLite's scans both release the GIL.
             from concurrent.futures import ThreadPoolExecutor
 
+            name, size, _ = self._files["vectors"]
             pool = ThreadPoolExecutor(1)
             file_problems: list[str] = []
-            scan = pool.submit(self._scan_vector_file, file_problems)
+            scan = pool.submit(_check.scan_vector_file, self._dir / name, size, self._dim,
+                               file_problems)
             pool.shutdown(wait=False)
-        integrity = self._store.integrity()
-        if integrity != "ok":
-            p.append(f"SQLite integrity check: {integrity}")
-        db_ids, db_labels = self._store.face_rows()
-        if not np.array_equal(db_ids, self._ids) or not np.array_equal(db_labels, self._labels):
-            p.append(f"face rows differ between SQLite ({len(db_ids)}) and memory ({len(self._ids)})")
-        if len(self._ids) > 1 and not (np.diff(self._ids) > 0).all():
-            p.append("face ids are not strictly increasing")
-        if len(self._ids) and self._ids[-1] >= self._next_face_id:
-            p.append("next_face_id is not above every stored face id")
-        orphans = self._store.orphan_identities()
-        if orphans:
-            p.append(f"{len(orphans)} identities have no face")
-        known = self._store.identity_names()[0]
-        missing = np.unique(self._labels[~_members(self._labels, known)])
-        if missing.size:
-            p.append(f"{missing.size} face identities are missing from the identities table")
+        _check.check_metadata(self._store, self._ids, self._labels, self._next_face_id, p)
         digests: dict[str, str] = {}
         if scan is not None:
             digests = scan.result()
             p += file_problems
         else:
-            vec = self._all_vectors()
-            if vec.shape != (len(self._ids), self._dim):
-                p.append(f"vectors have shape {vec.shape}, expected ({len(self._ids)}, {self._dim})")
-            else:
-                for start in range(0, vec.shape[0], _APPLY_ROWS):
-                    if not _unit_rows(vec[start:start + _APPLY_ROWS]):
-                        p.append(f"vectors in rows {start}.. are not finite unit vectors")
-                        break
-            self._check_index(p)
+            _check.check_vectors(self._all_vectors(), len(self._ids), self._dim, p)
+            _check.check_index(self._kind, self._index, self._ids, self._vecs,
+                               index_dirty=self._index_dirty, vectors_dirty=self._vectors_dirty,
+                               p=p)
         if hashes and not self._vectors_dirty:
-            self._check_files(p, digests)
+            _check.check_files(self._dir, _gen.records(self._files), p, digests)
         return report
-
-    def _scan_vector_file(self, p: list[str]) -> dict[str, str]:
-        """Hash the committed vector file and check its rows' norms in one streamed read;
-        returns ``{file name: sha256}`` (empty when the file is missing or of the wrong size,
-        which :meth:`_check_files` reports)."""
-        name, size, _ = self._files["vectors"]
-        path = self._dir / name
-        if not path.is_file() or path.stat().st_size != size:
-            return {}
-        row_bytes = 4 * self._dim
-        bad: list[int] = []
-
-        def visit(start: int, block: np.ndarray) -> None:
-            if not bad and not _unit_rows(block.view(np.float32).reshape(-1, self._dim)):
-                bad.append(start // row_bytes)
-
-        try:
-            digest = stream_file(path, offset=npy_data_offset(path), visit=visit,
-                                 chunk=max(1, (1 << 24) // row_bytes) * row_bytes)
-        except (OSError, ValueError, GalleryError) as exc:  # e.g. shrank while being read
-            p.append(f"{name}: unreadable ({exc})")
-            return {}
-        if bad:
-            p.append(f"vectors in rows {bad[0]}.. are not finite unit vectors")
-        return {name: digest}
-
-    def _check_index(self, p: list[str]) -> None:
-        n = len(self._ids)
-        if self._kind == "flat":
-            id_map = _ix._faiss().vector_to_array(self._index.id_map)
-            if not np.array_equal(id_map, self._ids):
-                p.append("flat index ids differ from the database's face ids")
-            return
-        if self._index is None or self._index_dirty:
-            if n and not self._vectors_dirty:
-                p.append("IVF gallery has faces but no index")
-            return
-        if self._index.ntotal != n:
-            p.append(f"IVF index holds {self._index.ntotal} faces, expected {n}")
-            return
-        if n:
-            sample = np.unique(np.linspace(0, n - 1, num=min(n, 256)).astype(np.int64))
-            try:
-                rec = np.stack([self._index.reconstruct(int(self._ids[r])) for r in sample])
-            except RuntimeError:
-                p.append("IVF index lacks some of the database's face ids")
-                return
-            err = np.abs(rec - np.asarray(self._vecs[sample])).max()
-            if err > 0.05:  # 8-bit codes of unit vectors are far more precise than this
-                p.append(f"IVF codes do not match the stored vectors (max error {err:.3f})")
-
-    def _check_files(self, p: list[str], digests: dict[str, str] | None = None) -> None:
-        """Size and sha256 of every committed file (``digests``: ones already hashed)."""
-        digests = digests or {}
-        records = [self._files[k] for k in ("vectors", "index", "rows") if self._files.get(k)]
-        for name, size, sha in records:
-            f = self._dir / name
-            if not f.is_file():
-                p.append(f"{name}: missing")
-            elif f.stat().st_size != size:
-                p.append(f"{name}: {f.stat().st_size} bytes, recorded {size}")
-            elif (digests.get(name) or file_sha256(f)) != sha:
-                p.append(f"{name}: sha256 differs from the one recorded at save")
 
     def storage_files(self) -> list[Path]:
         """Every file of the gallery directory: what a byte scan for an erased face's vectors

@@ -16,9 +16,13 @@ from __future__ import annotations
 
 import math
 import os
-from typing import TYPE_CHECKING, Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 import numpy as np
+
+from gallery_tools.errors import GalleryError
+from gallery_tools.files import npy_data_offset, stream_file, verify_sha256
 
 if TYPE_CHECKING:
     import faiss
@@ -105,6 +109,42 @@ def build_ivf(vectors: np.ndarray, ids: np.ndarray, *, seed: int = 1234) -> fais
         index.add_with_ids(np.ascontiguousarray(vectors[start:start + 65536]), ids[start:start + 65536])
     index.nprobe = ivf_nprobe(nlist)
     return index
+
+
+def read_flat(fh: BinaryIO, d: int, ids: np.ndarray) -> tuple[faiss.Index, str | None]:
+    """A flat index of the ``.npy`` vector file open (unbuffered) in ``fh``, its ``(n, d)``
+    float32 rows under face ``ids`` ``(n,)`` int64: one read straight into the index's own
+    storage, hashed as it passes (no intermediate copy). Returns the index and the file's
+    sha256 (hex; None for ``n == 0``, when the file is not read)."""
+    index = new_flat(d)
+    if not len(ids):
+        return index, None
+    storage = flat_reserve(index, len(ids), ids)
+    return index, stream_file(fh, storage, offset=npy_data_offset(fh))
+
+
+def read_ivf(path: Path, size: int, sha: str, n: int, *, verify: bool) -> faiss.Index:
+    """Read a committed IVF index file, refused (GalleryError) when missing, not ``size`` bytes,
+    (``verify``) not of sha256 ``sha``, unreadable, or not holding ``n`` faces."""
+    if not path.is_file():
+        raise GalleryError(f"{path}: index file missing (the gallery is incomplete)")
+    if path.stat().st_size != size:
+        raise GalleryError(f"{path}: index file is {path.stat().st_size} bytes, "
+                           f"expected {size} (truncated or overwritten)")
+    if verify:
+        verify_sha256(path, sha, "index")
+    try:
+        index = _faiss().read_index(str(path))
+    except RuntimeError as exc:
+        raise GalleryError(f"{path}: unreadable FAISS index ({str(exc)[:200]})") from None
+    if index.ntotal != n:
+        raise GalleryError(f"{path}: index holds {index.ntotal} faces, database {n}")
+    return index
+
+
+def serialize(index: faiss.Index) -> np.ndarray:
+    """The bytes of a CPU ``index`` as FAISS writes it to a file (``(nbytes,)`` uint8)."""
+    return _faiss().serialize_index(index)
 
 
 def gpu_available(faiss_module: Any = None) -> bool:

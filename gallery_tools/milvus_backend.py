@@ -47,9 +47,10 @@ from filelock import FileLock, Timeout
 
 from gallery_tools.backend_spec import BackendSpec
 from gallery_tools.errors import GalleryError
-from gallery_tools.gallery import CheckReport, Match, _normalised
+from gallery_tools.metadata import StoreBacked
 from gallery_tools.milvus_connect import connect, disconnect, reason
 from gallery_tools.store import IdentityInfo, Store
+from gallery_tools.vectors import NORM_TOL, CheckReport, Match, normalised
 
 __all__ = ["MilvusGallery"]
 
@@ -58,7 +59,6 @@ LOCK_NAME = "writer.lock"
 FORMAT = "facekd-gallery-milvus/1"
 BATCH = 4096            # rows per insert during a rewrite
 READ_BATCH = 8192       # rows per read by primary key (Milvus returns at most 16,384 per query)
-_NORM_TOL = 1e-3
 STAGE_ENV = "FACEKD_TEST_MILVUS_STAGE"  # test hook: print a line at a named stage of save()
 
 
@@ -67,7 +67,7 @@ def _stage(name: str) -> None:
         print(f"stage {name}", flush=True)
 
 
-class MilvusGallery:
+class MilvusGallery(StoreBacked):
     """A face gallery in Milvus; get one with :meth:`create` or :meth:`open` (module docstring).
 
     Same contract as :class:`gallery_tools.Gallery`: changes stay in memory until :meth:`save`.
@@ -325,35 +325,6 @@ class MilvusGallery:
         return np.asarray(vecs, np.float32)
 
     # ------------------------------------------------------------------ properties
-    def _require_open(self) -> None:
-        if self._closed:
-            raise GalleryError("the gallery is closed")
-
-    def _require_writable(self) -> None:
-        self._require_open()
-        if not self._writable:
-            raise GalleryError("the gallery was opened read-only (open it with writable=True)")
-
-    @property
-    def path(self) -> Path:
-        return self._dir
-
-    @property
-    def dim(self) -> int:
-        return self._dim
-
-    @property
-    def generation(self) -> int:
-        return self._generation
-
-    @property
-    def writable(self) -> bool:
-        return self._writable
-
-    @property
-    def encoder_fingerprint(self) -> str:
-        return self._fingerprint
-
     @property
     def collection(self) -> str:
         """The committed collection (the one the alias serves once this writer is done)."""
@@ -373,25 +344,9 @@ class MilvusGallery:
         self._require_open()
         return sorted([self._collection] + self._stale_collections())
 
-    def set_encoder_fingerprint(self, fp: str) -> None:
-        self._require_writable()
-        if not isinstance(fp, str) or not fp:
-            raise GalleryError("encoder fingerprint must be a non-empty string")
-        self._store.set_settings({"encoder_fingerprint": fp})
-        self._fingerprint = fp
-
-    def __len__(self) -> int:
-        return int(len(self._ids))
-
     def __repr__(self) -> str:
         return (f"<MilvusGallery {self._spec} {self._collection} d={self._dim} faces={len(self)} "
                 f"generation={self._generation}>")
-
-    def __enter__(self) -> "MilvusGallery":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
 
     def close(self) -> None:
         """Release the lock and the connection; unsaved changes are discarded."""
@@ -422,22 +377,12 @@ class MilvusGallery:
             new = new[self._new_labels == int(identity)]
         return np.concatenate([old, new]).astype(np.float32, copy=False)
 
-    def labels(self) -> np.ndarray:
-        self._require_open()
-        return self._labels.copy()
-
-    def face_ids(self, identity: int | None = None) -> np.ndarray:
-        self._require_open()
-        if identity is None:
-            return self._ids.copy()
-        return self._ids[self._labels == int(identity)]
-
     def search(self, queries: Any, k: int = 1, threshold: float | None = None) -> list[list[Match]]:
         """Top-``k`` faces for each of ``(m, d)`` queries (normalised here), best first, by
         cosine similarity; ``threshold`` keeps matches scoring at least that. With unsaved
         changes the search is exact over :meth:`vectors` (what the save will commit)."""
         self._require_open()
-        q = _normalised(queries, self._dim)
+        q = normalised(queries, self._dim)
         if not isinstance(k, (int, np.integer)) or k < 1:
             raise GalleryError(f"k must be a positive integer, got {k!r}")
         if len(self._ids) == 0:
@@ -469,35 +414,6 @@ class MilvusGallery:
         self._require_open()
         return self._store.identities()
 
-    def has_identity(self, identity: int) -> bool:
-        self._require_open()
-        return self._store.has_identity(int(identity))
-
-    def identity_has_folder(self, identity: int, folder: str) -> bool:
-        self._require_open()
-        return any(Path(src).parent.name == folder for src in self._store.sources(int(identity)))
-
-    def has_source(self, sha256: str) -> bool:
-        self._require_open()
-        return self._store.has_source(str(sha256))
-
-    def known_sources(self, shas: Sequence[str]) -> set[str]:
-        self._require_open()
-        return self._store.known_sources(shas)
-
-    def get_meta(self, key: str) -> bytes | None:
-        self._require_open()
-        return self._store.get_meta(key)
-
-    def set_meta(self, key: str, value: bytes) -> None:
-        """Store ``value`` under ``key``; committed with the next :meth:`save`, all or nothing."""
-        self._require_writable()
-        self._store.set_meta(key, value)
-
-    def delete_meta(self, key: str) -> None:
-        self._require_writable()
-        self._store.delete_meta(key)
-
     # ------------------------------------------------------------------ changes
     def add(self, vectors: Any, identities: Any, *, names: Sequence[str | None] | None = None,
             sources: Sequence[str | None] | None = None,
@@ -505,7 +421,7 @@ class MilvusGallery:
         """Add ``(n, d)`` vectors (normalised here) for ``(n,)`` integer identities; returns the
         new ``(n,)`` int64 face ids (never reused). Same arguments as ``Gallery.add``."""
         self._require_writable()
-        x = _normalised(vectors, self._dim)
+        x = normalised(vectors, self._dim)
         n = x.shape[0]
         ident = np.asarray(identities)
         if ident.ndim == 0:
@@ -675,7 +591,7 @@ class MilvusGallery:
             rows = self._call("query", self._collection, output_fields=["vector"],
                               filter=f"face_id in {self._ids[sample].tolist()}")
             norms = np.linalg.norm(np.asarray([r["vector"] for r in rows], np.float32), axis=1)
-            if len(rows) != len(sample) or np.abs(norms - 1).max(initial=0) > _NORM_TOL:
+            if len(rows) != len(sample) or np.abs(norms - 1).max(initial=0) > NORM_TOL:
                 p.append("sampled vectors are missing or not unit rows")
         target = self._alias_target()
         if target != self._collection:

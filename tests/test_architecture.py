@@ -165,7 +165,31 @@ def test_facekd_help_loads_no_heavy_library():
     assert _heavy_after(code) == []
 
 
-@pytest.mark.xfail(strict=True, reason="gallery_tools imports faiss (index.py) and cv2 (enroll.py "
-                   "-> facekd.faces) at module level; the gallery_tools split makes them lazy")
 def test_import_gallery_tools_loads_no_heavy_library():
     assert _heavy_after("import facekd, gallery_tools") == []
+
+
+# The FAISS gallery's parts (docs/architecture.md, "gallery_tools"): each imports only these.
+GALLERY_PARTS = {
+    "gallery_tools.vectors": {"gallery_tools.errors"},
+    "gallery_tools.store": {"gallery_tools.errors"},
+    "gallery_tools.metadata": {"gallery_tools.errors"},
+    "gallery_tools.files": {"gallery_tools.errors"},
+    "gallery_tools.index": {"gallery_tools.errors", "gallery_tools.files"},
+    "gallery_tools.generations": {"gallery_tools.files", "gallery_tools.index"},
+    "gallery_tools.check": {"gallery_tools.errors", "gallery_tools.files", "gallery_tools.index",
+                            "gallery_tools.vectors"},
+}
+
+
+@pytest.mark.parametrize("module", sorted(GALLERY_PARTS))
+def test_gallery_parts_import_only_the_parts_below_them(module):
+    assert GRAPH[module] <= GALLERY_PARTS[module], f"{module} imports {GRAPH[module] - GALLERY_PARTS[module]}"
+
+
+def test_the_two_gallery_backends_share_neutral_modules_not_each_other():
+    faiss_backend, milvus_backend = "gallery_tools.gallery", "gallery_tools.milvus_backend"
+    assert milvus_backend not in GRAPH[faiss_backend]
+    assert faiss_backend not in GRAPH[milvus_backend]
+    for shared in ("gallery_tools.vectors", "gallery_tools.metadata", "gallery_tools.store"):
+        assert shared in GRAPH[faiss_backend] and shared in GRAPH[milvus_backend], shared

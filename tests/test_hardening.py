@@ -829,7 +829,7 @@ def test_full_disk_is_one_line_and_commits_nothing(full_disk, tmp_path, syntheti
 
 
 def test_enospc_while_saving_vectors_is_one_line(ws, monkeypatch):
-    import gallery_tools.gallery as gmod
+    import gallery_tools.generations as gmod  # where a save writes its vector file
 
     def full(path, vectors, progress=False):
         raise OSError(errno.ENOSPC, "No space left on device", str(path))
