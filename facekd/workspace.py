@@ -46,8 +46,9 @@ from facekd import receipt as rc
 from facekd import methods
 from facekd.erasure import Erasure
 from facekd.config import CONFIG_NAME, Config, as_identity
-from facekd.errors import FaceError, FacekdError, WorkspaceError
-from facekd.faces import IMAGE_SUFFIXES, UNSUPPORTED_SUFFIXES, image_limits
+from facekd.errors import FacekdError, WorkspaceError
+from facekd.faces import IMAGE_SUFFIXES, image_limits
+from facekd.photos import embed_images, list_images, normalize
 # (IMAGE_SUFFIXES is re-exported: the demo lists images with it)
 
 __all__ = ["Config", "Workspace", "WorkspaceError", "ForgetResult", "VerifyResult",
@@ -66,20 +67,6 @@ def default_workspace() -> Path:
     return Path(os.environ.get("FACEKD_WORKSPACE", "facekd-workspace"))
 
 
-def list_images(folder: str | os.PathLike) -> list[Path]:
-    """Image files under ``folder`` (recursive, sorted); raises if there are none."""
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise WorkspaceError(f"{folder}: not a directory of images")
-    # Unsupported image types (GIF...) are listed too: reading them fails with a reason that is
-    # reported, instead of the files being silently left out.
-    wanted = IMAGE_SUFFIXES | UNSUPPORTED_SUFFIXES
-    paths = sorted(p for p in folder.rglob("*") if p.suffix.lower() in wanted and p.is_file())
-    if not paths:
-        raise WorkspaceError(f"{folder}: no image files ({', '.join(sorted(IMAGE_SUFFIXES))})")
-    return paths
-
-
 def _now() -> str:
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
 
@@ -91,11 +78,6 @@ def _pause(stage: str) -> None:
 
         print(f"facekd: paused at stage {stage}", file=sys.stderr, flush=True)
         time.sleep(float(os.environ.get("FACEKD_TEST_PAUSE_S", "120")))
-
-
-def _normalize(x: np.ndarray) -> np.ndarray:
-    x = np.asarray(x, dtype=np.float32)
-    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
 
 
 # ---------------------------------------------------------------------------------- results
@@ -311,33 +293,11 @@ class Workspace:
         return self._edited
 
     def embed_images(self, paths: list[Path], *, progress: bool = True) -> tuple[np.ndarray, list, list]:
-        """Embed image files with the edited encoder.
-
-        Returns ``((m, d) float32 unit rows, source paths (m,), skipped [(path, reason)])``.
-        With ``config.aligned`` the files are taken as aligned chips (resized only, as enrolment
-        does); otherwise the largest face of each image is detected and aligned.
-        """
-        enc = self.encoder
-        with image_limits(self.config.image_limits):
-            return self._embed_images(enc, paths, progress)
-
-    def _embed_images(self, enc, paths: list[Path], progress: bool) -> tuple[np.ndarray, list, list]:
-        if self.config.aligned:
-            chips, sources, skipped = _aligned_chips(paths, enc.input_spec.size)
-        else:
-            from facekd.faces import chips_from_files
-
-            res = chips_from_files([str(p) for p in paths], enc.input_spec, select="largest",
-                                   progress=progress)
-            chips = list(res.chips)
-            # sources may be indices into the input list or the paths themselves
-            sources = [paths[int(s)] if isinstance(s, (int, np.integer)) else Path(str(s))
-                       for s in res.sources]
-            skipped = list(res.skipped)
-        if len(chips) == 0:
-            return np.zeros((0, enc.dim), np.float32), [], skipped
-        vecs = _normalize(enc.embed(np.stack(chips), progress=progress and len(chips) >= 64))
-        return vecs, sources, skipped
+        """Embed image files with the deployed (edited) encoder under the configured image limits:
+        ``((m, d) float32 unit rows, source paths (m,), skipped [(path, reason)])``; see
+        :func:`facekd.photos.embed_images`."""
+        return embed_images(self.encoder, paths, aligned=self.config.aligned,
+                            limits=self.config.image_limits, progress=progress)
 
     # -------------------------------------------------------------- simple operations
     def identities(self) -> list:
@@ -688,7 +648,7 @@ class Workspace:
         on them would erase someone else's face directions."""
         if len(stored) == 0:
             return
-        mean = float((_normalize(extra) @ _normalize(stored).T).mean())
+        mean = float((normalize(extra) @ normalize(stored).T).mean())
         thr = self.match_threshold()
         if thr is None or mean >= thr:
             return
@@ -848,21 +808,6 @@ class Workspace:
         return res
 
 
-def _aligned_chips(paths: list[Path], size: int) -> tuple[list[np.ndarray], list[Path], list]:
-    """Already-aligned chip files -> ``(size, size, 3)`` uint8 RGB, resized like enrolment does."""
-    from facekd.faces import align_chip, read_image
-
-    chips, sources, skipped = [], [], []
-    for p in paths:
-        try:
-            chips.append(align_chip(read_image(p), None, "none", size))
-        except FaceError as exc:
-            skipped.append((str(p), str(exc).removeprefix(f"{p}: ")))
-            continue
-        sources.append(Path(p))
-    return chips, sources, skipped
-
-
 def _template_leak(step: Erasure, vecs: np.ndarray, labels: np.ndarray, identity: int) -> dict:
     """What the edited model alone gives away about the erased person (docs/threat-model.md):
     the cosine between the direction this erasure singles out and the person's mean face (minus
@@ -910,7 +855,7 @@ def _score_histograms(vecs: np.ndarray, labels: np.ndarray, identity: int, erasu
     ir = np.triu_indices(len(r), k=1)
     imp_mask = rl[ir[0]] != rl[ir[1]]
     out = {}
-    for tag, x_f, x_r in (("before", _normalize(vecs[f]), _normalize(r)),
+    for tag, x_f, x_r in (("before", normalize(vecs[f]), normalize(r)),
                           ("after", erasure.apply(vecs[f]), erasure.apply(r))):
         out[f"forget_genuine_{tag}"] = (x_f @ x_f.T)[iu]
         out[f"impostor_{tag}"] = (x_r @ x_r.T)[ir][imp_mask]

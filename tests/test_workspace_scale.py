@@ -36,7 +36,8 @@ def _copy(src, tmp_path):
 
 
 def test_identity_means_equal_the_per_face_sum():
-    from facekd.workspace import _identity_means, _normalize
+    from facekd.photos import normalize as _normalize
+    from facekd.workspace import _identity_means
 
     rng = np.random.default_rng(0)
     x = rng.normal(size=(5000, 16)).astype(np.float32)
