@@ -29,69 +29,36 @@ images with the newly edited encoder, which is why forgetting needs no images.
 
 from __future__ import annotations
 
-import datetime as _dt
 import json
 import os
-import time
 import tomllib
 import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
 from facekd import receipt as rc
-from facekd import measure, methods
+from facekd import forget, measure
 from facekd.erasure import Erasure
 from facekd.config import CONFIG_NAME, Config, as_identity
 from facekd.errors import FacekdError, WorkspaceError
 from facekd.faces import IMAGE_SUFFIXES, image_limits
-from facekd.photos import embed_images, list_images, normalize
+from facekd.forget import ForgetResult
+from facekd.photos import embed_images, list_images
 # (IMAGE_SUFFIXES is re-exported: the demo lists images with it)
 
 __all__ = ["Config", "Workspace", "WorkspaceError", "ForgetResult", "VerifyResult",
            "default_workspace", "list_images", "IMAGE_SUFFIXES"]
 
-STAGE_ENV = "FACEKD_TEST_PAUSE_AT"  # test instrumentation: sleep at a named forget stage
 def default_workspace() -> Path:
     """``$FACEKD_WORKSPACE`` or ``./facekd-workspace``."""
     return Path(os.environ.get("FACEKD_WORKSPACE", "facekd-workspace"))
 
 
-def _now() -> str:
-    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
-
-
-def _pause(stage: str) -> None:
-    """Test hook: when ``$FACEKD_TEST_PAUSE_AT == stage``, announce it on stderr and sleep."""
-    if os.environ.get(STAGE_ENV) == stage:
-        import sys
-
-        print(f"facekd: paused at stage {stage}", file=sys.stderr, flush=True)
-        time.sleep(float(os.environ.get("FACEKD_TEST_PAUSE_S", "120")))
-
-
 # ---------------------------------------------------------------------------------- results
-@dataclass
-class ForgetResult:
-    """Outcome of :meth:`Workspace.forget`. ``receipt`` is privacy-safe; nothing else is stored."""
-
-    receipt: dict
-    committed: bool
-    removed_faces: int
-    report_table: str = ""
-    receipt_path: Path | None = None
-    already_erased: bool = False  # an earlier run committed this deletion; nothing changed now
-
-    def to_dict(self) -> dict:
-        return {"committed": self.committed, "removed_faces": self.removed_faces,
-                "already_erased": self.already_erased,
-                "receipt_path": str(self.receipt_path) if self.receipt_path else None,
-                "receipt": self.receipt}
-
-
 @dataclass
 class VerifyResult:
     """Outcome of :meth:`Workspace.verify` (``passed`` decides the CLI's exit status)."""
@@ -304,7 +271,7 @@ class Workspace:
         skipped and listed in ``result.skipped``; ``merge`` allows ids CSV rows that would put
         two folders, or a new folder and an enrolled person, under one id.
         """
-        self._require_writable()
+        self.require_writable()
         from gallery_tools import enroll
 
         if not Path(tree).is_dir():
@@ -448,206 +415,60 @@ class Workspace:
                          if p.name not in known and not p.name.startswith(".")]
         return problems
 
-    def _require_writable(self) -> None:
+    # -------------------------------------------------------------- commits
+    def require_writable(self) -> None:
         if not self.writable:
             raise WorkspaceError("workspace opened read-only")
 
-    def _write_receipt_file(self, receipt: dict) -> Path:
-        return rc.write_atomic(self.root / "receipts" / f"{receipt['receipt_id']}.json",
-                               rc.to_json(receipt).encode())
+    def commit(self) -> int:
+        """Commit the gallery and every meta key set since the last commit; the new generation."""
+        return int(self.gallery.save())
 
-    # -------------------------------------------------------------- forget
+    def commit_deletion(self, identity: int, step: Erasure, combined: Erasure, edited: Any,
+                        receipt: dict, entry: dict, *,
+                        before_save: Callable[[], None] | None = None) -> tuple[int, int]:
+        """Remove ``identity``'s faces, apply ``step`` to every other stored vector, and record
+        ``combined`` (the new accumulated erasure), the ``edited`` encoder's fingerprint, the
+        ledger ``entry`` and the ``receipt``: one ``gallery.save()`` commits them all or nothing.
+
+        Returns ``(faces removed, new generation)``. ``before_save`` runs just before the save
+        (the forget pipeline's kill-test hook).
+        """
+        self.require_writable()
+        base = self.base_encoder
+        removed = int(self.gallery.remove(identity))
+        self.gallery.apply(step)
+        self.gallery.set_encoder_fingerprint(edited.fingerprint)
+        ledger = self.ledger() + [entry]
+        self.gallery.set_meta("erasure", combined.to_bytes())
+        self.gallery.set_meta("encoder_state", json.dumps(
+            {"base": base.fingerprint, "edited": edited.fingerprint, "d": combined.d,
+             "family": base.family}).encode())
+        self.gallery.set_meta("ledger", json.dumps(ledger).encode())
+        self.gallery.set_meta(f"receipt:{receipt['receipt_id']}", rc.to_json(receipt).encode())
+        if before_save is not None:
+            before_save()
+        generation = self.commit()
+        self._edited = edited
+        return removed, generation
+
+    def receipt_path(self, receipt_id: str) -> Path:
+        """Where the derived copy of a committed receipt lives: ``receipts/<id>.json``."""
+        return self.root / "receipts" / f"{receipt_id}.json"
+
+    def write_receipt_file(self, receipt_id: str, data: bytes) -> Path:
+        """(Re)write the derived receipt file atomically from the committed JSON bytes."""
+        return rc.write_atomic(self.receipt_path(receipt_id), data)
+
+    # -------------------------------------------------------------- the pipelines
     def forget(self, identity: int, *, method: str | None = None, p: float | None = None,
                k: int | None = None, energy: float | None = None,
                images: str | os.PathLike | None = None, dry_run: bool = False,
                progress: bool = True, force: bool = False) -> ForgetResult:
-        """Erase ``identity`` from encoder and gallery, measure, and commit atomically.
-
-        Steps: fit on the identity's stored vectors (+ ``images`` embedded with the current edited
-        encoder), compose with the accumulated erasure, evaluate before/after on the gallery's own
-        vectors, remove the identity, project the rest, then one ``gallery.save()`` commits the
-        gallery, the new erasure and encoder fingerprints, the ledger entry and the receipt.
-        ``dry_run`` computes and reports the same but changes nothing. An identity already erased
-        returns its committed receipt (``already_erased``). ``images`` that do not look like the
-        person are refused unless ``force``.
-        """
-        if not dry_run:
-            self._require_writable()
-        cfg = self.config
-        rule_given = (p, k, energy) != (None, None, None)
-        # A direction-count rule names ESC: `forget --k 8` keeps meaning what it always meant.
-        method = method or ("esc" if rule_given else cfg.method)
-        if method not in methods.names():
-            raise WorkspaceError(f"unknown method {method!r}; use one of "
-                                 f"{', '.join(methods.names())}")
-        if method != "esc" and rule_given:
-            raise WorkspaceError("--p/--k/--energy only apply to --method esc")
-        if sum(x is not None for x in (p, k, energy)) > 1:
-            raise WorkspaceError("give at most one of p, k, energy")
-        from tqdm.auto import tqdm
-
-        timings: dict[str, float] = {}
-        t0 = time.perf_counter()
-        # One tick per stage: the metrics stage (converged probes) can take a while.
-        bar = tqdm(total=5, desc="forget", unit="stage", disable=not progress, leave=False)
-
-        def lap(stage: str) -> None:
-            nonlocal t0
-            timings[stage] = time.perf_counter() - t0
-            t0 = time.perf_counter()
-            bar.set_postfix_str(stage)
-            bar.update(1)
-            _pause(stage)
-
-        try:
-            return self._forget(identity, method, p, k, energy, images, dry_run, progress, lap,
-                                timings, force)
-        finally:
-            bar.close()
-
-    def _forget(self, identity, method, p, k, energy, images, dry_run, progress, lap,
-                timings, force=False) -> ForgetResult:
-        cfg = self.config
-        identity = as_identity(identity)
-        h = self.hash_identity(identity)
-        in_gallery = self.gallery.has_identity(identity)
-        if not in_gallery:
-            done = self.erased_entries(identity)
-            if done:
-                # A re-run (e.g. after a kill that landed after the commit): the deletion is
-                # there, so report it rather than fail; the request is idempotent.
-                return self._already_erased(done[-1])
-            raise WorkspaceError(f"unknown identity {identity}; list them with `facekd identities`")
-
-        base, edited, acc = self.base_encoder, self.encoder, self.erasure
-        forget_vecs = np.asarray(self.gallery.vectors(identity), dtype=np.float32)
-        n_stored, n_images = len(forget_vecs), 0
-        extra = np.empty((0, forget_vecs.shape[1]), dtype=np.float32)
-        if images is not None:
-            extra, _, skipped = self.embed_images(list_images(images), progress=progress)
-            for path, reason in skipped:  # named: the operator sent these files
-                warnings.warn(f"skipped {path}: {str(reason).removeprefix(f'{path}: ')}",
-                              RuntimeWarning, stacklevel=2)
-            n_images = len(extra)
-            if not n_images:  # fitting without them would not be what was asked for
-                raise WorkspaceError(f"{images}: no usable face in any of the --images photos")
-            self._check_request_photos(identity, forget_vecs, extra, force)
-            forget_vecs = np.concatenate([forget_vecs, extra]) if n_images else forget_vecs
-        if len(forget_vecs) < cfg.min_vectors:
-            raise WorkspaceError(f"identity {identity} has {len(forget_vecs)} face vector(s); "
-                                 f"at least {cfg.min_vectors} are needed to fit (add --images DIR)")
-        lap("collect")
-
-        # A view, not a copy of the gallery: read only, and only before remove/apply below.
-        all_vecs = np.asarray(getattr(self.gallery, "vectors_view", self.gallery.vectors)(),
-                              dtype=np.float32)
-        labels = np.asarray(self.gallery.labels(), dtype=np.int64)
-        m = methods.get(method)
-        options = m.options_from_config(cfg)
-        if (p, k, energy) != (None, None, None):  # an explicit rule replaces the configured one
-            options.update(p=cfg.p if p is None else p, k=k, energy=energy)
-        others = labels != identity
-        context = methods.FitContext(all_vecs[others], labels[others], acc, options,
-                                     person=all_vecs[~others], identity=identity)
-
-        def fit(F: np.ndarray) -> Erasure:  # also refits the measured twin (measure.erasure_report)
-            return m.fit(F, context)
-
-        try:
-            new = fit(forget_vecs)
-        except methods.MethodError as exc:
-            raise WorkspaceError(str(exc)) from None
-        refusal = m.refuse(new)
-        if refusal:
-            raise WorkspaceError(refusal)
-        params = dict(new.params)
-        combined = acc.then(new)
-        lap("fit")
-
-        # Measured on held-out faces: a twin erasure fitted on the identity's enrolment half only,
-        # so its probe half is unseen (re-enrolment rank-1, TAR) and MIA has real non-members.
-        # The committed erasure uses every face, so it removes at least as much.
-        report, protocol = measure.erasure_report(all_vecs, labels, identity, fit, new, extra,
-                                                   cfg)
-        hists = measure.score_histograms(all_vecs, labels, identity, new, seed=cfg.seed)
-        lap("metrics")
-
-        new_edited = base.with_erasure(combined)
-        gen_before = int(self.gallery.generation)
-        gen_after = gen_before + (0 if dry_run else 1)
-        lap("edit")
-
-        leak = measure.template_leak(new, all_vecs, labels, identity)
-        receipt = rc.build_receipt(
-            identity_hash=h, method=method, params=params,
-            model={"family": base.family, "base_sha256": base.fingerprint,
-                   "edited_sha256_before": edited.fingerprint,
-                   "edited_sha256_after": new_edited.fingerprint,
-                   "k_added": new.k, "k_total": combined.k, "gates_total": combined.n_gates,
-                   "deletions_total": len(self.ledger()) + 1, "template_leak": leak},
-            generation_before=gen_before, generation_after=gen_after,
-            metrics={**report.to_dict(), "protocol": protocol}, histograms=hists,
-            timings=timings, n_vectors=n_stored, n_images=n_images,
-            facekd_version=_version(), created=_now(), dry_run=dry_run)
-        table = report.table()
-        if dry_run:
-            return ForgetResult(receipt=receipt, committed=False, removed_faces=0, report_table=table)
-
-        # Every step that can fail on bad input is behind us: only now is the gallery changed, so a
-        # raised error leaves this open workspace as it was, not half-edited.
-        removed = int(self.gallery.remove(identity))
-        self.gallery.apply(new)
-        self.gallery.set_encoder_fingerprint(new_edited.fingerprint)
-        rid = receipt["receipt_id"]
-        ledger = self.ledger() + [{
-            "identity_hash": h, "receipt_id": rid, "method": method, "k": new.k,
-            "gates": new.n_gates,
-            "generation_before": gen_before, "generation_after": gen_after, "created": receipt["created"]}]
-        self.gallery.set_meta("erasure", combined.to_bytes())
-        self.gallery.set_meta("encoder_state", json.dumps(
-            {"base": base.fingerprint, "edited": new_edited.fingerprint, "d": combined.d,
-             "family": base.family}).encode())
-        self.gallery.set_meta("ledger", json.dumps(ledger).encode())
-        self.gallery.set_meta(f"receipt:{rid}", rc.to_json(receipt).encode())
-        _pause("before-save")
-        generation = int(self.gallery.save())
-        lap("commit")
-        self._edited = new_edited
-        if generation != gen_after:
-            warnings.warn(f"gallery generation {generation} != expected {gen_after}",
-                          RuntimeWarning, stacklevel=2)
-        _pause("after-save")
-        path = self._write_receipt_file(receipt)
-        return ForgetResult(receipt=receipt, committed=True, removed_faces=removed,
-                            report_table=table, receipt_path=path)
-
-    def _already_erased(self, entry: dict) -> ForgetResult:
-        """The committed receipt of an earlier deletion (its derived file re-created if missing)."""
-        rid = entry["receipt_id"]
-        receipt = self.receipt(rid)
-        path = self.root / "receipts" / f"{rid}.json"
-        if not path.exists() and self.writable:
-            raw = self.gallery.get_meta(f"receipt:{rid}")
-            rc.write_atomic(path, bytes(raw))
-        return ForgetResult(receipt=receipt, committed=True, removed_faces=0,
-                            receipt_path=path if path.exists() else None, already_erased=True)
-
-    def _check_request_photos(self, identity: int, stored: np.ndarray, extra: np.ndarray,
-                              force: bool) -> None:
-        """Refuse (unless ``force``) --images photos that do not look like the person: their mean
-        cosine to the person's gallery faces is below the gallery's match threshold, so fitting
-        on them would erase someone else's face directions."""
-        if len(stored) == 0:
-            return
-        mean = float((normalize(extra) @ normalize(stored).T).mean())
-        thr = self.match_threshold()
-        if thr is None or mean >= thr:
-            return
-        msg = (f"the --images photos do not look like identity {identity}: mean cosine {mean:.3f} "
-               f"to its gallery faces, below the match threshold {thr:.3f}")
-        if not force:
-            raise WorkspaceError(msg + "; check the folder, or pass --force")
-        warnings.warn(msg + " (--force given)", RuntimeWarning, stacklevel=3)
+        """Erase ``identity`` from encoder and gallery, measure, and commit atomically; see
+        :func:`facekd.forget.forget`."""
+        return forget.forget(self, identity, method=method, p=p, k=k, energy=energy,
+                             images=images, dry_run=dry_run, progress=progress, force=force)
 
     # -------------------------------------------------------------- verify
     def verify(self, identity: int, *, images: str | os.PathLike | None = None,
@@ -719,9 +540,3 @@ class Workspace:
         res.passed = res.passed and rank1 <= bound["max_rank1"] + 1e-12 and \
             (tar is None or tar <= cfg.max_tar)
         return res
-
-
-def _version() -> str:
-    from facekd import __version__
-
-    return __version__
