@@ -33,7 +33,6 @@ import json
 import os
 import tomllib
 import warnings
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, Callable
@@ -41,13 +40,14 @@ from typing import Any, Callable
 import numpy as np
 
 from facekd import receipt as rc
-from facekd import forget, measure
+from facekd import forget, measure, verify
 from facekd.erasure import Erasure
 from facekd.config import CONFIG_NAME, Config, as_identity
 from facekd.errors import FacekdError, WorkspaceError
 from facekd.faces import IMAGE_SUFFIXES, image_limits
 from facekd.forget import ForgetResult
 from facekd.photos import embed_images, list_images
+from facekd.verify import VerifyResult
 # (IMAGE_SUFFIXES is re-exported: the demo lists images with it)
 
 __all__ = ["Config", "Workspace", "WorkspaceError", "ForgetResult", "VerifyResult",
@@ -56,24 +56,6 @@ __all__ = ["Config", "Workspace", "WorkspaceError", "ForgetResult", "VerifyResul
 def default_workspace() -> Path:
     """``$FACEKD_WORKSPACE`` or ``./facekd-workspace``."""
     return Path(os.environ.get("FACEKD_WORKSPACE", "facekd-workspace"))
-
-
-# ---------------------------------------------------------------------------------- results
-@dataclass
-class VerifyResult:
-    """Outcome of :meth:`Workspace.verify` (``passed`` decides the CLI's exit status)."""
-
-    identity_hash: str
-    passed: bool
-    threshold: float
-    images: list[dict] = field(default_factory=list)   # file name, best identity, score, match
-    attack: dict | None = None                          # re-enrolment attack numbers
-    retained: dict = field(default_factory=dict)        # retained identities' rank-1 / TAR
-    bound: dict = field(default_factory=dict)
-    notes: list[str] = field(default_factory=list)
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 # ---------------------------------------------------------------------------------- workspace
@@ -470,73 +452,7 @@ class Workspace:
         return forget.forget(self, identity, method=method, p=p, k=k, energy=energy,
                              images=images, dry_run=dry_run, progress=progress, force=force)
 
-    # -------------------------------------------------------------- verify
     def verify(self, identity: int, *, images: str | os.PathLike | None = None,
                progress: bool = True) -> VerifyResult:
-        """Check that an erased identity is no longer recognised.
-
-        With ``images`` (photos of the erased person, ideally ones the gallery never saw): each is
-        embedded with the edited encoder and matched against the gallery; then the re-enrolment
-        attack enrols half of them next to the gallery and searches with the other half. Passing
-        means rank-1 <= ``max_rank1_over_chance`` x chance and genuine-pair TAR <= ``max_tar``.
-        """
-        identity = as_identity(identity)
-        h = self.hash_identity(identity)
-        if not self.erased_entries(identity):
-            raise WorkspaceError(f"identity {identity} has not been erased in this workspace "
-                                 "(see `facekd ledger`)")
-        cfg = self.config
-        retained = measure.gallery_stats(self.gallery, cfg, exclude=identity)
-        thr = float(cfg.match_threshold) if cfg.match_threshold is not None else retained["threshold"]
-        n_ids = len(self.gallery.identities())
-        bound = {"max_rank1": cfg.max_rank1_over_chance / (n_ids + 1), "chance": 1.0 / (n_ids + 1),
-                 "max_tar": cfg.max_tar, "far": cfg.far}
-        res = VerifyResult(identity_hash=h, passed=True, threshold=thr, retained=retained, bound=bound)
-        if self.gallery.has_identity(identity):
-            res.notes.append("the identity was enrolled again after its erasure")
-            res.passed = False
-        if images is None:
-            res.notes.append("not measured: the re-enrolment attack needs photos of the person "
-                             "(pass --images DIR)")
-            res.passed = False
-            return res
-
-        paths = list_images(images)
-        vecs, _, skipped = self.embed_images(paths, progress=progress)
-        number = {str(p): i for i, p in enumerate(paths, 1)}
-        # Numbered like the results below: file names of the erased person's photos often carry
-        # their name, so a skipped image is named by its place in the sorted folder listing.
-        for path, reason in skipped:
-            res.notes.append(f"image {number.get(str(path), '?')} skipped: "
-                             f"{str(reason).removeprefix(f'{path}: ')}")
-        if len(vecs) == 0:
-            raise WorkspaceError(f"{images}: no usable face in any image")
-        best = self.gallery.search(vecs, k=1)
-        # Numbered, not named: file names of the erased person's photos often carry their name.
-        for number, hits in enumerate(best, 1):
-            top = hits[0] if hits else None
-            res.images.append({"image": number,
-                               "best_identity": None if top is None else int(top.identity),
-                               "score": None if top is None else float(top.score),
-                               "match": bool(top is not None and thr is not None and top.score > thr)})
-        if len(vecs) < 2:
-            res.notes.append("not measured: the re-enrolment attack needs at least 2 usable images")
-            res.passed = False
-            return res
-
-        rng = np.random.default_rng(cfg.seed)
-        order = rng.permutation(len(vecs))
-        enrol, probe = vecs[order[: len(vecs) // 2]], vecs[order[len(vecs) // 2:]]
-        gallery_best = np.array([hits[0].score if hits else -np.inf
-                                 for hits in self.gallery.search(probe, k=1)])
-        # Rank-1 hit: the probe's nearest neighbour is one of the re-enrolled images.
-        rank1 = float(np.mean((probe @ enrol.T).max(axis=1) > gallery_best))
-        iu = np.triu_indices(len(vecs), k=1)
-        genuine = (vecs @ vecs.T)[iu]
-        tar = float(np.mean(genuine > thr)) if thr is not None else None
-        res.attack = {"enrolled": int(len(enrol)), "probes": int(len(probe)), "rank1": rank1,
-                      "genuine_pairs": int(len(genuine)), "tar": tar,
-                      "genuine_mean_cosine": float(genuine.mean())}
-        res.passed = res.passed and rank1 <= bound["max_rank1"] + 1e-12 and \
-            (tar is None or tar <= cfg.max_tar)
-        return res
+        """Check that an erased identity is no longer recognised; see :func:`facekd.verify.verify`."""
+        return verify.verify(self, identity, images=images, progress=progress)
