@@ -34,13 +34,12 @@ import os
 import tomllib
 import warnings
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any, Callable
 
 import numpy as np
 
 from facekd import receipt as rc
-from facekd import forget, measure, verify
+from facekd import forget, measure, search, verify
 from facekd.erasure import Erasure
 from facekd.config import CONFIG_NAME, Config, as_identity
 from facekd.errors import FacekdError, WorkspaceError
@@ -269,49 +268,13 @@ class Workspace:
         return result
 
     def identity_named(self, name: str) -> int:
-        """The enrolled identity recorded under ``name`` (exact match).
-
-        Names of erased people are not kept, so an erased person is found by id only.
-        """
-        ids = [int(i.identity) for i in self.gallery.identities() if i.name == name]
-        if not ids:
-            raise WorkspaceError(f"no enrolled identity is named {name!r} (names of erased people "
-                                 "are not kept: use --identity with the id forget printed; list "
-                                 "enrolled ones with `facekd identities`)")
-        if len(ids) > 1:
-            raise WorkspaceError(f"{len(ids)} identities are named {name!r} "
-                                 f"({', '.join(map(str, ids[:5]))}); use --identity")
-        return ids[0]
+        """The enrolled identity recorded under ``name``; see :func:`facekd.search.identity_named`."""
+        return search.identity_named(self, name)
 
     def search(self, image: str | os.PathLike, *, k: int = 5, identity: int | None = None) -> dict:
-        """Best ``k`` gallery matches of the largest face in ``image``; with ``identity``, only
-        that identity's faces are compared (a one-to-one check: is this that person?)."""
-        if identity is not None:
-            identity = as_identity(identity)
-            if not self.gallery.has_identity(identity):
-                raise WorkspaceError(f"unknown identity {identity}; list them with "
-                                     "`facekd identities`")
-        path = Path(image)
-        if not path.is_file():
-            raise WorkspaceError(f"{path}: no such image file")
-        vecs, _, skipped = self.embed_images([path], progress=False)
-        if len(vecs) == 0:
-            why = "; ".join(str(reason).removeprefix(f"{p}: ") for p, reason in skipped)
-            raise WorkspaceError(f"{path.name}: no usable face ({why or 'none found'})")
-        thr = self.match_threshold()
-        if identity is None:
-            matches = self.gallery.search(vecs, k=k)[0]
-        else:
-            scores = np.asarray(self.gallery.vectors(identity), np.float32) @ vecs[0]
-            best = np.argsort(-scores, kind="stable")[:k]
-            fids = self.gallery.face_ids(identity)
-            matches = [SimpleNamespace(identity=identity, face_id=fids[i], score=scores[i])
-                       for i in best]
-        names = {i.identity: i.name for i in self.gallery.identities()}
-        return {"image": path.name, "threshold": thr, "matches": [
-            {"identity": int(m.identity), "name": names.get(m.identity), "face_id": int(m.face_id),
-             "score": float(m.score), "match": bool(thr is not None and m.score > thr)}
-            for m in matches]}
+        """Best ``k`` gallery matches of the largest face in ``image`` (only ``identity``'s faces
+        when given); see :func:`facekd.search.search`."""
+        return search.search(self, image, k=k, identity=identity)
 
     def match_threshold(self) -> float | None:
         """Config threshold, or the gallery's impostor score at FAR ``config.far`` ("auto")."""
