@@ -39,11 +39,11 @@ from typing import Any, Callable
 import numpy as np
 
 from facekd import receipt as rc
-from facekd import forget, measure, search, verify
+from facekd import enrollment, forget, measure, search, verify
 from facekd.erasure import Erasure
 from facekd.config import CONFIG_NAME, Config, as_identity
 from facekd.errors import FacekdError, WorkspaceError
-from facekd.faces import IMAGE_SUFFIXES, image_limits
+from facekd.faces import IMAGE_SUFFIXES
 from facekd.forget import ForgetResult
 from facekd.photos import embed_images, list_images
 from facekd.verify import VerifyResult
@@ -246,26 +246,9 @@ class Workspace:
 
     def enroll(self, tree: str | os.PathLike, *, ids_csv: str | os.PathLike | None = None,
                progress: bool = True, merge: bool = False):
-        """Enrol a folder-per-identity tree with the edited encoder and commit.
-
-        Images that cannot be used (unreadable, over the image limits, unsupported, no face) are
-        skipped and listed in ``result.skipped``; ``merge`` allows ids CSV rows that would put
-        two folders, or a new folder and an enrolled person, under one id.
-        """
-        self.require_writable()
-        from gallery_tools import enroll
-
-        if not Path(tree).is_dir():
-            raise WorkspaceError(f"{tree}: not a directory")
-        erased = {e["identity_hash"] for e in self.ledger()}
-        with image_limits(self.config.image_limits):
-            # An erased id is never handed to a newcomer: its ledger entry would describe them.
-            result = enroll(tree, self.encoder, self.gallery, ids_csv=ids_csv,
-                            aligned=self.config.aligned, progress=progress, merge=merge,
-                            reserved=lambda i: self.hash_identity(i) in erased)
-        if result.added:
-            self.gallery.save()
-        return result
+        """Enrol a folder-per-identity tree with the edited encoder and commit; see
+        :func:`facekd.enrollment.enroll`."""
+        return enrollment.enroll(self, tree, ids_csv=ids_csv, progress=progress, merge=merge)
 
     def identity_named(self, name: str) -> int:
         """The enrolled identity recorded under ``name``; see :func:`facekd.search.identity_named`."""
