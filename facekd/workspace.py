@@ -39,7 +39,7 @@ from typing import Any, Callable
 import numpy as np
 
 from facekd import receipt as rc
-from facekd import enrollment, forget, measure, search, verify
+from facekd import enrollment, export, forget, measure, search, verify
 from facekd.erasure import Erasure
 from facekd.config import CONFIG_NAME, Config, as_identity
 from facekd.errors import FacekdError, WorkspaceError
@@ -265,39 +265,18 @@ class Workspace:
 
     def export_onnx(self, out: str | os.PathLike, *, fp16: bool = False, original: bool = False,
                     force: bool = False, bake_preprocessing: bool = False):
-        """Export the edited (or, with ``original``, the base) encoder; returns the ExportReport.
-
-        ``bake_preprocessing``: the file takes raw RGB pixels through a Sub/Mul head (for
-        insightface; see :mod:`facekd.encoders.onnx_head`).
-
-        The target must lie outside the workspace and be absent, or an ONNX model, or (with
-        ``force``) any regular file; see :func:`facekd.onnx_export.check_target`.
-        """
-        from facekd.onnx_export import check_target, export
-
-        check_target(out, protect=[self.root], force=force)
-        if original and self.ledger():
-            warnings.warn("exporting the ORIGINAL encoder: it still recognises every erased person",
-                          RuntimeWarning, stacklevel=2)
-        enc = self.base_encoder if original else self.encoder
-        return export(enc, out, fp16=fp16, bake_preprocessing=bake_preprocessing)
+        """Export the edited (or, with ``original``, the base) encoder as ONNX; returns the
+        ExportReport; see :func:`facekd.export.export_onnx`."""
+        return export.export_onnx(self, out, fp16=fp16, original=original, force=force,
+                                  bake_preprocessing=bake_preprocessing)
 
     def export_to_insightface_pack(self, pack: str | os.PathLike, *,
                                    out: str | os.PathLike | None = None, in_place: bool = False,
                                    fp16: bool = False, original: bool = False) -> dict:
-        """Write the edited (or original) encoder into an insightface model pack where
-        ``FaceAnalysis`` loads it: a copy at ``out``, or ``in_place`` with a backup beside the
-        pack (see :mod:`facekd.insightface_pack`)."""
-        from facekd.insightface_pack import export_to_pack
-
-        if original and self.ledger():
-            warnings.warn("exporting the ORIGINAL encoder: it still recognises every erased person",
-                          RuntimeWarning, stacklevel=2)
-        enc = self.base_encoder if original else self.encoder
-        source = getattr(self.base_encoder, "path", None)  # an ONNX encoder's own file
-        return export_to_pack(enc, self.base_encoder.fingerprint, pack, out=out,
-                              in_place=in_place, fp16=fp16, protect=(self.root,),
-                              keep=(source,) if source else ())
+        """Write the edited (or original) encoder into an insightface model pack; see
+        :func:`facekd.export.export_to_insightface_pack`."""
+        return export.export_to_insightface_pack(self, pack, out=out, in_place=in_place,
+                                                 fp16=fp16, original=original)
 
     def check(self) -> dict:
         """Consistency of gallery, encoder state, ledger and receipt files.
