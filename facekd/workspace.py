@@ -39,7 +39,7 @@ from typing import Any, Callable
 import numpy as np
 
 from facekd import receipt as rc
-from facekd import enrollment, export, forget, measure, search, verify
+from facekd import check, enrollment, export, forget, measure, search, verify
 from facekd.erasure import Erasure
 from facekd.config import CONFIG_NAME, Config, as_identity
 from facekd.errors import FacekdError, WorkspaceError
@@ -279,48 +279,9 @@ class Workspace:
                                                  fp16=fp16, original=original)
 
     def check(self) -> dict:
-        """Consistency of gallery, encoder state, ledger and receipt files.
-
-        Returns ``{"ok": bool, "problems": [...]}``; re-creates missing derived receipt files.
-        """
-        problems: list[str] = []
-        rep = self.gallery.check()
-        problems += [f"gallery: {p}" for p in rep.problems]
-        try:
-            state, acc, ledger = self.encoder_state, self.erasure, self.ledger()
-            if state.get("d") not in (None, acc.d):
-                problems.append(f"encoder_state d={state.get('d')} != erasure d={acc.d}")
-            problems += self._check_receipt_files(ledger)
-        except (FacekdError, ValueError, KeyError, TypeError) as exc:
-            problems.append(str(exc))
-        return {"ok": not problems, "problems": problems, "generation": self.gallery.generation,
-                "deletions": len(self.ledger()) if not problems else None}
-
-    def _check_receipt_files(self, ledger: list[dict]) -> list[str]:
-        """Each ``receipts/<id>.json`` must equal the committed copy in the gallery meta; a missing
-        one is re-created (when the workspace is writable), a stray or edited one reported."""
-        problems, known = [], set()
-        folder = self.root / "receipts"
-        for entry in ledger:
-            rid = entry["receipt_id"]
-            known.add(f"{rid}.json")
-            raw = self.gallery.get_meta(f"receipt:{rid}")
-            if raw is None:
-                problems.append(f"ledger entry {rid} has no receipt")
-                continue
-            want = bytes(raw)  # forget writes the file and the meta from the same to_json bytes
-            f = folder / f"{rid}.json"
-            if not f.exists():
-                if os.access(self.root, os.W_OK):
-                    rc.write_atomic(f, want)
-                else:
-                    problems.append(f"{f}: missing (the workspace is read-only; not re-created)")
-            elif not f.is_file() or f.read_bytes() != want:
-                problems.append(f"{f}: differs from the committed receipt in the gallery meta")
-        if folder.is_dir():
-            problems += [f"{p}: not a committed receipt" for p in sorted(folder.iterdir())
-                         if p.name not in known and not p.name.startswith(".")]
-        return problems
+        """Consistency of gallery, encoder state, ledger and receipt files (re-creates missing
+        receipt files); see :func:`facekd.check.check`."""
+        return check.check(self)
 
     # -------------------------------------------------------------- commits
     def require_writable(self) -> None:
