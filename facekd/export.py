@@ -2,8 +2,7 @@
 inside an insightface model pack. The writing is :mod:`facekd.onnx_export` and
 :mod:`facekd.insightface_pack`; this module chooses the encoder and protects the workspace.
 
-Takes an open workspace as its first argument and never imports :mod:`facekd.workspace`; the
-writers (onnx) are imported inside the functions so that importing this module stays light.
+Takes an open workspace as its first argument and never imports :mod:`facekd.workspace`.
 """
 
 from __future__ import annotations

@@ -25,6 +25,20 @@ The edited encoder is never stored: it is rebuilt on load as
 Because every edit is a function of the final embedding (a linear map, or a gate that returns faces
 below it unchanged), applying a new erasure to stored vectors equals re-enrolling the original
 images with the newly edited encoder, which is why forgetting needs no images.
+
+This module holds that state and opens, creates and commits workspaces, nothing more:
+:meth:`Workspace.commit_deletion` is forget's one atomic write. The operations are modules that take
+an open workspace as their first argument and never import this one (docs/architecture.md):
+:mod:`facekd.enrollment`, :mod:`facekd.search`, :mod:`facekd.forget` (measuring with
+:mod:`facekd.measure`), :mod:`facekd.verify`, :mod:`facekd.export` and :mod:`facekd.check`;
+``ws.enroll(...)``, ``ws.forget(...)``, ``ws.verify(...)``... are one-line methods that delegate to
+them. The settings are :mod:`facekd.config`, the photos a user passes :mod:`facekd.photos`.
+
+Function-local imports, here and in those modules, are the heavy ones (gallery_tools and FAISS, the
+encoders and torch/onnx, scikit-learn and scipy through the metrics, tqdm): importing the workspace
+(the CLI's commands, facekd.demo and facekd.report do) loads none of them until an operation needs
+it (OpenCV is the exception: facekd.images reads images with it at import), which keeps
+``facekd --help`` and the light commands fast.
 """
 
 from __future__ import annotations
@@ -38,26 +52,27 @@ from typing import Any, Callable
 
 import numpy as np
 
-from facekd import receipt as rc
 from facekd import check, enrollment, export, forget, measure, search, verify
-from facekd.erasure import Erasure
+from facekd import receipt as rc
 from facekd.config import CONFIG_NAME, Config, as_identity
+from facekd.erasure import Erasure
 from facekd.errors import FacekdError, WorkspaceError
 from facekd.faces import IMAGE_SUFFIXES
 from facekd.forget import ForgetResult
 from facekd.photos import embed_images, list_images
 from facekd.verify import VerifyResult
-# (IMAGE_SUFFIXES is re-exported: the demo lists images with it)
 
-__all__ = ["Config", "Workspace", "WorkspaceError", "ForgetResult", "VerifyResult",
+# Re-exported, so `from facekd.workspace import ...` is the one import a caller needs (the demo
+# lists images with IMAGE_SUFFIXES; tests read Config, CONFIG_NAME and the result types here).
+__all__ = ["CONFIG_NAME", "Config", "Workspace", "WorkspaceError", "ForgetResult", "VerifyResult",
            "default_workspace", "list_images", "IMAGE_SUFFIXES"]
+
 
 def default_workspace() -> Path:
     """``$FACEKD_WORKSPACE`` or ``./facekd-workspace``."""
     return Path(os.environ.get("FACEKD_WORKSPACE", "facekd-workspace"))
 
 
-# ---------------------------------------------------------------------------------- workspace
 class Workspace:
     """An open workspace. Use :meth:`init` / :meth:`open`, and as a context manager.
 
@@ -240,49 +255,6 @@ class Workspace:
         return embed_images(self.encoder, paths, aligned=self.config.aligned,
                             limits=self.config.image_limits, progress=progress)
 
-    # -------------------------------------------------------------- simple operations
-    def identities(self) -> list:
-        return self.gallery.identities()
-
-    def enroll(self, tree: str | os.PathLike, *, ids_csv: str | os.PathLike | None = None,
-               progress: bool = True, merge: bool = False):
-        """Enrol a folder-per-identity tree with the edited encoder and commit; see
-        :func:`facekd.enrollment.enroll`."""
-        return enrollment.enroll(self, tree, ids_csv=ids_csv, progress=progress, merge=merge)
-
-    def identity_named(self, name: str) -> int:
-        """The enrolled identity recorded under ``name``; see :func:`facekd.search.identity_named`."""
-        return search.identity_named(self, name)
-
-    def search(self, image: str | os.PathLike, *, k: int = 5, identity: int | None = None) -> dict:
-        """Best ``k`` gallery matches of the largest face in ``image`` (only ``identity``'s faces
-        when given); see :func:`facekd.search.search`."""
-        return search.search(self, image, k=k, identity=identity)
-
-    def match_threshold(self) -> float | None:
-        """Config threshold, or the gallery's impostor score at FAR ``config.far`` ("auto")."""
-        return measure.match_threshold(self.gallery, self.config)
-
-    def export_onnx(self, out: str | os.PathLike, *, fp16: bool = False, original: bool = False,
-                    force: bool = False, bake_preprocessing: bool = False):
-        """Export the edited (or, with ``original``, the base) encoder as ONNX; returns the
-        ExportReport; see :func:`facekd.export.export_onnx`."""
-        return export.export_onnx(self, out, fp16=fp16, original=original, force=force,
-                                  bake_preprocessing=bake_preprocessing)
-
-    def export_to_insightface_pack(self, pack: str | os.PathLike, *,
-                                   out: str | os.PathLike | None = None, in_place: bool = False,
-                                   fp16: bool = False, original: bool = False) -> dict:
-        """Write the edited (or original) encoder into an insightface model pack; see
-        :func:`facekd.export.export_to_insightface_pack`."""
-        return export.export_to_insightface_pack(self, pack, out=out, in_place=in_place,
-                                                 fp16=fp16, original=original)
-
-    def check(self) -> dict:
-        """Consistency of gallery, encoder state, ledger and receipt files (re-creates missing
-        receipt files); see :func:`facekd.check.check`."""
-        return check.check(self)
-
     # -------------------------------------------------------------- commits
     def require_writable(self) -> None:
         if not self.writable:
@@ -328,7 +300,49 @@ class Workspace:
         """(Re)write the derived receipt file atomically from the committed JSON bytes."""
         return rc.write_atomic(self.receipt_path(receipt_id), data)
 
-    # -------------------------------------------------------------- the pipelines
+    # -------------------------------------------------------------- operations (thin: the modules)
+    def identities(self) -> list:
+        return self.gallery.identities()
+
+    def enroll(self, tree: str | os.PathLike, *, ids_csv: str | os.PathLike | None = None,
+               progress: bool = True, merge: bool = False):
+        """Enrol a folder-per-identity tree with the edited encoder and commit; see
+        :func:`facekd.enrollment.enroll`."""
+        return enrollment.enroll(self, tree, ids_csv=ids_csv, progress=progress, merge=merge)
+
+    def identity_named(self, name: str) -> int:
+        """The enrolled identity recorded under ``name``; see :func:`facekd.search.identity_named`."""
+        return search.identity_named(self, name)
+
+    def search(self, image: str | os.PathLike, *, k: int = 5, identity: int | None = None) -> dict:
+        """Best ``k`` gallery matches of the largest face in ``image`` (only ``identity``'s faces
+        when given); see :func:`facekd.search.search`."""
+        return search.search(self, image, k=k, identity=identity)
+
+    def match_threshold(self) -> float | None:
+        """Config threshold, or the gallery's impostor score at FAR ``config.far`` ("auto")."""
+        return measure.match_threshold(self.gallery, self.config)
+
+    def export_onnx(self, out: str | os.PathLike, *, fp16: bool = False, original: bool = False,
+                    force: bool = False, bake_preprocessing: bool = False):
+        """Export the edited (or, with ``original``, the base) encoder as ONNX; returns the
+        ExportReport; see :func:`facekd.export.export_onnx`."""
+        return export.export_onnx(self, out, fp16=fp16, original=original, force=force,
+                                  bake_preprocessing=bake_preprocessing)
+
+    def export_to_insightface_pack(self, pack: str | os.PathLike, *,
+                                   out: str | os.PathLike | None = None, in_place: bool = False,
+                                   fp16: bool = False, original: bool = False) -> dict:
+        """Write the edited (or original) encoder into an insightface model pack; see
+        :func:`facekd.export.export_to_insightface_pack`."""
+        return export.export_to_insightface_pack(self, pack, out=out, in_place=in_place,
+                                                 fp16=fp16, original=original)
+
+    def check(self) -> dict:
+        """Consistency of gallery, encoder state, ledger and receipt files (re-creates missing
+        receipt files); see :func:`facekd.check.check`."""
+        return check.check(self)
+
     def forget(self, identity: int, *, method: str | None = None, p: float | None = None,
                k: int | None = None, energy: float | None = None,
                images: str | os.PathLike | None = None, dry_run: bool = False,
