@@ -28,4 +28,5 @@ class PackError(FacekdError):
 # The CLI turns these into exit status 2 with a one-line message.
 USER_ERRORS = (FacekdError, ErasureError)
 
-__all__ = ["FacekdError", "EncoderError", "FaceError", "PackError", "WorkspaceError", "ErasureError", "USER_ERRORS"]
+__all__ = ["FacekdError", "EncoderError", "FaceError", "PackError", "WorkspaceError", "ErasureError",
+           "USER_ERRORS"]

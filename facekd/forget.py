@@ -6,8 +6,8 @@
    accumulated erasure;
 3. **measure** a twin fitted on the identity's enrolment half (:mod:`facekd.measure`);
 4. **edit**: fold the composed erasure into the base encoder;
-5. **commit** through :meth:`Workspace.commit_deletion <facekd.workspace.Workspace.commit_deletion>`:
-   one ``gallery.save()`` holds the gallery, the erasure, the fingerprints, the ledger and the receipt.
+5. **commit** through :meth:`facekd.workspace.Workspace.commit_deletion`: one ``gallery.save()``
+   holds the gallery, the erasure, the fingerprints, the ledger and the receipt.
 
 Nothing in the workspace changes before step 5, so a refused or failed request leaves it as it was.
 This module takes an open workspace as its first argument and never imports

@@ -36,8 +36,8 @@ def erasure_report(all_vecs: np.ndarray, labels: np.ndarray, identity: int,
     plus ``extra`` (the photos sent with the request, which are not gallery faces).
 
     ``all_vecs`` ``(N, d)`` and ``labels`` ``(N,)`` are the gallery before the edit; ``fit`` fits
-    the forget method on ``(n, d)`` faces; ``committed`` is the erasure fitted on every face, measured
-    instead when the twin cannot be fitted.
+    the forget method on ``(n, d)`` faces; ``committed`` is the erasure fitted on every face,
+    measured instead when the twin cannot be fitted.
     """
     from facekd.metrics import MetricsError, erasure_report as _report, split_enrol_probe
 

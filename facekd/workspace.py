@@ -311,7 +311,7 @@ class Workspace:
         return enrollment.enroll(self, tree, ids_csv=ids_csv, progress=progress, merge=merge)
 
     def identity_named(self, name: str) -> int:
-        """The enrolled identity recorded under ``name``; see :func:`facekd.search.identity_named`."""
+        """The enrolled identity named ``name``; see :func:`facekd.search.identity_named`."""
         return search.identity_named(self, name)
 
     def search(self, image: str | os.PathLike, *, k: int = 5, identity: int | None = None) -> dict:
@@ -354,5 +354,6 @@ class Workspace:
 
     def verify(self, identity: int, *, images: str | os.PathLike | None = None,
                progress: bool = True) -> VerifyResult:
-        """Check that an erased identity is no longer recognised; see :func:`facekd.verify.verify`."""
+        """Check that an erased identity is no longer recognised; see
+        :func:`facekd.verify.verify`."""
         return verify.verify(self, identity, images=images, progress=progress)
