@@ -76,6 +76,7 @@ def main() -> int:
     ap.add_argument("--method", default="scramble")
     ap.add_argument("--no-write", action="store_true")
     args = ap.parse_args()
+    from facekd.measure import gallery_stats
     from facekd.workspace import Workspace
 
     dataset = FACES / "lfw_150px"
@@ -95,7 +96,7 @@ def main() -> int:
         enrol_s = time.perf_counter() - t
         print(f"enrolled {res.added} faces of {n_ids} identities in {enrol_s:.0f} s", flush=True)
         with Workspace.open(base) as ws:
-            before = ws._retained_stats(exclude=None)  # verify's statistics, before any erasure
+            before = gallery_stats(ws.gallery, ws.config)  # verify's statistics, before any erasure
 
         alone = {}
         for ident, folder in held.items():

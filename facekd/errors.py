@@ -17,6 +17,10 @@ class FaceError(FacekdError):
     """An image cannot be read or holds no usable face."""
 
 
+class WorkspaceError(FacekdError):
+    """A workspace is missing, busy, inconsistent, or an operation on it is not allowed."""
+
+
 class PackError(FacekdError):
     """An insightface model pack cannot take the edited model as asked."""
 
@@ -24,4 +28,5 @@ class PackError(FacekdError):
 # The CLI turns these into exit status 2 with a one-line message.
 USER_ERRORS = (FacekdError, ErasureError)
 
-__all__ = ["FacekdError", "EncoderError", "FaceError", "PackError", "ErasureError", "USER_ERRORS"]
+__all__ = ["FacekdError", "EncoderError", "FaceError", "PackError", "WorkspaceError", "ErasureError",
+           "USER_ERRORS"]

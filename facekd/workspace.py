@@ -25,45 +25,47 @@ The edited encoder is never stored: it is rebuilt on load as
 Because every edit is a function of the final embedding (a linear map, or a gate that returns faces
 below it unchanged), applying a new erasure to stored vectors equals re-enrolling the original
 images with the newly edited encoder, which is why forgetting needs no images.
+
+This module holds that state and opens, creates and commits workspaces, nothing more:
+:meth:`Workspace.commit_deletion` is forget's one atomic write. The operations are modules that take
+an open workspace as their first argument and never import this one (docs/architecture.md):
+:mod:`facekd.enrollment`, :mod:`facekd.search`, :mod:`facekd.forget` (measuring with
+:mod:`facekd.measure`), :mod:`facekd.verify`, :mod:`facekd.export` and :mod:`facekd.check`;
+``ws.enroll(...)``, ``ws.forget(...)``, ``ws.verify(...)``... are one-line methods that delegate to
+them. The settings are :mod:`facekd.config`, the photos a user passes :mod:`facekd.photos`.
+
+Function-local imports, here and in those modules, are the heavy ones (gallery_tools and FAISS, the
+encoders and torch/onnx, scikit-learn and scipy through the metrics, tqdm): importing the workspace
+(the CLI's commands, facekd.demo and facekd.report do) loads none of them until an operation needs
+it (OpenCV is the exception: facekd.images reads images with it at import), which keeps
+``facekd --help`` and the light commands fast.
 """
 
 from __future__ import annotations
 
-import datetime as _dt
 import json
 import os
-import time
 import tomllib
 import warnings
-from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from types import SimpleNamespace
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
+from facekd import check, enrollment, export, forget, measure, search, verify
 from facekd import receipt as rc
-from facekd import methods
+from facekd.config import CONFIG_NAME, Config, as_identity
 from facekd.erasure import Erasure
-from facekd.errors import FaceError, FacekdError
-from facekd.faces import (DEFAULT_LIMITS, IMAGE_SUFFIXES, UNSUPPORTED_SUFFIXES, ImageLimits,
-                          image_limits)
-# (IMAGE_SUFFIXES is re-exported: the demo lists images with it)
+from facekd.errors import FacekdError, WorkspaceError
+from facekd.faces import IMAGE_SUFFIXES
+from facekd.forget import ForgetResult
+from facekd.photos import embed_images, list_images
+from facekd.verify import VerifyResult
 
-__all__ = ["Config", "Workspace", "WorkspaceError", "ForgetResult", "VerifyResult",
+# Re-exported, so `from facekd.workspace import ...` is the one import a caller needs (the demo
+# lists images with IMAGE_SUFFIXES; tests read Config, CONFIG_NAME and the result types here).
+__all__ = ["CONFIG_NAME", "Config", "Workspace", "WorkspaceError", "ForgetResult", "VerifyResult",
            "default_workspace", "list_images", "IMAGE_SUFFIXES"]
-
-CONFIG_NAME = "config.toml"
-STAGE_ENV = "FACEKD_TEST_PAUSE_AT"  # test instrumentation: sleep at a named forget stage
-REPORT_MAX_IDENTITIES = 300  # forget's before/after report: the erased one + a sample
-# ... of which the knowledge-retention probes use this many others: the one-vs-rest weak probe
-# costs grow with identities x faces (3 s per state at 300 identities x 5 faces, 0.3 s at 100).
-KR_MAX_IDENTITIES = 100
-RETAIN_SAMPLE = 4000  # vectors used for retained-identity statistics in verify
-
-
-class WorkspaceError(FacekdError):
-    """A workspace is missing, busy, inconsistent, or an operation on it is not allowed."""
 
 
 def default_workspace() -> Path:
@@ -71,235 +73,6 @@ def default_workspace() -> Path:
     return Path(os.environ.get("FACEKD_WORKSPACE", "facekd-workspace"))
 
 
-def list_images(folder: str | os.PathLike) -> list[Path]:
-    """Image files under ``folder`` (recursive, sorted); raises if there are none."""
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise WorkspaceError(f"{folder}: not a directory of images")
-    # Unsupported image types (GIF...) are listed too: reading them fails with a reason that is
-    # reported, instead of the files being silently left out.
-    wanted = IMAGE_SUFFIXES | UNSUPPORTED_SUFFIXES
-    paths = sorted(p for p in folder.rglob("*") if p.suffix.lower() in wanted and p.is_file())
-    if not paths:
-        raise WorkspaceError(f"{folder}: no image files ({', '.join(sorted(IMAGE_SUFFIXES))})")
-    return paths
-
-
-def _identity(identity: int) -> int:
-    """An identity id as int, refused when SQLite's signed 64-bit INTEGER cannot hold it."""
-    value = int(identity)
-    if not -(2 ** 63) <= value < 2 ** 63:
-        raise WorkspaceError(f"identity {value} is outside the signed 64-bit range")
-    return value
-
-
-def _now() -> str:
-    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
-
-
-def _pause(stage: str) -> None:
-    """Test hook: when ``$FACEKD_TEST_PAUSE_AT == stage``, announce it on stderr and sleep."""
-    if os.environ.get(STAGE_ENV) == stage:
-        import sys
-
-        print(f"facekd: paused at stage {stage}", file=sys.stderr, flush=True)
-        time.sleep(float(os.environ.get("FACEKD_TEST_PAUSE_S", "120")))
-
-
-def _normalize(x: np.ndarray) -> np.ndarray:
-    x = np.asarray(x, dtype=np.float32)
-    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
-
-
-# ---------------------------------------------------------------------------------- config
-@dataclass
-class Config:
-    """Contents of ``config.toml``.
-
-    ``match_threshold`` is the cosine score at which a search result counts as a match; ``None``
-    ("auto" in the file) means the score at FAR = ``far`` over the gallery's impostor pairs.
-    The acceptance bound for ``verify``: the erased identity's re-enrolment rank-1 must be at most
-    ``max_rank1_over_chance`` times chance and its genuine-pair TAR at FAR ``far`` at most ``max_tar``.
-    """
-
-    encoder: str
-    aligned: bool = False
-    index: str = "flat"
-    # Where the vectors live: "faiss" (this directory) or a Milvus address (gallery_tools.backend).
-    backend: str = "faiss"
-    match_threshold: float | None = None
-    far: float = 1e-3
-    # The gated scramble is the default: on LFW + dlib it is the method that passes verify while
-    # leaving everyone else's scores untouched (README, "What an erasure achieves").
-    method: str = "scramble"
-    p: float = 1.5
-    k: int | None = None
-    energy: float | None = None
-    min_vectors: int = 2
-    # The reference step (lr 1e-3 on the raw gradient) never moves a mask entry past the threshold
-    # on face-sized forget sets, so ESC-T would erase nothing. The workspace normalises each step
-    # by its largest gradient entry instead: lr is then the most any entry moves per step.
-    esc_t_lr: float = 0.1
-    esc_t_normalize_step: bool = True
-    max_rank1_over_chance: float = 2.0
-    max_tar: float = 0.05
-    seed: int = 0
-    # Gated scramble: the gate opens at this quantile of the gallery's discriminant scores, and
-    # a scrambled face's deviation from the population mean is scaled by scramble_alpha.
-    scramble_q: float = 0.9995
-    scramble_alpha: float = 1.05
-    # Checked before decoding any image (file size, then the header's width x height).
-    max_image_bytes: int = DEFAULT_LIMITS.max_bytes
-    max_image_pixels: int = DEFAULT_LIMITS.max_pixels
-
-    @property
-    def image_limits(self) -> ImageLimits:
-        return ImageLimits(max_bytes=int(self.max_image_bytes), max_pixels=int(self.max_image_pixels))
-
-    def to_toml(self) -> dict:
-        return {
-            "encoder": {"spec": self.encoder, "aligned": self.aligned},
-            "gallery": {"index": self.index,
-                        **({"backend": self.backend} if self.backend != "faiss" else {}),
-                        "match_threshold": "auto" if self.match_threshold is None
-                        else float(self.match_threshold)},
-            "forget": {"method": self.method, "p": self.p, "min_vectors": self.min_vectors,
-                       "esc_t_lr": self.esc_t_lr, "esc_t_normalize_step": self.esc_t_normalize_step,
-                       "seed": self.seed, "scramble_q": self.scramble_q,
-                       "scramble_alpha": self.scramble_alpha,
-                       # TOML has no null: an unset rule is simply absent
-                       **({"k": self.k} if self.k is not None else {}),
-                       **({"energy": self.energy} if self.energy is not None else {})},
-            "acceptance": {"far": self.far, "max_rank1_over_chance": self.max_rank1_over_chance,
-                           "max_tar": self.max_tar},
-            "images": {"max_image_bytes": self.max_image_bytes,
-                       "max_image_pixels": self.max_image_pixels},
-        }
-
-    @classmethod
-    def from_toml(cls, data: dict, source: str = CONFIG_NAME) -> "Config":
-        try:
-            flat: dict[str, Any] = {"encoder": data["encoder"]["spec"],
-                                    "aligned": data["encoder"].get("aligned", False)}
-            flat.update({k: v for k, v in data.get("gallery", {}).items()})
-            flat.update(data.get("forget", {}))
-            flat.update(data.get("acceptance", {}))
-            flat.update(data.get("images", {}))
-        except (KeyError, TypeError, AttributeError, ValueError):
-            raise WorkspaceError(f"{source}: needs an [encoder] table with a 'spec' key") from None
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(flat) - known)
-        if unknown:
-            raise WorkspaceError(f"{source}: unknown setting(s) {', '.join(unknown)}")
-        if flat.get("match_threshold") == "auto":
-            flat["match_threshold"] = None
-        for key, value in flat.items():
-            _check_type(key, value, source)
-        cfg = cls(**flat)
-        cfg.validate(source)
-        return cfg
-
-    def validate(self, source: str = CONFIG_NAME) -> None:
-        for f in fields(self):
-            _check_type(f.name, getattr(self, f.name), source)
-        if self.index not in ("flat", "ivf"):
-            raise WorkspaceError(f"{source}: index must be flat or ivf, got {self.index!r}")
-        from gallery_tools.backend import parse_spec
-        from gallery_tools.errors import GalleryError
-
-        try:
-            parse_spec(self.backend)
-        except GalleryError as exc:
-            raise WorkspaceError(f"{source}: [gallery] backend: {exc}") from None
-        if not 0 < self.p <= 100:
-            raise WorkspaceError(f"{source}: [forget] p must be in (0, 100]")
-        if not 0 <= self.seed < 2 ** 32:
-            raise WorkspaceError(f"{source}: [forget] seed must be in [0, 2^32)")
-        if self.esc_t_lr <= 0:
-            raise WorkspaceError(f"{source}: [forget] esc_t_lr must be > 0")
-        if self.max_image_bytes < 1 or self.max_image_pixels < 1:
-            raise WorkspaceError(f"{source}: [images] limits must be positive integers")
-        if self.method not in methods.names():
-            raise WorkspaceError(f"{source}: method must be one of {', '.join(methods.names())}, "
-                                 f"got {self.method!r}")
-        if not 0 < float(self.scramble_q) < 1 or not float(self.scramble_alpha) > 0:
-            raise WorkspaceError(f"{source}: scramble_q must be in (0, 1), scramble_alpha > 0")
-        if not 0 < self.far < 1 or not 0 <= self.max_tar <= 1 or self.max_rank1_over_chance <= 0:
-            raise WorkspaceError(f"{source}: far and max_tar must be in (0, 1), "
-                                 "max_rank1_over_chance > 0")
-        if self.k is not None and self.energy is not None:
-            raise WorkspaceError(f"{source}: [forget] sets both k and energy; keep one")
-        if self.k is not None and not (isinstance(self.k, int) and self.k >= 1):
-            raise WorkspaceError(f"{source}: [forget] k must be a positive integer")
-        if self.energy is not None and not 0 < float(self.energy) <= 1:
-            raise WorkspaceError(f"{source}: [forget] energy must be in (0, 1]")
-        if int(self.min_vectors) < 1:
-            raise WorkspaceError(f"{source}: min_vectors must be >= 1")
-        if self.match_threshold is not None and not -1 <= float(self.match_threshold) <= 1:
-            raise WorkspaceError(f"{source}: match_threshold must be 'auto' or a cosine in [-1, 1]")
-
-
-_KINDS = {"str": (str,), "bool": (bool,), "int": (int,), "float": (int, float)}
-
-
-def _check_type(key: str, value: Any, source: str) -> None:
-    """Refuse a config value of the wrong TOML type (``p = "x"``) or a non-finite number,
-    naming the key, before any arithmetic turns it into a traceback."""
-    hint = {f.name: f.type for f in fields(Config)}.get(key)
-    if hint is None:
-        return
-    optional = "None" in str(hint)
-    if value is None and optional:
-        return
-    kind = str(hint).split("|")[0].strip()
-    ok = isinstance(value, _KINDS[kind]) and (kind == "bool" or not isinstance(value, bool))
-    if ok and kind == "float" and not np.isfinite(float(value)):
-        ok = False
-    if not ok:
-        want = {"str": "a string", "bool": "true or false", "int": "an integer",
-                "float": "a finite number"}[kind]
-        shown = repr(value) if len(repr(value)) <= 40 else repr(value)[:37] + "..."
-        raise WorkspaceError(f"{source}: {key} must be {want}"
-                             f"{' (or auto)' if key == 'match_threshold' else ''}, got {shown}")
-
-
-# ---------------------------------------------------------------------------------- results
-@dataclass
-class ForgetResult:
-    """Outcome of :meth:`Workspace.forget`. ``receipt`` is privacy-safe; nothing else is stored."""
-
-    receipt: dict
-    committed: bool
-    removed_faces: int
-    report_table: str = ""
-    receipt_path: Path | None = None
-    already_erased: bool = False  # an earlier run committed this deletion; nothing changed now
-
-    def to_dict(self) -> dict:
-        return {"committed": self.committed, "removed_faces": self.removed_faces,
-                "already_erased": self.already_erased,
-                "receipt_path": str(self.receipt_path) if self.receipt_path else None,
-                "receipt": self.receipt}
-
-
-@dataclass
-class VerifyResult:
-    """Outcome of :meth:`Workspace.verify` (``passed`` decides the CLI's exit status)."""
-
-    identity_hash: str
-    passed: bool
-    threshold: float
-    images: list[dict] = field(default_factory=list)   # file name, best identity, score, match
-    attack: dict | None = None                          # re-enrolment attack numbers
-    retained: dict = field(default_factory=dict)        # retained identities' rank-1 / TAR
-    bound: dict = field(default_factory=dict)
-    notes: list[str] = field(default_factory=list)
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-
-# ---------------------------------------------------------------------------------- workspace
 class Workspace:
     """An open workspace. Use :meth:`init` / :meth:`open`, and as a context manager.
 
@@ -437,7 +210,7 @@ class Workspace:
             raise WorkspaceError(f"receipt {receipt_id} in the gallery meta is damaged") from None
 
     def hash_identity(self, identity: int) -> str:
-        return rc.hash_identity(_identity(identity), self.salt)
+        return rc.hash_identity(as_identity(identity), self.salt)
 
     def erased_entries(self, identity: int) -> list[dict]:
         """Ledger entries for ``identity`` (matched by its salted hash)."""
@@ -476,613 +249,111 @@ class Workspace:
         return self._edited
 
     def embed_images(self, paths: list[Path], *, progress: bool = True) -> tuple[np.ndarray, list, list]:
-        """Embed image files with the edited encoder.
+        """Embed image files with the deployed (edited) encoder under the configured image limits:
+        ``((m, d) float32 unit rows, source paths (m,), skipped [(path, reason)])``; see
+        :func:`facekd.photos.embed_images`."""
+        return embed_images(self.encoder, paths, aligned=self.config.aligned,
+                            limits=self.config.image_limits, progress=progress)
 
-        Returns ``((m, d) float32 unit rows, source paths (m,), skipped [(path, reason)])``.
-        With ``config.aligned`` the files are taken as aligned chips (resized only, as enrolment
-        does); otherwise the largest face of each image is detected and aligned.
+    # -------------------------------------------------------------- commits
+    def require_writable(self) -> None:
+        if not self.writable:
+            raise WorkspaceError("workspace opened read-only")
+
+    def commit(self) -> int:
+        """Commit the gallery and every meta key set since the last commit; the new generation."""
+        return int(self.gallery.save())
+
+    def commit_deletion(self, identity: int, step: Erasure, combined: Erasure, edited: Any,
+                        receipt: dict, entry: dict, *,
+                        before_save: Callable[[], None] | None = None) -> tuple[int, int]:
+        """Remove ``identity``'s faces, apply ``step`` to every other stored vector, and record
+        ``combined`` (the new accumulated erasure), the ``edited`` encoder's fingerprint, the
+        ledger ``entry`` and the ``receipt``: one ``gallery.save()`` commits them all or nothing.
+
+        Returns ``(faces removed, new generation)``. ``before_save`` runs just before the save
+        (the forget pipeline's kill-test hook).
         """
-        enc = self.encoder
-        with image_limits(self.config.image_limits):
-            return self._embed_images(enc, paths, progress)
+        self.require_writable()
+        base = self.base_encoder
+        removed = int(self.gallery.remove(identity))
+        self.gallery.apply(step)
+        self.gallery.set_encoder_fingerprint(edited.fingerprint)
+        ledger = self.ledger() + [entry]
+        self.gallery.set_meta("erasure", combined.to_bytes())
+        self.gallery.set_meta("encoder_state", json.dumps(
+            {"base": base.fingerprint, "edited": edited.fingerprint, "d": combined.d,
+             "family": base.family}).encode())
+        self.gallery.set_meta("ledger", json.dumps(ledger).encode())
+        self.gallery.set_meta(f"receipt:{receipt['receipt_id']}", rc.to_json(receipt).encode())
+        if before_save is not None:
+            before_save()
+        generation = self.commit()
+        self._edited = edited
+        return removed, generation
 
-    def _embed_images(self, enc, paths: list[Path], progress: bool) -> tuple[np.ndarray, list, list]:
-        if self.config.aligned:
-            chips, sources, skipped = _aligned_chips(paths, enc.input_spec.size)
-        else:
-            from facekd.faces import chips_from_files
+    def receipt_path(self, receipt_id: str) -> Path:
+        """Where the derived copy of a committed receipt lives: ``receipts/<id>.json``."""
+        return self.root / "receipts" / f"{receipt_id}.json"
 
-            res = chips_from_files([str(p) for p in paths], enc.input_spec, select="largest",
-                                   progress=progress)
-            chips = list(res.chips)
-            # sources may be indices into the input list or the paths themselves
-            sources = [paths[int(s)] if isinstance(s, (int, np.integer)) else Path(str(s))
-                       for s in res.sources]
-            skipped = list(res.skipped)
-        if len(chips) == 0:
-            return np.zeros((0, enc.dim), np.float32), [], skipped
-        vecs = _normalize(enc.embed(np.stack(chips), progress=progress and len(chips) >= 64))
-        return vecs, sources, skipped
+    def write_receipt_file(self, receipt_id: str, data: bytes) -> Path:
+        """(Re)write the derived receipt file atomically from the committed JSON bytes."""
+        return rc.write_atomic(self.receipt_path(receipt_id), data)
 
-    # -------------------------------------------------------------- simple operations
+    # -------------------------------------------------------------- operations (thin: the modules)
     def identities(self) -> list:
         return self.gallery.identities()
 
     def enroll(self, tree: str | os.PathLike, *, ids_csv: str | os.PathLike | None = None,
                progress: bool = True, merge: bool = False):
-        """Enrol a folder-per-identity tree with the edited encoder and commit.
-
-        Images that cannot be used (unreadable, over the image limits, unsupported, no face) are
-        skipped and listed in ``result.skipped``; ``merge`` allows ids CSV rows that would put
-        two folders, or a new folder and an enrolled person, under one id.
-        """
-        self._require_writable()
-        from gallery_tools import enroll
-
-        if not Path(tree).is_dir():
-            raise WorkspaceError(f"{tree}: not a directory")
-        erased = {e["identity_hash"] for e in self.ledger()}
-        with image_limits(self.config.image_limits):
-            # An erased id is never handed to a newcomer: its ledger entry would describe them.
-            result = enroll(tree, self.encoder, self.gallery, ids_csv=ids_csv,
-                            aligned=self.config.aligned, progress=progress, merge=merge,
-                            reserved=lambda i: self.hash_identity(i) in erased)
-        if result.added:
-            self.gallery.save()
-        return result
+        """Enrol a folder-per-identity tree with the edited encoder and commit; see
+        :func:`facekd.enrollment.enroll`."""
+        return enrollment.enroll(self, tree, ids_csv=ids_csv, progress=progress, merge=merge)
 
     def identity_named(self, name: str) -> int:
-        """The enrolled identity recorded under ``name`` (exact match).
-
-        Names of erased people are not kept, so an erased person is found by id only.
-        """
-        ids = [int(i.identity) for i in self.gallery.identities() if i.name == name]
-        if not ids:
-            raise WorkspaceError(f"no enrolled identity is named {name!r} (names of erased people "
-                                 "are not kept: use --identity with the id forget printed; list "
-                                 "enrolled ones with `facekd identities`)")
-        if len(ids) > 1:
-            raise WorkspaceError(f"{len(ids)} identities are named {name!r} "
-                                 f"({', '.join(map(str, ids[:5]))}); use --identity")
-        return ids[0]
+        """The enrolled identity named ``name``; see :func:`facekd.search.identity_named`."""
+        return search.identity_named(self, name)
 
     def search(self, image: str | os.PathLike, *, k: int = 5, identity: int | None = None) -> dict:
-        """Best ``k`` gallery matches of the largest face in ``image``; with ``identity``, only
-        that identity's faces are compared (a one-to-one check: is this that person?)."""
-        if identity is not None:
-            identity = _identity(identity)
-            if not self.gallery.has_identity(identity):
-                raise WorkspaceError(f"unknown identity {identity}; list them with "
-                                     "`facekd identities`")
-        path = Path(image)
-        if not path.is_file():
-            raise WorkspaceError(f"{path}: no such image file")
-        vecs, _, skipped = self.embed_images([path], progress=False)
-        if len(vecs) == 0:
-            why = "; ".join(str(reason).removeprefix(f"{p}: ") for p, reason in skipped)
-            raise WorkspaceError(f"{path.name}: no usable face ({why or 'none found'})")
-        thr = self.match_threshold()
-        if identity is None:
-            matches = self.gallery.search(vecs, k=k)[0]
-        else:
-            scores = np.asarray(self.gallery.vectors(identity), np.float32) @ vecs[0]
-            best = np.argsort(-scores, kind="stable")[:k]
-            fids = self.gallery.face_ids(identity)
-            matches = [SimpleNamespace(identity=identity, face_id=fids[i], score=scores[i])
-                       for i in best]
-        names = {i.identity: i.name for i in self.gallery.identities()}
-        return {"image": path.name, "threshold": thr, "matches": [
-            {"identity": int(m.identity), "name": names.get(m.identity), "face_id": int(m.face_id),
-             "score": float(m.score), "match": bool(thr is not None and m.score > thr)}
-            for m in matches]}
+        """Best ``k`` gallery matches of the largest face in ``image`` (only ``identity``'s faces
+        when given); see :func:`facekd.search.search`."""
+        return search.search(self, image, k=k, identity=identity)
 
     def match_threshold(self) -> float | None:
         """Config threshold, or the gallery's impostor score at FAR ``config.far`` ("auto")."""
-        if self.config.match_threshold is not None:
-            return float(self.config.match_threshold)
-        stats = self._retained_stats(exclude=None)
-        return stats.get("threshold")
+        return measure.match_threshold(self.gallery, self.config)
 
     def export_onnx(self, out: str | os.PathLike, *, fp16: bool = False, original: bool = False,
                     force: bool = False, bake_preprocessing: bool = False):
-        """Export the edited (or, with ``original``, the base) encoder; returns the ExportReport.
-
-        ``bake_preprocessing``: the file takes raw RGB pixels through a Sub/Mul head (for
-        insightface; see :mod:`facekd.encoders.onnx_head`).
-
-        The target must lie outside the workspace and be absent, or an ONNX model, or (with
-        ``force``) any regular file; see :func:`facekd.onnx_export.check_target`.
-        """
-        from facekd.onnx_export import check_target, export
-
-        check_target(out, protect=[self.root], force=force)
-        if original and self.ledger():
-            warnings.warn("exporting the ORIGINAL encoder: it still recognises every erased person",
-                          RuntimeWarning, stacklevel=2)
-        enc = self.base_encoder if original else self.encoder
-        return export(enc, out, fp16=fp16, bake_preprocessing=bake_preprocessing)
+        """Export the edited (or, with ``original``, the base) encoder as ONNX; returns the
+        ExportReport; see :func:`facekd.export.export_onnx`."""
+        return export.export_onnx(self, out, fp16=fp16, original=original, force=force,
+                                  bake_preprocessing=bake_preprocessing)
 
     def export_to_insightface_pack(self, pack: str | os.PathLike, *,
                                    out: str | os.PathLike | None = None, in_place: bool = False,
                                    fp16: bool = False, original: bool = False) -> dict:
-        """Write the edited (or original) encoder into an insightface model pack where
-        ``FaceAnalysis`` loads it: a copy at ``out``, or ``in_place`` with a backup beside the
-        pack (see :mod:`facekd.insightface_pack`)."""
-        from facekd.insightface_pack import export_to_pack
-
-        if original and self.ledger():
-            warnings.warn("exporting the ORIGINAL encoder: it still recognises every erased person",
-                          RuntimeWarning, stacklevel=2)
-        enc = self.base_encoder if original else self.encoder
-        source = getattr(self.base_encoder, "path", None)  # an ONNX encoder's own file
-        return export_to_pack(enc, self.base_encoder.fingerprint, pack, out=out,
-                              in_place=in_place, fp16=fp16, protect=(self.root,),
-                              keep=(source,) if source else ())
+        """Write the edited (or original) encoder into an insightface model pack; see
+        :func:`facekd.export.export_to_insightface_pack`."""
+        return export.export_to_insightface_pack(self, pack, out=out, in_place=in_place,
+                                                 fp16=fp16, original=original)
 
     def check(self) -> dict:
-        """Consistency of gallery, encoder state, ledger and receipt files.
+        """Consistency of gallery, encoder state, ledger and receipt files (re-creates missing
+        receipt files); see :func:`facekd.check.check`."""
+        return check.check(self)
 
-        Returns ``{"ok": bool, "problems": [...]}``; re-creates missing derived receipt files.
-        """
-        problems: list[str] = []
-        rep = self.gallery.check()
-        problems += [f"gallery: {p}" for p in rep.problems]
-        try:
-            state, acc, ledger = self.encoder_state, self.erasure, self.ledger()
-            if state.get("d") not in (None, acc.d):
-                problems.append(f"encoder_state d={state.get('d')} != erasure d={acc.d}")
-            problems += self._check_receipt_files(ledger)
-        except (FacekdError, ValueError, KeyError, TypeError) as exc:
-            problems.append(str(exc))
-        return {"ok": not problems, "problems": problems, "generation": self.gallery.generation,
-                "deletions": len(self.ledger()) if not problems else None}
-
-    def _check_receipt_files(self, ledger: list[dict]) -> list[str]:
-        """Each ``receipts/<id>.json`` must equal the committed copy in the gallery meta; a missing
-        one is re-created (when the workspace is writable), a stray or edited one reported."""
-        problems, known = [], set()
-        folder = self.root / "receipts"
-        for entry in ledger:
-            rid = entry["receipt_id"]
-            known.add(f"{rid}.json")
-            raw = self.gallery.get_meta(f"receipt:{rid}")
-            if raw is None:
-                problems.append(f"ledger entry {rid} has no receipt")
-                continue
-            want = bytes(raw)  # forget writes the file and the meta from the same to_json bytes
-            f = folder / f"{rid}.json"
-            if not f.exists():
-                if os.access(self.root, os.W_OK):
-                    rc.write_atomic(f, want)
-                else:
-                    problems.append(f"{f}: missing (the workspace is read-only; not re-created)")
-            elif not f.is_file() or f.read_bytes() != want:
-                problems.append(f"{f}: differs from the committed receipt in the gallery meta")
-        if folder.is_dir():
-            problems += [f"{p}: not a committed receipt" for p in sorted(folder.iterdir())
-                         if p.name not in known and not p.name.startswith(".")]
-        return problems
-
-    def _require_writable(self) -> None:
-        if not self.writable:
-            raise WorkspaceError("workspace opened read-only")
-
-    def _write_receipt_file(self, receipt: dict) -> Path:
-        return rc.write_atomic(self.root / "receipts" / f"{receipt['receipt_id']}.json",
-                               rc.to_json(receipt).encode())
-
-    # -------------------------------------------------------------- forget
     def forget(self, identity: int, *, method: str | None = None, p: float | None = None,
                k: int | None = None, energy: float | None = None,
                images: str | os.PathLike | None = None, dry_run: bool = False,
                progress: bool = True, force: bool = False) -> ForgetResult:
-        """Erase ``identity`` from encoder and gallery, measure, and commit atomically.
-
-        Steps: fit on the identity's stored vectors (+ ``images`` embedded with the current edited
-        encoder), compose with the accumulated erasure, evaluate before/after on the gallery's own
-        vectors, remove the identity, project the rest, then one ``gallery.save()`` commits the
-        gallery, the new erasure and encoder fingerprints, the ledger entry and the receipt.
-        ``dry_run`` computes and reports the same but changes nothing. An identity already erased
-        returns its committed receipt (``already_erased``). ``images`` that do not look like the
-        person are refused unless ``force``.
-        """
-        if not dry_run:
-            self._require_writable()
-        cfg = self.config
-        rule_given = (p, k, energy) != (None, None, None)
-        # A direction-count rule names ESC: `forget --k 8` keeps meaning what it always meant.
-        method = method or ("esc" if rule_given else cfg.method)
-        if method not in methods.names():
-            raise WorkspaceError(f"unknown method {method!r}; use one of "
-                                 f"{', '.join(methods.names())}")
-        if method != "esc" and rule_given:
-            raise WorkspaceError("--p/--k/--energy only apply to --method esc")
-        if sum(x is not None for x in (p, k, energy)) > 1:
-            raise WorkspaceError("give at most one of p, k, energy")
-        from tqdm.auto import tqdm
-
-        timings: dict[str, float] = {}
-        t0 = time.perf_counter()
-        # One tick per stage: the metrics stage (converged probes) can take a while.
-        bar = tqdm(total=5, desc="forget", unit="stage", disable=not progress, leave=False)
-
-        def lap(stage: str) -> None:
-            nonlocal t0
-            timings[stage] = time.perf_counter() - t0
-            t0 = time.perf_counter()
-            bar.set_postfix_str(stage)
-            bar.update(1)
-            _pause(stage)
-
-        try:
-            return self._forget(identity, method, p, k, energy, images, dry_run, progress, lap,
-                                timings, force)
-        finally:
-            bar.close()
-
-    def _forget(self, identity, method, p, k, energy, images, dry_run, progress, lap,
-                timings, force=False) -> ForgetResult:
-        cfg = self.config
-        identity = _identity(identity)
-        h = self.hash_identity(identity)
-        in_gallery = self.gallery.has_identity(identity)
-        if not in_gallery:
-            done = self.erased_entries(identity)
-            if done:
-                # A re-run (e.g. after a kill that landed after the commit): the deletion is
-                # there, so report it rather than fail; the request is idempotent.
-                return self._already_erased(done[-1])
-            raise WorkspaceError(f"unknown identity {identity}; list them with `facekd identities`")
-
-        base, edited, acc = self.base_encoder, self.encoder, self.erasure
-        forget_vecs = np.asarray(self.gallery.vectors(identity), dtype=np.float32)
-        n_stored, n_images = len(forget_vecs), 0
-        extra = np.empty((0, forget_vecs.shape[1]), dtype=np.float32)
-        if images is not None:
-            extra, _, skipped = self.embed_images(list_images(images), progress=progress)
-            for path, reason in skipped:  # named: the operator sent these files
-                warnings.warn(f"skipped {path}: {str(reason).removeprefix(f'{path}: ')}",
-                              RuntimeWarning, stacklevel=2)
-            n_images = len(extra)
-            if not n_images:  # fitting without them would not be what was asked for
-                raise WorkspaceError(f"{images}: no usable face in any of the --images photos")
-            self._check_request_photos(identity, forget_vecs, extra, force)
-            forget_vecs = np.concatenate([forget_vecs, extra]) if n_images else forget_vecs
-        if len(forget_vecs) < cfg.min_vectors:
-            raise WorkspaceError(f"identity {identity} has {len(forget_vecs)} face vector(s); "
-                                 f"at least {cfg.min_vectors} are needed to fit (add --images DIR)")
-        lap("collect")
-
-        # A view, not a copy of the gallery: read only, and only before remove/apply below.
-        all_vecs = np.asarray(getattr(self.gallery, "vectors_view", self.gallery.vectors)(),
-                              dtype=np.float32)
-        labels = np.asarray(self.gallery.labels(), dtype=np.int64)
-        m = methods.get(method)
-        options = m.options_from_config(cfg)
-        if (p, k, energy) != (None, None, None):  # an explicit rule replaces the configured one
-            options.update(p=cfg.p if p is None else p, k=k, energy=energy)
-        others = labels != identity
-        context = methods.FitContext(all_vecs[others], labels[others], acc, options,
-                                     person=all_vecs[~others], identity=identity)
-
-        def fit(F: np.ndarray) -> Erasure:  # also refits the measured twin (_erasure_report)
-            return m.fit(F, context)
-
-        try:
-            new = fit(forget_vecs)
-        except methods.MethodError as exc:
-            raise WorkspaceError(str(exc)) from None
-        refusal = m.refuse(new)
-        if refusal:
-            raise WorkspaceError(refusal)
-        params = dict(new.params)
-        combined = acc.then(new)
-        lap("fit")
-
-        # Measured on held-out faces: a twin erasure fitted on the identity's enrolment half only,
-        # so its probe half is unseen (re-enrolment rank-1, TAR) and MIA has real non-members.
-        # The committed erasure uses every face, so it removes at least as much.
-        report, protocol = self._erasure_report(all_vecs, labels, identity, fit, new, extra)
-        hists = _score_histograms(all_vecs, labels, identity, new, seed=cfg.seed)
-        lap("metrics")
-
-        new_edited = base.with_erasure(combined)
-        gen_before = int(self.gallery.generation)
-        gen_after = gen_before + (0 if dry_run else 1)
-        lap("edit")
-
-        leak = _template_leak(new, all_vecs, labels, identity)
-        receipt = rc.build_receipt(
-            identity_hash=h, method=method, params=params,
-            model={"family": base.family, "base_sha256": base.fingerprint,
-                   "edited_sha256_before": edited.fingerprint,
-                   "edited_sha256_after": new_edited.fingerprint,
-                   "k_added": new.k, "k_total": combined.k, "gates_total": combined.n_gates,
-                   "deletions_total": len(self.ledger()) + 1, "template_leak": leak},
-            generation_before=gen_before, generation_after=gen_after,
-            metrics={**report.to_dict(), "protocol": protocol}, histograms=hists,
-            timings=timings, n_vectors=n_stored, n_images=n_images,
-            facekd_version=_version(), created=_now(), dry_run=dry_run)
-        table = report.table()
-        if dry_run:
-            return ForgetResult(receipt=receipt, committed=False, removed_faces=0, report_table=table)
-
-        # Every step that can fail on bad input is behind us: only now is the gallery changed, so a
-        # raised error leaves this open workspace as it was, not half-edited.
-        removed = int(self.gallery.remove(identity))
-        self.gallery.apply(new)
-        self.gallery.set_encoder_fingerprint(new_edited.fingerprint)
-        rid = receipt["receipt_id"]
-        ledger = self.ledger() + [{
-            "identity_hash": h, "receipt_id": rid, "method": method, "k": new.k,
-            "gates": new.n_gates,
-            "generation_before": gen_before, "generation_after": gen_after, "created": receipt["created"]}]
-        self.gallery.set_meta("erasure", combined.to_bytes())
-        self.gallery.set_meta("encoder_state", json.dumps(
-            {"base": base.fingerprint, "edited": new_edited.fingerprint, "d": combined.d,
-             "family": base.family}).encode())
-        self.gallery.set_meta("ledger", json.dumps(ledger).encode())
-        self.gallery.set_meta(f"receipt:{rid}", rc.to_json(receipt).encode())
-        _pause("before-save")
-        generation = int(self.gallery.save())
-        lap("commit")
-        self._edited = new_edited
-        if generation != gen_after:
-            warnings.warn(f"gallery generation {generation} != expected {gen_after}",
-                          RuntimeWarning, stacklevel=2)
-        _pause("after-save")
-        path = self._write_receipt_file(receipt)
-        return ForgetResult(receipt=receipt, committed=True, removed_faces=removed,
-                            report_table=table, receipt_path=path)
-
-    def _already_erased(self, entry: dict) -> ForgetResult:
-        """The committed receipt of an earlier deletion (its derived file re-created if missing)."""
-        rid = entry["receipt_id"]
-        receipt = self.receipt(rid)
-        path = self.root / "receipts" / f"{rid}.json"
-        if not path.exists() and self.writable:
-            raw = self.gallery.get_meta(f"receipt:{rid}")
-            rc.write_atomic(path, bytes(raw))
-        return ForgetResult(receipt=receipt, committed=True, removed_faces=0,
-                            receipt_path=path if path.exists() else None, already_erased=True)
-
-    def _check_request_photos(self, identity: int, stored: np.ndarray, extra: np.ndarray,
-                              force: bool) -> None:
-        """Refuse (unless ``force``) --images photos that do not look like the person: their mean
-        cosine to the person's gallery faces is below the gallery's match threshold, so fitting
-        on them would erase someone else's face directions."""
-        if len(stored) == 0:
-            return
-        mean = float((_normalize(extra) @ _normalize(stored).T).mean())
-        thr = self.match_threshold()
-        if thr is None or mean >= thr:
-            return
-        msg = (f"the --images photos do not look like identity {identity}: mean cosine {mean:.3f} "
-               f"to its gallery faces, below the match threshold {thr:.3f}")
-        if not force:
-            raise WorkspaceError(msg + "; check the folder, or pass --force")
-        warnings.warn(msg + " (--force given)", RuntimeWarning, stacklevel=3)
-
-    def _erasure_report(self, all_vecs: np.ndarray, labels: np.ndarray, identity: int, fit,
-                        committed: Erasure, extra: np.ndarray):
-        """``(ErasureReport, protocol note)``, preferably for a twin refitted on the enrolment half
-        plus ``extra`` (the photos sent with the request, which are not gallery faces)."""
-        from facekd.erasure import ErasureError
-        from facekd.metrics import MetricsError, erasure_report, split_enrol_probe
-
-        others = np.unique(labels[labels != identity])
-        sampled = ""
-        if len(others) > REPORT_MAX_IDENTITIES:
-            # The converged probe and the pair statistics grow faster than the gallery (71 s at
-            # 2,000 identities); a seeded sample of the others keeps forget at seconds.
-            rng = np.random.default_rng(self.config.seed)
-            keep = np.isin(labels, np.r_[identity, rng.choice(others, REPORT_MAX_IDENTITIES,
-                                                              replace=False)])
-            all_vecs, labels = all_vecs[keep], labels[keep]
-            sampled = (f"; measured on the erased identity and a seeded sample of "
-                       f"{REPORT_MAX_IDENTITIES} of the {len(others)} other identities")
-        split = split_enrol_probe(labels, seed=self.config.seed)
-        protocol = ("each identity's stored faces split in half (seed "
-                    f"{self.config.seed}); the erasure measured here was refitted on the erased "
-                    "identity's enrolment half plus any --images photos; probes and MIA "
-                    "non-members are unseen faces")
-        try:
-            twin = fit(np.concatenate([all_vecs[split & (labels == identity)], extra]))
-        except ErasureError:  # e.g. an explicit k above the half's rank: measure the real one
-            twin = committed
-            protocol = ("each identity's stored faces split in half; the committed erasure (fitted "
-                        "on all the erased identity's faces) is measured, so its probes are seen "
-                        "faces and MIA is not meaningful")
-        protocol += sampled
-        if len(np.unique(labels)) - 1 > KR_MAX_IDENTITIES:
-            protocol += (f"; knowledge-retention probes on the erased identity and a seeded "
-                         f"sample of {KR_MAX_IDENTITIES} others")
-        protocol += "; 95% Wilson intervals in metrics.intervals"
-        try:
-            report = erasure_report(all_vecs, labels, [identity], twin, split,
-                                    fars=(self.config.far,), seed=self.config.seed,
-                                    max_probe_identities=KR_MAX_IDENTITIES)
-        except MetricsError as exc:
-            raise WorkspaceError(f"cannot measure this erasure: {exc}") from None
-        return report, protocol
-
-    # -------------------------------------------------------------- verify
-    def _retained_stats(self, exclude: int | None) -> dict:
-        """Rank-1 and TAR at FAR ``config.far`` of the gallery's identities (a seeded sample)."""
-        from facekd.metrics import (MetricsError, far_threshold, identification_rate, pair_scores,
-                                    split_enrol_probe, tar_at_far)
-
-        # A read-only view: only a sample (or the rows kept below) is ever copied.
-        vecs = np.asarray(getattr(self.gallery, "vectors_view", self.gallery.vectors)(),
-                          dtype=np.float32)
-        labels = np.asarray(self.gallery.labels(), dtype=np.int64)
-        if exclude is not None:
-            keep = labels != exclude
-            vecs, labels = vecs[keep], labels[keep]
-        if len(np.unique(labels)) < 2:
-            return {"threshold": None, "rank1": None, "tar": None, "identities": len(np.unique(labels))}
-        rng = np.random.default_rng(self.config.seed)
-        if len(vecs) > RETAIN_SAMPLE:  # pair statistics are quadratic; a sample is enough
-            uniq = rng.permutation(np.unique(labels))
-            per = max(1, int(np.ceil(len(vecs) / len(uniq))))
-            chosen = np.isin(labels, uniq[: max(2, RETAIN_SAMPLE // per)])
-            vecs, labels = vecs[chosen], labels[chosen]
-        try:
-            genuine, impostor = pair_scores(vecs, labels, seed=self.config.seed)
-            # One face per person is common in deployments: the threshold needs only impostors.
-            thr = far_threshold(impostor, self.config.far)
-            tar = tar_at_far(genuine, impostor, self.config.far)[0] if genuine.size else None
-            split = split_enrol_probe(labels, seed=self.config.seed)
-            has_probe = ~split
-            rank1 = identification_rate(vecs[split], labels[split], vecs[has_probe],
-                                        labels[has_probe]) if has_probe.any() else None
-        except MetricsError as exc:  # e.g. no impostor pairs at all
-            raise WorkspaceError(f"cannot compute gallery statistics: {exc}") from None
-        return {"threshold": float(thr), "tar": None if tar is None else float(tar),
-                "rank1": None if rank1 is None else float(rank1),
-                "identities": int(len(np.unique(labels)))}
+        """Erase ``identity`` from encoder and gallery, measure, and commit atomically; see
+        :func:`facekd.forget.forget`."""
+        return forget.forget(self, identity, method=method, p=p, k=k, energy=energy,
+                             images=images, dry_run=dry_run, progress=progress, force=force)
 
     def verify(self, identity: int, *, images: str | os.PathLike | None = None,
                progress: bool = True) -> VerifyResult:
-        """Check that an erased identity is no longer recognised.
-
-        With ``images`` (photos of the erased person, ideally ones the gallery never saw): each is
-        embedded with the edited encoder and matched against the gallery; then the re-enrolment
-        attack enrols half of them next to the gallery and searches with the other half. Passing
-        means rank-1 <= ``max_rank1_over_chance`` x chance and genuine-pair TAR <= ``max_tar``.
-        """
-        identity = _identity(identity)
-        h = self.hash_identity(identity)
-        if not self.erased_entries(identity):
-            raise WorkspaceError(f"identity {identity} has not been erased in this workspace "
-                                 "(see `facekd ledger`)")
-        cfg = self.config
-        retained = self._retained_stats(exclude=identity)
-        thr = float(cfg.match_threshold) if cfg.match_threshold is not None else retained["threshold"]
-        n_ids = len(self.gallery.identities())
-        bound = {"max_rank1": cfg.max_rank1_over_chance / (n_ids + 1), "chance": 1.0 / (n_ids + 1),
-                 "max_tar": cfg.max_tar, "far": cfg.far}
-        res = VerifyResult(identity_hash=h, passed=True, threshold=thr, retained=retained, bound=bound)
-        if self.gallery.has_identity(identity):
-            res.notes.append("the identity was enrolled again after its erasure")
-            res.passed = False
-        if images is None:
-            res.notes.append("not measured: the re-enrolment attack needs photos of the person "
-                             "(pass --images DIR)")
-            res.passed = False
-            return res
-
-        paths = list_images(images)
-        vecs, _, skipped = self.embed_images(paths, progress=progress)
-        number = {str(p): i for i, p in enumerate(paths, 1)}
-        # Numbered like the results below: file names of the erased person's photos often carry
-        # their name, so a skipped image is named by its place in the sorted folder listing.
-        for path, reason in skipped:
-            res.notes.append(f"image {number.get(str(path), '?')} skipped: "
-                             f"{str(reason).removeprefix(f'{path}: ')}")
-        if len(vecs) == 0:
-            raise WorkspaceError(f"{images}: no usable face in any image")
-        best = self.gallery.search(vecs, k=1)
-        # Numbered, not named: file names of the erased person's photos often carry their name.
-        for number, hits in enumerate(best, 1):
-            top = hits[0] if hits else None
-            res.images.append({"image": number,
-                               "best_identity": None if top is None else int(top.identity),
-                               "score": None if top is None else float(top.score),
-                               "match": bool(top is not None and thr is not None and top.score > thr)})
-        if len(vecs) < 2:
-            res.notes.append("not measured: the re-enrolment attack needs at least 2 usable images")
-            res.passed = False
-            return res
-
-        rng = np.random.default_rng(cfg.seed)
-        order = rng.permutation(len(vecs))
-        enrol, probe = vecs[order[: len(vecs) // 2]], vecs[order[len(vecs) // 2:]]
-        gallery_best = np.array([hits[0].score if hits else -np.inf
-                                 for hits in self.gallery.search(probe, k=1)])
-        # Rank-1 hit: the probe's nearest neighbour is one of the re-enrolled images.
-        rank1 = float(np.mean((probe @ enrol.T).max(axis=1) > gallery_best))
-        iu = np.triu_indices(len(vecs), k=1)
-        genuine = (vecs @ vecs.T)[iu]
-        tar = float(np.mean(genuine > thr)) if thr is not None else None
-        res.attack = {"enrolled": int(len(enrol)), "probes": int(len(probe)), "rank1": rank1,
-                      "genuine_pairs": int(len(genuine)), "tar": tar,
-                      "genuine_mean_cosine": float(genuine.mean())}
-        res.passed = res.passed and rank1 <= bound["max_rank1"] + 1e-12 and \
-            (tar is None or tar <= cfg.max_tar)
-        return res
-
-
-def _aligned_chips(paths: list[Path], size: int) -> tuple[list[np.ndarray], list[Path], list]:
-    """Already-aligned chip files -> ``(size, size, 3)`` uint8 RGB, resized like enrolment does."""
-    from facekd.faces import align_chip, read_image
-
-    chips, sources, skipped = [], [], []
-    for p in paths:
-        try:
-            chips.append(align_chip(read_image(p), None, "none", size))
-        except FaceError as exc:
-            skipped.append((str(p), str(exc).removeprefix(f"{p}: ")))
-            continue
-        sources.append(Path(p))
-    return chips, sources, skipped
-
-
-def _template_leak(step: Erasure, vecs: np.ndarray, labels: np.ndarray, identity: int) -> dict:
-    """What the edited model alone gives away about the erased person (docs/threat-model.md):
-    the cosine between the direction this erasure singles out and the person's mean face (minus
-    the gallery's), and the person's rank among the gallery's identities by that direction (1 =
-    singled out). Numbers only: no direction or embedding leaves this function."""
-    from facekd.metrics import template_leak
-
-    ids, means = _identity_means(vecs, labels)
-    cos, rank = template_leak(step, means, ids, identity)
-    return {"cosine_to_mean_face": round(cos, 4), "rank": rank, "ranked_among": int(len(ids))}
-
-
-def _identity_means(vecs: np.ndarray, labels: np.ndarray, *, block: int = 65536
-                    ) -> tuple[np.ndarray, np.ndarray]:
-    """Sorted identities ``(c,)`` and the float64 mean of each one's unit vectors ``(c, d)``.
-
-    Summed a block at a time, so a million faces cost one pass and no normalised copy of the
-    gallery (``np.add.at`` took 10 s).
-    """
-    from scipy.sparse import csr_matrix
-
-    ids, inv = np.unique(labels, return_inverse=True)
-    sums = np.zeros((len(ids), vecs.shape[1]))
-    for s in range(0, len(inv), block):
-        part = inv[s:s + block]
-        x = np.array(vecs[s:s + block], dtype=np.float32)  # float32: a mean needs 4 digits
-        x /= np.maximum(np.sqrt(np.einsum("ij,ij->i", x, x)), 1e-12)[:, None]
-        # One sparse (identities x rows) indicator product per block: np.add.reduceat along rows
-        # and a running sum were 5-50x slower.
-        sums += csr_matrix((np.ones(len(part), np.float32), (part, np.arange(len(part)))),
-                           shape=(len(ids), len(part))) @ x
-    return ids, sums / np.bincount(inv, minlength=len(ids))[:, None]
-
-
-def _score_histograms(vecs: np.ndarray, labels: np.ndarray, identity: int, erasure: Erasure,
-                      *, seed: int = 0, max_impostor: int = 200_000) -> dict:
-    """Genuine-pair scores of the erased identity and impostor scores of the rest, before/after."""
-    rng = np.random.default_rng(seed)
-    f = labels == identity
-    iu = np.triu_indices(int(f.sum()), k=1)
-    rest = np.flatnonzero(~f)  # indices, not a copy of everyone else's vectors
-    m = min(len(rest), 2 * int(np.sqrt(max_impostor)) + 2)
-    pick = rng.choice(len(rest), size=m, replace=False) if len(rest) > m else np.arange(len(rest))
-    r, rl = vecs[rest[pick]], labels[rest[pick]]
-    ir = np.triu_indices(len(r), k=1)
-    imp_mask = rl[ir[0]] != rl[ir[1]]
-    out = {}
-    for tag, x_f, x_r in (("before", _normalize(vecs[f]), _normalize(r)),
-                          ("after", erasure.apply(vecs[f]), erasure.apply(r))):
-        out[f"forget_genuine_{tag}"] = (x_f @ x_f.T)[iu]
-        out[f"impostor_{tag}"] = (x_r @ x_r.T)[ir][imp_mask]
-    return out
-
-
-def _version() -> str:
-    from facekd import __version__
-
-    return __version__
+        """Check that an erased identity is no longer recognised; see
+        :func:`facekd.verify.verify`."""
+        return verify.verify(self, identity, images=images, progress=progress)

@@ -155,6 +155,17 @@ def test_every_module_imports_on_its_own_in_a_fresh_interpreter():
     assert not failed, failed
 
 
+@pytest.mark.parametrize("module", ["facekd.config", "facekd.photos", "facekd.measure",
+                                    "facekd.forget", "facekd.verify", "facekd.search",
+                                    "facekd.enrollment", "facekd.export", "facekd.check"])
+def test_the_workspace_operations_sit_below_the_workspace(module):
+    # Workspace's methods delegate to these modules, so they take an open workspace as an argument
+    # and must not import facekd.workspace back (a cycle) or the shells above it.
+    assert not GRAPH[module] & {"facekd.workspace", "facekd.cli", "facekd.demo", "facekd.bench",
+                                "facekd.report"}, GRAPH[module]
+    assert module in GRAPH["facekd.workspace"]
+
+
 def test_import_facekd_loads_no_heavy_library():
     assert _heavy_after("import facekd, facekd.methods, facekd.cli") == []
 

@@ -351,9 +351,9 @@ def test_search_works_when_every_person_has_a_single_photo(tmp_path):
 
 
 def test_forget_report_on_a_large_gallery_measures_a_seeded_sample(ws_dir, monkeypatch):
-    from facekd import workspace
+    from facekd import measure
 
-    monkeypatch.setattr(workspace, "REPORT_MAX_IDENTITIES", 10)
+    monkeypatch.setattr(measure, "REPORT_MAX_IDENTITIES", 10)
     with _open(ws_dir, writable=True) as ws:
         res = ws.forget(TARGET, dry_run=True, progress=False)
     metrics = res.receipt["metrics"]

@@ -1,0 +1,74 @@
+"""Looking people up: who is in this photo (``search``), and which id a name was enrolled under.
+
+Takes an open workspace as its first argument and never imports :mod:`facekd.workspace`.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from types import SimpleNamespace
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from facekd.config import as_identity
+from facekd.errors import WorkspaceError
+from facekd.measure import match_threshold
+
+if TYPE_CHECKING:
+    from facekd.workspace import Workspace
+
+__all__ = ["search", "identity_named"]
+
+
+def search(ws: "Workspace", image: str | os.PathLike, *, k: int = 5,
+           identity: int | None = None) -> dict:
+    """Best ``k`` gallery matches of the largest face in ``image``; with ``identity``, only
+    that identity's faces are compared (a one-to-one check: is this that person?).
+
+    Returns ``{"image": file name, "threshold": float | None, "matches": [{"identity", "name",
+    "face_id", "score", "match"}, ...]}``, best first.
+    """
+    if identity is not None:
+        identity = as_identity(identity)
+        if not ws.gallery.has_identity(identity):
+            raise WorkspaceError(f"unknown identity {identity}; list them with "
+                                 "`facekd identities`")
+    path = Path(image)
+    if not path.is_file():
+        raise WorkspaceError(f"{path}: no such image file")
+    vecs, _, skipped = ws.embed_images([path], progress=False)
+    if len(vecs) == 0:
+        why = "; ".join(str(reason).removeprefix(f"{p}: ") for p, reason in skipped)
+        raise WorkspaceError(f"{path.name}: no usable face ({why or 'none found'})")
+    thr = match_threshold(ws.gallery, ws.config)
+    if identity is None:
+        matches = ws.gallery.search(vecs, k=k)[0]
+    else:
+        scores = np.asarray(ws.gallery.vectors(identity), np.float32) @ vecs[0]
+        best = np.argsort(-scores, kind="stable")[:k]
+        fids = ws.gallery.face_ids(identity)
+        matches = [SimpleNamespace(identity=identity, face_id=fids[i], score=scores[i])
+                   for i in best]
+    names = {i.identity: i.name for i in ws.gallery.identities()}
+    return {"image": path.name, "threshold": thr, "matches": [
+        {"identity": int(m.identity), "name": names.get(m.identity), "face_id": int(m.face_id),
+         "score": float(m.score), "match": bool(thr is not None and m.score > thr)}
+        for m in matches]}
+
+
+def identity_named(ws: "Workspace", name: str) -> int:
+    """The enrolled identity recorded under ``name`` (exact match).
+
+    Names of erased people are not kept, so an erased person is found by id only.
+    """
+    ids = [int(i.identity) for i in ws.gallery.identities() if i.name == name]
+    if not ids:
+        raise WorkspaceError(f"no enrolled identity is named {name!r} (names of erased people "
+                             "are not kept: use --identity with the id forget printed; list "
+                             "enrolled ones with `facekd identities`)")
+    if len(ids) > 1:
+        raise WorkspaceError(f"{len(ids)} identities are named {name!r} "
+                             f"({', '.join(map(str, ids[:5]))}); use --identity")
+    return ids[0]
