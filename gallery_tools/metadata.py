@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Sequence, TypeVar
 import numpy as np
 
 from gallery_tools.errors import GalleryError
+from gallery_tools.vectors import normalised
 
 if TYPE_CHECKING:
     from gallery_tools.store import Store
@@ -89,6 +90,24 @@ class StoreBacked:
         self.close()
 
     # ------------------------------------------------------------------ face rows
+    def _checked_faces(self, vectors: object, identities: object, names: Sequence | None,
+                       sources: Sequence | None, source_sha256: Sequence | None
+                       ) -> tuple[np.ndarray, np.ndarray]:
+        """``add``'s arguments checked alike by both backends: ``(n, d)`` unit float32 vectors and
+        ``(n,)`` int64 identities; the optional per-face lists must have ``n`` entries."""
+        x = normalised(vectors, self._dim)
+        n = x.shape[0]
+        ident = np.asarray(identities)
+        if ident.ndim == 0:
+            ident = ident.reshape(1)
+        if ident.shape != (n,) or not (np.issubdtype(ident.dtype, np.integer)
+                                       or (ident.size == 0 and ident.dtype == np.float64)):
+            raise GalleryError(f"identities must be ({n},) integers, got {ident.dtype} {ident.shape}")
+        for name, seq in (("names", names), ("sources", sources), ("source_sha256", source_sha256)):
+            if seq is not None and len(seq) != n:
+                raise GalleryError(f"{name} has {len(seq)} entries for {n} vectors")
+        return x, ident.astype(np.int64)
+
     def labels(self) -> np.ndarray:
         """``(N,)`` int64 identity of each row of ``vectors()``."""
         self._require_open()

@@ -421,18 +421,8 @@ class MilvusGallery(StoreBacked):
         """Add ``(n, d)`` vectors (normalised here) for ``(n,)`` integer identities; returns the
         new ``(n,)`` int64 face ids (never reused). Same arguments as ``Gallery.add``."""
         self._require_writable()
-        x = normalised(vectors, self._dim)
+        x, ident = self._checked_faces(vectors, identities, names, sources, source_sha256)
         n = x.shape[0]
-        ident = np.asarray(identities)
-        if ident.ndim == 0:
-            ident = ident.reshape(1)
-        if ident.shape != (n,) or not (np.issubdtype(ident.dtype, np.integer)
-                                       or (ident.size == 0 and ident.dtype == np.float64)):
-            raise GalleryError(f"identities must be ({n},) integers, got {ident.dtype} {ident.shape}")
-        ident = ident.astype(np.int64)
-        for name, seq in (("names", names), ("sources", sources), ("source_sha256", source_sha256)):
-            if seq is not None and len(seq) != n:
-                raise GalleryError(f"{name} has {len(seq)} entries for {n} vectors")
         if n == 0:
             return np.empty(0, dtype=np.int64)
         face_ids = np.arange(self._next_face_id, self._next_face_id + n, dtype=np.int64)

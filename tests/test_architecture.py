@@ -184,7 +184,7 @@ def test_import_gallery_tools_loads_no_heavy_library():
 GALLERY_PARTS = {
     "gallery_tools.vectors": {"gallery_tools.errors"},
     "gallery_tools.store": {"gallery_tools.errors"},
-    "gallery_tools.metadata": {"gallery_tools.errors"},
+    "gallery_tools.metadata": {"gallery_tools.errors", "gallery_tools.vectors"},
     "gallery_tools.files": {"gallery_tools.errors"},
     "gallery_tools.index": {"gallery_tools.errors", "gallery_tools.files"},
     "gallery_tools.generations": {"gallery_tools.files", "gallery_tools.index"},

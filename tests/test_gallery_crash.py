@@ -21,6 +21,7 @@ import numpy as np
 import pytest
 
 from facekd.erasure import fit_esc
+from gallery_states import gallery_state, same_state
 from gallery_tools import Gallery
 
 D = 32
@@ -80,18 +81,6 @@ def _oracle(state: dict, r: int) -> dict:
             "next": state["next"] + 300, "generation": state["generation"] + 1}
 
 
-def _state(g: Gallery) -> dict:
-    return {"face_ids": g.face_ids(), "labels": g.labels(), "vectors": g.vectors(),
-            "meta": g.get_meta("round"), "generation": g.generation}
-
-
-def _same(found: dict, want: dict) -> bool:
-    return (found["generation"] == want["generation"] and found["meta"] == want["meta"]
-            and np.array_equal(found["face_ids"], want["face_ids"])
-            and np.array_equal(found["labels"], want["labels"])
-            and np.allclose(found["vectors"], want["vectors"], atol=1e-4))
-
-
 def _spawn(script: Path) -> subprocess.Popen:
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
     return subprocess.Popen([sys.executable, str(script)], stdin=subprocess.PIPE,
@@ -107,7 +96,7 @@ def test_sigkill_during_save_leaves_old_or_new_generation(tmp_path):
     g.add(x0, rng.integers(0, 300, size=N0),
           source_sha256=[hashlib.sha256(str(i).encode()).hexdigest() for i in range(N0)])
     g.save()
-    state = {**_state(g), "next": N0}
+    state = {**gallery_state(g), "next": N0}
     g.close()
     script = tmp_path / "writer.py"
     script.write_text(CHILD)
@@ -138,12 +127,12 @@ def test_sigkill_during_save_leaves_old_or_new_generation(tmp_path):
         with Gallery.open(path) as g:
             report = g.check()
             assert report.ok, f"round {r}, kill after {delay}s: {report}"
-            found = _state(g)
-        if _same(found, want_new):
+            found = gallery_state(g)
+        if same_state(found, want_new):
             kind = "new"
             state = want_new
         else:
-            assert _same(found, state), f"round {r}: gallery is neither the old nor the new generation"
+            assert same_state(found, state), f"round {r}: gallery is neither the old nor the new generation"
             kind = "old"
         if delay is not None:
             outcomes[kind] += 1

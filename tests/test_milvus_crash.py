@@ -25,6 +25,7 @@ pytest.importorskip("milvus_lite", reason="the Milvus tests run on milvus-lite (
 
 from facekd.erasure import fit_esc  # noqa: E402
 from gallery_tools.backend import create_backend, open_backend  # noqa: E402
+from gallery_states import gallery_state, same_state  # noqa: E402
 
 D, N0, IDS = 32, 4000, 150
 SPEC = "milvus-lite:lite.db"
@@ -63,18 +64,6 @@ def _oracle(state: dict, r: int) -> dict:
             "generation": state["generation"] + 1}
 
 
-def _state(g) -> dict:
-    return {"face_ids": g.face_ids(), "labels": g.labels(), "vectors": g.vectors(),
-            "meta": g.get_meta("round"), "generation": g.generation}
-
-
-def _same(found: dict, want: dict) -> bool:
-    return (found["generation"] == want["generation"] and found["meta"] == want["meta"]
-            and np.array_equal(found["face_ids"], want["face_ids"])
-            and np.array_equal(found["labels"], want["labels"])
-            and np.allclose(found["vectors"], want["vectors"], atol=1e-4))
-
-
 def _served_ids(g, candidates: np.ndarray) -> np.ndarray | None:
     """Face ids in the collection the alias serves (read before any writer repairs anything),
     looked up among ``candidates``; None when it also holds rows outside them."""
@@ -110,7 +99,7 @@ def test_sigkill_during_the_rewrite_leaves_a_complete_served_collection(tmp_path
     g = create_backend(SPEC, path, D, encoder_fingerprint="enc")
     g.add(x, rng.integers(0, IDS, size=N0))
     g.save()
-    state = _state(g)
+    state = gallery_state(g)
     g.close()
     script = tmp_path / "writer.py"
     script.write_text(CHILD)
@@ -143,19 +132,19 @@ def test_sigkill_during_the_rewrite_leaves_a_complete_served_collection(tmp_path
 
         with open_backend(SPEC, path) as g:  # a reader: nothing repaired yet
             served = _served_ids(g, state["face_ids"])
-            found = _state(g)
+            found = gallery_state(g)
         assert served is not None and (np.array_equal(served, state["face_ids"])
                 or np.array_equal(served, want_new["face_ids"])), \
             f"round {r} ({stage or delay}): the alias serves an incomplete or mixed collection"
-        if _same(found, want_new):
+        if same_state(found, want_new):
             kind, state = "new", want_new
         else:
-            assert _same(found, state), f"round {r} ({stage or delay}): neither old nor new state"
+            assert same_state(found, state), f"round {r} ({stage or delay}): neither old nor new state"
             kind = "old"
         with open_backend(SPEC, path, writable=True) as g:  # the next writer finishes the work
             report = g.check()
             assert report.ok, f"round {r} ({stage or delay}): {report}"
-            assert _same(_state(g), state)
+            assert same_state(gallery_state(g), state)
         if stage is not None or delay is not None:
             outcomes[kind] += 1
         else:
