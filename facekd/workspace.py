@@ -45,6 +45,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import tomllib
 import warnings
 from pathlib import Path
@@ -105,19 +106,26 @@ class Workspace:
                      backend=backend)
         cfg.validate()
         enc = load_encoder(encoder)
+        made_root = not root.exists()
         root.mkdir(parents=True, exist_ok=True)
-        gallery = create_backend(backend, root / "gallery", enc.dim,
-                                 encoder_fingerprint=enc.fingerprint, index=index)
         try:
-            gallery.set_meta("salt", rc.new_salt().encode())
-            gallery.set_meta("encoder_state", json.dumps(
-                {"base": enc.fingerprint, "edited": enc.fingerprint, "d": enc.dim,
-                 "family": enc.family}).encode())
-            gallery.set_meta("erasure", Erasure.identity(enc.dim).to_bytes())
-            gallery.set_meta("ledger", b"[]")
-            gallery.save()
-        finally:
-            gallery.close()
+            gallery = create_backend(backend, root / "gallery", enc.dim,
+                                     encoder_fingerprint=enc.fingerprint, index=index)
+            try:
+                gallery.set_meta("salt", rc.new_salt().encode())
+                gallery.set_meta("encoder_state", json.dumps(
+                    {"base": enc.fingerprint, "edited": enc.fingerprint, "d": enc.dim,
+                     "family": enc.family}).encode())
+                gallery.set_meta("erasure", Erasure.identity(enc.dim).to_bytes())
+                gallery.set_meta("ledger", b"[]")
+                gallery.save()
+            finally:
+                gallery.close()
+        except BaseException:
+            # A failed init (server unreachable, disk full, Ctrl-C) leaves no half workspace
+            # behind: nothing here holds user data yet, and no config.toml was written.
+            shutil.rmtree(root if made_root else root / "gallery", ignore_errors=True)
+            raise
         # config.toml last: its presence is what marks a finished workspace.
         import tomli_w
 

@@ -166,7 +166,12 @@ def test_an_unreachable_server_is_one_line_without_credentials(tmp_path, monkeyp
                            "--gallery", "milvus://127.0.0.1:1/faces")
     assert code == 2 and "cannot connect to Milvus at http://127.0.0.1:1" in err
     assert "secret" not in err and len(err.strip().splitlines()) == 1
-    assert not (tmp_path / "ws" / "config.toml").exists()
+    assert not (tmp_path / "ws").exists()  # the folder init made is gone again
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("keep")
+    code, _, _ = run_cli("init", "-w", tmp_path / "mine", "--encoder", "samples",
+                         "--gallery", "milvus://127.0.0.1:1/faces")
+    assert code == 2 and sorted(p.name for p in (tmp_path / "mine").iterdir()) == ["notes.txt"]
 
 
 def test_parse_spec_keeps_credentials_out_of_the_stored_address():
