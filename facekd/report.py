@@ -128,7 +128,12 @@ def _pct(v: Any) -> str:
 
 
 def _change(m: dict, key: str) -> str:
-    return f"{_pct(m['before'].get(key))} &rarr; <b>{_pct(m['after'].get(key))}</b>"
+    """``before -> after`` of one metric, the after value with its 95% interval when the receipt
+    carries one (a few probe photos make it wide, and a reader should see that)."""
+    ci = ((m.get("intervals") or {}).get("after") or {}).get(key)
+    band = (f" <small>(95&nbsp;% interval {float(ci[0]):.1f}&ndash;{float(ci[1]):.1f})</small>"
+            if ci is not None else "")
+    return f"{_pct(m['before'].get(key))} &rarr; <b>{_pct(m['after'].get(key))}</b>{band}"
 
 
 def _summary(receipt: dict) -> str:

@@ -181,7 +181,12 @@ class MilvusGallery(StoreBacked):
         except (KeyError, ValueError) as exc:
             raise GalleryError(f"{self._dir}: gallery settings are damaged or not a Milvus "
                                f"gallery ({exc})") from None
-        if st.get("backend") != str(self._spec):
+        # A Lite database's path follows the workspace (a relative --gallery path is resolved
+        # against wherever the workspace is opened from, so it may be moved or copied whole);
+        # a server's address and alias must match exactly.
+        stored = str(st.get("backend", ""))
+        if (stored.partition(":")[0] != "milvus-lite" if self._spec.kind == "milvus-lite"
+                else stored != str(self._spec)):
             raise GalleryError(f"{self._dir}: gallery was created for {st.get('backend')}, "
                                f"the workspace names {self._spec}")
         self._writable = writable

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import sys
 
 import numpy as np
@@ -274,3 +275,16 @@ def test_enroll_search_forget_verify_through_the_cli_on_milvus_lite(tmp_path, sy
     code, out, _ = run_cli("identities", "--json", "-w", ws)
     assert SYNTH_TARGET not in {i["identity"] for i in json.loads(out)}
     assert run_cli("check", "-w", ws)[0] == 0
+
+
+def test_a_lite_workspace_opens_from_any_path_and_after_a_move(tmp_path, faces, monkeypatch):
+    """A relative Lite path follows the workspace: created through a relative -w, the workspace
+    opens through its absolute path, and again after the whole folder is moved."""
+    monkeypatch.chdir(tmp_path)
+    assert run_cli("init", "-w", "ws", "--encoder", "samples",
+                   "--gallery", "milvus-lite:milvus.db")[0] == 0
+    code, out, err = run_cli("identities", "--json", "-w", tmp_path / "ws")
+    assert code == 0, err
+    shutil.move(tmp_path / "ws", tmp_path / "moved")
+    code, _, err = run_cli("check", "-w", tmp_path / "moved")
+    assert code == 0, err
