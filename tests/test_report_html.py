@@ -124,6 +124,8 @@ def test_summary_says_what_when_how_what_was_measured_and_what_it_does_not_prote
     for key in ("rank1_forget", "tar@0.001_forget", "kr_linear_forget", "kr_knn_forget",
                 "rank1_retain", "tar@0.001_retain"):
         assert f"{m['before'][key]:.1f} % → {m['after'][key]:.1f} %" in summary, key
+        lo, hi = m["intervals"]["after"][key]
+        assert f"{m['after'][key]:.1f} % (95 % interval {lo:.1f}–{hi:.1f})" in summary, key
     assert f"rank {leak['rank']} of {leak['ranked_among']}" in summary
     for limit in ("reveals whom it erased", "Photos outside the gate", "original, unedited model",
                   "backups", "Evidence, not proof", "docs/threat-model.md"):
