@@ -1,12 +1,13 @@
 """Face-chip geometry: the 5-point schemes (dlib's, insightface's), the templates, and the
 OpenCV chips cut from 5 landmarks for every ``alignment`` (see :mod:`facekd.faces` for what each
-alignment means). Pure geometry: no detector, no file reading."""
+alignment means). Pure geometry: no detector, no file reading.
+
+OpenCV is imported inside the functions that warp, so that importing this module loads numpy only."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-import cv2
 import numpy as np
 
 from facekd.errors import FaceError
@@ -102,6 +103,7 @@ def dlib_chip_opencv(image: np.ndarray, landmarks: np.ndarray, size: int = 150,
     pyramid path (the same faces upscaled 4x / 8x): 0.012 / 0.024 mean, 0.037 / 0.047 max. dlib's
     same-person threshold is 0.6, so matching is unaffected, but it is not parity.
     """
+    import cv2
     img = _as_rgb(image)
     pts = _check_landmarks(landmarks)
     template = (padding + _DLIB5_MEAN_FACE) / (2 * padding + 1) * size
@@ -129,6 +131,7 @@ def dlib_chip_opencv(image: np.ndarray, landmarks: np.ndarray, size: int = 150,
 
 
 def _template_chip(image: np.ndarray, landmarks: np.ndarray, size: int) -> np.ndarray:
+    import cv2
     pts = _check_landmarks(landmarks)
     to_mean_face = _similarity(pts, _DLIB5_MEAN_FACE)  # image -> mean face
     template = ARCFACE_TEMPLATE * (size / 112.0)
@@ -178,6 +181,7 @@ def norm_crop(image: np.ndarray, kps: np.ndarray, size: int = 112) -> np.ndarray
     grey level, which an MXNet-style raw-pixel model turns into 6e-6 of embedding), and the warp
     the same bilinear ``cv2.warpAffine`` with a black border: the same chip, bit for bit.
     """
+    import cv2
     _check_landmarks(kps)
     pts = np.asarray(kps)
     if pts.dtype not in (np.float32, np.float64):
@@ -201,6 +205,7 @@ def _dlib_points_from_insightface(kps: np.ndarray) -> np.ndarray:
 
 
 def _resize(image: np.ndarray, size: int) -> np.ndarray:
+    import cv2
     img = _as_rgb(image)
     if img.shape[:2] == (size, size):
         return img

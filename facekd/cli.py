@@ -151,8 +151,9 @@ def _progress() -> bool:
 
 
 def _emit(as_json: bool, data: Any, text: str | Callable[[], str]) -> None:
+    """``data`` as indented JSON (``data`` may be a callable that builds it) or ``text``."""
     if as_json:
-        click.echo(json.dumps(data, indent=2, default=str))
+        click.echo(json.dumps(data() if callable(data) else data, indent=2, default=str))
     else:
         click.echo(text() if callable(text) else text)
 
@@ -269,11 +270,13 @@ def enroll(workspace: Path, as_json: bool, tree: Path, ids_csv: Path | None, mer
 def identities(workspace: Path, as_json: bool) -> None:
     """List the gallery's identities."""
     with _open(workspace) as ws:
-        rows = [{"identity": int(i.identity), "name": i.name, "faces": int(i.n_faces)}
-                for i in ws.identities()]
-    _emit(as_json, rows, lambda: "\n".join(
-        [f"{'identity':>10}  {'faces':>5}  name"]
-        + [f"{r['identity']:>10}  {r['faces']:>5}  {printable(r['name'] or '')}" for r in rows]))
+        infos = ws.identities()
+    # Built only in the form asked for: 100k identities cost 0.1 s per form.
+    _emit(as_json, (lambda: [{"identity": int(i.identity), "name": i.name, "faces": int(i.n_faces)}
+                             for i in infos]),
+          lambda: "\n".join([f"{'identity':>10}  {'faces':>5}  name"]
+                            + [f"{i.identity:>10}  {i.n_faces:>5}  {printable(i.name or '')}"
+                               for i in infos]))
 
 
 @cli.command()

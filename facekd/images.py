@@ -1,7 +1,10 @@
 """Reading images safely: file types facekd reads, size limits checked before decoding, and
 decoding to ``(H, W, 3)`` uint8 RGB. Every failure is a :class:`~facekd.errors.FaceError` that
 says why the file is unusable; nothing here finds or aligns faces (:mod:`facekd.alignment`,
-:mod:`facekd.faces`)."""
+:mod:`facekd.faces`).
+
+OpenCV is imported by :func:`decode_image`, the one function that needs it, so that importing the
+workspace (every CLI command does) does not load it."""
 
 from __future__ import annotations
 
@@ -12,7 +15,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
-import cv2
 import numpy as np
 
 from facekd.errors import FaceError
@@ -138,6 +140,7 @@ def _header_size(raw: bytes, label: str) -> tuple[int, int]:
 def decode_image(raw: bytes, label: str = "image") -> np.ndarray:
     """Decode image file bytes as ``(H, W, 3)`` uint8 RGB; :class:`FaceError` (naming ``label``)
     says why they are unusable. The limits in force (:func:`image_limits`) are checked first."""
+    import cv2
     limits = current_limits()
     if len(raw) == 0:
         raise FaceError(f"{label}: empty file")

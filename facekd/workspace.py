@@ -36,9 +36,8 @@ them. The settings are :mod:`facekd.config`, the photos a user passes :mod:`face
 
 Function-local imports, here and in those modules, are the heavy ones (gallery_tools and FAISS, the
 encoders and torch/onnx, scikit-learn and scipy through the metrics, tqdm): importing the workspace
-(the CLI's commands, facekd.demo and facekd.report do) loads none of them until an operation needs
-it (OpenCV is the exception: facekd.images reads images with it at import), which keeps
-``facekd --help`` and the light commands fast.
+(the CLI's commands, facekd.demo and facekd.report do) loads none of them, OpenCV included, until
+an operation needs it, which keeps ``facekd --help`` and the light commands fast.
 """
 
 from __future__ import annotations

@@ -180,6 +180,11 @@ def test_import_gallery_tools_loads_no_heavy_library():
     assert _heavy_after("import facekd, gallery_tools") == []
 
 
+def test_import_workspace_loads_no_heavy_library():
+    # every CLI command imports it: `facekd identities` on 100k people must not pay for OpenCV
+    assert _heavy_after("import facekd.workspace, facekd.faces") == []
+
+
 # The FAISS gallery's parts (docs/architecture.md, "gallery_tools"): each imports only these.
 GALLERY_PARTS = {
     "gallery_tools.vectors": {"gallery_tools.errors"},
