@@ -190,17 +190,8 @@ class Gallery(StoreBacked):
                                f"writable ({exc.strerror or exc})") from None
         self._lock = lock
 
-    def _release(self) -> None:
+    def _close_backend(self) -> None:
         self._close_vec_file()
-        try:
-            if self._store is not None:
-                self._store.close()
-        finally:
-            self._store = None
-            if self._lock is not None:
-                self._lock.release()
-                self._lock = None
-            self._closed = True
 
     def _load(self, *, writable: bool) -> None:
         """Read settings, face rows, vectors and index of the committed generation."""

@@ -15,7 +15,7 @@ defines ``close()`` (which ``with`` calls on exit).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Sequence, TypeVar
+from typing import TYPE_CHECKING, Any, Sequence, TypeVar
 
 import numpy as np
 
@@ -40,6 +40,26 @@ class StoreBacked:
     _fingerprint: str
     _ids: np.ndarray
     _labels: np.ndarray
+    _lock: Any  # the writer lock (a filelock.FileLock) or None
+
+    def _close_backend(self) -> None:
+        """Close what a backend holds besides the store and the writer lock (files, a server
+        connection); :meth:`_release` calls it first."""
+
+    def _release(self) -> None:
+        """Close everything the gallery holds, the writer lock last; safe after a failed open."""
+        try:
+            self._close_backend()
+        finally:
+            try:
+                if self._store is not None:
+                    self._store.close()
+            finally:
+                self._store = None
+                if self._lock is not None:
+                    self._lock.release()
+                    self._lock = None
+                self._closed = True
 
     def _require_open(self) -> None:
         if self._closed:

@@ -153,19 +153,10 @@ class MilvusGallery(StoreBacked):
                                f"({exc.strerror or exc})") from None
         self._lock = lock
 
-    def _release(self) -> None:
-        try:
-            if self._store is not None:
-                self._store.close()
-        finally:
-            self._store = None
-            if self._client is not None:
-                disconnect(self._client, self._spec)
-                self._client = None
-            if self._lock is not None:
-                self._lock.release()
-                self._lock = None
-            self._closed = True
+    def _close_backend(self) -> None:
+        if self._client is not None:
+            client, self._client = self._client, None
+            disconnect(client, self._spec)
 
     def _load(self, *, writable: bool) -> None:
         st = self._store.settings()
