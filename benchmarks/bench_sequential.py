@@ -57,7 +57,7 @@ def _retained(stored, stored_y, probes, probe_y, far=1e-3):
 def _forget(composite, E, labels, gallery, gallery_y, erased, fresh_idx):
     """Re-enrolment rank-1 and genuine TAR of every erased person's fresh photos under the final
     map: their 2 re-enrolled photos join the stored gallery, the other 2 search it."""
-    from facekd.metrics import identification_hits, pair_scores, tar_at_far
+    from facekd.metrics import identification_hits, pair_scores
 
     fresh = {p: composite.apply(E[fresh_idx[p]]) for p in erased}
     enrol = np.vstack([fresh[p][:2] for p in erased])

@@ -501,7 +501,6 @@ def test_ids_csv_that_is_not_a_file(ws, tmp_path, synthetic_photos, case):
 
 
 def test_bom_csv_is_accepted_and_merge_is_explicit(ws, tmp_path, synthetic_photos):
-    good = sorted((synthetic_photos[0] / str(IDS[2])).iterdir())
     tree = _tree(tmp_path, {"alice": 2, "bob": 2})
     csv = tmp_path / "ids.csv"
     csv.write_bytes("\ufefffolder,identity,name\nalice,5000,Ann\nbob,5000,Ann\n".encode("utf-8"))

@@ -17,7 +17,7 @@ pytest.importorskip("milvus_lite", reason="the Milvus tests run on milvus-lite (
 
 from clusters import identity_clusters  # noqa: E402
 from conftest import run_cli  # noqa: E402
-from gallery_tools import Gallery, GalleryError  # noqa: E402
+from gallery_tools import Gallery  # noqa: E402
 from gallery_tools.backend import (GalleryBackend, create_backend, find_traces,  # noqa: E402
                                    open_backend, parse_spec)
 
