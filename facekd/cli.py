@@ -24,7 +24,7 @@ from facekd import methods
 from facekd.errors import USER_ERRORS
 from facekd.terminal import printable
 
-EXIT_OK, EXIT_VERIFY_FAILED, EXIT_USAGE = 0, 1, 2
+EXIT_OK, EXIT_VERIFY_FAILED, EXIT_USAGE, EXIT_INCONCLUSIVE = 0, 1, 2, 3
 DEBUG_ENV = "FACEKD_DEBUG"  # set to 1: unexpected errors keep their traceback
 IDENTITY = click.IntRange(-(2 ** 63), 2 ** 63 - 1)  # what SQLite's INTEGER can hold
 
@@ -295,7 +295,8 @@ def search(workspace: Path, as_json: bool, image: Path, k: int, identity: int | 
 
     def text() -> str:
         image = printable(res["image"])
-        lines = [f"{image}  (match threshold {thr:.3f})" if thr is not None else image]
+        how = ("one-to-many, FPIR" if res["threshold_kind"] == "fpir" else "one-to-one, FAR")
+        lines = [f"{image}  (match threshold {thr:.3f}, {how})" if thr is not None else image]
         for m in res["matches"]:
             lines.append(f"  {m['identity']:>10}  {m['score']:+.3f}  "
                          f"{'MATCH' if m['match'] else '     '}  {printable(m['name'] or '')}")
@@ -385,36 +386,78 @@ def forget(workspace: Path, as_json: bool, identity: int | None, name: str | Non
                    "people are not kept: after forget, use --identity).")
 @click.option("--images", type=click.Path(path_type=Path), default=None,
               help="Photos of the person (ideally unseen) for the re-enrolment attack.")
+@click.option("--no-record", is_flag=True,
+              help="Do not record the outcome in the workspace (read-only run).")
 @_command
 def verify(workspace: Path, as_json: bool, identity: int | None, name: str | None,
-           images: Path | None) -> None:
-    """Check an erased identity is no longer recognised; exit 1 if it is."""
-    with _open(workspace) as ws:
-        res = ws.verify(_who(ws, identity, name), images=images, progress=_progress())
+           images: Path | None, no_record: bool) -> None:
+    """Judge whether an erased identity is still found: PASS (exit 0), FAIL (exit 1) or
+    INCONCLUSIVE (exit 3: the photos cannot decide)."""
+    from facekd.errors import WorkspaceError
+
+    writable = not no_record
+    try:
+        ws = _open(workspace, writable=writable)
+    except WorkspaceError:
+        if not writable:
+            raise
+        # A workspace this user may not write (or one another writer holds) is still verified;
+        # the outcome is just not recorded.
+        ws, writable = _open(workspace), False
+    with ws:
+        res = ws.verify(_who(ws, identity, name), images=images, progress=_progress(),
+                        record=writable)
     _emit(as_json, res.to_dict(), lambda: format_verify(res))
-    if not res.passed:
-        sys.exit(EXIT_VERIFY_FAILED)
+    sys.exit({"PASS": EXIT_OK, "FAIL": EXIT_VERIFY_FAILED}.get(res.status, EXIT_INCONCLUSIVE))
 
 
 def format_verify(res: Any) -> str:
     """Human-readable verify result (numbered images and scores, never names or paths)."""
-    pct = lambda v: "n/a" if v is None else f"{100 * v:5.1f}%"  # noqa: E731
-    lines = [f"match threshold {res.threshold:.3f}" if res.threshold is not None else ""]
+    pct = lambda v: "n/a" if v is None else f"{100 * v:.1f}%"  # noqa: E731
+    lines = []
+    if res.id_threshold is not None:
+        lines.append(f"one-to-many MATCH threshold {res.id_threshold:.3f} (FPIR "
+                     f"{pct(res.bound.get('fpir'))}); one-to-one {res.threshold:.3f} "
+                     f"(FAR {res.bound.get('far'):g})" if res.threshold is not None else
+                     f"one-to-many MATCH threshold {res.id_threshold:.3f}")
     for im in res.images:
+        gate = "" if im["gate"] is None else (
+            "  erased" if im["gate"] >= 1.0 else "  NOT erased" if im["gate"] == 0
+            else f"  partly erased ({im['gate']:.2f})")
         lines.append(f"  image {im['image']:<4} best {im['best_identity']!s:>10}  score "
-                     f"{im['score']:+.3f}  {'MATCH' if im['match'] else 'no match'}")
-    b, a, r = res.bound, res.attack, res.retained
+                     f"{im['score']:+.3f}  {'MATCH' if im['match'] else 'no match'}{gate}")
+    e = res.erased_photos
+    if e is not None:
+        lo, hi = e["interval"]
+        line = (f"{e['erased']} of {e['photos']} photos are erased ({pct(e['share'])}, 95% "
+                f"{pct(lo)}-{pct(hi)})")
+        if e["not_erased"]:
+            shown = ", ".join(map(str, e["not_erased"][:10])) + (
+                ", ..." if len(e["not_erased"]) > 10 else "")
+            line += (f"; not erased: image {shown}. Widen the erasure with them: "
+                     "facekd forget --identity ID --images DIR_OF_THOSE_PHOTOS")
+        lines += ["", line]
+    a, b = res.attack, res.bound
     if a is not None:
-        lines += ["", f"re-enrolment attack ({a['enrolled']} enrolled, {a['probes']} probes):",
-                  f"  rank-1     erased {pct(a['rank1'])}   retained avg {pct(r.get('rank1'))}   "
-                  f"bound <= {pct(b['max_rank1'])} (chance {pct(b['chance'])})",
-                  f"  TAR@{b['far']:g}  erased {pct(a['tar'])}   retained avg {pct(r.get('tar'))}   "
-                  f"bound <= {pct(b['max_tar'])}"]
+        lines += ["", f"re-enrolment attack over every split of {a['photos']} photos "
+                      f"({a['enrolled']} enrolled, {a['probes']} probes), 95% intervals:"]
+        for name in a["after"]:
+            f, g = a["after"][name], a["before"].get(name)
+            before = "" if g is None else (f"   before the edit {pct(g['estimate'])} "
+                                           f"[{pct(g['low'])}, {pct(g['high'])}]")
+            lines.append(f"  {name:<7} {pct(f['estimate']):>6} [{pct(f['low'])}, "
+                         f"{pct(f['high'])}]  bound <= {pct(f['bound'])}  {f['ruling']}{before}")
+        lines.append(f"  bound: {b['factor']:g} x max(chance 1/{b['identities'] + 1} = "
+                     f"{pct(b['chance'])}, what {a['enrolled']} unrelated strangers' photos "
+                     f"reach here {pct(b.get('stranger_baseline'))}); TAR <= "
+                     f"{pct(b['max_tar'])}")
+        r = res.retained
+        lines.append(f"  everyone else: rank-1 {pct(r.get('rank1'))}, TAR {pct(r.get('tar'))}")
     lines += [f"note: {n}" for n in res.notes]
-    lines.append("PASS: not recognised" if res.passed else
-                 "FAIL: still recognised" if res.attack is not None or not res.notes else
-                 "FAIL: " + res.notes[-1])
-    return "\n".join(x for x in lines if x is not None)
+    lines.append(f"{res.status}: {res.reason}")
+    if not res.recorded:
+        lines.append("(not recorded in the workspace)")
+    return "\n".join(lines)
 
 
 # ------------------------------------------------------------------------------ outputs

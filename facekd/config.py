@@ -34,7 +34,8 @@ class Config:
     """Contents of ``config.toml``.
 
     ``match_threshold`` is the cosine score at which a search result counts as a match; ``None``
-    ("auto" in the file) means the score at FAR = ``far`` over the gallery's impostor pairs.
+    ("auto" in the file) means the score at FAR = ``far`` over the gallery's impostor pairs: the
+    one-to-one threshold. One-to-many search labels MATCH at the gallery's FPIR ``fpir`` threshold.
     The acceptance bound for ``verify``: the erased identity's re-enrolment rank-1 must be at most
     ``max_rank1_over_chance`` times chance and its genuine-pair TAR at FAR ``far`` at most ``max_tar``.
     """
@@ -45,6 +46,10 @@ class Config:
     # Where the vectors live: "faiss" (this directory) or a Milvus address (gallery_tools.backend).
     backend: str = "faiss"
     match_threshold: float | None = None
+    # One-to-many search labels MATCH above the score that this share of never-enrolled people's
+    # photos exceed against this gallery (false-positive identification rate), estimated from the
+    # gallery itself (measure.identification_threshold); one-to-one checks keep the FAR threshold.
+    fpir: float = 0.01
     far: float = 1e-3
     # The gated scramble is the default: on LFW + dlib it is the method that passes verify while
     # leaving everyone else's scores untouched (README, "What an erasure achieves").
@@ -79,7 +84,7 @@ class Config:
             "gallery": {"index": self.index,
                         **({"backend": self.backend} if self.backend != "faiss" else {}),
                         "match_threshold": "auto" if self.match_threshold is None
-                        else float(self.match_threshold)},
+                        else float(self.match_threshold), "fpir": self.fpir},
             "forget": {"method": self.method, "p": self.p, "min_vectors": self.min_vectors,
                        "esc_t_lr": self.esc_t_lr, "esc_t_normalize_step": self.esc_t_normalize_step,
                        "seed": self.seed, "scramble_q": self.scramble_q,
@@ -144,6 +149,8 @@ class Config:
         if not 0 < self.far < 1 or not 0 <= self.max_tar <= 1 or self.max_rank1_over_chance <= 0:
             raise WorkspaceError(f"{source}: far and max_tar must be in (0, 1), "
                                  "max_rank1_over_chance > 0")
+        if not 0 < float(self.fpir) < 1:
+            raise WorkspaceError(f"{source}: [gallery] fpir must be in (0, 1)")
         if self.k is not None and self.energy is not None:
             raise WorkspaceError(f"{source}: [forget] sets both k and energy; keep one")
         if self.k is not None and not (isinstance(self.k, int) and self.k >= 1):

@@ -144,12 +144,21 @@ def _table(report: dict, verify: dict) -> str:
     lines.append(f"chance rank-1: {100 * report['chance_rank1']:.2f}%")
     a = verify.get("attack")
     if a is not None:
-        lines += ["", "verify with photos the gallery never saw (edited encoder):",
-                  f"  re-enrolment rank-1 {100 * a['rank1']:.1f}%   (bound {100 * verify['bound']['max_rank1']:.2f}%)",
-                  f"  genuine TAR@1e-3    {100 * a['tar']:.1f}%   (bound {100 * verify['bound']['max_tar']:.1f}%)"
-                  if a["tar"] is not None else "  genuine TAR: n/a"]
-    lines.append("verify: " + ("PASS, the erased identity is not recognised" if verify["passed"]
-                               else "FAIL, the erased identity is still recognised"))
+        def fig(state: str, name: str) -> str:
+            f = a[state].get(name)
+            return "n/a" if f is None else (f"{100 * f['estimate']:.1f}% [{100 * f['low']:.1f}, "
+                                             f"{100 * f['high']:.1f}]")
+
+        lines += ["", f"verify with {a['photos']} photos the gallery never saw, every split, "
+                      "95% intervals:",
+                  f"  re-enrolment rank-1  before {fig('before', 'rank-1')}  after "
+                  f"{fig('after', 'rank-1')}  (bound {100 * verify['bound']['max_rank1']:.2f}%)",
+                  f"  genuine TAR@1e-3     before {fig('before', 'TAR')}  after "
+                  f"{fig('after', 'TAR')}  (bound {100 * verify['bound']['max_tar']:.1f}%)"]
+    e = verify.get("erased_photos")
+    if e is not None:
+        lines.append(f"  {e['erased']} of {e['photos']} photos erased (scrambled by the gate)")
+    lines.append(f"verify: {verify['status']}: {verify['reason']}")
     return "\n".join(lines)
 
 

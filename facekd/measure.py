@@ -19,13 +19,17 @@ from facekd.photos import normalize
 
 __all__ = ["REPORT_MAX_IDENTITIES", "KR_MAX_IDENTITIES", "RETAIN_SAMPLE", "erasure_report",
            "score_histograms", "template_leak", "identity_means", "gallery_stats",
-           "match_threshold"]
+           "match_threshold", "gallery_strangers", "identification_threshold"]
 
 REPORT_MAX_IDENTITIES = 300  # forget's before/after report: the erased one + a sample
 # ... of which the knowledge-retention probes use this many others: the one-vs-rest weak probe
 # costs grow with identities x faces (3 s per state at 300 identities x 5 faces, 0.3 s at 100).
 KR_MAX_IDENTITIES = 100
 RETAIN_SAMPLE = 4000  # vectors used for retained-identity statistics in verify
+# Gallery faces scored as never-enrolled people (FPIR threshold, stranger baseline): the cost is
+# this many x N x d, so it shrinks on huge galleries (500 at a million faces).
+STRANGER_PROBES = 2000
+STRANGER_BUDGET = 5e8
 
 
 # ------------------------------------------------------------------------- a forget's receipt
@@ -173,3 +177,30 @@ def match_threshold(gallery: Any, config: Config) -> float | None:
     if config.match_threshold is not None:
         return float(config.match_threshold)
     return gallery_stats(gallery, config).get("threshold")
+
+
+def gallery_strangers(gallery: Any, config: Config):
+    """Sampled gallery faces scored as never-enrolled people against everyone else
+    (:func:`facekd.verdict.strangers`): what the FPIR threshold and verify's stranger baseline
+    are read from."""
+    from facekd.verdict import strangers
+
+    vecs = getattr(gallery, "vectors_view", gallery.vectors)()
+    labels = np.asarray(gallery.labels(), dtype=np.int64)
+    probes = int(max(200, min(STRANGER_PROBES, STRANGER_BUDGET // max(len(labels), 1))))
+    return strangers(vecs, labels, max_probes=probes, seed=config.seed)
+
+
+def identification_threshold(gallery: Any, config: Config, found: Any = None) -> float | None:
+    """The one-to-many MATCH threshold: the score that a share ``config.fpir`` of never-enrolled
+    people's photos exceed in a search of this gallery (false-positive identification rate),
+    estimated with the gallery's own faces, each searched against the other identities, and
+    erring high (:func:`facekd.verdict.fpir_threshold`).
+
+    ``found``: a :func:`gallery_strangers` result to reuse. ``None`` with fewer than 3
+    identities (nothing to estimate it from).
+    """
+    from facekd.verdict import fpir_threshold
+
+    found = gallery_strangers(gallery, config) if found is None else found
+    return fpir_threshold(found, config.fpir, seed=config.seed)

@@ -14,7 +14,7 @@ import numpy as np
 from facekd.errors import FaceError, WorkspaceError
 from facekd.faces import IMAGE_SUFFIXES, UNSUPPORTED_SUFFIXES, ImageLimits, image_limits
 
-__all__ = ["list_images", "embed_images", "normalize"]
+__all__ = ["list_images", "embed_images", "embed_images_with", "normalize"]
 
 
 def list_images(folder: str | os.PathLike) -> list[Path]:
@@ -45,13 +45,26 @@ def embed_images(encoder, paths: list[Path], *, aligned: bool, limits: ImageLimi
     With ``aligned`` the files are taken as aligned chips (resized only, as enrolment does);
     otherwise the largest face of each image is detected and aligned.
     """
+    (vecs,), sources, skipped = embed_images_with([encoder], paths, aligned=aligned,
+                                                  limits=limits, progress=progress)
+    return vecs, sources, skipped
+
+
+def embed_images_with(encoders: list, paths: list[Path], *, aligned: bool, limits: ImageLimits,
+                      progress: bool = True) -> tuple[list[np.ndarray], list, list]:
+    """As :func:`embed_images`, with several encoders sharing one input contract (an edited
+    encoder and its base): faces are found and aligned once, then embedded by each.
+
+    Returns ``([(m, d) float32 unit rows per encoder], source paths (m,), skipped)``.
+    """
+    spec = encoders[0].input_spec
     with image_limits(limits):
         if aligned:
-            chips, sources, skipped = _aligned_chips(paths, encoder.input_spec.size)
+            chips, sources, skipped = _aligned_chips(paths, spec.size)
         else:
             from facekd.faces import chips_from_files
 
-            res = chips_from_files([str(p) for p in paths], encoder.input_spec, select="largest",
+            res = chips_from_files([str(p) for p in paths], spec, select="largest",
                                    progress=progress)
             chips = list(res.chips)
             # sources may be indices into the input list or the paths themselves
@@ -59,8 +72,10 @@ def embed_images(encoder, paths: list[Path], *, aligned: bool, limits: ImageLimi
                        for s in res.sources]
             skipped = list(res.skipped)
         if len(chips) == 0:
-            return np.zeros((0, encoder.dim), np.float32), [], skipped
-        vecs = normalize(encoder.embed(np.stack(chips), progress=progress and len(chips) >= 64))
+            return [np.zeros((0, e.dim), np.float32) for e in encoders], [], skipped
+        batch = np.stack(chips)
+        vecs = [normalize(e.embed(batch, progress=progress and len(chips) >= 64))
+                for e in encoders]
     return vecs, sources, skipped
 
 

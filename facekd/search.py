@@ -14,7 +14,7 @@ import numpy as np
 
 from facekd.config import as_identity
 from facekd.errors import WorkspaceError
-from facekd.measure import match_threshold
+from facekd.measure import identification_threshold, match_threshold
 
 if TYPE_CHECKING:
     from facekd.workspace import Workspace
@@ -27,8 +27,12 @@ def search(ws: "Workspace", image: str | os.PathLike, *, k: int = 5,
     """Best ``k`` gallery matches of the largest face in ``image``; with ``identity``, only
     that identity's faces are compared (a one-to-one check: is this that person?).
 
-    Returns ``{"image": file name, "threshold": float | None, "matches": [{"identity", "name",
-    "face_id", "score", "match"}, ...]}``, best first.
+    ``match`` is judged at the one-to-many threshold (the gallery's FPIR ``config.fpir``: the
+    score that share of never-enrolled people's photos exceed here) for a search, and at the
+    one-to-one threshold (FAR ``config.far`` per pair) with ``identity``.
+
+    Returns ``{"image": file name, "threshold": float | None, "threshold_kind": "fpir" | "far",
+    "matches": [{"identity", "name", "face_id", "score", "match"}, ...]}``, best first.
     """
     if identity is not None:
         identity = as_identity(identity)
@@ -42,7 +46,10 @@ def search(ws: "Workspace", image: str | os.PathLike, *, k: int = 5,
     if len(vecs) == 0:
         why = "; ".join(str(reason).removeprefix(f"{p}: ") for p, reason in skipped)
         raise WorkspaceError(f"{path.name}: no usable face ({why or 'none found'})")
-    thr = match_threshold(ws.gallery, ws.config)
+    if identity is None:
+        thr, kind = identification_threshold(ws.gallery, ws.config), "fpir"
+    else:
+        thr, kind = match_threshold(ws.gallery, ws.config), "far"
     if identity is None:
         matches = ws.gallery.search(vecs, k=k)[0]
     else:
@@ -52,7 +59,7 @@ def search(ws: "Workspace", image: str | os.PathLike, *, k: int = 5,
         matches = [SimpleNamespace(identity=identity, face_id=fids[i], score=scores[i])
                    for i in best]
     names = {i.identity: i.name for i in ws.gallery.identities()}
-    return {"image": path.name, "threshold": thr, "matches": [
+    return {"image": path.name, "threshold": thr, "threshold_kind": kind, "matches": [
         {"identity": int(m.identity), "name": names.get(m.identity), "face_id": int(m.face_id),
          "score": float(m.score), "match": bool(thr is not None and m.score > thr)}
         for m in matches]}

@@ -360,7 +360,7 @@ class Workspace:
                              images=images, dry_run=dry_run, progress=progress, force=force)
 
     def verify(self, identity: int, *, images: str | os.PathLike | None = None,
-               progress: bool = True) -> VerifyResult:
-        """Check that an erased identity is no longer recognised; see
+               progress: bool = True, record: bool = True) -> VerifyResult:
+        """Judge whether an erased identity is still found (PASS / FAIL / INCONCLUSIVE); see
         :func:`facekd.verify.verify`."""
-        return verify.verify(self, identity, images=images, progress=progress)
+        return verify.verify(self, identity, images=images, progress=progress, record=record)

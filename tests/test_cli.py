@@ -94,13 +94,17 @@ def held(built):
     return built[1]
 
 
-def test_forget_then_verify_exits_zero(forgotten, held):
+def test_forget_then_verify_exits_by_its_verdict(forgotten, held):
     ws, r = forgotten
     assert r.returncode == 0, r.stderr
     assert f"erased identity {TARGET}" in r.stdout and "rank1_forget" in r.stdout
     r = facekd("verify", "--identity", TARGET, "--images", held, ws=ws)
-    assert r.returncode == 0, r.stdout + r.stderr
-    assert "PASS" in r.stdout and "image 1" in r.stdout
+    status = r.stdout.strip().splitlines()[-1].split(":")[0]
+    # 6 photos of a person in a 30-person gallery cannot show an erasure at 95 %: INCONCLUSIVE,
+    # exit 3, with how many photos would decide
+    assert (status, r.returncode) == ("INCONCLUSIVE", 3), r.stdout + r.stderr
+    assert "photos cannot decide" in r.stdout and "photos at the same rates" in r.stdout
+    assert "image 1" in r.stdout and "before the edit" in r.stdout
     assert "unseen_0" not in r.stdout  # photo file names of the erased person are never printed
 
 
@@ -114,7 +118,9 @@ def test_json_output_is_only_json(erased, held):
     assert rec["identity_hash"] == ledger[0]["identity_hash"]
     assert str(TARGET) not in json.dumps(rec).replace(rec["identity_hash"], "")
     v = json.loads(facekd("verify", "--identity", TARGET, "--images", held, "--json", ws=erased).stdout)
-    assert v["passed"] and v["attack"]["rank1"] <= v["bound"]["max_rank1"]
+    assert v["status"] in ("PASS", "INCONCLUSIVE") and v["passed"] == (v["status"] == "PASS")
+    after = v["attack"]["after"]["rank-1"]
+    assert after["low"] <= after["estimate"] <= after["high"] and after["ruling"] != "FAIL"
     c = json.loads(facekd("check", "--json", ws=erased).stdout)
     assert c["ok"] and c["deletions"] == 1
 
@@ -260,7 +266,7 @@ def test_demo_runs_end_to_end_and_passes(tmp_path):
                timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
     res = json.loads(r.stdout)
-    assert res["verify"]["passed"] and res["verify"]["attack"]["probes"] == 4
+    assert res["verify"]["status"] != "FAIL" and res["verify"]["attack"]["probes"] == 4
     assert res["onnx"]["passed"]
     m = res["metrics"]
     assert m["after"]["tar@0.001_forget"] <= m["before"]["tar@0.001_forget"]

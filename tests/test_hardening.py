@@ -776,7 +776,8 @@ def test_readers_work_on_a_read_only_workspace(read_only, good_image, synthetic_
     assert code == 0, err
     code, out, err = run("verify", "--identity", TARGET, "--images", synthetic_photos[1],
                          "-w", read_only)
-    assert code in (0, 1) and "error" not in err, err
+    assert code in (0, 1, 3) and "error" not in err, err
+    assert "not recorded" in out  # a read-only workspace is verified, not written
     assert run("export-onnx", tmp_path / "m.onnx", "-w", read_only)[0] == 0
 
 

@@ -271,7 +271,7 @@ def test_enroll_search_forget_verify_through_the_cli_on_milvus_lite(tmp_path, sy
     assert code == 0 and json.loads(out)["matches"][0]["identity"] == SYNTH_TARGET, err
     assert run_cli("forget", "--identity", SYNTH_TARGET, "-w", ws)[0] == 0
     code, out, err = run_cli("verify", "--identity", SYNTH_TARGET, "--images", held, "-w", ws)
-    assert code in (0, 1) and "Traceback" not in err
+    assert code in (0, 1, 3) and "Traceback" not in err
     code, out, _ = run_cli("identities", "--json", "-w", ws)
     assert SYNTH_TARGET not in {i["identity"] for i in json.loads(out)}
     assert run_cli("check", "-w", ws)[0] == 0

@@ -1,0 +1,226 @@
+"""Is verify's verdict right? A 40-person LFW workspace judged from outside. Writes the
+``bench:verdict-lfw`` section of docs/benchmarks.md.
+
+    python benchmarks/bench_verdict_lfw.py [--seed 20261205] [--people 40] [--no-write]
+
+Built as a new user would: ``lfw_deepfunneled`` + dlib, ``people`` identities drawn with a seed
+the other benchmarks never use, up to 20 photos enrolled each; ``erase`` of them with >= 52
+photos are enrolled with 32 and keep 20 further photos back ("new photos": never enrolled,
+never fitted). They are erased one after another with the default method, each verified with its
+20 new photos right after its erasure and again after the last one. One more such person is
+erased with ESC-T on a copy of the enrolled workspace (a leaky erasure verify must FAIL).
+
+The outside judge never calls facekd's verify:
+
+* the edited encoder is exported to ONNX and run with onnxruntime on the new photos' face chips;
+* the re-enrolment attack is replayed over 200 random half splits of them against the gallery's
+  stored vectors: mean rank-1, against 2 x chance = 2 / (identities + 1);
+* photos of people enrolled nowhere (every photo of 60 other LFW people) and the erased people's
+  new photos are searched in the gallery; a photo is labelled MATCH above verify's one-to-many
+  threshold (FPIR 1 %).
+
+verify is wrong when it PASSes a person the replay finds over 2 x chance, or FAILs one the
+replay finds at or under it; INCONCLUSIVE is never wrong, and its count is reported.
+Photos are read in place (symlinks); nothing is copied into the repository.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from _common import REPO, load_average, machine, versions, write_section
+
+FACES = Path(os.environ.get("FACEKD_FACES_DIR", REPO.parent / "shared" / "data" / "faces"))
+ENROL, ERASED_ENROL, NEW, SPLITS = 20, 32, 20, 200
+
+
+def _pick(dataset: Path, people: int, erase: int, seed: int):
+    """``(gallery folders, erased folders, ESC-T folder, never-enrolled folders)``."""
+    folders = sorted(p for p in dataset.iterdir() if p.is_dir())
+    count = {f: len(list(f.glob("*.jpg"))) for f in folders}
+    rng = np.random.default_rng(seed)
+    big = [f for f in folders if count[f] >= ERASED_ENROL + NEW]
+    big = [big[i] for i in rng.permutation(len(big))]
+    erased, esc_t = big[:erase], big[erase]
+    rest = [f for f in folders if f not in big[:erase + 1]]
+    rest = [rest[i] for i in rng.permutation(len(rest))]
+    gallery = erased + [esc_t] + rest[:people - erase - 1]
+    return gallery, erased, esc_t, rest[people - erase - 1:][:60]
+
+
+def _tree(root: Path, gallery: list[Path], special: list[Path], seed: int):
+    """Symlink tree (ids 1000...) and each special person's folder of new photos."""
+    tree, new = root / "tree", {}
+    rng = np.random.default_rng(seed)
+    ids = {}
+    for i, folder in enumerate(gallery):
+        ids[folder] = 1000 + i
+        files = sorted(folder.glob("*.jpg"))
+        files = [files[j] for j in rng.permutation(len(files))]
+        enrol = files[:ERASED_ENROL] if folder in special else files[:ENROL]
+        (tree / str(ids[folder])).mkdir(parents=True)
+        for f in enrol:
+            (tree / str(ids[folder]) / f.name).symlink_to(f.resolve())
+        if folder in special:
+            new[ids[folder]] = root / "new" / str(ids[folder])
+            new[ids[folder]].mkdir(parents=True)
+            for j, f in enumerate(files[ERASED_ENROL:ERASED_ENROL + NEW]):
+                (new[ids[folder]] / f"{j:04d}.jpg").symlink_to(f.resolve())
+    return tree, new
+
+
+def _onnx_embed(onnx_path: Path, spec, files: list[Path]) -> np.ndarray:
+    """The exported model run with onnxruntime on facekd's face chips: ``(m, d)`` unit rows."""
+    import onnxruntime as ort
+
+    from facekd.faces import chips_from_files
+
+    res = chips_from_files([str(f) for f in files], spec, select="largest")
+    sess = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    out = sess.run(None, {sess.get_inputs()[0].name: spec.to_tensor_array(np.stack(res.chips))})
+    x = out[0].astype(np.float64)
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def _replay(person: np.ndarray, gallery: np.ndarray, rng: np.random.Generator) -> float:
+    """Mean rank-1 of the half-split re-enrolment attack over SPLITS random splits."""
+    best = (person @ gallery.T).max(axis=1)
+    m, e = len(person), len(person) // 2
+    rates = []
+    for _ in range(SPLITS):
+        order = rng.permutation(m)
+        enrol, probe = order[:e], order[e:]
+        rates.append(np.mean((person[probe] @ person[enrol].T).max(axis=1) > best[probe]))
+    return float(np.mean(rates))
+
+
+def _judge(ws, ident: int, folder: Path, onnx_path: Path, rng) -> dict:
+    v = ws.verify(ident, images=folder, progress=False, record=False)
+    gallery = np.asarray(ws.gallery.vectors(), np.float64)
+    person = _onnx_embed(onnx_path, ws.encoder.input_spec, sorted(folder.iterdir()))
+    replay = _replay(person, gallery, rng)
+    bound = 2.0 / (len(ws.gallery.identities()) + 1)
+    a = v.attack["after"]["rank-1"]
+    wrong = (v.status == "PASS" and replay > bound) or (v.status == "FAIL" and replay <= bound)
+    return {"status": v.status, "rank1": a["estimate"], "low": a["low"], "high": a["high"],
+            "verify_bound": a["bound"], "replay": replay, "judge_bound": bound,
+            "wrong": wrong, "erased": (v.erased_photos or {}).get("erased"),
+            "photos": v.attack["photos"], "reason": v.reason,
+            "match_others": float(np.mean([im["match"] for im in v.images]))}
+
+
+def _match_rate(ws, folders: list[Path]) -> tuple[float, int]:
+    """Share of never-enrolled people's photos labelled MATCH in a one-to-many search."""
+    from facekd.measure import identification_threshold
+
+    files = [f for folder in folders for f in sorted(folder.glob("*.jpg"))]
+    vecs, _, _ = ws.embed_images(files, progress=False)
+    thr = identification_threshold(ws.gallery, ws.config)
+    best = np.array([h[0].score for h in ws.gallery.search(vecs, k=1)])
+    return float(np.mean(best > thr)), len(best)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--seed", type=int, default=20261205)
+    ap.add_argument("--people", type=int, default=40)
+    ap.add_argument("--erase", type=int, default=3)
+    ap.add_argument("--no-write", action="store_true")
+    args = ap.parse_args()
+    from facekd.metrics import wilson_interval
+    from facekd.workspace import Workspace
+
+    dataset = FACES / "lfw_deepfunneled"
+    if not dataset.is_dir():
+        print(f"no LFW at {dataset}; set FACEKD_FACES_DIR", file=sys.stderr)
+        return 2
+    load_before, t0 = load_average(), time.perf_counter()
+    rng = np.random.default_rng(args.seed)
+    rows, log = [], []
+    with tempfile.TemporaryDirectory(prefix="facekd-verdict-lfw-") as tmp:
+        root = Path(tmp)
+        gallery, erased, esc_t, outsiders = _pick(dataset, args.people, args.erase, args.seed)
+        tree, new = _tree(root, gallery, erased + [esc_t], args.seed)
+        ids = {f: 1000 + i for i, f in enumerate(gallery)}
+        ws_dir, onnx_path = root / "ws", root / "edited.onnx"
+        Workspace.init(ws_dir, "dlib").close()
+        with Workspace.open(ws_dir, writable=True) as ws:
+            enrolled = ws.enroll(tree, progress=False)
+        shutil.copytree(ws_dir, root / "ws-esc-t")
+        with Workspace.open(ws_dir) as ws:
+            stranger_before, n_out = _match_rate(ws, outsiders)
+        # One after another, each judged right after its erasure.
+        for f in erased:
+            with Workspace.open(ws_dir, writable=True) as ws:
+                ws.forget(ids[f], progress=False)
+                ws.export_onnx(onnx_path, force=True)
+                row = {"when": "right after", **_judge(ws, ids[f], new[ids[f]], onnx_path, rng)}
+            rows.append(row)
+            print(row, flush=True)
+        with Workspace.open(ws_dir) as ws:
+            for f in erased:
+                row = {"when": f"after all {len(erased)}",
+                       **_judge(ws, ids[f], new[ids[f]], onnx_path, rng)}
+                rows.append(row)
+                print(row, flush=True)
+            stranger_after, _ = _match_rate(ws, outsiders)
+            n_ids = len(ws.gallery.identities())
+        with Workspace.open(root / "ws-esc-t", writable=True) as ws:
+            ws.forget(ids[esc_t], method="esc-t", progress=False)
+            ws.export_onnx(onnx_path, force=True)
+            row = {"when": "ESC-T", **_judge(ws, ids[esc_t], new[ids[esc_t]], onnx_path, rng)}
+        rows.append(row)
+        print(row, flush=True)
+    wall = time.perf_counter() - t0
+    pct = lambda v: f"{100 * v:.1f}"  # noqa: E731
+    erased_match = [r["match_others"] for r in rows if r["when"] != "ESC-T"]
+    lo, hi = wilson_interval(stranger_after * n_out, n_out)
+    table = ["| person | when | verify | rank-1 [95 %] (verify's bound) | outside replay (2x chance) "
+             "| erased photos | right? |", "|---|---|---|---|---|---|---|"]
+    for i, r in enumerate(rows):
+        table.append(f"| {i % len(erased) + 1 if r['when'] != 'ESC-T' else 'ESC-T'} | {r['when']} "
+                     f"| {r['status']} | {pct(r['rank1'])} [{pct(r['low'])}, {pct(r['high'])}] "
+                     f"({pct(r['verify_bound'])}) | {pct(r['replay'])} ({pct(r['judge_bound'])}) "
+                     f"| {r['erased'] if r['erased'] is not None else '-'}/{r['photos']} "
+                     f"| {'WRONG' if r['wrong'] else 'yes'} |")
+    wrong = sum(r["wrong"] for r in rows)
+    body = f"""## Is verify right? A 40-person LFW workspace judged from outside (`benchmarks/bench_verdict_lfw.py`)
+
+Machine: {machine()}; {versions('facekd', 'numpy', 'onnxruntime', 'dlib')}. 1-minute load average
+{load_before:.1f} before, {load_average():.1f} after; wall {wall:.0f} s.
+Command: `python benchmarks/bench_verdict_lfw.py --seed {args.seed}`.
+
+lfw_deepfunneled + dlib, {args.people} people drawn with seed {args.seed} ({enrolled.added} faces
+enrolled: up to {ENROL} photos each; the {len(erased)} erased and the ESC-T person {ERASED_ENROL}
+each, with {NEW} more photos of each kept back). The {len(erased)} are erased one after another
+with the default gated scramble, and one more person with ESC-T on a copy of the enrolled
+workspace. The outside judge runs the exported edited ONNX with onnxruntime on the {NEW} new
+photos and replays the half-split attack over {SPLITS} random splits against the stored gallery
+({n_ids} identities after the erasures).
+
+{chr(10).join(table)}
+
+- verify wrong (PASS over 2x chance, or FAIL at or under it): **{wrong} of {len(rows)}**;
+  INCONCLUSIVE {sum(r['status'] == 'INCONCLUSIVE' for r in rows)}, PASS
+  {sum(r['status'] == 'PASS' for r in rows)}, FAIL {sum(r['status'] == 'FAIL' for r in rows)}.
+- Photos of {len(outsiders)} never-enrolled people ({n_out} photos) labelled MATCH in a one-to-many
+  search: {pct(stranger_before)} % before the erasures, {pct(stranger_after)} % after
+  (95 % {pct(lo)}-{pct(hi)}; the configured FPIR is 1 %).
+- The erased people's new photos labelled MATCH (as someone else): {', '.join(pct(x) + ' %' for x in erased_match)}.
+"""
+    print(body)
+    if not args.no_write:
+        write_section("verdict-lfw", body)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
