@@ -43,7 +43,7 @@ def main() -> None:
         results.append(res)
         t = res["timings_s"]
         rows.append(f"| {r + 1} | " + " | ".join(f"{t.get(s, float('nan')):.1f}" for s in STAGES)
-                    + f" | {'PASS' if res['verify']['passed'] else 'FAIL'} |")
+                    + f" | {res['verify']['status']} |")
         print(rows[-1], f"(wall {wall:.1f} s)", flush=True)
     load_after = load_average()
     m = results[-1]["metrics"]

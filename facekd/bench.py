@@ -40,6 +40,7 @@ from typing import Any, Callable, Iterable, Sequence
 import numpy as np
 
 from facekd import methods as registry
+from facekd.bench_verdict import VERDICT_METRICS, verdict_vs_replay
 from facekd.erasure import Erasure
 from facekd.methods import unit_rows as _unit
 from facekd.errors import FacekdError
@@ -66,7 +67,7 @@ CACHE_FORMAT = 1         # bump when the cached arrays change meaning
 CHUNK_FILES = 256        # files per detect + embed round: bounds the chips held in memory
 METRICS = ("forget_rank1", "forget_tar", "kr_linear", "kr_knn", "mia", "detect_auc",
            "detect_auc_trained", "lookalike_fp", "false_match", "retain_rank1", "retain_tar",
-           "template_cos", "template_top1")
+           "template_cos", "template_top1", *VERDICT_METRICS)
 SD_METRICS = ("forget_rank1", "forget_tar", "kr_linear", "kr_knn", "mia", "retain_rank1",
               "retain_tar")
 
@@ -426,6 +427,9 @@ def _evaluate(x: np.ndarray, x0: np.ndarray, y: np.ndarray, case: Case, fit: np.
         "false_match": 100 * false_match,
         "retain_rank1": 100 * float(retain_hits.mean()),
         "retain_tar": 100 * tar_r,
+        # verify's ruling on the fresh photos against the attack replayed from outside
+        **verdict_vs_replay(fresh, x0[case.fresh], x[case.gallery], y[case.gallery],
+                            threshold=thr, seed=seed),
     }
 
 
@@ -675,7 +679,9 @@ _COLUMNS = [("forget rank-1", "forget_rank1"), ("forget TAR", "forget_tar"),
             ("look-alike FP", "lookalike_fp"), ("false match", "false_match"),
             ("retain rank-1", "retain_rank1"),
             ("retain TAR", "retain_tar"), ("template cos", "template_cos"),
-            ("singled out", "template_top1"), ("fit s", "fit_s"), ("people", "n_erased")]
+            ("singled out", "template_top1"),
+            ("verify PASS / FAIL / INCONCL.", "verdict"), ("verify wrong", "verdict_wrong"),
+            ("fit s", "fit_s"), ("people", "n_erased")]
 
 
 def _fmt(v: Any, sd: Any = None, spec: str = ".1f") -> str:
@@ -687,9 +693,19 @@ def _fmt(v: Any, sd: Any = None, spec: str = ".1f") -> str:
 
 
 def _cells(r: dict) -> str:
-    """One table row's metric cells: forget rank-1 with its s.d., fit time in ms precision."""
-    return " | ".join(_fmt(r[k], r.get(f"{k}_sd") if k == "forget_rank1" else None,
-                           ".3f" if k == "fit_s" else ".1f") for _, k in _COLUMNS)
+    """One table row's metric cells: forget rank-1 with its s.d., fit time in ms precision,
+    verify's rulings as PASS / FAIL / INCONCLUSIVE percentages and its wrong rulings."""
+    def cell(k: str) -> str:
+        if k == "verdict":
+            got = [r.get(f"verdict_{s}") for s in ("pass", "fail", "inconclusive")]
+            return "n/a" if None in got else " / ".join(f"{v:.0f}" for v in got)
+        if k == "verdict_wrong":
+            got = [r.get("verdict_false_pass"), r.get("verdict_false_fail")]
+            return "n/a" if None in got else f"{sum(got):.0f}"
+        return _fmt(r[k], r.get(f"{k}_sd") if k == "forget_rank1" else None,
+                    ".3f" if k == "fit_s" else ".1f")
+
+    return " | ".join(cell(k) for _, k in _COLUMNS)
 
 
 def format_markdown(result: dict) -> str:
@@ -715,7 +731,11 @@ def format_markdown(result: dict) -> str:
               "look-alikes; a stranger's would be about 0.1). Template: what the edited model alone gives away "
               "(facekd.metrics.template_leak): |cosine| between the direction the edit singles out "
               "and the person's mean face minus the population mean, and how often the person "
-              "ranks first among all identities by that direction (singled out, %)."]
+              "ranks first among all identities by that direction (singled out, %). verify: "
+              "percent of the erased people that `facekd verify` rules PASS / FAIL / "
+              "INCONCLUSIVE on their fresh photos (facekd.verdict); verify wrong: percent ruled "
+              "PASS while the attack replayed over 200 random splits finds them over 2x chance, "
+              "or FAIL while it finds them at or under it (facekd.bench_verdict)."]
     lines += [f"Fit setting {s!r} skipped for {n} of {p['erased']} people (no more than {s} "
               "non-fresh photos)." for s, n in p["fit_photos_skipped"].items() if n]
     lines.append("")

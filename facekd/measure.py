@@ -19,7 +19,7 @@ from facekd.photos import normalize
 
 __all__ = ["REPORT_MAX_IDENTITIES", "KR_MAX_IDENTITIES", "RETAIN_SAMPLE", "erasure_report",
            "score_histograms", "template_leak", "identity_means", "gallery_stats",
-           "match_threshold", "gallery_strangers", "identification_threshold"]
+           "match_threshold", "gallery_strangers", "identification_threshold", "forget_verdict"]
 
 REPORT_MAX_IDENTITIES = 300  # forget's before/after report: the erased one + a sample
 # ... of which the knowledge-retention probes use this many others: the one-vs-rest weak probe
@@ -204,3 +204,35 @@ def identification_threshold(gallery: Any, config: Config, found: Any = None) ->
 
     found = gallery_strangers(gallery, config) if found is None else found
     return fpir_threshold(found, config.fpir, seed=config.seed)
+
+
+def forget_verdict(report: Any, config: Config) -> dict:
+    """forget's own measurement (the twin erasure's unseen probes, :func:`erasure_report`) ruled
+    in verify's terms (:mod:`facekd.verdict`): rank-1 against ``max_rank1_over_chance`` x chance
+    and the genuine TAR at ``config.far`` against ``max_tar``, each by its 95 % interval, after
+    the edit and before it. Returns :meth:`facekd.verdict.Verdict.to_dict`."""
+    from facekd import verdict as vd
+
+    r = report.to_dict() if hasattr(report, "to_dict") else dict(report)
+    chance, factor = float(r["chance_rank1"]), float(config.max_rank1_over_chance)
+    probes = int(r["counts"].get("forget_probe", 0))
+    pairs = int(r["counts"].get("forget_genuine_pairs", 0))
+    tar_key = f"tar@{config.far:g}_forget"
+
+    def figures(state: str) -> list:
+        values, ci = r[state], r.get("intervals", {}).get(state, {})
+        out = []
+        for name, key, n, bound in (("rank-1", "rank1_forget", probes, factor * chance),
+                                    ("TAR", tar_key, pairs, float(config.max_tar))):
+            if values.get(key) is None or n < 1:
+                continue
+            low, high = (v / 100 for v in ci.get(key, (0.0, 100.0)))
+            out.append(vd.judge(name, values[key] / 100, n, bound, interval=(low, high),
+                                unit="photos" if name == "rank-1" else "pairs"))
+        return out
+
+    after = figures("after")
+    if not after:
+        return vd.Verdict(vd.INCONCLUSIVE, "nothing measured: the person has too few stored "
+                                           "faces to hold any back").to_dict()
+    return vd.combine(after, figures("before"), probes).to_dict()

@@ -203,9 +203,44 @@ def _bench_section(bench: dict | None) -> str:
             f"measurements of this deletion.</p>{figs}</section>")
 
 
+_BADGE = {"PASS": "#1a7f37", "FAIL": "#b42318", "INCONCLUSIVE": "#9a6700", None: "#57606a"}
+
+
+def _badge(verification: dict | None, receipt: dict) -> str:
+    """The verdict the page opens with: the last ``facekd verify`` of this person (its ruling,
+    rank-1 with its 95 % interval and bound, photo count, when), or "not verified yet" with
+    forget's own measured ruling."""
+    def pct(v: Any) -> str:
+        return "n/a" if v is None else f"{100 * float(v):.1f}%"
+
+    if verification is None:
+        own = (receipt.get("verdict") or {}).get("status")
+        text = ("Not verified yet: run <code>facekd verify --identity ID --images "
+                "NEW_PHOTOS</code> with photos the gallery never saw."
+                + (f" forget's own measurement on held-back stored faces: <b>{html.escape(own)}"
+                   "</b>." if own else ""))
+        status = None
+    else:
+        status = verification.get("status")
+        r1 = (verification.get("figures") or {}).get("rank-1_after") or {}
+        erased = verification.get("erased_photos") or {}
+        text = (f"<b>{html.escape(str(status))}</b> &mdash; {html.escape(verification.get('reason', ''))}"
+                f"<br>last verification {html.escape(str(verification.get('created', '')))} on "
+                f"{int(verification.get('photos') or 0)} photos: re-enrolment rank-1 "
+                f"{pct(r1.get('estimate'))} (95% {pct(r1.get('low'))}&ndash;{pct(r1.get('high'))}),"
+                f" bound {pct(r1.get('bound'))}"
+                + (f"; {erased.get('erased')} of {erased.get('photos')} photos erased by the gate"
+                   if erased else ""))
+    return (f'<div id="verdict" style="border:3px solid {_BADGE.get(status, _BADGE[None])};'
+            f'padding:0.5em 1em;margin:0.5em 0 1em"><span style="background:'
+            f'{_BADGE.get(status, _BADGE[None])};color:white;padding:2px 8px;font-weight:bold">'
+            f'{html.escape(status or "NOT VERIFIED")}</span> {text}</div>')
+
+
 def render_html(receipt: dict, histograms_png: Path, metrics_png: Path,
-                bench: dict | None = None) -> str:
-    """A self-contained HTML page (PNG embedded as data URIs); ``bench`` from :func:`find_bench`."""
+                bench: dict | None = None, verification: dict | None = None) -> str:
+    """A self-contained HTML page (PNG embedded as data URIs); ``bench`` from :func:`find_bench`;
+    ``verification``: the person's last recorded verify (``None``: not verified yet)."""
     m = receipt["metrics"]
     rows = "".join(
         f"<tr><td>{html.escape(k)}</td><td>{_fmt(v)}</td><td>{_fmt(m['after'].get(k))}</td></tr>"
@@ -221,6 +256,7 @@ table.summary td{{text-align:left}}#summary{{border:2px solid #444;padding:0 1em
 #summary ul{{margin-top:0.2em}}#summary h3{{margin-bottom:0.2em}}.note{{color:#555;font-size:90%}}
 figure{{margin:1em 0}}</style></head><body>
 <h1>Erasure report {html.escape(receipt['receipt_id'])}</h1>
+{_badge(verification, receipt)}
 {_summary(receipt)}
 <h2>Details</h2>
 <p>Identity (salted HMAC-SHA256): <code>{html.escape(receipt['identity_hash'])}</code><br>
@@ -299,7 +335,11 @@ def write_report(ws: Any, *, html_out: str | os.PathLike | None = None,
     out_dir = Path(ws.root) / "reports"
     hist = plot_histograms(receipt, out_dir / f"{receipt_id}-histograms.png")
     bars = plot_metrics(receipt, out_dir / f"{receipt_id}-metrics.png")
+    from facekd.verify import verifications
+
+    mine = [v for v in verifications(ws) if v.get("identity_hash") == receipt["identity_hash"]]
     page = Path(html_out) if html_out is not None else Path(ws.root) / "report.html"
-    rc.write_atomic(page, render_html(receipt, hist, bars, bench).encode())
+    rc.write_atomic(page, render_html(receipt, hist, bars, bench,
+                                      mine[-1] if mine else None).encode())
     return {"receipt_id": receipt_id, "html": page, "histograms_png": hist, "metrics_png": bars,
             "bench": bench["dir"] if bench else None}

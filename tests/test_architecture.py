@@ -22,6 +22,7 @@ ALLOWED = {
     "facekd.tail": set(),
     "facekd.erasure": {"facekd.tail"},
     "facekd.metrics": set(),
+    "facekd.verdict": {"facekd.metrics"},
     "facekd.methods.base": {"facekd.erasure"},
     "facekd.methods.esc": {"facekd.erasure", "facekd.methods.base"},
     "facekd.methods.esc_t": {"facekd.erasure", "facekd.methods.base"},
