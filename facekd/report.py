@@ -224,7 +224,7 @@ def _badge(verification: dict | None, receipt: dict) -> str:
         status = verification.get("status")
         r1 = (verification.get("figures") or {}).get("rank-1_after") or {}
         erased = verification.get("erased_photos") or {}
-        text = (f"<b>{html.escape(str(status))}</b> &mdash; {html.escape(verification.get('reason', ''))}"
+        text = (f"{html.escape(verification.get('reason', ''))}"
                 f"<br>last verification {html.escape(str(verification.get('created', '')))} on "
                 f"{int(verification.get('photos') or 0)} photos: re-enrolment rank-1 "
                 f"{pct(r1.get('estimate'))} (95% {pct(r1.get('low'))}&ndash;{pct(r1.get('high'))}),"
