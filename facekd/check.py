@@ -40,6 +40,10 @@ def _check_receipt_files(ws: "Workspace", ledger: list[dict]) -> list[str]:
     """Each ``receipts/<id>.json`` must equal the committed copy in the gallery meta; a missing
     one is re-created (when the workspace is writable), a stray or edited one reported."""
     problems, known = [], set()
+    folder = ws.root / "receipts"
+    if folder.is_symlink():
+        return [f"{folder}: is a symbolic link (receipts would be written outside the "
+                "workspace); replace it with a folder"]
     for entry in ledger:
         rid = entry["receipt_id"]
         known.add(f"{rid}.json")
@@ -54,9 +58,8 @@ def _check_receipt_files(ws: "Workspace", ledger: list[dict]) -> list[str]:
                 ws.write_receipt_file(rid, want)
             else:
                 problems.append(f"{f}: missing (the workspace is read-only; not re-created)")
-        elif not f.is_file() or f.read_bytes() != want:
+        elif f.is_symlink() or not f.is_file() or f.read_bytes() != want:
             problems.append(f"{f}: differs from the committed receipt in the gallery meta")
-    folder = ws.root / "receipts"
     if folder.is_dir():
         problems += [f"{p}: not a committed receipt" for p in sorted(folder.iterdir())
                      if p.name not in known and not p.name.startswith(".")]

@@ -74,7 +74,9 @@ def _os_message(exc: OSError) -> str:
     what = exc.strerror or str(exc) or type(exc).__name__
     hint = {errno.ENOSPC: "; free some space and retry (nothing was committed)",
             errno.EROFS: "; the workspace or target is on a read-only file system",
-            errno.EACCES: "; check the permissions"}.get(exc.errno, "")
+            errno.EACCES: "; check the permissions",
+            errno.EFBIG: "; a file-size limit (ulimit -f) or the file system's own limit was "
+                         "reached"}.get(exc.errno, "")
     return f"{where}: {what}{hint}" if where else f"{what}{hint}"
 
 
@@ -306,9 +308,14 @@ def search(workspace: Path, as_json: bool, image: Path, k: int, identity: int | 
 
 
 @cli.command()
+@click.option("--repair", is_flag=True,
+              help="First delete what a writer deletes on open: an earlier generation's files "
+                   "(which may hold erased faces) and crashed saves' temp files.")
 @_command
-def check(workspace: Path, as_json: bool) -> None:
+def check(workspace: Path, as_json: bool, repair: bool) -> None:
     """Check gallery files, encoder state, ledger and receipts; exit 1 on a problem."""
+    if repair:  # a writer's open removes the stale files (gallery_tools.generations)
+        _open(workspace, writable=True).close()
     with _open(workspace, verify=False) as ws:  # check reports damaged files, open refuses them
         res = ws.check()
     _emit(as_json, res, "ok" if res["ok"] else "\n".join(

@@ -95,7 +95,10 @@ def read_image_bytes(path: str | os.PathLike) -> bytes:
     except OSError as exc:
         raise FaceError(f"{p}: cannot be read ({exc.strerror or exc})") from None
     if not stat.S_ISREG(st.st_mode):
-        raise FaceError(f"{p}: not a regular file")
+        kind = ("a FIFO (named pipe)" if stat.S_ISFIFO(st.st_mode) else "a device"
+                if stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode) else "a socket"
+                if stat.S_ISSOCK(st.st_mode) else "a special file")
+        raise FaceError(f"{p}: not a regular file ({kind}), skipped")
     limit = current_limits().max_bytes
     if st.st_size > limit:
         raise FaceError(f"{p}: file too large ({st.st_size} bytes; the limit is {limit})")

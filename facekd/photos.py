@@ -25,7 +25,9 @@ def list_images(folder: str | os.PathLike) -> list[Path]:
     # Unsupported image types (GIF...) are listed too: reading them fails with a reason that is
     # reported, instead of the files being silently left out.
     wanted = IMAGE_SUFFIXES | UNSUPPORTED_SUFFIXES
-    paths = sorted(p for p in folder.rglob("*") if p.suffix.lower() in wanted and p.is_file())
+    # Special files (a FIFO, a link to /dev/zero) are listed too: reading them is refused with
+    # the reason (facekd.images.read_image_bytes), never attempted, and reported by name.
+    paths = sorted(p for p in folder.rglob("*") if p.suffix.lower() in wanted and not p.is_dir())
     if not paths:
         raise WorkspaceError(f"{folder}: no image files ({', '.join(sorted(IMAGE_SUFFIXES))})")
     return paths

@@ -40,7 +40,9 @@ def search(ws: "Workspace", image: str | os.PathLike, *, k: int = 5,
             raise WorkspaceError(f"unknown identity {identity}; list them with "
                                  "`facekd identities`")
     path = Path(image)
-    if not path.is_file():
+    if path.is_dir():
+        raise WorkspaceError(f"{path}: is a directory, not an image file")
+    if not path.exists() and not path.is_symlink():
         raise WorkspaceError(f"{path}: no such image file")
     vecs, _, skipped = ws.embed_images([path], progress=False)
     if len(vecs) == 0:

@@ -304,7 +304,12 @@ class Workspace:
         return self.root / "receipts" / f"{receipt_id}.json"
 
     def write_receipt_file(self, receipt_id: str, data: bytes) -> Path:
-        """(Re)write the derived receipt file atomically from the committed JSON bytes."""
+        """(Re)write the derived receipt file atomically from the committed JSON bytes; a
+        ``receipts`` folder that is a symbolic link is refused (it would write outside)."""
+        folder = self.root / "receipts"
+        if folder.is_symlink():
+            raise WorkspaceError(f"{folder}: is a symbolic link; receipts are written inside the "
+                                 "workspace only (replace it with a folder)")
         return rc.write_atomic(self.receipt_path(receipt_id), data)
 
     # -------------------------------------------------------------- operations (thin: the modules)

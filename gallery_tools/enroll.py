@@ -186,6 +186,20 @@ def _refuse_merges(folders: list[tuple[Path, int, str | None]], gallery: Any,
                                "--merge if they are one person)")
 
 
+def _not_regular(p: Path) -> str:
+    """Why an image-named path that is not a regular file is skipped (never opened: a FIFO
+    would block, a device would stream forever)."""
+    import stat
+
+    try:
+        mode = p.stat().st_mode
+    except OSError:
+        return "a broken symbolic link" if p.is_symlink() else "cannot be read"
+    kind = ("a FIFO (named pipe)" if stat.S_ISFIFO(mode) else "a device" if stat.S_ISCHR(mode)
+            or stat.S_ISBLK(mode) else "a socket" if stat.S_ISSOCK(mode) else "not a regular file")
+    return f"not an image file: {kind}"
+
+
 def _utf8(text: str) -> bool:
     try:
         text.encode("utf-8")
@@ -257,6 +271,8 @@ def enroll(tree: str | Path, encoder: Any, gallery: Any, *, ids_csv: str | Path 
                     files.append((p, ident, name))
             elif suffix in UNSUPPORTED_SUFFIXES:  # an image the user expects in: say so
                 result.skipped.append((str(p), f"{suffix[1:].upper()} images are not supported"))
+            elif suffix in IMAGE_SUFFIXES and not p.is_dir():  # a FIFO, a device, a dead link
+                result.skipped.append((str(p), _not_regular(p)))
     enrolled: set[int] = set()
     seen: set[str] = set()
     if not files and not result.skipped:

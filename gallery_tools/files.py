@@ -53,18 +53,35 @@ class _HashingWriter:
             hashed.result()
 
 
+TMP_SUFFIX = ".tmp"  # atomic_write's temp files: ``.<name>.<random>.tmp`` (remove_stale finds them)
+
+
 @contextmanager
 def atomic_write(path: Path) -> Iterator[_HashingWriter]:
-    """Write ``path`` atomically; yields a writer exposing ``sha256`` and ``size`` afterwards."""
+    """Write ``path`` atomically; yields a writer exposing ``sha256`` and ``size`` afterwards.
+
+    The temp file gets an unpredictable name and is created with ``O_EXCL`` (``mkstemp``), so a
+    symlink planted in the directory is never followed, nor is one under the final name:
+    ``os.replace`` replaces the link itself. fsync of the file, rename, fsync of the directory.
+    The one write primitive of the project (``facekd.fileio.write_atomic`` wraps it).
+    """
+    import tempfile
+
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TMP_SUFFIX, dir=path.parent)
+    tmp = Path(name)
     try:
-        with open(tmp, "wb") as fh:
+        with os.fdopen(fd, "wb") as fh:
             writer = _HashingWriter(fh)
             yield writer
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        if exc.filename is None:  # a failed write() names no file: name the one being written
+            raise OSError(exc.errno, exc.strerror or str(exc), str(path)) from None
+        raise
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise

@@ -145,6 +145,9 @@ class Gallery(StoreBacked):
         path = Path(path)
         if not (path / DB_NAME).is_file():
             raise GalleryError(f"{path}: not a gallery (no {DB_NAME})")
+        if (path / DB_NAME).is_symlink():
+            raise GalleryError(f"{path / DB_NAME}: is a symbolic link; the gallery database must "
+                               "be a regular file inside the gallery (refusing it)")
         self = cls._blank()
         self._dir = path
         self._verify = bool(verify)
@@ -209,6 +212,7 @@ class Gallery(StoreBacked):
         except (KeyError, ValueError) as exc:
             raise GalleryError(f"{self._dir}: gallery settings are damaged ({exc})") from None
         self._writable = writable
+        _gen.confine(self._dir, files)
         self._files = files
         if files.get("rows"):
             name, size, sha = files["rows"]
@@ -578,7 +582,20 @@ class Gallery(StoreBacked):
                                p=p)
         if hashes and not self._vectors_dirty:
             _check.check_files(self._dir, _gen.records(self._files), p, digests)
+        stale = _gen.stale_files(self._dir, self._files)
+        if stale:
+            p.append(f"{len(stale)} file(s) of an earlier generation or a crashed save are still "
+                     f"on disk ({', '.join(f.name for f in stale[:4])}): they may hold the vectors "
+                     "of faces erased since; the next forget or enroll deletes them, or run "
+                     "`facekd check --repair`")
         return report
+
+    def remove_stale(self) -> int:
+        """Delete the files :meth:`check` reports as stale (a writer only); returns how many."""
+        self._require_writable()
+        stale = _gen.stale_files(self._dir, self._files)
+        _gen.remove_stale(self._dir, self._files)
+        return len(stale)
 
     def storage_files(self) -> list[Path]:
         """Every file of the gallery directory: what a byte scan for an erased face's vectors

@@ -27,7 +27,11 @@ from gallery_tools.index import serialize
 
 PROGRESS_MIN_FACES = 250_000  # saves of galleries this large show a progress bar
 KINDS = ("vectors", "index", "rows")
-_GEN_FILE = re.compile(r"^(vectors-\d{8}\.npy|rows-\d{8}\.npy|index-\d{8}\.faiss|\..+\.tmp-\d+)$")
+_GEN_FILE = re.compile(r"^(vectors-\d{8}\.npy|rows-\d{8}\.npy|index-\d{8}\.faiss|"
+                       r"\..+\.tmp(-\d+)?)$")
+_RECORD_NAME = {"vectors": re.compile(r"^vectors-\d{8}\.npy$"),
+                "rows": re.compile(r"^rows-\d{8}\.npy$"),
+                "index": re.compile(r"^index-\d{8}\.faiss$")}
 
 
 def vectors_name(generation: int) -> str:
@@ -40,6 +44,36 @@ def rows_name(generation: int) -> str:
 
 def index_name(generation: int) -> str:
     return f"index-{generation:08d}.faiss"
+
+
+def confine(directory: Path, files: dict) -> None:
+    """Refuse file records that could lead outside ``directory``: each must be a generation
+    file name of its kind (no path, no ``..``), and the file must not be a symbolic link.
+    Raises :class:`~gallery_tools.errors.GalleryError`."""
+    from gallery_tools.errors import GalleryError
+
+    for kind in KINDS:
+        rec = files.get(kind)
+        if not rec:
+            continue
+        name = rec[0] if isinstance(rec, (list, tuple)) and rec else None
+        if not isinstance(name, str) or not _RECORD_NAME[kind].match(name):
+            raise GalleryError(f"{directory}: gallery settings name a {kind} file "
+                               f"{str(name)[:80]!r} that is not a file of this gallery; refusing "
+                               "it (restore the gallery from a backup)")
+        if (directory / name).is_symlink():
+            raise GalleryError(f"{directory / name}: is a symbolic link; a gallery file must be "
+                               "a regular file inside the gallery (refusing it)")
+
+
+def stale_files(directory: Path, files: dict) -> list[Path]:
+    """Generation files in ``directory`` that ``files`` (the committed records) does not name:
+    an earlier generation's vectors and rows left by a kill between a commit and its clean-up,
+    or a crashed save's temp files. They may hold faces erased since (check reports them; the
+    next writer, or ``check --repair``, deletes them)."""
+    keep = {rec[0] for rec in records(files)}
+    return sorted(p for p in directory.iterdir() if _GEN_FILE.match(p.name)
+                  and p.name not in keep)
 
 
 def records(files: dict) -> list[list]:
@@ -96,11 +130,8 @@ def remove_stale(directory: Path, files: dict) -> None:
     """Delete every generation file in ``directory`` not named in ``files`` (the committed
     generation's records): crashed saves' files and temp files, or old generations a crash
     left behind."""
-    keep = {rec[0] for rec in records(files)}
-    removed = False
-    for p in directory.iterdir():
-        if _GEN_FILE.match(p.name) and p.name not in keep:
-            p.unlink(missing_ok=True)
-            removed = True
-    if removed:
+    stale = stale_files(directory, files)
+    for p in stale:
+        p.unlink(missing_ok=True)
+    if stale:
         fsync_dir(directory)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import sqlite3
 import threading
 import time
@@ -359,17 +360,70 @@ def test_check_cli_exit_status(tmp_path):
     assert main(["check", str(path)]) == 2
 
 
-def test_stale_files_from_a_crashed_save_are_removed_by_the_next_writer(tmp_path):
+def test_stale_files_are_reported_by_check_and_removed_by_the_next_writer(tmp_path):
     path = tmp_path / "g"
     _saved(path)
     (path / "vectors-00000002.npy").write_bytes(b"half-written")
-    (path / ".vectors-00000002.npy.tmp-99").write_bytes(b"x")
-    with Gallery.open(path) as r:  # readers never delete anything
-        assert r.check().ok
+    (path / ".vectors-00000002.npy.x1y2z3.tmp").write_bytes(b"x")
+    (path / ".vectors-00000002.npy.tmp-99").write_bytes(b"x")  # the old temp-name scheme
+    with Gallery.open(path) as r:  # readers never delete anything, but check says so
+        problems = r.check().problems
+    assert len(problems) == 1 and "3 file(s) of an earlier generation" in problems[0]
     assert (path / "vectors-00000002.npy").exists()
     with Gallery.open(path, writable=True) as w:
-        assert w.generation == 1
+        assert w.generation == 1 and w.check().ok
     assert sorted(p.name for p in path.glob("*vectors*")) == ["vectors-00000001.npy"]
+
+
+def test_a_symlink_planted_where_a_save_writes_is_replaced_not_followed(tmp_path):
+    path = tmp_path / "g"
+    g, _, _ = _filled(path)
+    g.save()
+    victim = tmp_path / "victim"
+    victim.write_bytes(b"keep me")
+    # the next generation's name, and the old predictable temp names, all pointing outside
+    for name in ("vectors-00000002.npy", *(f".vectors-00000002.npy.tmp-{os.getpid() + i}"
+                                           for i in range(-2, 3))):
+        (path / name).symlink_to(victim)
+    g.add(np.eye(D, dtype=np.float32)[:1], np.array([99]))
+    g.save()
+    g.close()
+    assert victim.read_bytes() == b"keep me"
+    assert not (path / "vectors-00000002.npy").is_symlink()
+
+
+def test_file_records_pointing_outside_the_gallery_or_at_symlinks_are_refused(tmp_path):
+    import json
+    import sqlite3
+
+    path = tmp_path / "g"
+    _saved(path)
+    db = sqlite3.connect(path / "gallery.sqlite")
+    files = json.loads(db.execute("SELECT value FROM gallery WHERE key='files'").fetchone()[0])
+    good = dict(files)
+    files["vectors"] = ["../../etc/passwd", *files["vectors"][1:]]
+    db.execute("UPDATE gallery SET value=? WHERE key='files'", (json.dumps(files),))
+    db.commit()
+    with pytest.raises(GalleryError, match="not a file of this gallery"):
+        Gallery.open(path)
+    db.execute("UPDATE gallery SET value=? WHERE key='files'", (json.dumps(good),))
+    db.commit()
+    db.close()
+    real = path / good["vectors"][0]
+    moved = tmp_path / "elsewhere.npy"
+    real.rename(moved)
+    real.symlink_to(moved)
+    with pytest.raises(GalleryError, match="symbolic link"):
+        Gallery.open(path)
+
+
+def test_a_symlinked_gallery_database_is_refused(tmp_path):
+    path = tmp_path / "g"
+    _saved(path)
+    (path / "gallery.sqlite").rename(tmp_path / "db.sqlite")
+    (path / "gallery.sqlite").symlink_to(tmp_path / "db.sqlite")
+    with pytest.raises(GalleryError, match="symbolic link"):
+        Gallery.open(path)
 
 
 # ---------------------------------------------------------------------- writers

@@ -915,3 +915,69 @@ def test_sigkill_during_export_onnx_leaves_old_or_complete_model(ws, tmp_path):
             onnx.checker.check_model(str(target))
             outcomes["complete"] += 1
     assert sum(outcomes.values()) == 20
+
+
+# ------------------------------------------------------------------ round 2: links and leftovers
+def test_an_earlier_generation_left_on_disk_is_reported_and_repaired(ws, tmp_path):
+    """A kill between forget's commit and its clean-up leaves the previous generation's files,
+    which hold the erased person's raw vectors: check names them, check --repair deletes them."""
+    gallery = ws / "gallery"
+    before = {p.name: p.read_bytes() for p in gallery.glob("*-*.npy")}
+    code, _, err = run("forget", "--identity", TARGET, "-w", ws)
+    assert code == 0, err
+    for name, data in before.items():  # what the kill would have left behind
+        (gallery / name).write_bytes(data)
+    code, out, _ = run("check", "-w", ws)
+    assert code == 1 and "may hold the vectors of faces erased since" in out
+    code, out, _ = run("check", "--repair", "-w", ws)
+    assert code == 0 and out.strip() == "ok", out
+    assert not any((gallery / name).exists() for name in before)
+
+
+def test_a_symlinked_receipts_folder_is_refused_and_reported(erased, tmp_path):
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    receipts = erased / "receipts"
+    for f in receipts.iterdir():
+        f.rename(outside / f.name)
+    receipts.rmdir()
+    receipts.symlink_to(outside, target_is_directory=True)
+    code, out, _ = run("check", "-w", erased)
+    assert code == 1 and "symbolic link" in out
+
+
+def _special_files(folder: Path) -> list[str]:
+    """A FIFO, a link to /dev/zero and a dangling link, all named like photos."""
+    os.mkfifo(folder / "pipe.jpg")
+    (folder / "zero.png").symlink_to("/dev/zero")
+    (folder / "gone.jpg").symlink_to(folder / "nowhere.jpg")
+    return ["pipe.jpg", "zero.png", "gone.jpg"]
+
+
+def test_special_files_in_an_enrol_tree_are_named_as_skipped_with_a_reason(ws, tmp_path,
+                                                                            synthetic_photos):
+    person = tmp_path / "tree" / "4242"
+    person.mkdir(parents=True)
+    shutil.copy(sorted(synthetic_photos[1].iterdir())[0], person / "good.png")
+    names = _special_files(person)
+    code, out, err = run("enroll", tmp_path / "tree", "-w", ws)
+    assert code == 0 and "enrolled 1 face(s)" in out, err
+    reasons = {n: next(ln for ln in err.splitlines() if n in ln) for n in names}
+    assert "FIFO" in reasons["pipe.jpg"] and "device" in reasons["zero.png"]
+    assert "broken symbolic link" in reasons["gone.jpg"]
+
+
+def test_special_files_sent_with_images_are_named_and_never_opened(erased, tmp_path,
+                                                                    synthetic_photos):
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for src in sorted(synthetic_photos[1].iterdir())[:3]:
+        shutil.copy(src, folder / src.name)
+    _special_files(folder)
+    code, out, err = run("verify", "--identity", TARGET, "--images", folder, "--no-record",
+                         "-w", erased)
+    assert code in (0, 1, 3) and "Traceback" not in err, err
+    skipped = [ln for ln in out.splitlines() if "skipped" in ln]
+    assert len(skipped) == 3 and any("FIFO" in ln for ln in skipped)
+    code, _, err = run("search", folder / "zero.png", "-w", erased)
+    one_error_line(code, err, "not a regular file (a device)")
