@@ -63,8 +63,16 @@ STAGE_ENV = "FACEKD_TEST_MILVUS_STAGE"  # test hook: print a line at a named sta
 
 
 def _stage(name: str) -> None:
-    if os.environ.get(STAGE_ENV):
+    """Test hook: with ``$FACEKD_TEST_MILVUS_STAGE`` set, print ``stage NAME``; set to
+    ``pause:NAME``, also stop there (``$FACEKD_TEST_PAUSE_S``, default 120 s), so that a test's
+    SIGKILL lands at that stage and not wherever a loaded machine let the process run on to."""
+    value = os.environ.get(STAGE_ENV)
+    if value:
         print(f"stage {name}", flush=True)
+        if value == f"pause:{name}":
+            import time
+
+            time.sleep(float(os.environ.get("FACEKD_TEST_PAUSE_S", "120")))
 
 
 class MilvusGallery(StoreBacked):

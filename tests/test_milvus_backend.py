@@ -200,7 +200,10 @@ def test_forget_killed_after_its_commit_is_reported_and_finished_by_the_next_run
         ws.gallery.save()
         erased = ws.gallery.vectors(int(y[0]))
         files = ws.gallery.storage_files
-    env = {**os.environ, "FACEKD_WORKSPACE": str(ws_dir), "FACEKD_TEST_MILVUS_STAGE": "1"}
+    # The child stops at the stage until killed: a bare "print and go on" let a loaded machine
+    # run it past the alias switch before the SIGKILL landed (the flake issue 22 reports).
+    env = {**os.environ, "FACEKD_WORKSPACE": str(ws_dir),
+           "FACEKD_TEST_MILVUS_STAGE": "pause:committed"}
     proc = subprocess.Popen([sys.executable, "-m", "facekd.cli", "forget", "--identity",
                              str(int(y[0]))], env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.DEVNULL, text=True)
