@@ -148,8 +148,10 @@ def _command(fn: Callable) -> Callable:
 
 
 def _progress() -> bool:
-    """Progress bars only for a person watching (stderr is a terminal), not in logs or pipes."""
-    return sys.stderr.isatty()
+    """Progress on stderr for long work, except with ``--json``: a bar on a terminal, a plain
+    line every 10 s in a log or pipe (:mod:`facekd.progress`)."""
+    ctx = click.get_current_context(silent=True)
+    return not (ctx is not None and ctx.params.get("as_json"))
 
 
 def _emit(as_json: bool, data: Any, text: str | Callable[[], str]) -> None:

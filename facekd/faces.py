@@ -200,7 +200,7 @@ def chips_from_files(paths: Sequence[str | os.PathLike] | Iterable[str | os.Path
     ``alignment == "none"``: the files are already aligned chips, only resized. Without an
     ``aligner``, :func:`default_aligner` picks one for ``input_spec``.
     """
-    from tqdm.auto import tqdm
+    from facekd.progress import tqdm
 
     paths = [str(p) for p in paths]
     size, alignment = int(input_spec.size), input_spec.alignment

@@ -406,7 +406,7 @@ def render_dataset(identities: Sequence[int], n_images: int, *, seed: int = 0,
     ids = _check_ints(identities, n_images, seed)
     n = int(n_images)
     chips = np.empty((len(ids) * n, SIZE, SIZE, 3), np.uint8)
-    from tqdm.auto import tqdm
+    from facekd.progress import tqdm
 
     show = (len(chips) >= _PROGRESS_MIN_CHIPS) if progress is None else progress
     for i, ident in enumerate(tqdm(ids, desc="render synthetic faces", unit="id", disable=not show,
@@ -436,7 +436,7 @@ def write_tree(out_dir: str | os.PathLike, identities: Sequence[int], n_images: 
         umask = os.umask(0)
         os.umask(umask)
         os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes it private; the tree is ordinary data
-        from tqdm.auto import tqdm
+        from facekd.progress import tqdm
 
         for ident in tqdm(ids, desc="write synthetic faces", unit="id",
                           disable=len(ids) * int(n_images) < _PROGRESS_MIN_CHIPS, leave=False):

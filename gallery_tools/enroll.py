@@ -244,7 +244,7 @@ def enroll(tree: str | Path, encoder: Any, gallery: Any, *, ids_csv: str | Path 
         :class:`EnrollResult`. Unreadable or face-less images are skipped with a reason; images
         whose sha256 is already stored are counted in ``skipped_existing``.
     """
-    from tqdm.auto import tqdm
+    from facekd.progress import tqdm
 
     from facekd.faces import IMAGE_SUFFIXES, UNSUPPORTED_SUFFIXES, read_image_bytes
 

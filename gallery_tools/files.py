@@ -120,7 +120,7 @@ def _write_npy(path: Path, array: np.ndarray, *, progress: bool = False) -> tupl
         header = {"descr": array.dtype.str, "fortran_order": False, "shape": array.shape}
         np.lib.format.write_array_header_1_0(out, header)
         if progress:
-            from tqdm.auto import tqdm  # only saves of large galleries show a bar
+            from facekd.progress import tqdm  # only saves of large galleries show progress
         with (tqdm(total=array.shape[0], unit="face", desc=f"write {path.name}", leave=False)
               if progress else _NoBar()) as bar:
             for start in range(0, array.shape[0], _WRITE_ROWS):

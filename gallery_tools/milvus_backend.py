@@ -508,7 +508,7 @@ class MilvusGallery(StoreBacked):
     def _rewrite(self, generation: int, progress: bool | None) -> str:
         """Write collection ``NAME_g<generation>``: committed rows minus removed faces, through
         the queued erasures, plus the added faces; flushed and counted. Returns its name."""
-        from tqdm.auto import tqdm
+        from facekd.progress import tqdm
 
         name = self._collection_name(generation)
         if self._call("has_collection", name):  # a crashed run's half-written copy: restart

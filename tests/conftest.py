@@ -9,6 +9,9 @@ import numpy as np
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
+# Progress lines on a non-terminal stderr (facekd.progress) would interleave with the one-line
+# errors the tests read; tests/test_progress.py turns them on where it checks them.
+os.environ.setdefault("FACEKD_PROGRESS", "0")
 FACES_DIR = Path(os.environ.get("FACEKD_FACES_DIR", REPO.parent / "shared" / "data" / "faces"))
 
 

@@ -107,7 +107,7 @@ class Encoder(ABC):
         n = chips.shape[0]
         out = np.empty((n, self.dim), dtype=np.float32)
         show = (n >= PROGRESS_MIN_CHIPS) if progress is None else progress
-        from tqdm.auto import tqdm
+        from facekd.progress import tqdm
 
         with tqdm(total=n, unit="face", desc=f"embed ({self.family})", disable=not show,
                   leave=False) as bar:
