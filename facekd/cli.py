@@ -26,7 +26,28 @@ from facekd.terminal import printable
 
 EXIT_OK, EXIT_VERIFY_FAILED, EXIT_USAGE, EXIT_INCONCLUSIVE = 0, 1, 2, 3
 DEBUG_ENV = "FACEKD_DEBUG"  # set to 1: unexpected errors keep their traceback
-IDENTITY = click.IntRange(-(2 ** 63), 2 ** 63 - 1)  # what SQLite's INTEGER can hold
+class _IdentityType(click.ParamType):
+    """``--identity``: an integer id that SQLite's INTEGER can hold; a name given here gets the
+    hint to use ``--name``."""
+
+    name = "ID"
+
+    def convert(self, value: Any, param: Any, ctx: Any) -> int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            v = value
+        else:
+            try:
+                v = int(str(value).strip())
+            except ValueError:
+                self.fail(f"{str(value)[:60]!r} is not an integer identity id; to pick a person "
+                          "by the name enrol recorded, use --name", param, ctx)
+        if not -(2 ** 63) <= v <= 2 ** 63 - 1:
+            self.fail(f"{v} is outside the ids a gallery can store (a signed 64-bit integer)",
+                      param, ctx)
+        return v
+
+
+IDENTITY = _IdentityType()
 
 
 class _MethodChoice(click.Choice):
