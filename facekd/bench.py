@@ -224,7 +224,7 @@ def _chips(files: Sequence[Path], spec: Any) -> tuple[np.ndarray, list[int], np.
 def embed_dataset(root: str | os.PathLike, encoder: Any, *, cache: str | os.PathLike | None = None,
                   progress: bool = False) -> Embedded:
     """Embed every image of ``root`` with ``encoder`` (cached; see the module docstring)."""
-    from tqdm.auto import tqdm
+    from facekd.progress import tqdm
 
     root = Path(root).expanduser()
     files, owner, folders = _scan(root)
@@ -593,7 +593,7 @@ def run_bench(dataset: str | os.PathLike, encoder: str, *,
         echo: called with one-line progress notes (e.g. the cache status).
     """
     from threadpoolctl import threadpool_limits
-    from tqdm.auto import tqdm
+    from facekd.progress import tqdm
 
     from facekd.encoders import load_encoder
 

@@ -93,7 +93,7 @@ def forget(ws: "Workspace", identity: int, *, method: str | None = None, p: floa
         raise WorkspaceError("--p/--k/--energy only apply to --method esc")
     if sum(x is not None for x in (p, k, energy)) > 1:
         raise WorkspaceError("give at most one of p, k, energy")
-    from tqdm.auto import tqdm
+    from facekd.progress import tqdm
 
     timings: dict[str, float] = {}
     t0 = time.perf_counter()

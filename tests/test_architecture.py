@@ -191,9 +191,11 @@ GALLERY_PARTS = {
     "gallery_tools.vectors": {"gallery_tools.errors"},
     "gallery_tools.store": {"gallery_tools.errors"},
     "gallery_tools.metadata": {"gallery_tools.errors", "gallery_tools.vectors"},
-    "gallery_tools.files": {"gallery_tools.errors"},
+    # facekd.progress: a leaf (tqdm, or a plain line in logs) for the progress of big saves
+    "gallery_tools.files": {"gallery_tools.errors", "facekd.progress"},
     "gallery_tools.index": {"gallery_tools.errors", "gallery_tools.files"},
-    "gallery_tools.generations": {"gallery_tools.files", "gallery_tools.index"},
+    "gallery_tools.generations": {"gallery_tools.errors", "gallery_tools.files",
+                                  "gallery_tools.index"},
     "gallery_tools.check": {"gallery_tools.errors", "gallery_tools.files", "gallery_tools.index",
                             "gallery_tools.vectors"},
 }
