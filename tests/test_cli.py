@@ -334,3 +334,45 @@ def test_sigkill_after_the_commit_keeps_the_deletion_and_check_restores_the_rece
     assert json.loads(receipt_file.read_text())["receipt_id"] == entry["receipt_id"]
     r = facekd("forget", "--identity", TARGET, ws=ws)  # the re-run reports the committed deletion
     assert r.returncode == 0 and "already erased" in r.stdout and entry["receipt_id"] in r.stdout
+
+
+# ------------------------------------------------------------------ docs/cli.md against real output
+_SHAPES = {
+    "search": [r"\S+  \(match threshold -?\d\.\d{3}, one-to-(many, FPIR|one, FAR)\)",
+               r" +-?\d+  [+-]\d\.\d{3}(  (MATCH|     )  ?.*)?"],
+    "verify": [r"one-to-many MATCH threshold \d\.\d{3} \(FPIR \d+\.\d%\); one-to-one \d\.\d{3} "
+               r"\(FAR [\d.e-]+\)",
+               r"  image \d+ +best +\d+  score [+-]\d\.\d{3}  (MATCH|no match)"
+               r"(  erased|  NOT erased|  partly erased \(\d\.\d\d\))?",
+               r"\d+ of \d+ photos are erased \(\d+\.\d%, 95% \d+\.\d%-\d+\.\d%\).*",
+               r"re-enrolment attack over every split of \d+ photos \(\d+ enrolled, \d+ probes\), "
+               r"95% intervals:",
+               r"  (rank-1|rank-1, 1 enrolled|TAR) +\d+\.\d% \[\d+\.\d%, \d+\.\d%\]  bound <= "
+               r"\d+\.\d%  (PASS|FAIL|INCONCLUSIVE)   before the edit \d+\.\d% \[.*\]",
+               r"  bound: [\d.]+ x max\(chance 1/\d+ = \d+\.\d%, what \d+ unrelated strangers' "
+               r"photos reach here \d+\.\d%\); TAR <= \d+\.\d%",
+               r"  everyone else: rank-1 \d+\.\d%, TAR \d+\.\d%",
+               r"(PASS|FAIL|INCONCLUSIVE): .+", r"note: .+", r"\(not recorded in the workspace\)"],
+}
+
+
+def _example(command: str) -> list[str]:
+    """The lines of docs/cli.md's console example of ``facekd COMMAND`` (without the prompt)."""
+    import re
+
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "cli.md").read_text()
+    block = re.search(rf"```console\n\$ facekd {command} [^\n]*\n(.*?)```", doc, re.S).group(1)
+    return [ln for ln in block.splitlines() if ln.strip() and ln.strip() != "..."]
+
+
+@pytest.mark.parametrize("command", sorted(_SHAPES))
+def test_the_docs_examples_have_the_shape_of_real_output(command, erased, held):
+    import re
+
+    args = ([sorted(held.iterdir())[0], "-k", "3"] if command == "search" else
+            ["--identity", TARGET, "--images", held, "--no-record"])
+    real = [ln for ln in facekd(command, *args, ws=erased).stdout.splitlines() if ln.strip()]
+    shapes = [re.compile(p) for p in _SHAPES[command]]
+    for source, lines in (("real output", real), ("docs/cli.md", _example(command))):
+        for line in lines:
+            assert any(p.fullmatch(line.rstrip()) for p in shapes), f"{source}: {line!r}"
