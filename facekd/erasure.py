@@ -224,8 +224,19 @@ class Erasure:
 
     @property
     def name(self) -> str:
-        """``"esc"``, ``"esc-t"``, or ``"scramble"`` when a gated tail is present."""
-        return "scramble" if self.tail else self.method
+        """``"esc"``, ``"esc-t"``, ``"scramble"`` when a gated tail is present, or ``"mixed"``
+        when the tail also holds a linear stage (a linear step that came after a gate)."""
+        if not self.tail:
+            return self.method
+        return "mixed" if any(not isinstance(st, GateChain) for st in self.tail) else "scramble"
+
+    @property
+    def directions(self) -> int:
+        """Erased directions in total: :attr:`k` of the linear part plus the rank each linear
+        stage of the tail removes (an ESC step after a gate lives there, not in ``basis``)."""
+        extra = sum(st.d - int(np.linalg.matrix_rank(st.matrix, tol=1e-8))
+                    for st in self.tail if not isinstance(st, GateChain))
+        return self.k + extra
 
     @property
     def scrambler(self) -> Scrambler | None:

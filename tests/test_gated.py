@@ -290,3 +290,20 @@ def test_scramble_on_a_gallery_past_its_sample_scores_every_face_without_a_float
     w = np.stack([chain.weights[:, 0], -chain.weights[:, 0]], axis=1)
     b = np.array([chain.bias[0], 0.0])
     np.testing.assert_allclose(_scores(g, w, b, block=700), full @ w + b, rtol=0, atol=1e-12)
+
+
+def test_a_mixed_chain_counts_the_directions_after_its_gates():
+    """An ESC step after a gate lives in the tail as a linear stage: the erasure says so
+    (name "mixed", its directions counted) and so does the exported file's metadata."""
+    from facekd import fit_esc, fit_scramble
+    from facekd.encoders.base import erasure_summary
+
+    rng = np.random.default_rng(3)
+    g = rng.normal(size=(300, 16))
+    person = rng.normal(size=(8, 16)) + 3 * np.eye(16)[0]
+    gated = fit_scramble(person, g)
+    mixed = gated.then(fit_esc(gated.apply(rng.normal(size=(6, 16))), k=2))
+    assert gated.name == "scramble" and mixed.name == "mixed"
+    assert mixed.k == 0 and mixed.directions == 2 and mixed.n_gates == 1
+    summary = erasure_summary(mixed)
+    assert summary["k"] == 2 and summary["linear_stages_after_gates"] == 1

@@ -120,7 +120,7 @@ def test_export_metadata_records_the_edit_size_but_not_the_erased_directions(mod
     meta = {p.key: p.value for p in onnx.load(str(tmp_path / "e.onnx")).metadata_props}
     info = json.loads(meta["facekd.erasure"])
     assert info["k"] == 3 and info["method"] == "esc"
-    assert set(info) <= {"method", "k", "gates", "steps", "surgery"}
+    assert set(info) <= {"method", "k", "gates", "linear_stages_after_gates", "steps", "surgery"}
 
 
 def test_failed_parity_requirement_leaves_the_old_file_untouched(models, tmp_path):

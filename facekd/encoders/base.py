@@ -237,8 +237,9 @@ class TorchEncoder(Encoder):
 def erasure_summary(erasure: "Erasure", **extra: str) -> dict:
     """What an exported file may say about its edit: only its size, never the erased directions
     (they are a person's template)."""
-    return {"method": erasure.name, "k": erasure.k, "gates": erasure.n_gates,
-            "steps": len(erasure.history), **extra}
+    linear_stages = sum(1 for st in erasure.tail if st.kind == "linear")
+    return {"method": erasure.name, "k": erasure.directions, "gates": erasure.n_gates,
+            "linear_stages_after_gates": linear_stages, "steps": len(erasure.history), **extra}
 
 
 def apply_tail(erasure: "Erasure | None", out: np.ndarray) -> np.ndarray:
