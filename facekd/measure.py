@@ -17,7 +17,8 @@ from facekd.erasure import Erasure, ErasureError
 from facekd.errors import WorkspaceError
 from facekd.photos import normalize
 
-__all__ = ["REPORT_MAX_IDENTITIES", "KR_MAX_IDENTITIES", "RETAIN_SAMPLE", "erasure_report",
+__all__ = ["REPORT_MAX_IDENTITIES", "KR_MAX_IDENTITIES", "RETAIN_SAMPLE", "MOVED_COSINE",
+           "erasure_report", "moved_share", "coverage",
            "score_histograms", "template_leak", "identity_means", "gallery_stats",
            "match_threshold"]
 
@@ -26,14 +27,20 @@ REPORT_MAX_IDENTITIES = 300  # forget's before/after report: the erased one + a 
 # costs grow with identities x faces (3 s per state at 300 identities x 5 faces, 0.3 s at 100).
 KR_MAX_IDENTITIES = 100
 RETAIN_SAMPLE = 4000  # vectors used for retained-identity statistics in verify
+# A linear edit "covers" a photo when it moves it below this cosine to where it was: a projector
+# that removes the person's shared directions leaves ~0.5-0.7 on their photos, one that misses
+# them leaves > 0.99 (an ordinary face of someone else stays above 0.95).
+MOVED_COSINE = 0.9
 
 
 # ------------------------------------------------------------------------- a forget's receipt
 def erasure_report(all_vecs: np.ndarray, labels: np.ndarray, identity: int,
                    fit: Callable[[np.ndarray], Erasure], committed: Erasure, extra: np.ndarray,
                    config: Config):
-    """``(ErasureReport, protocol note)``, preferably for a twin refitted on the enrolment half
-    plus ``extra`` (the photos sent with the request, which are not gallery faces).
+    """``(ErasureReport, protocol note, moved)``, preferably for a twin refitted on the enrolment
+    half plus ``extra`` (the photos sent with the request, which are not gallery faces); ``moved``
+    is :func:`moved_share` of that twin on the person's probe half (held out unless the
+    committed erasure had to stand in for the twin).
 
     ``all_vecs`` ``(N, d)`` and ``labels`` ``(N,)`` are the gallery before the edit; ``fit`` fits
     the forget method on ``(n, d)`` faces; ``committed`` is the erasure fitted on every face,
@@ -74,7 +81,42 @@ def erasure_report(all_vecs: np.ndarray, labels: np.ndarray, identity: int,
                          seed=config.seed, max_probe_identities=KR_MAX_IDENTITIES)
     except MetricsError as exc:
         raise WorkspaceError(f"cannot measure this erasure: {exc}") from None
-    return report, protocol
+    probes = all_vecs[~split & (labels == identity)]
+    return report, protocol, moved_share(twin, probes, held_out=twin is not committed)
+
+
+def moved_share(erasure: Erasure, faces: np.ndarray, *, held_out: bool) -> dict:
+    """How many of ``faces`` ``(n, d)`` the ``erasure`` moves away from where they were: edited
+    embedding below cosine :data:`MOVED_COSINE` to the original (``held_out``: the erasure never
+    saw them). ``{"share", "covered", "faces", "held_out"}``; ``share`` is ``None`` for no faces."""
+    if len(faces) == 0:
+        return {"share": None, "covered": 0, "faces": 0, "held_out": held_out}
+    x = normalize(np.asarray(faces, dtype=np.float32))
+    cos = np.sum(erasure.apply(x) * x, axis=1)
+    moved = int(np.count_nonzero(cos < MOVED_COSINE))
+    return {"share": moved / len(x), "covered": moved, "faces": int(len(x)), "held_out": held_out}
+
+
+def coverage(step: Erasure, moved: dict, floor: float) -> dict:
+    """The held-out coverage of a fitted ``step``: the share of the person's photos it never saw
+    that it erases, with ``floor`` (``[forget] min_coverage``) and the criterion used.
+
+    A gated step that records ``heldout_gated_fully`` (the scramble: each of the person's photos
+    scored by a gate cross-fitted without it) is judged by the share whose gate opens fully; any
+    other step by ``moved`` (:func:`moved_share` of the measured twin on the person's probe half).
+    Returns ``{"share", "covered", "faces", "held_out", "criterion", "floor", "under_floor"}``.
+    """
+    params = step.params or {}
+    if "heldout_gated_fully" in params and params.get("n"):
+        n = int(params["n"])
+        share = float(params["heldout_gated_fully"])
+        out = {"share": share, "covered": int(round(share * n)), "faces": n, "held_out": True,
+               "criterion": "gate fully open, each photo scored by a gate fitted without it"}
+    else:
+        out = {**moved, "criterion": f"edited embedding below cosine {MOVED_COSINE:g} to the "
+                                     "original (the measured twin on the person's probe half)"}
+    share = out["share"]
+    return {**out, "floor": float(floor), "under_floor": share is not None and share < floor}
 
 
 def score_histograms(vecs: np.ndarray, labels: np.ndarray, identity: int, erasure: Erasure,

@@ -69,15 +69,28 @@ def _scrub(obj: Any) -> Any:
 def build_receipt(*, identity_hash: str, method: str, params: dict, model: dict,
                   generation_before: int, generation_after: int, metrics: dict,
                   histograms: dict, timings: dict, n_vectors: int, n_images: int,
-                  facekd_version: str, created: str, dry_run: bool = False) -> dict:
+                  facekd_version: str, created: str, dry_run: bool = False,
+                  kind: str = "erasure", coverage: dict | None = None, forced: bool = False,
+                  top_up: dict | None = None) -> dict:
     """Assemble a receipt dict (see module docstring for what it may contain).
 
     Args:
         model: ``{"base_sha256", "edited_sha256_before", "edited_sha256_after", "family", "k_total"}``.
         metrics: before/after metrics (e.g. ``ErasureReport.to_dict()``); identity keys are dropped.
         histograms: name -> score array; stored as counts over :data:`HIST_EDGES`.
+        kind: ``"erasure"`` (the person removed) or ``"top-up"`` (a further step widening an
+            earlier erasure with new photos).
+        coverage: the held-out coverage and its floor (:func:`facekd.measure.coverage`).
+        forced: ``--force`` committed it although a check refused it (coverage, request photos).
+        top_up: a top-up's photo counts (given, already erased, escaped, newly covered).
     """
+    extra = {"coverage": _scrub(coverage)} if coverage is not None else {}
+    if top_up is not None:
+        extra["top_up"] = _scrub(top_up)
     return {
+        "kind": kind,
+        "forced": bool(forced),
+        **extra,
         "format": RECEIPT_FORMAT,
         "receipt_id": receipt_id(identity_hash, generation_after),
         "identity_hash": identity_hash,

@@ -255,12 +255,16 @@ class Workspace:
             self._edited = enc
         return self._edited
 
-    def embed_images(self, paths: list[Path], *, progress: bool = True) -> tuple[np.ndarray, list, list]:
-        """Embed image files with the deployed (edited) encoder under the configured image limits:
-        ``((m, d) float32 unit rows, source paths (m,), skipped [(path, reason)])``; see
-        :func:`facekd.photos.embed_images`."""
-        return embed_images(self.encoder, paths, aligned=self.config.aligned,
-                            limits=self.config.image_limits, progress=progress)
+    def embed_images(self, paths: list[Path], *, progress: bool = True,
+                     base: bool = False) -> tuple[np.ndarray, list, list]:
+        """Embed image files with the deployed (edited) encoder, or with ``base`` the original one,
+        under the configured image limits: ``((m, d) float32 unit rows, source paths (m,),
+        skipped [(path, reason)])``; see :func:`facekd.photos.embed_images`. ``self.erasure
+        .apply(base rows)`` equals the deployed encoder's rows (a top-up needs the base rows to
+        see which gates each photo opens)."""
+        return embed_images(self.base_encoder if base else self.encoder, paths,
+                            aligned=self.config.aligned, limits=self.config.image_limits,
+                            progress=progress)
 
     # -------------------------------------------------------------- commits
     def require_writable(self) -> None:
@@ -282,8 +286,21 @@ class Workspace:
         (the forget pipeline's kill-test hook).
         """
         self.require_writable()
-        base = self.base_encoder
         removed = int(self.gallery.remove(identity))
+        return removed, self._commit_edit(step, combined, edited, receipt, entry, before_save)
+
+    def commit_top_up(self, step: Erasure, combined: Erasure, edited: Any, receipt: dict,
+                      entry: dict, *, before_save: Callable[[], None] | None = None) -> int:
+        """As :meth:`commit_deletion` for a top-up of an identity already erased (nothing to
+        remove): apply ``step`` to every stored vector and record ``combined``, the ``edited``
+        fingerprint, the ledger ``entry`` and the ``receipt`` in one save; the new generation."""
+        self.require_writable()
+        return self._commit_edit(step, combined, edited, receipt, entry, before_save)
+
+    def _commit_edit(self, step: Erasure, combined: Erasure, edited: Any, receipt: dict,
+                     entry: dict, before_save: Callable[[], None] | None) -> int:
+        """The shared body of the two commits: everything but removing an identity."""
+        base = self.base_encoder
         self.gallery.apply(step)
         self.gallery.set_encoder_fingerprint(edited.fingerprint)
         ledger = self.ledger() + [entry]
@@ -297,7 +314,7 @@ class Workspace:
             before_save()
         generation = self.commit()
         self._edited = edited
-        return removed, generation
+        return generation
 
     def receipt_path(self, receipt_id: str) -> Path:
         """Where the derived copy of a committed receipt lives: ``receipts/<id>.json``."""
