@@ -311,8 +311,8 @@ def _coverage_refusal(cov: dict) -> str | None:
             else "the edit would move (cosine < 0.9)")
     return (f"refused: {what} only {cov['covered']} of {cov['faces']} {seen} photos of the person "
             f"(coverage {cov['share']:.2f}, under [forget] min_coverage {cov['floor']:.2f}): "
-            "the encoder may not tell this person apart from others, and the erasure would "
-            "leave their faces as they were")
+            "the erasure would leave most of their faces as they were (the encoder may not tell "
+            "them apart from others, or the photos are too few to learn them from)")
 
 
 # ------------------------------------------------------------------------------ top-up

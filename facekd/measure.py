@@ -27,9 +27,10 @@ REPORT_MAX_IDENTITIES = 300  # forget's before/after report: the erased one + a 
 # costs grow with identities x faces (3 s per state at 300 identities x 5 faces, 0.3 s at 100).
 KR_MAX_IDENTITIES = 100
 RETAIN_SAMPLE = 4000  # vectors used for retained-identity statistics in verify
-# A linear edit "covers" a photo when it moves it below this cosine to where it was: a projector
-# that removes the person's shared directions leaves ~0.5-0.7 on their photos, one that misses
-# them leaves > 0.99 (an ordinary face of someone else stays above 0.95).
+# A linear edit "covers" a photo when it moves it below this cosine to where it was. Measured on
+# the synthetic test set (128-d samples encoder, twins fitted on half the photos): ESC leaves the
+# person's unseen photos at 0.52-0.84, ESC-T at 0.78-0.90, while everyone else's faces stay at a
+# median 0.95-0.99; an edit that misses the person leaves their photos where everyone else's are.
 MOVED_COSINE = 0.9
 
 
