@@ -350,7 +350,7 @@ def forget(workspace: Path, as_json: bool, identity: int | None, name: str | Non
     r = res.receipt
     if res.kind == "top-up" and not r:
         n = res.top_up["photos_given"]
-        _emit(as_json, res.to_dict(), f"all {n} photo(s) are already erased; nothing to top up")
+        _emit(as_json, res.to_dict(), f"all {n} photos are already erased; nothing to top up")
         return
     if res.already_erased:
         _emit(as_json, res.to_dict(), f"identity {identity} was already erased: receipt "
