@@ -5,11 +5,19 @@
 2. **fit** the method from the registry (:mod:`facekd.methods`) and compose the new step with the
    accumulated erasure;
 3. **measure** a twin fitted on the identity's enrolment half (:mod:`facekd.measure`);
-4. **edit**: fold the composed erasure into the base encoder;
-5. **commit** through :meth:`facekd.workspace.Workspace.commit_deletion`: one ``gallery.save()``
+4. **judge** its held-out coverage (:func:`facekd.measure.coverage`): under ``[forget]
+   min_coverage`` the request is refused (one line, nothing committed) unless ``force``, which
+   the receipt and ledger entry record as ``forced``;
+5. **edit**: fold the composed erasure into the base encoder;
+6. **commit** through :meth:`facekd.workspace.Workspace.commit_deletion`: one ``gallery.save()``
    holds the gallery, the erasure, the fingerprints, the ledger and the receipt.
 
-Nothing in the workspace changes before step 5, so a refused or failed request leaves it as it was.
+A **top-up** (``images`` for an identity already erased) embeds the photos as the deployed encoder
+does, leaves those the accumulated erasure already scrambles fully, fits a further step on the
+ones that escape against everyone now enrolled, and runs steps 3-6 on it, committing through
+:meth:`~facekd.workspace.Workspace.commit_top_up` (nothing removed; ledger ``kind`` ``top-up``).
+
+Nothing in the workspace changes before step 6, so a refused or failed request leaves it as it was.
 This module takes an open workspace as its first argument and never imports
 :mod:`facekd.workspace` (which delegates ``Workspace.forget`` here).
 """
@@ -89,9 +97,11 @@ def forget(ws: "Workspace", identity: int, *, method: str | None = None, p: floa
     encoder), compose with the accumulated erasure, evaluate before/after on the gallery's own
     vectors, remove the identity, project the rest, then one ``gallery.save()`` commits the
     gallery, the new erasure and encoder fingerprints, the ledger entry and the receipt.
-    ``dry_run`` computes and reports the same but changes nothing. An identity already erased
-    returns its committed receipt (``already_erased``). ``images`` that do not look like the
-    person are refused unless ``force``.
+    ``dry_run`` computes and reports the same (with the coverage and any refusal) but changes
+    nothing. An identity already erased returns its committed receipt (``already_erased``), or
+    with ``images`` is topped up (``kind="top-up"``; ``receipt == {}`` when every photo is already
+    erased). ``images`` that do not look like the person, and a held-out coverage under
+    ``[forget] min_coverage``, are refused unless ``force``.
     """
     if not dry_run:
         ws.require_writable()

@@ -15,7 +15,8 @@ commits model state, gallery, ledger and receipt together or not at all:
 ``salt``            per-workspace HMAC key for identity hashes (hex)
 ``encoder_state``   JSON ``{"base": sha256, "edited": sha256, "d": int, "family": str}``
 ``erasure``         the accumulated :class:`~facekd.erasure.Erasure` (``.npz`` bytes)
-``ledger``          JSON list, one entry per committed deletion (hashed identity only)
+``ledger``          JSON list, one entry per committed deletion or top-up (hashed identity only;
+                    ``kind``: ``erasure`` or ``top-up``, absent in older entries: an erasure)
 ``receipt:<id>``    each receipt's JSON
 =================== ==========================================================================
 
@@ -27,8 +28,9 @@ below it unchanged), applying a new erasure to stored vectors equals re-enrollin
 images with the newly edited encoder, which is why forgetting needs no images.
 
 This module holds that state and opens, creates and commits workspaces, nothing more:
-:meth:`Workspace.commit_deletion` is forget's one atomic write. The operations are modules that take
-an open workspace as their first argument and never import this one (docs/architecture.md):
+:meth:`Workspace.commit_deletion` (or :meth:`Workspace.commit_top_up`) is forget's one atomic
+write. The operations are modules that take an open workspace as their first argument and never
+import this one (docs/architecture.md):
 :mod:`facekd.enrollment`, :mod:`facekd.search`, :mod:`facekd.forget` (measuring with
 :mod:`facekd.measure`), :mod:`facekd.verify`, :mod:`facekd.export` and :mod:`facekd.check`;
 ``ws.enroll(...)``, ``ws.forget(...)``, ``ws.verify(...)``... are one-line methods that delegate to
