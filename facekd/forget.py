@@ -140,7 +140,6 @@ def forget(ws: "Workspace", identity: int, *, method: str | None = None, p: floa
 def _forget(ws: "Workspace", identity: int, method: str, rule: tuple, images, dry_run: bool,
             progress: bool, lap: Callable[[str], None], timings: dict,
             force: bool) -> ForgetResult:
-    cfg = ws.config
     identity = as_identity(identity)
     if not ws.gallery.has_identity(identity):
         done = ws.erased_entries(identity)
@@ -272,9 +271,7 @@ def _finish(ws: "Workspace", identity: int, step: _Step, *, kind: str, top_up: d
         metrics={**step.report.to_dict(), "protocol": step.protocol}, histograms=step.hists,
         timings=timings, n_vectors=step.n_vectors, n_images=step.n_images,
         facekd_version=_version(), created=_now(), dry_run=dry_run, kind=kind,
-        coverage=step.coverage, forced=bool(overridden), top_up=top_up)
-    if overridden:
-        receipt["forced_over"] = list(overridden)  # which checks --force overrode
+        coverage=step.coverage, forced_over=overridden, top_up=top_up)
     result = ForgetResult(receipt=receipt, committed=False, removed_faces=0,
                           report_table=step.report.table(), kind=kind, coverage=step.coverage,
                           refusal=refusal, forced=bool(overridden), top_up=top_up)
@@ -288,10 +285,10 @@ def _commit(ws: "Workspace", identity: int, step: _Step, receipt: dict, new_edit
     """One save: the gallery, the erasure, the fingerprints, the ledger entry and the receipt."""
     # Every step that can fail on bad input is behind us: only now is the gallery changed, so a
     # raised error leaves this open workspace as it was, not half-edited.
-    gen_after = receipt["gallery"]["generation_after"]
+    gen_before, gen_after = (receipt["gallery"][f"generation_{w}"] for w in ("before", "after"))
     entry = {"identity_hash": receipt["identity_hash"], "receipt_id": receipt["receipt_id"],
              "kind": result.kind, "method": step.method, "k": step.new.k,
-             "gates": step.new.n_gates, "generation_before": receipt["gallery"]["generation_before"],
+             "gates": step.new.n_gates, "generation_before": gen_before,
              "generation_after": gen_after, "created": receipt["created"],
              **({"forced": True} if result.forced else {})}
     hook = lambda: pause("before-save")  # noqa: E731

@@ -403,7 +403,7 @@ def test_every_receipt_measures_the_template_the_edited_model_gives_away(forgott
     assert 0.0 < leak["cosine_to_mean_face"] <= 1.0
 
 
-# ------------------------------------------------------------------ coverage: an erasure that does nothing
+# ------------------------------------------------------------------ coverage: erasures doing nothing
 @pytest.fixture(scope="session")
 def degenerate_built(tmp_path_factory):
     from conftest import degenerate_workspace
@@ -425,7 +425,8 @@ def test_forget_refuses_an_erasure_that_covers_nothing_and_commits_nothing(degen
 
     with _open(degenerate_dir, writable=True) as ws:
         gen = ws.gallery.generation
-        with pytest.raises(WorkspaceError, match=r"0 of 6 held-out photos.*coverage 0\.00.*--force"):
+        with pytest.raises(WorkspaceError,
+                           match=r"0 of 6 held-out photos.*coverage 0\.00.*--force"):
             ws.forget(3, progress=False)
     with _open(degenerate_dir) as ws:
         assert ws.gallery.has_identity(3) and len(ws.gallery.vectors(3)) == 6
