@@ -108,9 +108,11 @@ def coverage(step: Erasure, moved: dict, floor: float) -> dict:
     Returns ``{"share", "covered", "faces", "held_out", "criterion", "floor", "under_floor"}``.
     """
     params = step.params or {}
-    if "heldout_gated_fully" in params and params.get("n"):
+    held = params.get("heldout_gated_fully")
+    # None or NaN: the method could not cross-validate (e.g. fitted on one photo): fall back.
+    if held is not None and np.isfinite(float(held)) and params.get("n"):
         n = int(params["n"])
-        share = float(params["heldout_gated_fully"])
+        share = float(held)
         out = {"share": share, "covered": int(round(share * n)), "faces": n, "held_out": True,
                "criterion": "gate fully open, each photo scored by a gate fitted without it"}
     else:
