@@ -401,7 +401,10 @@ def _forget_head(res: Any, identity: int, dry_run: bool) -> list[str]:
     if cov is not None and cov.get("share") is not None:
         lines.append(f"coverage {cov['share']:.2f} ({cov['covered']} of {cov['faces']} "
                      f"{'held-out' if cov['held_out'] else 'seen'} photos: {cov['criterion']}); "
-                     f"floor {cov['floor']:.2f}" + ("; FORCED" if res.forced else ""))
+                     f"floor {cov['floor']:.2f}")
+    if res.forced:
+        lines.append("forced: --force overrode the refusal ("
+                     + ", ".join(r.get("forced_over", [])) + "); the ledger records it")
     if dry_run and res.refusal:
         lines.append(f"forget would refuse this: {res.refusal} (--force commits anyway)")
     return lines

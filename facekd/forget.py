@@ -315,7 +315,7 @@ def _coverage_refusal(cov: dict) -> str | None:
         return None
     seen = "held-out" if cov["held_out"] else "(seen, no held-out half)"
     what = ("the gate would scramble fully" if cov["criterion"].startswith("gate")
-            else "the edit would move (cosine < 0.9)")
+            else f"the edit would move (below cosine {measure.MOVED_COSINE:g})")
     return (f"refused: {what} only {cov['covered']} of {cov['faces']} {seen} photos of the person "
             f"(coverage {cov['share']:.2f}, under [forget] min_coverage {cov['floor']:.2f}): "
             "the erasure would leave most of their faces as they were (the encoder may not tell "
