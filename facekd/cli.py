@@ -402,6 +402,11 @@ def _forget_head(res: Any, identity: int, dry_run: bool) -> list[str]:
         lines.append(f"coverage {cov['share']:.2f} ({cov['covered']} of {cov['faces']} "
                      f"{'held-out' if cov['held_out'] else 'seen'} photos: {cov['criterion']}); "
                      f"floor {cov['floor']:.2f}")
+    if cov is not None and cov.get("step"):
+        st = cov["step"]
+        alone = "n/a" if st["share"] is None else f"{st['share']:.2f}"
+        lines.append(f"  the further step alone: {alone} of {st['faces']} escaped photo(s) held "
+                     f"out, {st['in_sample']} of those it was fitted on")
     if res.forced:
         lines.append("forced: --force overrode the refusal ("
                      + ", ".join(r.get("forced_over", [])) + "); the ledger records it")

@@ -310,16 +310,21 @@ def _commit(ws: "Workspace", identity: int, step: _Step, receipt: dict, new_edit
 
 
 def _coverage_refusal(cov: dict) -> str | None:
-    """One line saying why an erasure covering under the floor must not be committed, or None."""
+    """One line saying why an erasure that covers too little must not be committed, or None: a
+    top-up step that covers none of the photos it was fitted on, or a coverage under the floor."""
+    step = cov.get("step")
+    if step is not None and step["in_sample"] == 0:
+        return (f"refused: the further step would erase none of the {step['faces']} escaped "
+                "photos, not even those it was fitted on: it would change nothing (the encoder "
+                "may not tell this person apart from others)")
     if not cov.get("under_floor"):
         return None
-    seen = "held-out" if cov["held_out"] else "(seen, no held-out half)"
-    what = ("the gate would scramble fully" if cov["criterion"].startswith("gate")
-            else f"the edit would move (below cosine {measure.MOVED_COSINE:g})")
-    return (f"refused: {what} only {cov['covered']} of {cov['faces']} {seen} photos of the person "
-            f"(coverage {cov['share']:.2f}, under [forget] min_coverage {cov['floor']:.2f}): "
-            "the erasure would leave most of their faces as they were (the encoder may not tell "
-            "them apart from others, or the photos are too few to learn them from)")
+    seen = "held-out" if cov["held_out"] else "seen (no held-out half)"
+    return (f"refused: the erasure would erase only {cov['covered']} of {cov['faces']} {seen} "
+            f"photos of the person (coverage {cov['share']:.2f}, under [forget] min_coverage "
+            f"{cov['floor']:.2f}; {cov['criterion']}): it would leave most of their faces as "
+            "they were (the encoder may not tell them apart from others, or the photos are too "
+            "few to learn them from)")
 
 
 # ------------------------------------------------------------------------------ top-up
@@ -365,6 +370,10 @@ def _top_up(ws: "Workspace", identity: int, method: str, rule: tuple, images, dr
                     n_images=len(escaped))
     counts["newly_covered"] = int(np.count_nonzero(combined.gate_levels(base_rows[~erased])
                                                    >= 1.0))
+    # A gate-less step covers no photo "fully": it is judged by the photos it moves instead.
+    in_sample = (counts["newly_covered"] if new.n_gates
+                 else measure.moved_share(new, escaped, held_out=False)["covered"])
+    step.coverage = measure.top_up_coverage(step.coverage, counts, in_sample)
     lap("metrics")
     return _finish(ws, identity, step, kind="top-up", top_up=counts, overridden=overridden,
                    dry_run=dry_run, force=force, lap=lap, timings=timings)

@@ -18,7 +18,7 @@ from facekd.errors import WorkspaceError
 from facekd.photos import normalize
 
 __all__ = ["REPORT_MAX_IDENTITIES", "KR_MAX_IDENTITIES", "RETAIN_SAMPLE", "MOVED_COSINE",
-           "erasure_report", "moved_share", "coverage",
+           "erasure_report", "moved_share", "coverage", "top_up_coverage",
            "score_histograms", "template_leak", "identity_means", "gallery_stats",
            "match_threshold"]
 
@@ -120,6 +120,30 @@ def coverage(step: Erasure, moved: dict, floor: float) -> dict:
                                      "original (the measured twin on the person's probe half)"}
     share = out["share"]
     return {**out, "floor": float(floor), "under_floor": share is not None and share < floor}
+
+
+def top_up_coverage(step: dict, counts: dict, in_sample: int) -> dict:
+    """The held-out coverage of an erasure widened by a top-up, over all the photos given.
+
+    A photo the earlier erasure already scrambles fully is covered by gates that never saw it; an
+    escaped one counts as covered with the further step's own held-out share (``step``, from
+    :func:`coverage` on the escaped photos). A few escaped photos make that share coarse (2
+    photos: 0, 0.5 or 1), which is why the top-up is judged over all the photos. ``in_sample``:
+    escaped photos the step covers among those it was fitted on (0: it does nothing at all).
+    Returns :func:`coverage`'s keys plus ``step`` (the further step's figure with ``in_sample``).
+    """
+    given, done, escaped = counts["photos_given"], counts["already_erased"], counts["escaped"]
+    step_share = step["share"] if step["share"] is not None else 0.0
+    covered = done + step_share * escaped
+    share = covered / given
+    floor = step["floor"]
+    return {"share": share, "covered": int(round(covered)), "faces": int(given),
+            "held_out": bool(step["held_out"]),
+            "criterion": "scrambled fully by the earlier erasure, or covered by the further step "
+                         f"({step['criterion']})",
+            "floor": floor, "under_floor": share < floor,
+            "step": {"share": step["share"], "covered": step["covered"], "faces": step["faces"],
+                     "in_sample": int(in_sample)}}
 
 
 def score_histograms(vecs: np.ndarray, labels: np.ndarray, identity: int, erasure: Erasure,

@@ -77,3 +77,33 @@ def test_moved_share_counts_photos_pushed_below_the_cosine(faces):
                    "covered": int(np.sum(cos < MOVED_COSINE)), "faces": 8, "held_out": True}
     assert moved_share(Erasure.identity(64), person, held_out=True)["share"] == 0.0
     assert moved_share(esc, person[:0], held_out=False)["share"] is None
+
+
+def _step(share: float | None, faces: int) -> dict:
+    covered = 0 if share is None else int(round(share * faces))
+    return {"share": share, "covered": covered, "faces": faces, "held_out": True,
+            "criterion": "gate fully open", "floor": 0.5,
+            "under_floor": share is not None and share < 0.5}
+
+
+def test_a_top_up_is_judged_over_every_photo_given():
+    from facekd.forget import _coverage_refusal
+    from facekd.measure import top_up_coverage
+
+    # LFW + dlib, a gate from 2 photos: 8 of 10 new photos already erased, the 2 that escaped are
+    # both covered by the further gate, but each scored by a gate fitted on the other one alone
+    # is not: 0.0 held out on 2 photos. Over all 10 photos: 0.8.
+    counts = {"photos_given": 10, "already_erased": 8, "escaped": 2, "newly_covered": 2}
+    cov = top_up_coverage(_step(0.0, 2), counts, in_sample=2)
+    assert cov["share"] == 0.8 and cov["covered"] == 8 and cov["faces"] == 10
+    assert not cov["under_floor"] and cov["step"]["in_sample"] == 2
+    assert _coverage_refusal(cov) is None
+    # A further step that covers nothing, not even its own photos, changes nothing: refused.
+    idle = top_up_coverage(_step(0.0, 2), counts, in_sample=0)
+    assert "not even those it was fitted on" in _coverage_refusal(idle)
+    # Nothing erased before and a step that does not generalise: under the floor.
+    low = top_up_coverage(_step(0.25, 8), {"photos_given": 8, "already_erased": 0, "escaped": 8},
+                          in_sample=5)
+    assert low["share"] == 0.25 and low["under_floor"]
+    assert "2 of 8 held-out photos" in _coverage_refusal(low)
+    assert top_up_coverage(_step(None, 1), counts, in_sample=1)["share"] == 0.8
