@@ -113,4 +113,5 @@ def erase_from_few_photos(ws_dir: Path, person: int = FEW_PHOTOS_PERSON, keep: i
         ws.gallery.remove(person)
         ws.gallery.add(v[:keep], np.full(keep, person))
         ws.commit()
-        ws.forget(person, progress=False, force=True)
+        with pytest.warns(RuntimeWarning, match="--force given"):
+            ws.forget(person, progress=False, force=True)
