@@ -361,3 +361,29 @@ def test_top_up_through_the_cli_text_and_json(ws, tmp_path):
     assert res["kind"] == "top-up" and not res["committed"]
     assert res["top_up"] == {"photos_given": k, "already_erased": k, "escaped": 0}
     assert len(json.loads(run_cli("ledger", "--json", "-w", ws)[1])) == 2
+
+
+def test_sigkill_mid_top_up_leaves_the_old_state(ws, tmp_path):
+    """A top-up commits through the same single save: killed just before it, the workspace keeps
+    its earlier erasure, ledger and generation, and the top-up then runs."""
+    from conftest import FEW_PHOTOS_PERSON as P, erase_from_few_photos, write_renders
+
+    erase_from_few_photos(ws)
+    more = write_renders(tmp_path / "more", P, 12, 12)
+    before = json.loads(facekd("check", "--json", ws=ws).stdout)
+    env = {**os.environ, "FACEKD_WORKSPACE": str(ws), "FACEKD_TEST_PAUSE_AT": "before-save"}
+    proc = subprocess.Popen([sys.executable, "-m", "facekd.cli", "forget", "--identity", str(P),
+                             "--images", str(more)],
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        _wait_for(proc, "paused at stage before-save")
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    after = json.loads(facekd("check", "--json", ws=ws).stdout)
+    assert after["ok"] and after["generation"] == before["generation"], after
+    assert [e["kind"] for e in json.loads(facekd("ledger", "--json", ws=ws).stdout)] == ["erasure"]
+    r = facekd("forget", "--identity", P, "--images", more, "--json", ws=ws)
+    assert r.returncode == 0 and json.loads(r.stdout)["committed"], r.stderr
