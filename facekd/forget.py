@@ -359,24 +359,36 @@ def _top_up(ws: "Workspace", identity: int, method: str, rule: tuple, images, dr
         return m.fit(F, context)
 
     new = _fit_top_up(m, fit, escaped, counts)
-    combined = acc.then(new)
     lap("fit")
+    step = _measure_top_up(ws, m.name, new, acc.then(new), (all_vecs, labels), identity, fit,
+                           escaped, base_rows[~erased], counts)
+    lap("metrics")
+    return _finish(ws, identity, step, kind="top-up", top_up=counts, overridden=overridden,
+                   dry_run=dry_run, force=force, lap=lap, timings=timings)
+
+
+def _measure_top_up(ws: "Workspace", method: str, new: Erasure, combined: Erasure,
+                    gallery: tuple[np.ndarray, np.ndarray], identity: int,
+                    fit: Callable[[np.ndarray], Erasure], escaped: np.ndarray,
+                    escaped_base: np.ndarray, counts: dict) -> _Step:
+    """:func:`_measure` for a top-up step, whose coverage is judged over every photo given.
+
+    ``gallery``: everyone enrolled, ``(N, d)`` and ``(N,)``; ``escaped`` ``(e, d)`` the escaped
+    photos as the deployed encoder embeds them, ``escaped_base`` the same by the base encoder.
+    Adds ``newly_covered`` (escaped photos the widened erasure scrambles fully) to ``counts``."""
     # The person's gallery faces left with the erasure: the escaped photos stand in for them, so
     # the report measures the top-up's own effect (twin on half of them, probes the rest).
-    vecs = np.concatenate([all_vecs, escaped])
-    labs = np.concatenate([labels, np.full(len(escaped), identity, dtype=np.int64)])
-    step = _measure(ws, m.name, new, combined, vecs, labs, identity, fit,
+    vecs = np.concatenate([gallery[0], escaped])
+    labs = np.concatenate([gallery[1], np.full(len(escaped), identity, dtype=np.int64)])
+    step = _measure(ws, method, new, combined, vecs, labs, identity, fit,
                     np.empty((0, escaped.shape[1]), dtype=np.float32), n_vectors=0,
                     n_images=len(escaped))
-    counts["newly_covered"] = int(np.count_nonzero(combined.gate_levels(base_rows[~erased])
-                                                   >= 1.0))
+    counts["newly_covered"] = int(np.count_nonzero(combined.gate_levels(escaped_base) >= 1.0))
     # A gate-less step covers no photo "fully": it is judged by the photos it moves instead.
     in_sample = (counts["newly_covered"] if new.n_gates
                  else measure.moved_share(new, escaped, held_out=False)["covered"])
     step.coverage = measure.top_up_coverage(step.coverage, counts, in_sample)
-    lap("metrics")
-    return _finish(ws, identity, step, kind="top-up", top_up=counts, overridden=overridden,
-                   dry_run=dry_run, force=force, lap=lap, timings=timings)
+    return step
 
 
 def _fit_top_up(m: methods.Method, fit: Callable[[np.ndarray], Erasure], escaped: np.ndarray,
