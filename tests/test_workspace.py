@@ -616,3 +616,20 @@ def test_top_up_refuses_photos_that_open_no_gate(erased_dir, tmp_path):
         with pytest.raises(WorkspaceError, match="opens any gate.*--force"):
             ws.forget(TARGET, images=other, progress=False)
         assert len(ws.ledger()) == 1 and ws.gallery.has_identity(IDS[0])
+
+
+def test_a_ledger_written_before_kinds_existed_still_loads_and_tops_up(erased_dir, tmp_path):
+    """Entries without "kind" (older workspaces) read as erasures; a top-up appends to them."""
+    from conftest import run_cli, write_renders
+
+    with _open(erased_dir, writable=True) as ws:
+        old = [{k: v for k, v in e.items() if k != "kind"} for e in ws.ledger()]
+        ws.gallery.set_meta("ledger", json.dumps(old).encode())
+        ws.commit()
+    code, out, _ = run_cli("ledger", "-w", erased_dir)
+    assert code == 0 and " erasure " in out
+    more = write_renders(tmp_path / "more", TARGET, 12, 3 * N_IMAGES)
+    with _open(erased_dir, writable=True) as ws:
+        res = ws.forget(TARGET, images=more, progress=False, dry_run=True)
+        assert res.kind == "top-up" and res.top_up["photos_given"] == 12
+        assert "kind" not in ws.ledger()[0] and ws.check()["ok"]
