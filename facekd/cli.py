@@ -360,10 +360,12 @@ def check(workspace: Path, as_json: bool, repair: bool) -> None:
 @click.option("--energy", type=float, default=None,
               help="Erase the fewest directions holding this share of the energy.")
 @click.option("--images", type=click.Path(path_type=Path), default=None,
-              help="Extra photos of the person to fit on (embedded with the deployed encoder).")
+              help="Extra photos of the person to fit on (embedded with the deployed encoder). "
+                   "For an identity already erased: new photos to widen its erasure to (top-up).")
 @click.option("--dry-run", is_flag=True, help="Compute and report; change nothing.")
 @click.option("--force", is_flag=True,
-              help="Fit on --images even when they do not look like the person.")
+              help="Commit although a check refuses: --images that do not look like the person, "
+                   "or a held-out coverage under [forget] min_coverage (recorded as forced).")
 @_command
 def forget(workspace: Path, as_json: bool, identity: int | None, name: str | None,
            method: str | None, p: float | None, k: int | None, energy: float | None,
@@ -377,6 +379,10 @@ def forget(workspace: Path, as_json: bool, identity: int | None, name: str | Non
         res = ws.forget(identity, method=method, p=p, k=k, energy=energy, images=images,
                         dry_run=dry_run, progress=_progress(), force=force)
     r = res.receipt
+    if res.kind == "top-up" and not r:
+        n = res.top_up["photos_given"]
+        _emit(as_json, res.to_dict(), f"all {n} photos are already erased; nothing to top up")
+        return
     if res.already_erased:
         _emit(as_json, res.to_dict(), f"identity {identity} was already erased: receipt "
                                       f"{r['receipt_id']} (committed {r.get('created', '?')}); "
@@ -384,15 +390,12 @@ def forget(workspace: Path, as_json: bool, identity: int | None, name: str | Non
         return
 
     def text() -> str:
-        head = (f"dry run: identity {identity} would be erased (nothing changed)" if dry_run else
-                f"erased identity {identity}: {res.removed_faces} face(s) removed, receipt "
-                f"{r['receipt_id']}")
         model = r["model"]
         what = (f"{model.get('gates_total', 0)} gate(s) in the edited encoder"
                 if r["method"] == "scramble" else
                 f"{model['k_added']} direction(s) erased ({model['k_total']} in total)")
         return "\n".join([
-            head,
+            *_forget_head(res, identity, dry_run),
             f"method {r['method']}, {what}; gallery generation "
             f"{r['gallery']['generation_before']} -> {r['gallery']['generation_after']}",
             f"edited encoder sha256 {model['edited_sha256_after'][:16]}...",
@@ -407,6 +410,40 @@ def forget(workspace: Path, as_json: bool, identity: int | None, name: str | Non
     if name is not None:  # stdout for the operator who named the person; never in the receipt
         data["identity"] = identity
     _emit(as_json, data, text)
+
+
+def _forget_head(res: Any, identity: int, dry_run: bool) -> list[str]:
+    """forget's first lines: what was (or would be) done, the top-up's photo counts, the held-out
+    coverage against its floor, and a refusal a dry run would meet."""
+    r, top = res.receipt, res.top_up
+    verb = "topped up" if res.kind == "top-up" else "erased"
+    if dry_run:
+        lines = [f"dry run: identity {identity} would be {verb} (nothing changed)"]
+    elif top is not None:
+        lines = [f"topped up identity {identity}: a further step, receipt {r['receipt_id']}"]
+    else:
+        lines = [f"erased identity {identity}: {res.removed_faces} face(s) removed, receipt "
+                 f"{r['receipt_id']}"]
+    if top is not None:
+        lines.append(f"{top['photos_given']} photo(s) given: {top['already_erased']} already "
+                     f"erased, {top['escaped']} escaped, {top['newly_covered']} of them now "
+                     "scrambled fully")
+    cov = res.coverage
+    if cov is not None and cov.get("share") is not None:
+        lines.append(f"coverage {cov['share']:.2f} ({cov['covered']} of {cov['faces']} "
+                     f"{'held-out' if cov['held_out'] else 'seen'} photos: {cov['criterion']}); "
+                     f"floor {cov['floor']:.2f}")
+    if cov is not None and cov.get("step"):
+        st = cov["step"]
+        alone = "n/a" if st["share"] is None else f"{st['share']:.2f}"
+        lines.append(f"  the further step alone: {alone} of {st['faces']} escaped photo(s) held "
+                     f"out, {st['in_sample']} of those it was fitted on")
+    if res.forced:
+        lines.append("forced: --force overrode the refusal ("
+                     + ", ".join(r.get("forced_over", [])) + "); the ledger records it")
+    if dry_run and res.refusal:
+        lines.append(f"forget would refuse this: {res.refusal} (--force commits anyway)")
+    return lines
 
 
 @cli.command()
@@ -579,9 +616,10 @@ def ledger(workspace: Path, as_json: bool, receipt_id: str | None) -> None:
             return
         entries = ws.ledger()
     _emit(as_json, entries, lambda: "\n".join(
-        [f"{'receipt':<22} {'identity hash':<18} {'method':<8} {'edit':<11} created"]
-        + [f"{e['receipt_id']:<22} {e['identity_hash'][:16]:<18} {e['method']:<8} "
-           f"{_edit_size(e):<11} {e['created']}" for e in entries]) if entries
+        [f"{'receipt':<22} {'identity hash':<18} {'kind':<8} {'method':<8} {'edit':<11} created"]
+        + [f"{e['receipt_id']:<22} {e['identity_hash'][:16]:<18} {e.get('kind', 'erasure'):<8} "
+           f"{e['method']:<8} {_edit_size(e):<11} {e['created']}"
+           + ("  (forced)" if e.get("forced") else "") for e in entries]) if entries
         else "no deletions yet")
 
 

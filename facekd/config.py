@@ -58,6 +58,10 @@ class Config:
     k: int | None = None
     energy: float | None = None
     min_vectors: int = 2
+    # forget refuses (unless --force) an erasure whose held-out coverage is below this share: on
+    # an encoder that cannot tell faces apart the gate opens on none of the person's photos, and
+    # committing it would report an erasure that changes nothing (facekd.measure.coverage).
+    min_coverage: float = 0.5
     # The reference step (lr 1e-3 on the raw gradient) never moves a mask entry past the threshold
     # on face-sized forget sets, so ESC-T would erase nothing. The workspace normalises each step
     # by its largest gradient entry instead: lr is then the most any entry moves per step.
@@ -86,6 +90,7 @@ class Config:
                         "match_threshold": "auto" if self.match_threshold is None
                         else float(self.match_threshold), "fpir": self.fpir},
             "forget": {"method": self.method, "p": self.p, "min_vectors": self.min_vectors,
+                       "min_coverage": self.min_coverage,
                        "esc_t_lr": self.esc_t_lr, "esc_t_normalize_step": self.esc_t_normalize_step,
                        "seed": self.seed, "scramble_q": self.scramble_q,
                        "scramble_alpha": self.scramble_alpha,
@@ -159,6 +164,9 @@ class Config:
             raise WorkspaceError(f"{source}: [forget] energy must be in (0, 1]")
         if int(self.min_vectors) < 1:
             raise WorkspaceError(f"{source}: min_vectors must be >= 1")
+        if not 0 <= float(self.min_coverage) <= 1:
+            raise WorkspaceError(f"{source}: [forget] min_coverage must be in [0, 1] (a share of "
+                                 "the person's held-out photos; 0 turns the check off)")
         if self.match_threshold is not None and not -1 <= float(self.match_threshold) <= 1:
             raise WorkspaceError(f"{source}: match_threshold must be 'auto' or a cosine in [-1, 1]")
 

@@ -290,6 +290,23 @@ class Erasure:
         _check_finite(src, "embeddings")
         return self._apply_tail(self._edit(src, out, normalise=True, checked=True))
 
+    def gate_levels(self, E: Any) -> np.ndarray:
+        """``(n,)`` float64 in ``[0, 1]``: for each embedding, the largest gate value any gated step
+        applied to it on its way through this erasure (``1``: scrambled fully into a stranger;
+        ``0``: no gate touched it; always ``0`` for a linear erasure). Meant for a request's
+        photos (every row walks every step), not a whole gallery."""
+        src = as_matrix(E, "embeddings", d=self.d)
+        x = self._edit(src, np.empty(src.shape, dtype=np.float32), normalise=True)
+        top = np.zeros(src.shape[0])
+        v = np.asarray(x, dtype=np.float64)
+        for stage in self.tail:
+            if isinstance(stage, GateChain):
+                v, g = stage.trace(v)
+                np.maximum(top, g, out=top)
+            else:
+                v = stage(v)
+        return top
+
     def _apply_tail(self, out: np.ndarray) -> np.ndarray:
         """Run the tail over unit rows ``out`` in place, in blocks; rows no stage touches keep
         their bytes."""

@@ -5,11 +5,19 @@
 2. **fit** the method from the registry (:mod:`facekd.methods`) and compose the new step with the
    accumulated erasure;
 3. **measure** a twin fitted on the identity's enrolment half (:mod:`facekd.measure`);
-4. **edit**: fold the composed erasure into the base encoder;
-5. **commit** through :meth:`facekd.workspace.Workspace.commit_deletion`: one ``gallery.save()``
+4. **judge** its held-out coverage (:func:`facekd.measure.coverage`): under ``[forget]
+   min_coverage`` the request is refused (one line, nothing committed) unless ``force``, which
+   the receipt and ledger entry record as ``forced``;
+5. **edit**: fold the composed erasure into the base encoder;
+6. **commit** through :meth:`facekd.workspace.Workspace.commit_deletion`: one ``gallery.save()``
    holds the gallery, the erasure, the fingerprints, the ledger and the receipt.
 
-Nothing in the workspace changes before step 5, so a refused or failed request leaves it as it was.
+A **top-up** (``images`` for an identity already erased) embeds the photos as the deployed encoder
+does, leaves those the accumulated erasure already scrambles fully, fits a further step on the
+ones that escape against everyone now enrolled, and runs steps 3-6 on it, committing through
+:meth:`~facekd.workspace.Workspace.commit_top_up` (nothing removed; ledger ``kind`` ``top-up``).
+
+Nothing in the workspace changes before step 6, so a refused or failed request leaves it as it was.
 This module takes an open workspace as its first argument and never imports
 :mod:`facekd.workspace` (which delegates ``Workspace.forget`` here).
 """
@@ -23,14 +31,14 @@ import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 
 from facekd import measure, methods
 from facekd import receipt as rc
 from facekd.config import as_identity
-from facekd.erasure import Erasure
+from facekd.erasure import Erasure, ErasureError
 from facekd.errors import WorkspaceError
 from facekd.photos import list_images, normalize
 
@@ -44,7 +52,12 @@ STAGE_ENV = "FACEKD_TEST_PAUSE_AT"  # test instrumentation: sleep at a named for
 
 @dataclass
 class ForgetResult:
-    """Outcome of :func:`forget`. ``receipt`` is privacy-safe; nothing else is stored."""
+    """Outcome of :func:`forget`. ``receipt`` is privacy-safe; nothing else is stored.
+
+    ``kind`` is ``"erasure"`` or ``"top-up"``; ``coverage`` the fitted step's held-out coverage
+    (:func:`facekd.measure.coverage`); ``refusal`` why forget would not commit it (a dry run
+    reports it; a real run raises it unless ``force``); ``top_up`` a top-up's photo counts.
+    """
 
     receipt: dict
     committed: bool
@@ -52,10 +65,17 @@ class ForgetResult:
     report_table: str = ""
     receipt_path: Path | None = None
     already_erased: bool = False  # an earlier run committed this deletion; nothing changed now
+    kind: str = "erasure"
+    coverage: dict | None = None
+    refusal: str | None = None
+    forced: bool = False
+    top_up: dict | None = None
 
     def to_dict(self) -> dict:
         return {"committed": self.committed, "removed_faces": self.removed_faces,
-                "already_erased": self.already_erased,
+                "already_erased": self.already_erased, "kind": self.kind,
+                "coverage": self.coverage, "refusal": self.refusal, "forced": self.forced,
+                "top_up": self.top_up,
                 "receipt_path": str(self.receipt_path) if self.receipt_path else None,
                 "receipt": self.receipt}
 
@@ -77,9 +97,11 @@ def forget(ws: "Workspace", identity: int, *, method: str | None = None, p: floa
     encoder), compose with the accumulated erasure, evaluate before/after on the gallery's own
     vectors, remove the identity, project the rest, then one ``gallery.save()`` commits the
     gallery, the new erasure and encoder fingerprints, the ledger entry and the receipt.
-    ``dry_run`` computes and reports the same but changes nothing. An identity already erased
-    returns its committed receipt (``already_erased``). ``images`` that do not look like the
-    person are refused unless ``force``.
+    ``dry_run`` computes and reports the same (with the coverage and any refusal) but changes
+    nothing. An identity already erased returns its committed receipt (``already_erased``), or
+    with ``images`` is topped up (``kind="top-up"``; ``receipt == {}`` when every photo is already
+    erased). ``images`` that do not look like the person, and a held-out coverage under
+    ``[forget] min_coverage``, are refused unless ``force``.
     """
     if not dry_run:
         ws.require_writable()
@@ -118,30 +140,25 @@ def forget(ws: "Workspace", identity: int, *, method: str | None = None, p: floa
 def _forget(ws: "Workspace", identity: int, method: str, rule: tuple, images, dry_run: bool,
             progress: bool, lap: Callable[[str], None], timings: dict,
             force: bool) -> ForgetResult:
-    cfg = ws.config
     identity = as_identity(identity)
-    h = ws.hash_identity(identity)
     if not ws.gallery.has_identity(identity):
         done = ws.erased_entries(identity)
+        if done and images is not None:
+            # New photos of someone already erased: widen the erasure to them (a top-up).
+            return _top_up(ws, identity, method, rule, images, dry_run, progress, lap, timings,
+                           force)
         if done:
             # A re-run (e.g. after a kill that landed after the commit): the deletion is
             # there, so report it rather than fail; the request is idempotent.
             return _already_erased(ws, done[-1])
         raise WorkspaceError(f"unknown identity {identity}; list them with `facekd identities`")
 
-    base, edited, acc = ws.base_encoder, ws.encoder, ws.erasure
-    forget_vecs, extra, n_stored = _collect(ws, identity, images, progress, force)
+    acc = ws.erasure
+    forget_vecs, extra, n_stored, overridden = _collect(ws, identity, images, progress, force)
     lap("collect")
 
-    # A view, not a copy of the gallery: read only, and only before remove/apply below.
-    all_vecs = np.asarray(getattr(ws.gallery, "vectors_view", ws.gallery.vectors)(),
-                          dtype=np.float32)
-    labels = np.asarray(ws.gallery.labels(), dtype=np.int64)
-    m = methods.get(method)
-    options = m.options_from_config(cfg)
-    p, k, energy = rule
-    if rule != (None, None, None):  # an explicit rule replaces the configured one
-        options.update(p=cfg.p if p is None else p, k=k, energy=energy)
+    all_vecs, labels = _gallery_arrays(ws)
+    m, options = _method(ws, method, rule)
     others = labels != identity
     context = methods.FitContext(all_vecs[others], labels[others], acc, options,
                                  person=all_vecs[~others], identity=identity)
@@ -149,81 +166,287 @@ def _forget(ws: "Workspace", identity: int, method: str, rule: tuple, images, dr
     def fit(F: np.ndarray) -> Erasure:  # also refits the measured twin (measure.erasure_report)
         return m.fit(F, context)
 
-    try:
-        new = fit(forget_vecs)
-    except methods.MethodError as exc:
-        raise WorkspaceError(str(exc)) from None
-    refusal = m.refuse(new)
-    if refusal:
-        raise WorkspaceError(refusal)
-    params = dict(new.params)
-    combined = acc.then(new)
+    new = _fit_step(m, fit, forget_vecs)
     lap("fit")
 
     # Measured on held-out faces: a twin erasure fitted on the identity's enrolment half only,
     # so its probe half is unseen (re-enrolment rank-1, TAR) and MIA has real non-members.
     # The committed erasure uses every face, so it removes at least as much.
-    report, protocol = measure.erasure_report(all_vecs, labels, identity, fit, new, extra, cfg)
-    hists = measure.score_histograms(all_vecs, labels, identity, new, seed=cfg.seed)
+    step = _measure(ws, m.name, new, acc.then(new), all_vecs, labels, identity, fit, extra,
+                    n_vectors=n_stored, n_images=len(extra))
     lap("metrics")
+    return _finish(ws, identity, step, kind="erasure", top_up=None, overridden=overridden,
+                   dry_run=dry_run, force=force, lap=lap, timings=timings)
 
-    new_edited = base.with_erasure(combined)
+
+@dataclass
+class _Step:
+    """A fitted step, measured, ready for the receipt and the commit."""
+
+    method: str
+    new: Erasure  # the step fitted now
+    combined: Erasure  # the accumulated erasure, then ``new``
+    report: Any  # facekd.metrics.ErasureReport
+    protocol: str
+    hists: dict
+    leak: dict
+    coverage: dict  # measure.coverage
+    n_vectors: int
+    n_images: int
+
+
+def _gallery_arrays(ws: "Workspace") -> tuple[np.ndarray, np.ndarray]:
+    """``(vectors (N, d) float32, labels (N,) int64)`` of everyone enrolled.
+
+    A view, not a copy of the gallery: read only, and only before the commit changes it."""
+    vecs = np.asarray(getattr(ws.gallery, "vectors_view", ws.gallery.vectors)(), dtype=np.float32)
+    return vecs, np.asarray(ws.gallery.labels(), dtype=np.int64)
+
+
+def _method(ws: "Workspace", method: str, rule: tuple) -> tuple[methods.Method, dict]:
+    """The registered method and its options (the config's, an explicit ESC rule replacing it)."""
+    cfg = ws.config
+    m = methods.get(method)
+    options = m.options_from_config(cfg)
+    p, k, energy = rule
+    if rule != (None, None, None):  # an explicit rule replaces the configured one
+        options.update(p=cfg.p if p is None else p, k=k, energy=energy)
+    return m, options
+
+
+def _fit_step(m: methods.Method, fit: Callable[[np.ndarray], Erasure], F: np.ndarray) -> Erasure:
+    """``fit(F)`` for ``F`` ``(n, d)``; a setting the method refuses, or a fitted step it refuses
+    to commit (it would change nothing), becomes a WorkspaceError."""
+    try:
+        new = fit(F)
+    except methods.MethodError as exc:
+        raise WorkspaceError(str(exc)) from None
+    refusal = m.refuse(new)
+    if refusal:
+        raise WorkspaceError(refusal)
+    return new
+
+
+def _measure(ws: "Workspace", method: str, new: Erasure, combined: Erasure, vecs: np.ndarray,
+             labels: np.ndarray, identity: int, fit: Callable[[np.ndarray], Erasure],
+             extra: np.ndarray, *, n_vectors: int, n_images: int) -> _Step:
+    """Before/after report, histograms, template leak and held-out coverage of ``new`` on
+    ``vecs`` ``(N, d)`` / ``labels`` ``(N,)``, where ``identity``'s rows are the person's faces."""
+    cfg = ws.config
+    report, protocol, moved = measure.erasure_report(vecs, labels, identity, fit, new, extra, cfg)
+    return _Step(method=method, new=new, combined=combined, report=report, protocol=protocol,
+                 hists=measure.score_histograms(vecs, labels, identity, new, seed=cfg.seed),
+                 leak=measure.template_leak(new, vecs, labels, identity),
+                 coverage=measure.coverage(new, moved, cfg.min_coverage),
+                 n_vectors=n_vectors, n_images=n_images)
+
+
+def _finish(ws: "Workspace", identity: int, step: _Step, *, kind: str, top_up: dict | None,
+            overridden: list[str], dry_run: bool, force: bool, lap: Callable[[str], None],
+            timings: dict) -> ForgetResult:
+    """Refuse an erasure that covers too little (unless ``force``), build the receipt, and
+    commit it (a deletion, or with ``kind="top-up"`` a further step) or report it (dry run)."""
+    refusal = _coverage_refusal(step.coverage)
+    if refusal and not dry_run:
+        if not force:
+            raise WorkspaceError(f"{refusal}; nothing was committed (--force commits anyway)")
+        warnings.warn(f"{refusal} (--force given: committed anyway)", RuntimeWarning,
+                      stacklevel=4)
+        overridden = overridden + ["coverage"]
+    base, edited = ws.base_encoder, ws.encoder
+    new_edited = base.with_erasure(step.combined)
     gen_before = int(ws.gallery.generation)
     gen_after = gen_before + (0 if dry_run else 1)
     lap("edit")
 
-    leak = measure.template_leak(new, all_vecs, labels, identity)
     receipt = rc.build_receipt(
-        identity_hash=h, method=method, params=params,
+        identity_hash=ws.hash_identity(identity), method=step.method, params=dict(step.new.params),
         model={"family": base.family, "base_sha256": base.fingerprint,
                "edited_sha256_before": edited.fingerprint,
                "edited_sha256_after": new_edited.fingerprint,
-               "k_added": new.k, "k_total": combined.k, "gates_total": combined.n_gates,
-               "deletions_total": len(ws.ledger()) + 1, "template_leak": leak},
+               "k_added": step.new.k, "k_total": step.combined.k,
+               "gates_total": step.combined.n_gates, "deletions_total": len(ws.ledger()) + 1,
+               "template_leak": step.leak},
         generation_before=gen_before, generation_after=gen_after,
-        metrics={**report.to_dict(), "protocol": protocol}, histograms=hists,
-        timings=timings, n_vectors=n_stored, n_images=len(extra),
-        facekd_version=_version(), created=_now(), dry_run=dry_run)
-    table = report.table()
+        metrics={**step.report.to_dict(), "protocol": step.protocol}, histograms=step.hists,
+        timings=timings, n_vectors=step.n_vectors, n_images=step.n_images,
+        facekd_version=_version(), created=_now(), dry_run=dry_run, kind=kind,
+        coverage=step.coverage, forced_over=overridden, top_up=top_up)
+    result = ForgetResult(receipt=receipt, committed=False, removed_faces=0,
+                          report_table=step.report.table(), kind=kind, coverage=step.coverage,
+                          refusal=refusal, forced=bool(overridden), top_up=top_up)
     if dry_run:
-        return ForgetResult(receipt=receipt, committed=False, removed_faces=0, report_table=table)
+        return result
+    return _commit(ws, identity, step, receipt, new_edited, result, lap)
 
+
+def _commit(ws: "Workspace", identity: int, step: _Step, receipt: dict, new_edited: Any,
+            result: ForgetResult, lap: Callable[[str], None]) -> ForgetResult:
+    """One save: the gallery, the erasure, the fingerprints, the ledger entry and the receipt."""
     # Every step that can fail on bad input is behind us: only now is the gallery changed, so a
     # raised error leaves this open workspace as it was, not half-edited.
-    entry = {"identity_hash": h, "receipt_id": receipt["receipt_id"], "method": method,
-             "k": new.k, "gates": new.n_gates, "generation_before": gen_before,
-             "generation_after": gen_after, "created": receipt["created"]}
-    removed, generation = ws.commit_deletion(identity, new, combined, new_edited, receipt, entry,
-                                             before_save=lambda: pause("before-save"))
+    gen_before, gen_after = (receipt["gallery"][f"generation_{w}"] for w in ("before", "after"))
+    entry = {"identity_hash": receipt["identity_hash"], "receipt_id": receipt["receipt_id"],
+             "kind": result.kind, "method": step.method, "k": step.new.k,
+             "gates": step.new.n_gates, "generation_before": gen_before,
+             "generation_after": gen_after, "created": receipt["created"],
+             **({"forced": True} if result.forced else {})}
+    hook = lambda: pause("before-save")  # noqa: E731
+    if result.kind == "top-up":
+        removed, generation = 0, ws.commit_top_up(step.new, step.combined, new_edited, receipt,
+                                                  entry, before_save=hook)
+    else:
+        removed, generation = ws.commit_deletion(identity, step.new, step.combined, new_edited,
+                                                 receipt, entry, before_save=hook)
     lap("commit")
     if generation != gen_after:
         warnings.warn(f"gallery generation {generation} != expected {gen_after}",
-                      RuntimeWarning, stacklevel=3)
+                      RuntimeWarning, stacklevel=4)
     pause("after-save")
-    path = ws.write_receipt_file(receipt["receipt_id"], rc.to_json(receipt).encode())
-    return ForgetResult(receipt=receipt, committed=True, removed_faces=removed,
-                        report_table=table, receipt_path=path)
+    result.receipt_path = ws.write_receipt_file(receipt["receipt_id"],
+                                                rc.to_json(receipt).encode())
+    result.committed, result.removed_faces = True, removed
+    return result
+
+
+def _coverage_refusal(cov: dict) -> str | None:
+    """One line saying why an erasure that covers too little must not be committed, or None: a
+    top-up step that covers none of the photos it was fitted on, or a coverage under the floor."""
+    step = cov.get("step")
+    if step is not None and step["in_sample"] == 0:
+        return (f"refused: the further step would erase none of the {step['faces']} escaped "
+                "photos, not even those it was fitted on: it would change nothing (the encoder "
+                "may not tell this person apart from others)")
+    if not cov.get("under_floor"):
+        return None
+    seen = "held-out" if cov["held_out"] else "seen (no held-out half)"
+    return (f"refused: the erasure would erase only {cov['covered']} of {cov['faces']} {seen} "
+            f"photos of the person (coverage {cov['share']:.2f}, under [forget] min_coverage "
+            f"{cov['floor']:.2f}; {cov['criterion']}): it would leave most of their faces as "
+            "they were (the encoder may not tell them apart from others, or the photos are too "
+            "few to learn them from)")
+
+
+# ------------------------------------------------------------------------------ top-up
+def _top_up(ws: "Workspace", identity: int, method: str, rule: tuple, images, dry_run: bool,
+            progress: bool, lap: Callable[[str], None], timings: dict,
+            force: bool) -> ForgetResult:
+    """Widen an erased identity's erasure to new photos: those the current erasure already
+    scrambles fully are counted and left alone; a further step is fitted on the ones that escape,
+    against everyone now enrolled, and committed after the earlier ones (``acc.then(new)``)."""
+    acc = ws.erasure
+    base_rows = _embed_request(ws, images, progress, base=True)  # (K, d) base-encoder rows
+    levels = acc.gate_levels(base_rows)  # (K,): the most any earlier gate opened on each
+    erased = levels >= 1.0
+    counts = {"photos_given": int(len(erased)), "already_erased": int(erased.sum()),
+              "escaped": int((~erased).sum())}
+    if erased.all():
+        return ForgetResult(receipt={}, committed=False, removed_faces=0, kind="top-up",
+                            top_up=counts)
+    overridden = _check_top_up_photos(acc, levels, force)
+    # As the deployed encoder embeds them: the new step runs after every earlier one.
+    escaped = acc.apply(base_rows[~erased])
+    lap("collect")
+
+    all_vecs, labels = _gallery_arrays(ws)
+    m, options = _method(ws, method, rule)
+    # Everyone now enrolled is "everyone else"; the chain's stranger map is reused through
+    # context.previous, so a further gate joins the same chain.
+    context = methods.FitContext(all_vecs, labels, acc, options, person=escaped,
+                                 identity=identity)
+
+    def fit(F: np.ndarray) -> Erasure:
+        return m.fit(F, context)
+
+    new = _fit_top_up(m, fit, escaped, counts)
+    lap("fit")
+    step = _measure_top_up(ws, m.name, new, acc.then(new), (all_vecs, labels), identity, fit,
+                           escaped, base_rows[~erased], counts)
+    lap("metrics")
+    return _finish(ws, identity, step, kind="top-up", top_up=counts, overridden=overridden,
+                   dry_run=dry_run, force=force, lap=lap, timings=timings)
+
+
+def _measure_top_up(ws: "Workspace", method: str, new: Erasure, combined: Erasure,
+                    gallery: tuple[np.ndarray, np.ndarray], identity: int,
+                    fit: Callable[[np.ndarray], Erasure], escaped: np.ndarray,
+                    escaped_base: np.ndarray, counts: dict) -> _Step:
+    """:func:`_measure` for a top-up step, whose coverage is judged over every photo given.
+
+    ``gallery``: everyone enrolled, ``(N, d)`` and ``(N,)``; ``escaped`` ``(e, d)`` the escaped
+    photos as the deployed encoder embeds them, ``escaped_base`` the same by the base encoder.
+    Adds ``newly_covered`` (escaped photos the widened erasure scrambles fully) to ``counts``."""
+    # The person's gallery faces left with the erasure: the escaped photos stand in for them, so
+    # the report measures the top-up's own effect (twin on half of them, probes the rest).
+    vecs = np.concatenate([gallery[0], escaped])
+    labs = np.concatenate([gallery[1], np.full(len(escaped), identity, dtype=np.int64)])
+    step = _measure(ws, method, new, combined, vecs, labs, identity, fit,
+                    np.empty((0, escaped.shape[1]), dtype=np.float32), n_vectors=0,
+                    n_images=len(escaped))
+    counts["newly_covered"] = int(np.count_nonzero(combined.gate_levels(escaped_base) >= 1.0))
+    # A gate-less step covers no photo "fully": it is judged by the photos it moves instead.
+    in_sample = (counts["newly_covered"] if new.n_gates
+                 else measure.moved_share(new, escaped, held_out=False)["covered"])
+    step.coverage = measure.top_up_coverage(step.coverage, counts, in_sample)
+    return step
+
+
+def _fit_top_up(m: methods.Method, fit: Callable[[np.ndarray], Erasure], escaped: np.ndarray,
+                counts: dict) -> Erasure:
+    """The further step, fitted on the ``escaped`` ``(e, d)`` photos; a method that cannot fit
+    on so few (the scramble needs 2) says so in one line with the counts."""
+    try:
+        return _fit_step(m, fit, escaped)
+    except ErasureError as exc:
+        raise WorkspaceError(f"{counts['escaped']} of the {counts['photos_given']} photos "
+                             f"escaped the erasure, and {m.name} cannot fit a further step on "
+                             f"them: {exc}; add more photos of the person") from None
+
+
+def _check_top_up_photos(acc: Erasure, levels: np.ndarray, force: bool) -> list[str]:
+    """Refuse (unless ``force``) top-up photos none of which opens any of the erasure's gates even
+    partly (``levels`` ``(K,)``, :meth:`Erasure.gate_levels`): they may show someone else, whom a
+    further step fitted on them would erase. Returns the checks ``force`` overrode
+    (``["request photos"]`` or ``[]``)."""
+    if acc.n_gates == 0 or float(levels.max()) > 0.0:
+        return []  # a linear erasure has no gate to ask; the person's gallery faces are gone
+    msg = (f"none of the {len(levels)} --images photos opens any gate of the erasure, even "
+           "partly: they may not show the erased person")
+    if not force:
+        raise WorkspaceError(msg + "; check the folder, or pass --force")
+    warnings.warn(msg + " (--force given)", RuntimeWarning, stacklevel=5)
+    return ["request photos"]
+
+
+def _embed_request(ws: "Workspace", images, progress: bool, *, base: bool = False) -> np.ndarray:
+    """The ``--images`` photos embedded ``(m, d)`` (deployed encoder, or ``base``); unusable
+    files are named in warnings, and none usable is an error."""
+    rows, _, skipped = ws.embed_images(list_images(images), progress=progress, base=base)
+    for path, reason in skipped:  # named: the operator sent these files
+        warnings.warn(f"skipped {path}: {str(reason).removeprefix(f'{path}: ')}",
+                      RuntimeWarning, stacklevel=4)
+    if not len(rows):  # fitting without them would not be what was asked for
+        raise WorkspaceError(f"{images}: no usable face in any of the --images photos")
+    return rows
 
 
 def _collect(ws: "Workspace", identity: int, images, progress: bool, force: bool
-             ) -> tuple[np.ndarray, np.ndarray, int]:
-    """``(faces to fit on (n, d), the --images part of them (m, d), stored count)``."""
+             ) -> tuple[np.ndarray, np.ndarray, int, list[str]]:
+    """``(faces to fit on (n, d), the --images part of them (m, d), stored count, the checks
+    force overrode)``."""
     forget_vecs = np.asarray(ws.gallery.vectors(identity), dtype=np.float32)
     n_stored = len(forget_vecs)
     extra = np.empty((0, forget_vecs.shape[1]), dtype=np.float32)
+    overridden: list[str] = []
     if images is not None:
-        extra, _, skipped = ws.embed_images(list_images(images), progress=progress)
-        for path, reason in skipped:  # named: the operator sent these files
-            warnings.warn(f"skipped {path}: {str(reason).removeprefix(f'{path}: ')}",
-                          RuntimeWarning, stacklevel=4)
-        if not len(extra):  # fitting without them would not be what was asked for
-            raise WorkspaceError(f"{images}: no usable face in any of the --images photos")
-        _check_request_photos(ws, identity, forget_vecs, extra, force)
+        extra = _embed_request(ws, images, progress)
+        if _check_request_photos(ws, identity, forget_vecs, extra, force):
+            overridden.append("request photos")
         forget_vecs = np.concatenate([forget_vecs, extra])
     if len(forget_vecs) < ws.config.min_vectors:
         raise WorkspaceError(f"identity {identity} has {len(forget_vecs)} face vector(s); at least "
                              f"{ws.config.min_vectors} are needed to fit (add --images DIR)")
-    return forget_vecs, extra, n_stored
+    return forget_vecs, extra, n_stored, overridden
 
 
 def _already_erased(ws: "Workspace", entry: dict) -> ForgetResult:
@@ -238,21 +461,22 @@ def _already_erased(ws: "Workspace", entry: dict) -> ForgetResult:
 
 
 def _check_request_photos(ws: "Workspace", identity: int, stored: np.ndarray, extra: np.ndarray,
-                          force: bool) -> None:
+                          force: bool) -> bool:
     """Refuse (unless ``force``) --images photos that do not look like the person: their mean
     cosine to the person's gallery faces is below the gallery's match threshold, so fitting
-    on them would erase someone else's face directions."""
+    on them would erase someone else's face directions. True when ``force`` overrode it."""
     if len(stored) == 0:
-        return
+        return False
     mean = float((normalize(extra) @ normalize(stored).T).mean())
     thr = measure.match_threshold(ws.gallery, ws.config)
     if thr is None or mean >= thr:
-        return
+        return False
     msg = (f"the --images photos do not look like identity {identity}: mean cosine {mean:.3f} "
            f"to its gallery faces, below the match threshold {thr:.3f}")
     if not force:
         raise WorkspaceError(msg + "; check the folder, or pass --force")
     warnings.warn(msg + " (--force given)", RuntimeWarning, stacklevel=5)
+    return True
 
 
 def _now() -> str:

@@ -151,6 +151,25 @@ class GateChain:
         out[hit] = rows
         return out
 
+    def trace(self, v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``(self(v) (n, d), top (n,))``: the chain's output and, per row, the largest gate value
+        any step applied to it on its way through (1: some step replaced it by a stranger fully).
+
+        Walks every row through every step (``O(n K)`` scrambler calls at worst), so it is meant
+        for a request's photos, not a gallery; :meth:`__call__` is the fast path.
+        """
+        out = np.array(v, dtype=np.float64, copy=True)
+        top = np.zeros(out.shape[0])
+        for i in range(self.n_gates):
+            # Evaluated on the row as earlier steps left it: the sequential semantics of __call__.
+            g = self.gates(out, slice(i, i + 1))[:, 0]
+            np.maximum(top, g, out=top)
+            moving = g > 0
+            if moving.any():
+                x = out[moving]
+                out[moving] = normalize_rows(x + g[moving, None] * (self.scrambler(x) - x))
+        return out, top
+
     def then(self, other: "GateChain") -> "GateChain":
         """One chain running ``self``'s steps and then ``other``'s (same scrambler required)."""
         if not self.scrambler.same_as(other.scrambler):

@@ -15,7 +15,8 @@ commits model state, gallery, ledger and receipt together or not at all:
 ``salt``            per-workspace HMAC key for identity hashes (hex)
 ``encoder_state``   JSON ``{"base": sha256, "edited": sha256, "d": int, "family": str}``
 ``erasure``         the accumulated :class:`~facekd.erasure.Erasure` (``.npz`` bytes)
-``ledger``          JSON list, one entry per committed deletion (hashed identity only)
+``ledger``          JSON list, one entry per committed deletion or top-up (hashed identity only;
+                    ``kind``: ``erasure`` or ``top-up``, absent in older entries: an erasure)
 ``receipt:<id>``    each receipt's JSON
 =================== ==========================================================================
 
@@ -27,8 +28,9 @@ below it unchanged), applying a new erasure to stored vectors equals re-enrollin
 images with the newly edited encoder, which is why forgetting needs no images.
 
 This module holds that state and opens, creates and commits workspaces, nothing more:
-:meth:`Workspace.commit_deletion` is forget's one atomic write. The operations are modules that take
-an open workspace as their first argument and never import this one (docs/architecture.md):
+:meth:`Workspace.commit_deletion` (or :meth:`Workspace.commit_top_up`) is forget's one atomic
+write. The operations are modules that take an open workspace as their first argument and never
+import this one (docs/architecture.md):
 :mod:`facekd.enrollment`, :mod:`facekd.search`, :mod:`facekd.forget` (measuring with
 :mod:`facekd.measure`), :mod:`facekd.verify`, :mod:`facekd.export` and :mod:`facekd.check`;
 ``ws.enroll(...)``, ``ws.forget(...)``, ``ws.verify(...)``... are one-line methods that delegate to
@@ -255,12 +257,16 @@ class Workspace:
             self._edited = enc
         return self._edited
 
-    def embed_images(self, paths: list[Path], *, progress: bool = True) -> tuple[np.ndarray, list, list]:
-        """Embed image files with the deployed (edited) encoder under the configured image limits:
-        ``((m, d) float32 unit rows, source paths (m,), skipped [(path, reason)])``; see
-        :func:`facekd.photos.embed_images`."""
-        return embed_images(self.encoder, paths, aligned=self.config.aligned,
-                            limits=self.config.image_limits, progress=progress)
+    def embed_images(self, paths: list[Path], *, progress: bool = True,
+                     base: bool = False) -> tuple[np.ndarray, list, list]:
+        """Embed image files with the deployed (edited) encoder, or with ``base`` the original one,
+        under the configured image limits: ``((m, d) float32 unit rows, source paths (m,),
+        skipped [(path, reason)])``; see :func:`facekd.photos.embed_images`. ``self.erasure
+        .apply(base rows)`` equals the deployed encoder's rows (a top-up needs the base rows to
+        see which gates each photo opens)."""
+        return embed_images(self.base_encoder if base else self.encoder, paths,
+                            aligned=self.config.aligned, limits=self.config.image_limits,
+                            progress=progress)
 
     # -------------------------------------------------------------- commits
     def require_writable(self) -> None:
@@ -282,8 +288,21 @@ class Workspace:
         (the forget pipeline's kill-test hook).
         """
         self.require_writable()
-        base = self.base_encoder
         removed = int(self.gallery.remove(identity))
+        return removed, self._commit_edit(step, combined, edited, receipt, entry, before_save)
+
+    def commit_top_up(self, step: Erasure, combined: Erasure, edited: Any, receipt: dict,
+                      entry: dict, *, before_save: Callable[[], None] | None = None) -> int:
+        """As :meth:`commit_deletion` for a top-up of an identity already erased (nothing to
+        remove): apply ``step`` to every stored vector and record ``combined``, the ``edited``
+        fingerprint, the ledger ``entry`` and the ``receipt`` in one save; the new generation."""
+        self.require_writable()
+        return self._commit_edit(step, combined, edited, receipt, entry, before_save)
+
+    def _commit_edit(self, step: Erasure, combined: Erasure, edited: Any, receipt: dict,
+                     entry: dict, before_save: Callable[[], None] | None) -> int:
+        """The shared body of the two commits: everything but removing an identity."""
+        base = self.base_encoder
         self.gallery.apply(step)
         self.gallery.set_encoder_fingerprint(edited.fingerprint)
         ledger = self.ledger() + [entry]
@@ -297,7 +316,7 @@ class Workspace:
             before_save()
         generation = self.commit()
         self._edited = edited
-        return removed, generation
+        return generation
 
     def receipt_path(self, receipt_id: str) -> Path:
         """Where the derived copy of a committed receipt lives: ``receipts/<id>.json``."""

@@ -376,3 +376,104 @@ def test_the_docs_examples_have_the_shape_of_real_output(command, erased, held):
     for source, lines in (("real output", real), ("docs/cli.md", _example(command))):
         for line in lines:
             assert any(p.fullmatch(line.rstrip()) for p in shapes), f"{source}: {line!r}"
+
+
+# ------------------------------------------------------------------ coverage refusal and top-up
+def test_forget_refuses_a_do_nothing_erasure_in_one_line_and_force_commits(tmp_path):
+    """An encoder that maps every face to nearly one vector: exit 2, one line with the coverage,
+    nothing committed; the dry run reports it; --force commits and the ledger says forced."""
+    from conftest import degenerate_workspace, run_cli
+
+    ws = degenerate_workspace(tmp_path / "ws")
+    code, out, err = run_cli("forget", "--identity", 3, "-w", ws)
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert code == 2 and len(lines) == 1, err
+    assert lines[0].startswith("error: refused:") and "coverage 0.00" in lines[0]
+    assert "min_coverage 0.50" in lines[0] and "--force" in lines[0]
+    ids = {row["identity"] for row in json.loads(run_cli("identities", "--json", "-w", ws)[1])}
+    assert 3 in ids and json.loads(run_cli("ledger", "--json", "-w", ws)[1]) == []
+
+    code, out, _ = run_cli("forget", "--identity", 3, "--dry-run", "-w", ws)
+    assert code == 0 and "coverage 0.00 (0 of 6 held-out photos" in out
+    assert "forget would refuse this" in out
+    code, out, _ = run_cli("forget", "--identity", 3, "--dry-run", "--json", "-w", ws)
+    dry = json.loads(out)
+    assert dry["refusal"] and dry["coverage"]["share"] == 0.0 and not dry["committed"]
+
+    code, out, err = run_cli("forget", "--identity", 3, "--force", "--json", "-w", ws)
+    res = json.loads(out)
+    assert code == 0 and res["committed"] and res["forced"] and res["receipt"]["forced"]
+    assert "warning: refused:" in err and "--force given" in err
+    assert "(forced)" in run_cli("ledger", "-w", ws)[1]
+
+
+def test_top_up_through_the_cli_text_and_json(ws, tmp_path):
+    from conftest import FEW_PHOTOS_PERSON as P, erase_from_few_photos, run_cli, write_renders
+
+    erase_from_few_photos(ws)
+    more = write_renders(tmp_path / "more", P, 24, 12)
+    code, out, err = run_cli("forget", "--identity", P, "-w", ws)  # no --images: as before
+    assert code == 0 and "already erased" in out and "nothing changed" in out
+
+    code, out, err = run_cli("forget", "--identity", P, "--images", more, "--dry-run", "--json",
+                             "-w", ws)
+    dry = json.loads(out)
+    assert code == 0 and dry["kind"] == "top-up" and not dry["committed"], err
+    assert dry["receipt"]["kind"] == "top-up" and dry["receipt"]["top_up"] == dry["top_up"]
+    assert dry["top_up"]["photos_given"] == 24 and dry["top_up"]["escaped"] >= 12
+    assert json.loads(run_cli("ledger", "--json", "-w", ws)[1])[-1]["kind"] == "erasure"
+
+    code, out, err = run_cli("forget", "--identity", P, "--images", more, "-w", ws)
+    assert code == 0, err
+    assert f"topped up identity {P}: a further step, receipt" in out
+    assert "24 photo(s) given:" in out and "now scrambled fully" in out and "coverage" in out
+    ledger = json.loads(run_cli("ledger", "--json", "-w", ws)[1])
+    assert [e["kind"] for e in ledger] == ["erasure", "top-up"]
+    assert "top-up" in run_cli("ledger", "-w", ws)[1]
+    assert json.loads(run_cli("check", "--json", "-w", ws)[1])["ok"]
+
+    # The photos the widened erasure now covers: nothing left to top up, nothing committed.
+    from facekd.workspace import Workspace
+
+    with Workspace.open(ws) as opened:
+        rows, _, _ = opened.embed_images(sorted(more.iterdir()), progress=False, base=True)
+        covered = opened.erasure.gate_levels(rows) >= 1.0
+    done = tmp_path / "done"
+    done.mkdir()
+    for j, path in enumerate(sorted(more.iterdir())):
+        if covered[j]:
+            shutil.copy(path, done / path.name)
+    k = int(covered.sum())
+    code, out, _ = run_cli("forget", "--identity", P, "--images", done, "-w", ws)
+    assert code == 0 and out.strip() == f"all {k} photos are already erased; nothing to top up"
+    code, out, _ = run_cli("forget", "--identity", P, "--images", done, "--json", "-w", ws)
+    res = json.loads(out)
+    assert res["kind"] == "top-up" and not res["committed"]
+    assert res["top_up"] == {"photos_given": k, "already_erased": k, "escaped": 0}
+    assert len(json.loads(run_cli("ledger", "--json", "-w", ws)[1])) == 2
+
+
+def test_sigkill_mid_top_up_leaves_the_old_state(ws, tmp_path):
+    """A top-up commits through the same single save: killed just before it, the workspace keeps
+    its earlier erasure, ledger and generation, and the top-up then runs."""
+    from conftest import FEW_PHOTOS_PERSON as P, erase_from_few_photos, write_renders
+
+    erase_from_few_photos(ws)
+    more = write_renders(tmp_path / "more", P, 12, 12)
+    before = json.loads(facekd("check", "--json", ws=ws).stdout)
+    env = {**os.environ, "FACEKD_WORKSPACE": str(ws), "FACEKD_TEST_PAUSE_AT": "before-save"}
+    proc = subprocess.Popen([sys.executable, "-m", "facekd.cli", "forget", "--identity", str(P),
+                             "--images", str(more)],
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        _wait_for(proc, "paused at stage before-save")
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    after = json.loads(facekd("check", "--json", ws=ws).stdout)
+    assert after["ok"] and after["generation"] == before["generation"], after
+    assert [e["kind"] for e in json.loads(facekd("ledger", "--json", ws=ws).stdout)] == ["erasure"]
+    r = facekd("forget", "--identity", P, "--images", more, "--json", ws=ws)
+    assert r.returncode == 0 and json.loads(r.stdout)["committed"], r.stderr

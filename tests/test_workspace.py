@@ -411,3 +411,235 @@ def test_every_receipt_measures_the_template_the_edited_model_gives_away(forgott
     assert set(leak) == {"cosine_to_mean_face", "rank", "ranked_among"}
     assert leak["ranked_among"] == len(IDS) and 1 <= leak["rank"] <= 3
     assert 0.0 < leak["cosine_to_mean_face"] <= 1.0
+
+
+# ------------------------------------------------------------------ coverage: erasures doing nothing
+@pytest.fixture(scope="session")
+def degenerate_built(tmp_path_factory):
+    from conftest import degenerate_workspace
+
+    return degenerate_workspace(tmp_path_factory.mktemp("degenerate") / "ws")
+
+
+@pytest.fixture
+def degenerate_dir(degenerate_built, tmp_path):
+    dst = tmp_path / "degenerate"
+    shutil.copytree(degenerate_built, dst)
+    return dst
+
+
+def test_forget_refuses_an_erasure_that_covers_nothing_and_commits_nothing(degenerate_dir):
+    """Every face is one vector plus noise: the gate opens on none of the person's held-out
+    photos, so forget refuses, and the workspace is as it was."""
+    from facekd.workspace import WorkspaceError
+
+    with _open(degenerate_dir, writable=True) as ws:
+        gen = ws.gallery.generation
+        with pytest.raises(WorkspaceError,
+                           match=r"0 of 6 held-out photos.*coverage 0\.00.*--force"):
+            ws.forget(3, progress=False)
+    with _open(degenerate_dir) as ws:
+        assert ws.gallery.has_identity(3) and len(ws.gallery.vectors(3)) == 6
+        assert ws.ledger() == [] and ws.gallery.generation == gen and ws.erasure.n_gates == 0
+    assert not (degenerate_dir / "receipts").exists()
+
+
+def test_dry_run_reports_the_coverage_and_the_refusal(degenerate_dir):
+    with _open(degenerate_dir, writable=True) as ws:
+        res = ws.forget(3, dry_run=True, progress=False)
+    assert not res.committed and res.refusal and "min_coverage 0.50" in res.refusal
+    cov = res.receipt["coverage"]
+    assert cov == res.coverage and cov["share"] == 0.0 and cov["faces"] == 6
+    assert cov["held_out"] and cov["under_floor"] and cov["floor"] == 0.5
+
+
+def test_force_commits_a_refused_erasure_and_records_it(degenerate_dir):
+    with pytest.warns(RuntimeWarning, match="--force given"):
+        with _open(degenerate_dir, writable=True) as ws:
+            res = ws.forget(3, progress=False, force=True)
+    assert res.committed and res.forced and res.receipt["forced"] is True
+    assert res.receipt["forced_over"] == ["coverage"]
+    with _open(degenerate_dir) as ws:
+        (entry,) = ws.ledger()
+        assert entry["forced"] is True and entry["kind"] == "erasure"
+        assert not ws.gallery.has_identity(3) and ws.check()["ok"]
+
+
+def test_a_real_erasure_covers_the_person_and_says_so(forgotten):
+    cov = forgotten[2].receipt["coverage"]
+    assert cov["share"] >= 0.5 and not cov["under_floor"] and cov["held_out"]
+    assert forgotten[2].receipt["forced"] is False and forgotten[2].receipt["kind"] == "erasure"
+
+
+def test_a_linear_erasure_is_judged_by_how_far_it_moves_unseen_photos(ws_dir):
+    from facekd.measure import MOVED_COSINE
+
+    with _open(ws_dir, writable=True) as ws:
+        res = ws.forget(TARGET, k=1, dry_run=True, progress=False)
+    cov = res.coverage
+    assert f"cosine {MOVED_COSINE:g}" in cov["criterion"] and cov["held_out"]
+    assert cov["faces"] == N_IMAGES // 2 and cov["share"] >= 0.5 and res.refusal is None
+
+
+def test_min_coverage_is_a_validated_setting(ws_dir):
+    import tomllib
+
+    import tomli_w
+
+    from facekd.workspace import CONFIG_NAME, WorkspaceError
+
+    cfg_path = ws_dir / CONFIG_NAME
+    cfg = tomllib.loads(cfg_path.read_text())
+    assert cfg["forget"]["min_coverage"] == 0.5  # init writes the default
+    cfg["forget"]["min_coverage"] = 1.5
+    cfg_path.write_text(tomli_w.dumps(cfg))
+    with pytest.raises(WorkspaceError, match="min_coverage must be in"):
+        _open(ws_dir)
+    cfg["forget"]["min_coverage"] = 0.0  # 0 turns the check off
+    cfg_path.write_text(tomli_w.dumps(cfg))
+    with _open(ws_dir) as ws:
+        assert ws.config.min_coverage == 0.0
+
+
+# ------------------------------------------------------------------ top-up
+@pytest.fixture(scope="session")
+def topped_up(built_workspace, tmp_path_factory):
+    """TARGET erased in full, then FEW_PHOTOS_PERSON erased from 3 photos (forced), then topped up
+    with 24 new photos of it: (workspace dir, new photos dir, TARGET's new photos dir, levels of
+    TARGET's photos before the top-up, ForgetResult of the top-up)."""
+    from conftest import FEW_PHOTOS_PERSON as P, erase_from_few_photos, write_renders
+
+    base = tmp_path_factory.mktemp("topup")
+    dst = base / "ws"
+    shutil.copytree(built_workspace[0], dst)
+    with _open(dst, writable=True) as ws:
+        ws.forget(TARGET, progress=False)
+    erase_from_few_photos(dst)
+    more = write_renders(base / "more", P, 24, 2 * N_IMAGES)
+    target_new = write_renders(base / "target-new", TARGET, 12, 2 * N_IMAGES)
+    with _open(dst, writable=True) as ws:
+        rows, _, _ = ws.embed_images(sorted(target_new.iterdir()), progress=False, base=True)
+        before = ws.erasure.gate_levels(rows)
+        res = ws.forget(P, images=more, progress=False)
+    return dst, more, target_new, before, res
+
+
+def _levels(ws, folder):
+    rows, _, _ = ws.embed_images(sorted(folder.iterdir()), progress=False, base=True)
+    return ws.erasure.gate_levels(rows)
+
+
+def test_top_up_scrambles_the_photos_that_escaped(topped_up):
+    dst, more, _, _, res = topped_up
+    top = res.top_up
+    assert res.committed and res.kind == "top-up" and res.removed_faces == 0
+    assert top["photos_given"] == 24 and top["already_erased"] + top["escaped"] == 24
+    assert top["escaped"] >= 12  # a gate from 3 photos missed most of the new ones
+    assert top["newly_covered"] >= 0.75 * top["escaped"] and res.coverage["share"] >= 0.5
+    with _open(dst) as ws:
+        now = _levels(ws, more)
+    assert int(np.count_nonzero(now >= 1.0)) == top["already_erased"] + top["newly_covered"]
+
+
+def test_top_up_keeps_earlier_erasures_in_force(topped_up):
+    """TARGET was erased first: every one of its new photos gated fully before the top-up still
+    is, and none is gated less."""
+    dst, _, target_new, before, _ = topped_up
+    with _open(dst) as ws:
+        after = _levels(ws, target_new)
+        assert not ws.gallery.has_identity(TARGET)
+    assert np.count_nonzero(before >= 1.0) >= 6
+    assert np.all(after >= before - 1e-12)
+
+
+def test_top_up_is_in_the_ledger_and_its_receipt_names_nobody(topped_up):
+    from conftest import FEW_PHOTOS_PERSON as P
+
+    dst, more, _, _, res = topped_up
+    with _open(dst) as ws:
+        ledger = ws.ledger()
+        assert [e["kind"] for e in ledger] == ["erasure", "erasure", "top-up"]
+        assert ledger[-1]["identity_hash"] == ws.hash_identity(P) == ledger[1]["identity_hash"]
+        assert ledger[-1]["receipt_id"] != ledger[1]["receipt_id"]
+        assert ws.erasure.n_gates == 3 and len(ws.erasure.tail) == 1  # one chain
+        assert ws.check()["ok"]
+        stored = ws.receipt(ledger[-1]["receipt_id"])
+    assert stored == res.receipt and stored["kind"] == "top-up" and stored["top_up"] == res.top_up
+    assert rc.find_leaks(stored, P, [str(more), "0.png"]) == []
+    assert rc.find_leaks({"ledger": ledger}, P) == []
+    assert stored["fitted_on"] == {"gallery_vectors": 0, "extra_images": res.top_up["escaped"]}
+
+
+def test_top_up_with_photos_already_erased_changes_nothing(topped_up, tmp_path):
+    dst, more, _, _, _ = topped_up
+    ws_dir = tmp_path / "ws"
+    shutil.copytree(dst, ws_dir)
+    with _open(ws_dir) as ws:
+        covered = _levels(ws, more) >= 1.0
+        gen, n = ws.gallery.generation, len(ws.ledger())
+    done = tmp_path / "done"
+    done.mkdir()
+    for j, path in enumerate(sorted(more.iterdir())):
+        if covered[j]:
+            shutil.copy(path, done / path.name)
+    from conftest import FEW_PHOTOS_PERSON as P
+
+    with _open(ws_dir, writable=True) as ws:
+        res = ws.forget(P, images=done, progress=False)
+    assert not res.committed and res.receipt == {}
+    assert res.top_up == {"photos_given": int(covered.sum()), "already_erased": int(covered.sum()),
+                          "escaped": 0}
+    with _open(ws_dir) as ws:
+        assert ws.gallery.generation == gen and len(ws.ledger()) == n
+
+
+def test_top_up_on_one_escaped_photo_says_why_in_one_line(erased_dir, built_workspace, tmp_path):
+    """fit_scramble needs 2 photos of the person: the method's error, with the counts."""
+    from facekd.workspace import WorkspaceError
+
+    _, _, held = built_workspace
+    with _open(erased_dir) as ws:
+        escaped = _levels(ws, held) < 1.0
+    assert escaped.any() and not escaped.all()
+    one = tmp_path / "one"  # the erased photos and one that escaped
+    one.mkdir()
+    first = int(np.flatnonzero(escaped)[0])
+    for j, path in enumerate(sorted(held.iterdir())):
+        if not escaped[j] or j == first:
+            shutil.copy(path, one / path.name)
+    given = int((~escaped).sum()) + 1
+    with _open(erased_dir, writable=True) as ws:
+        with pytest.raises(WorkspaceError,
+                           match=rf"1 of the {given} photos escaped.*at least 2") as exc:
+            ws.forget(TARGET, images=one, progress=False)
+        assert "\n" not in str(exc.value) and len(ws.ledger()) == 1
+
+
+def test_top_up_refuses_photos_that_open_no_gate(erased_dir, tmp_path):
+    """Photos of someone else (a person still enrolled) open none of the erasure's gates: a
+    further step fitted on them would erase that person, so the top-up is refused."""
+    from conftest import write_renders
+    from facekd.workspace import WorkspaceError
+
+    other = write_renders(tmp_path / "other", IDS[0], 6, 2 * N_IMAGES)
+    with _open(erased_dir, writable=True) as ws:
+        with pytest.raises(WorkspaceError, match="opens any gate.*--force"):
+            ws.forget(TARGET, images=other, progress=False)
+        assert len(ws.ledger()) == 1 and ws.gallery.has_identity(IDS[0])
+
+
+def test_a_ledger_written_before_kinds_existed_still_loads_and_tops_up(erased_dir, tmp_path):
+    """Entries without "kind" (older workspaces) read as erasures; a top-up appends to them."""
+    from conftest import run_cli, write_renders
+
+    with _open(erased_dir, writable=True) as ws:
+        old = [{k: v for k, v in e.items() if k != "kind"} for e in ws.ledger()]
+        ws.gallery.set_meta("ledger", json.dumps(old).encode())
+        ws.commit()
+    code, out, _ = run_cli("ledger", "-w", erased_dir)
+    assert code == 0 and " erasure " in out
+    more = write_renders(tmp_path / "more", TARGET, 12, 3 * N_IMAGES)
+    with _open(erased_dir, writable=True) as ws:
+        res = ws.forget(TARGET, images=more, progress=False, dry_run=True)
+        assert res.kind == "top-up" and res.top_up["photos_given"] == 12
+        assert "kind" not in ws.ledger()[0] and ws.check()["ok"]
