@@ -393,7 +393,10 @@ def forget(workspace: Path, as_json: bool, identity: int | None, name: str | Non
         model = r["model"]
         what = (f"{model.get('gates_total', 0)} gate(s) in the edited encoder"
                 if r["method"] == "scramble" else
-                f"{model['k_added']} direction(s) erased ({model['k_total']} in total)")
+                f"{model['k_added']} direction(s) erased ({model['k_total']} in total"
+                + (f", after {model['gates_total']} gate(s)" if model.get("gates_total") else "")
+                + ")")
+        v = r.get("verdict") or {}
         return "\n".join([
             *_forget_head(res, identity, dry_run),
             f"method {r['method']}, {what}; gallery generation "
@@ -404,7 +407,11 @@ def forget(workspace: Path, as_json: bool, identity: int | None, name: str | Non
                "not distribute it; docs/threat-model.md)"] if "template_leak" in model else []),
             *([f"verify with --identity {identity}: names of erased people are not kept"]
               if name is not None and not dry_run else []),
-            "", res.report_table, ""])
+            "", res.report_table,
+            *([f"forget's own measurement (held-back stored faces, 95% intervals): "
+               f"{v['status']}: {v['reason']}"] if v else []),
+            *(["confirm on new photos: facekd verify --identity ID --images DIR"]
+              if v and not dry_run else []), ""])
 
     data = res.to_dict()
     if name is not None:  # stdout for the operator who named the person; never in the receipt

@@ -264,14 +264,16 @@ def _finish(ws: "Workspace", identity: int, step: _Step, *, kind: str, top_up: d
         model={"family": base.family, "base_sha256": base.fingerprint,
                "edited_sha256_before": edited.fingerprint,
                "edited_sha256_after": new_edited.fingerprint,
-               "k_added": step.new.k, "k_total": step.combined.k,
+               # directions: an ESC step after a gate sits in the tail, not in the basis
+               "k_added": step.new.directions, "k_total": step.combined.directions,
                "gates_total": step.combined.n_gates, "deletions_total": len(ws.ledger()) + 1,
                "template_leak": step.leak},
         generation_before=gen_before, generation_after=gen_after,
         metrics={**step.report.to_dict(), "protocol": step.protocol}, histograms=step.hists,
         timings=timings, n_vectors=step.n_vectors, n_images=step.n_images,
         facekd_version=_version(), created=_now(), dry_run=dry_run, kind=kind,
-        coverage=step.coverage, forced_over=overridden, top_up=top_up)
+        coverage=step.coverage, forced_over=overridden, top_up=top_up,
+        verdict=measure.forget_verdict(step.report, ws.config))
     result = ForgetResult(receipt=receipt, committed=False, removed_faces=0,
                           report_table=step.report.table(), kind=kind, coverage=step.coverage,
                           refusal=refusal, forced=bool(overridden), top_up=top_up)
@@ -302,10 +304,23 @@ def _commit(ws: "Workspace", identity: int, step: _Step, receipt: dict, new_edit
     if generation != gen_after:
         warnings.warn(f"gallery generation {generation} != expected {gen_after}",
                       RuntimeWarning, stacklevel=4)
-    pause("after-save")
-    result.receipt_path = ws.write_receipt_file(receipt["receipt_id"],
-                                                rc.to_json(receipt).encode())
     result.committed, result.removed_faces = True, removed
+    if (receipt.get("verdict") or {}).get("status") == "FAIL":
+        warnings.warn("the erasure is committed, but forget's own measurement still finds the "
+                      f"person ({receipt['verdict']['reason']}); check with new photos (verify "
+                      "--images), widen it with more photos, or try another method",
+                      RuntimeWarning, stacklevel=4)
+    pause("after-save")
+    # Past the commit point: the erasure is in force whatever happens now. A failure to write the
+    # derived receipt file (a full disk, a file-size limit) is a warning, not a failed forget; the
+    # next `check` (or a re-run of this forget) writes it from the committed copy.
+    try:
+        result.receipt_path = ws.write_receipt_file(receipt["receipt_id"],
+                                                    rc.to_json(receipt).encode())
+    except (OSError, WorkspaceError) as exc:
+        warnings.warn(f"the erasure is committed, but its receipt file was not written ({exc}); "
+                      "`facekd check` writes it from the committed copy", RuntimeWarning,
+                      stacklevel=4)
     return result
 
 

@@ -71,7 +71,8 @@ def build_receipt(*, identity_hash: str, method: str, params: dict, model: dict,
                   histograms: dict, timings: dict, n_vectors: int, n_images: int,
                   facekd_version: str, created: str, dry_run: bool = False,
                   kind: str = "erasure", coverage: dict | None = None,
-                  forced_over: Iterable[str] = (), top_up: dict | None = None) -> dict:
+                  forced_over: Iterable[str] = (), top_up: dict | None = None,
+                  verdict: dict | None = None) -> dict:
     """Assemble a receipt dict (see module docstring for what it may contain).
 
     Args:
@@ -84,6 +85,8 @@ def build_receipt(*, identity_hash: str, method: str, params: dict, model: dict,
         forced_over: the checks that refused it and ``--force`` overrode (``"coverage"``,
             ``"request photos"``); stored as ``forced`` (bool) and, when any, ``forced_over``.
         top_up: a top-up's photo counts (given, already erased, escaped, newly covered).
+        verdict: forget's own measurement ruled PASS / FAIL / INCONCLUSIVE
+            (:func:`facekd.measure.forget_verdict`).
     """
     extra = {"coverage": _scrub(coverage)} if coverage is not None else {}
     forced_over = [str(x) for x in forced_over]
@@ -91,6 +94,8 @@ def build_receipt(*, identity_hash: str, method: str, params: dict, model: dict,
         extra["forced_over"] = forced_over
     if top_up is not None:
         extra["top_up"] = _scrub(top_up)
+    if verdict is not None:
+        extra["verdict"] = _scrub(verdict)
     return {
         "kind": kind,
         "forced": bool(forced_over),

@@ -27,8 +27,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["GateChain", "LinearStage", "Scrambler", "apply_stages", "gate_openings",
-           "normalize_rows"]
+__all__ = ["GateChain", "LinearStage", "Scrambler", "apply_stages", "normalize_rows"]
 
 
 def normalize_rows(x: np.ndarray) -> np.ndarray:
@@ -256,26 +255,3 @@ def apply_stages(stages: list, v: np.ndarray) -> np.ndarray:
         out = st(out)
     return out
 
-
-def gate_openings(stages: list, v: np.ndarray) -> np.ndarray:
-    """How far each row's gates opened on its way through ``stages``: ``(n,)`` float64 in
-    ``[0, 1]``, the largest gate value any step took on the row as it then was (1 = scrambled
-    fully by some step, 0 = no gate touched it; linear stages have no gate and only move it).
-
-    ``v`` ``(n, d)`` unit rows, as the first stage receives them. Follows the exact sequential
-    semantics of :meth:`GateChain.__call__`.
-    """
-    x = np.array(v, dtype=np.float64, copy=True)
-    opened = np.zeros(len(x))
-    for st in stages:
-        if isinstance(st, GateChain):
-            for i in range(st.n_gates):
-                g = st.gates(x, slice(i, i + 1))[:, 0]
-                opened = np.maximum(opened, g)
-                moving = g > 0
-                if moving.any():
-                    y = x[moving]
-                    x[moving] = normalize_rows(y + g[moving, None] * (st.scrambler(y) - y))
-        else:
-            x = st(x)
-    return opened

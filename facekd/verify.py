@@ -157,13 +157,8 @@ def _best(ws: "Workspace", vecs: np.ndarray) -> list[tuple[int | None, float | N
 def _gate_openings(ws: "Workspace", base: np.ndarray) -> np.ndarray | None:
     """How far the accumulated erasure's gates open on each photo's base embedding ``(m,)``;
     ``None`` when the erasure has no gate (linear erasures edit every face alike)."""
-    from facekd.tail import gate_openings
-
     acc = ws.erasure
-    if acc.n_gates == 0:
-        return None
-    linear = acc.linear_part().apply(base) if not acc.linear_part().is_identity else base
-    return gate_openings(acc.tail, linear)
+    return None if acc.n_gates == 0 else acc.gate_levels(base)
 
 
 def _erased_share(numbers: list[int], gate: np.ndarray) -> dict:

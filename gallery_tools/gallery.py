@@ -49,6 +49,7 @@ generation's files: names, writing G+1, deleting the others), :mod:`gallery_tool
 from __future__ import annotations
 
 import json
+import sqlite3
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
@@ -510,10 +511,7 @@ class Gallery(StoreBacked):
                                   "encoder_fingerprint": self._fingerprint, "files": dumps(files)})
         self._store.commit()  # <- the commit point of generation `new`
         self._generation, self._files = new, files
-        _gen.remove_stale(self._dir, self._files)
-        if self._removed_since_save:
-            self._store.vacuum()
-        self._store.checkpoint()
+        self._after_commit()
         if ivf:
             # Re-map the just-written file so the RAM copy can be dropped (pages come back lazily).
             self._vecs = open_vectors(self._dir / vec_rec[0], len(self._ids), self._dim,
@@ -522,6 +520,24 @@ class Gallery(StoreBacked):
             self._vec_digest = vec_rec[2]  # hashed while written: what the index holds
         self._vectors_dirty = self._removed_since_save = self._rows_dirty = False
         return new
+
+    def _after_commit(self) -> None:
+        """Clean-up after the commit point: delete the earlier generation's files, vacuum away
+        removed rows, checkpoint the WAL. The new generation is committed already, so a failure
+        here (a full disk, a file-size limit) must not read as a failed save: it is a warning,
+        and `check` reports what is left (the next writer, or `check --repair`, finishes it)."""
+        import warnings
+
+        try:
+            _gen.remove_stale(self._dir, self._files)
+            if self._removed_since_save:
+                self._store.vacuum()
+            self._store.checkpoint()
+        except (OSError, sqlite3.Error, GalleryError) as exc:
+            warnings.warn(f"{self._dir}: generation {self._generation} is committed, but the "
+                          f"clean-up after it failed ({exc}); `facekd check` reports what is "
+                          "left and `facekd check --repair` finishes it", RuntimeWarning,
+                          stacklevel=3)
 
     # ------------------------------------------------------------------ reporting
     def stats(self) -> dict:
