@@ -981,3 +981,35 @@ def test_special_files_sent_with_images_are_named_and_never_opened(erased, tmp_p
     assert len(skipped) == 3 and any("FIFO" in ln for ln in skipped)
     code, _, err = run("search", folder / "zero.png", "-w", erased)
     one_error_line(code, err, "not a regular file (a device)")
+
+
+@pytest.mark.parametrize("where", ["vacuum", "receipt file"])
+def test_a_failure_after_forgets_commit_is_a_warning_and_the_erasure_stands(ws, monkeypatch,
+                                                                             where):
+    """Past the commit point the erasure is in force: a full disk or a file-size limit while
+    vacuuming or writing the receipt file must not read as a failed forget (exit 0, a warning),
+    and `check` finishes what was left."""
+    import sqlite3 as _sqlite3
+
+    from facekd.workspace import Workspace
+    from gallery_tools.store import Store
+
+    def fail(*_a, **_k):
+        if where == "vacuum":
+            raise _sqlite3.OperationalError("disk I/O error")
+        raise OSError(errno.EFBIG, "File too large")
+
+    if where == "vacuum":
+        monkeypatch.setattr(Store, "vacuum", fail)
+    else:
+        monkeypatch.setattr(Workspace, "write_receipt_file", fail)
+    code, out, err = run("forget", "--identity", TARGET, "-w", ws)
+    assert code == 0 and f"erased identity {TARGET}" in out, err
+    assert "warning:" in err and "committed" in err
+    monkeypatch.undo()
+    with Workspace.open(ws) as w:
+        assert not w.gallery.has_identity(TARGET) and len(w.ledger()) == 1
+    code, out, _ = run("check", "-w", ws)
+    assert code == 0 and out.strip() == "ok", out
+    with Workspace.open(ws) as w:
+        assert w.receipt_path(w.ledger()[0]["receipt_id"]).is_file()
