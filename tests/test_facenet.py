@@ -281,7 +281,8 @@ def test_to_onnx_file_loads_with_facenet_preprocessing_and_matches_torch(encoder
     assert loaded.input_spec == FACENET_SPEC
     assert np.abs(loaded.embed(x) - edited.embed(x)).max() <= 1e-5
     meta = {p.key: p.value for p in onnx.load(str(path)).metadata_props}
-    assert set(json.loads(meta["facekd.erasure"])) <= {"method", "k", "gates", "steps"}
+    assert set(json.loads(meta["facekd.erasure"])) <= {"method", "k", "gates", "steps",
+                                                       "linear_stages_after_gates"}
 
 
 def test_baked_facenet_export_takes_raw_pixels_and_insightface_reads_its_head(encoder, probe,

@@ -180,3 +180,24 @@ def test_baked_head_swaps_channels_for_a_bgr_network_and_is_skipped_for_raw_inpu
     raw_enc = OnnxEncoder(models["mxnet"])  # already takes raw pixels: nothing to bake
     export(raw_enc, tmp_path / "m.onnx", bake_preprocessing=True)
     assert len(onnx.load(str(tmp_path / "m.onnx")).graph.node) == len(raw_enc.model.graph.node)
+
+
+@pytest.mark.slow
+def test_the_torch_export_based_exporter_writes_the_same_model(monkeypatch):
+    """The TorchScript exporter is used while torch has it (docs/cli.md, "ONNX exporter"); the
+    torch.export-based one, its successor, writes a model with the same outputs."""
+    import onnxruntime as ort
+
+    from facekd.encoders import load_encoder
+
+    enc = load_encoder("dlib")
+    chips = np.random.default_rng(0).integers(0, 255, size=(3, 150, 150, 3), dtype=np.uint8)
+    ref = enc.embed(chips)
+    ref /= np.linalg.norm(ref, axis=1, keepdims=True)
+    monkeypatch.setenv("FACEKD_ONNX_EXPORTER", "dynamo")
+    model = enc.onnx_model()
+    assert model.opset_import[0].version >= 18
+    sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    out = sess.run(None, {"input": enc.input_spec.to_tensor_array(chips)})[0]
+    out /= np.linalg.norm(out, axis=1, keepdims=True)
+    assert float((out * ref).sum(axis=1).min()) > 0.99999
