@@ -27,7 +27,10 @@ is too small to judge is never called a PASS.
 the design effect the photos show (the leave-one-photo-out variance over the binomial one;
 :func:`pair_share`). The half-split rank-1 gets a Wilson interval over its probes (the photos);
 its upper end is the tighter of that and the union bound ``e x`` the pair figure's upper end (a
-probe with ``e`` enrolled photos is a hit only if one of those ``e`` pairs is). A figure FAILs
+probe with ``e`` enrolled photos is a hit only if one of those ``e`` pairs is); its lower end the
+larger of the pair figure's (a hit needs one beating pair) and the photo count's with the most
+influential photo left out (one chance pair of look-alikes is no evidence; a group of escaped photos
+that find each other is). A figure FAILs
 when its interval lies wholly above its bound, PASSes when wholly at or under it, and is
 INCONCLUSIVE otherwise (:func:`judge`).
 
@@ -264,11 +267,14 @@ def attack_figures(person: np.ndarray, gallery_best: np.ndarray, odds: np.ndarra
     out = []
     e = m // 2
     r1 = float(split_hit_rates(person, gallery_best, enrol=e).mean())
-    n = _effective_photos(person, gallery_best, e, r1)
+    n, robust = _effective_photos(person, gallery_best, e, r1)
     _, high = wilson_interval(r1 * n, int(round(n)), z=z)
+    robust_low, _ = wilson_interval(robust * max(n - 1, 1), int(round(max(n - 1, 1))), z=z)
     # With e enrolled photos a probe is a hit when one of its e pairs beats the gallery: at least
-    # as often as one pair does, at most e times as often.
-    low, high = min(r1, pair_low), max(r1, min(high, e * pair_high))
+    # as often as one pair does, at most e times as often. The photo count gives the lower end
+    # too once the most influential photo is left out (a single chance pair is not evidence).
+    low = min(r1, max(pair_low, robust_low))
+    high = max(r1, min(high, e * pair_high))
     out.append(judge("rank-1", r1, n, factor * max(chance, stranger_baseline(odds, e)),
                      interval=(low, high), pass_cap=cap))
     if e > 1:  # with 2 or 3 photos the half split is the one-photo enrolment already
@@ -283,19 +289,24 @@ def attack_figures(person: np.ndarray, gallery_best: np.ndarray, odds: np.ndarra
 
 
 def _effective_photos(person: np.ndarray, gallery_best: np.ndarray, enrol: int,
-                      rate: float) -> float:
-    """The photo count behind the half-split ``rate``, over its design effect: hits come in
-    clusters (two photos that find each other make two hits), which the leave-one-photo-out
-    (jackknife) variance sees and a binomial count of photos does not. Between 1 and ``m``."""
+                      rate: float) -> tuple[float, float]:
+    """``(photos, robust rate)`` behind the half-split ``rate``.
+
+    ``photos`` is the count over its design effect: hits come in clusters (two photos that find
+    each other make two hits), which the leave-one-photo-out (jackknife) variance sees and a
+    binomial count does not; between 1 and ``m``. ``robust rate`` is the rate with the single
+    most influential photo left out: one chance pair of look-alike strangers then counts for
+    nothing, while a group of escaped photos that find each other still does.
+    """
     m = len(person)
     if rate in (0.0, 1.0) or m < 4:
-        return float(m)
+        return float(m), rate
     keep = ~np.eye(m, dtype=bool)
     loo = np.array([split_hit_rates(person[keep[k]], gallery_best[keep[k]],
                                     enrol=min(enrol, m - 2)).mean() for k in range(m)])
     var_jack = (m - 1) / m * float(np.sum((loo - loo.mean()) ** 2))
     deff = min(max(var_jack / (rate * (1 - rate) / m), 1.0), float(m))
-    return m / deff
+    return m / deff, float(loo.min())
 
 
 def photos_to_decide(after: list[Figure], photos: int, odds: np.ndarray, *, chance: float,
