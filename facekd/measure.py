@@ -8,6 +8,7 @@ histograms and the template leak are aggregate numbers only (no embedding or dir
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
@@ -15,6 +16,7 @@ import numpy as np
 from facekd.config import Config
 from facekd.erasure import Erasure, ErasureError
 from facekd.errors import WorkspaceError
+from facekd.fileio import write_atomic
 from facekd.photos import normalize
 
 __all__ = ["REPORT_MAX_IDENTITIES", "KR_MAX_IDENTITIES", "RETAIN_SAMPLE", "MOVED_COSINE",
@@ -30,7 +32,7 @@ RETAIN_SAMPLE = 4000  # vectors used for retained-identity statistics in verify
 # Gallery faces scored as never-enrolled people (FPIR threshold, stranger baseline): the cost is
 # this many x N x d, so it shrinks on huge galleries (500 at a million faces).
 STRANGER_PROBES = 2000
-STRANGER_BUDGET = 5e8
+STRANGER_BUDGET = 2e8
 # A linear edit "covers" a photo when it moves it below this cosine to where it was. Measured on
 # the synthetic test set (128-d samples encoder, twins fitted on half the photos): ESC leaves the
 # person's unseen photos at 0.52-0.84, ESC-T at 0.78-0.90, while everyone else's faces stay at a
@@ -248,19 +250,45 @@ def match_threshold(gallery: Any, config: Config) -> float | None:
     return gallery_stats(gallery, config).get("threshold")
 
 
-def gallery_strangers(gallery: Any, config: Config):
+def gallery_strangers(gallery: Any, config: Config, cache: Any = None):
     """Sampled gallery faces scored as never-enrolled people against everyone else
     (:func:`facekd.verdict.strangers`): what the FPIR threshold and verify's stranger baseline
-    are read from."""
-    from facekd.verdict import strangers
+    are read from.
 
+    ``cache``: a folder for the result, keyed by the gallery's generation and the seed (derived
+    data: a search or verify after the first skips the ``probes x N x d`` pass; a stale or damaged
+    file is recomputed; an unwritable folder only costs the next command the time).
+    """
+    import io
+
+    from facekd.verdict import Strangers, strangers
+
+    path = None
+    if cache is not None and not Path(cache).is_symlink():  # never written through a link
+        path = Path(cache) / f"strangers-g{int(gallery.generation)}-s{int(config.seed)}.npz"
+        try:
+            with np.load(path) as z:
+                return Strangers(z["odds"], z["best"], z["labels"])
+        except (OSError, KeyError, ValueError):
+            pass
     vecs = getattr(gallery, "vectors_view", gallery.vectors)()
     labels = np.asarray(gallery.labels(), dtype=np.int64)
     probes = int(max(200, min(STRANGER_PROBES, STRANGER_BUDGET // max(len(labels), 1))))
-    return strangers(vecs, labels, max_probes=probes, seed=config.seed)
+    found = strangers(vecs, labels, max_probes=probes, seed=config.seed)
+    if path is not None:
+        buf = io.BytesIO()
+        np.savez(buf, odds=found.odds, best=found.best, labels=found.labels)
+        try:
+            for old in Path(cache).glob("strangers-g*.npz"):  # earlier generations': stale
+                old.unlink(missing_ok=True)
+            write_atomic(path, buf.getvalue())
+        except OSError:
+            pass
+    return found
 
 
-def identification_threshold(gallery: Any, config: Config, found: Any = None) -> float | None:
+def identification_threshold(gallery: Any, config: Config, found: Any = None,
+                             cache: Any = None) -> float | None:
     """The one-to-many MATCH threshold: the score that a share ``config.fpir`` of never-enrolled
     people's photos exceed in a search of this gallery (false-positive identification rate),
     estimated with the gallery's own faces, each searched against the other identities, and
@@ -271,7 +299,7 @@ def identification_threshold(gallery: Any, config: Config, found: Any = None) ->
     """
     from facekd.verdict import fpir_threshold
 
-    found = gallery_strangers(gallery, config) if found is None else found
+    found = gallery_strangers(gallery, config, cache) if found is None else found
     return fpir_threshold(found, config.fpir, seed=config.seed)
 
 

@@ -19,7 +19,9 @@ from facekd.measure import identification_threshold, match_threshold
 if TYPE_CHECKING:
     from facekd.workspace import Workspace
 
-__all__ = ["search", "identity_named"]
+__all__ = ["search", "identity_named", "CACHE_DIR"]
+
+CACHE_DIR = "cache"  # derived data a workspace may keep (measure.gallery_strangers)
 
 
 def search(ws: "Workspace", image: str | os.PathLike, *, k: int = 5,
@@ -49,7 +51,8 @@ def search(ws: "Workspace", image: str | os.PathLike, *, k: int = 5,
         why = "; ".join(str(reason).removeprefix(f"{p}: ") for p, reason in skipped)
         raise WorkspaceError(f"{path.name}: no usable face ({why or 'none found'})")
     if identity is None:
-        thr, kind = identification_threshold(ws.gallery, ws.config), "fpir"
+        thr, kind = identification_threshold(ws.gallery, ws.config,
+                                             cache=ws.root / CACHE_DIR), "fpir"
     else:
         thr, kind = match_threshold(ws.gallery, ws.config), "far"
     if identity is None:

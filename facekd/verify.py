@@ -107,7 +107,9 @@ def verify(ws: "Workspace", identity: int, *, images: str | os.PathLike | None =
                          f"{str(reason).removeprefix(f'{path}: ')}")
     if len(after) == 0:
         raise WorkspaceError(f"{images}: no usable face in any image")
-    found = gallery_strangers(ws.gallery, cfg)
+    from facekd.search import CACHE_DIR
+
+    found = gallery_strangers(ws.gallery, cfg, ws.root / CACHE_DIR)
     res.id_threshold = identification_threshold(ws.gallery, cfg, found)
     gate = _gate_openings(ws, before)
     best_after = _best(ws, after)

@@ -643,3 +643,18 @@ def test_a_ledger_written_before_kinds_existed_still_loads_and_tops_up(erased_di
         res = ws.forget(TARGET, images=more, progress=False, dry_run=True)
         assert res.kind == "top-up" and res.top_up["photos_given"] == 12
         assert "kind" not in ws.ledger()[0] and ws.check()["ok"]
+
+
+def test_the_one_to_many_threshold_is_cached_per_generation_and_a_damaged_cache_is_recomputed(
+        ws_dir, built_workspace):
+    from facekd.measure import gallery_strangers, identification_threshold
+
+    with _open(ws_dir) as ws:
+        cache = ws.root / "cache"
+        first = identification_threshold(ws.gallery, ws.config, cache=cache)
+        files = list(cache.glob("strangers-g*.npz"))
+        assert len(files) == 1 and f"-g{ws.gallery.generation}-" in files[0].name
+        assert identification_threshold(ws.gallery, ws.config, cache=cache) == first
+        files[0].write_bytes(b"damaged")
+        again = gallery_strangers(ws.gallery, ws.config, cache)
+        assert identification_threshold(ws.gallery, ws.config, again) == first
