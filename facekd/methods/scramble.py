@@ -18,7 +18,7 @@ from facekd.erasure import Erasure, ErasureError, as_matrix, single_threaded_bla
 from facekd.methods.base import FitContext, MethodError, register
 from facekd.tail import GateChain, Scrambler, normalize_rows
 
-__all__ = ["RIDGE_GRID", "fit_scramble"]
+__all__ = ["PRIOR_GRID", "RIDGE_GRID", "fit_scramble"]
 
 
 def _folds(n: int, folds: int, rng: np.random.Generator,
@@ -36,38 +36,84 @@ class _RidgeDiscriminant:
     """Weighted ridge least squares ``x . w + b`` ~ 1 on the person's faces, ~ 0 on the gallery,
     each class carrying its share of the weight whatever its size.
 
+    With a within-identity covariance ``within`` ``(d, d)`` and a strength ``tau > 0``, each of
+    the person's photos counts as a cloud of covariance ``tau * within`` around it (the normal
+    equations gain ``forget_weight * tau * within``): one photo then stands for the person's
+    other photos too, and directions in which anyone's photos vary stop separating the person
+    from the gallery (tau -> inf: the within-class LDA direction).
+
     The gallery's half of the normal equations, and each gallery cross-validation part's share of
     it, are computed once and serve every ridge and every fold: they are the ``O(N d^2)`` work."""
 
     def __init__(self, gallery: np.ndarray, parts: list[np.ndarray], *,
-                 forget_weight: float) -> None:
+                 forget_weight: float, within: np.ndarray | None = None) -> None:
         self.ga = np.c_[gallery, np.ones(len(gallery))]
         self.wg = (1 - forget_weight) / len(gallery)
         self.base = self.wg * (self.ga.T @ self.ga)
         self.parts = parts
         self.part_grams = [self.wg * (self.ga[p].T @ self.ga[p]) for p in parts]
         self.forget_weight = forget_weight
+        d1 = self.ga.shape[1]
+        self.within = np.zeros((d1, d1))
+        if within is not None:
+            self.within[:-1, :-1] = forget_weight * within
 
-    def fit(self, forget: np.ndarray, ridge: float, *, drop: int | None = None
-            ) -> tuple[np.ndarray, float]:
+    def fit(self, forget: np.ndarray, ridge: float, tau: float = 0.0, *,
+            drop: int | None = None) -> tuple[np.ndarray, float]:
         """``(w (d,), b)`` fitted on ``forget`` and the gallery, without gallery part ``drop``."""
         fa = np.c_[forget, np.ones(len(forget))]
         wf = self.forget_weight / len(forget)
         gram = (self.base + ridge * np.eye(self.ga.shape[1])) + wf * (fa.T @ fa)
+        if tau:
+            gram = gram + tau * self.within
         if drop is not None:
             gram = gram - self.part_grams[drop]
         sol = np.linalg.solve(gram, wf * fa.sum(axis=0))
         return sol[:-1], float(sol[-1])
 
-    def heldout_gallery_scores(self, forget: np.ndarray, ridge: float) -> np.ndarray:
+    def heldout_gallery_scores(self, forget: np.ndarray, ridge: float,
+                               tau: float = 0.0) -> np.ndarray:
         """Each gallery face scored by a discriminant fitted without its part (without its whole
         identity when the parts are by identity): how an unseen ordinary face scores (in-sample
         scores are optimistic, most of all on small galleries)."""
         scores = np.empty(len(self.ga))
         for i, part in enumerate(self.parts):
-            w, b = self.fit(forget, ridge, drop=i)
+            w, b = self.fit(forget, ridge, tau, drop=i)
             scores[part] = self.ga[part, :-1] @ w + b
         return scores
+
+    def one_photo_z(self, pairs: np.ndarray, groups: np.ndarray | None, ridge: float,
+                    tau: float, max_rows: int = 2000) -> np.ndarray:
+        """``(P,)`` how a one-photo gate scores a new photo, in held-out gallery standard scores.
+
+        For each gallery pair ``(a, b)`` (two photos of one identity, rows of the gallery): the
+        discriminant fitted on photo ``a`` alone against the gallery without ``a``'s part (its
+        identity, when parts are by identity), scoring ``b``, as ``(s(b) - mean) / sd`` over that
+        part's faces of other identities (``groups`` ``(N,)``; at most ``max_rows`` of them).
+        Each fit is a rank-one update of its part's inverse normal equations, so P pairs cost
+        ``folds`` inversions and ``O(P d (d + max_rows))``."""
+        owner = np.empty(len(self.ga), np.int64)
+        for i, part in enumerate(self.parts):
+            owner[part] = i
+        z = np.full(len(pairs), np.nan)
+        eye = ridge * np.eye(self.ga.shape[1])
+        for i, part in enumerate(self.parts):
+            mine = np.flatnonzero(owner[pairs[:, 0]] == i)
+            if not len(mine) or len(part) < 3:
+                continue
+            inv = np.linalg.inv(self.base - self.part_grams[i] + eye + tau * self.within)
+            fa, fb = self.ga[pairs[mine, 0]], self.ga[pairs[mine, 1]]
+            mfa = fa @ inv  # inv is symmetric
+            sol = self.forget_weight * mfa / (1 + self.forget_weight
+                                              * np.einsum("ij,ij->i", fa, mfa))[:, None]
+            rows = part[:: max(1, len(part) // max_rows)]
+            scores = self.ga[rows] @ sol.T  # (rows, P'): ordinary faces no fit saw
+            if groups is not None:  # the pair's own identity is not an ordinary face to it
+                other = groups[rows][:, None] != groups[pairs[mine, 0]][None, :]
+                scores = np.where(other, scores, np.nan)
+            mean, sd = np.nanmean(scores, axis=0), np.nanstd(scores, axis=0)
+            z[mine] = (np.einsum("ij,ij->i", fb, sol) - mean) / np.maximum(sd, 1e-12)
+        return z[np.isfinite(z)]
 
 
 def _scores(g: np.ndarray, w: np.ndarray, b: np.ndarray, block: int = 65_536) -> np.ndarray:
@@ -84,58 +130,88 @@ def _scores(g: np.ndarray, w: np.ndarray, b: np.ndarray, block: int = 65_536) ->
 
 
 RIDGE_GRID = (1e-4, 1e-3, 1e-2, 1e-1)  # fit_scramble's choices when ridge=None
+# fit_scramble's within-prior strengths when prior=None (0: the plain ridge gate).
+PRIOR_GRID = (0.0, 1.0, 4.0)
+# fit_scramble's gate quantiles when q=None and the gallery is labelled, tightest first: the gate
+# opens as little as it can while covering ``cover`` of the person's unseen photos. 0.995 is the
+# most it may spend on strangers (about 0.15 % of ordinary faces on LFW + dlib: everyone else's
+# rank-1 and TAR within 0.15 point, docs/benchmarks.md).
+Q_GRID = (0.9995, 0.999, 0.998, 0.995)
 
 
 def _gate_fit(disc: _RidgeDiscriminant, fitted: tuple[np.ndarray, float], in_sample: np.ndarray,
-              f: np.ndarray, ridge: float, q: float, forget_parts: list[np.ndarray]) -> dict:
-    """One ridge's discriminant ``(w, b)``, gate threshold ``t0`` and cross-validated scores of
-    the person's photos (``held``), with how many of them clear ``t0`` (``recall``) and by how
-    many held-out gallery standard deviations their lower quartile does (``margin``)."""
+              f: np.ndarray, ridge: float, tau: float, qs: tuple[float, ...],
+              forget_parts: list[np.ndarray], pairs: np.ndarray | None,
+              groups: np.ndarray | None) -> dict:
+    """One (ridge, prior) pair's discriminant ``(w, b)``, its gate threshold for each quantile
+    in ``qs`` (``t0``, a list) and the scores of photos of the person it did not see (``held``),
+    with how many of them clear each threshold (``recall``, a list) and by how many held-out
+    gallery standard deviations their lower quartile clears the first (``margin``).
+
+    ``held``: cross-validated scores of the person's photos (each scored by a discriminant fitted
+    without it) when there are 2 or more; with one photo, held-out identities' new photos under
+    their own one-photo gates (:meth:`_RidgeDiscriminant.one_photo_z`, pairs of gallery rows
+    ``pairs`` ``(P, 2)`` from :class:`~facekd.methods.prior.WithinPrior`), on this gate's scale.
+    """
     from scipy.special import ndtri
 
-    w, b = fitted  # disc.fit(f, ridge); ``in_sample`` (N,): its scores on the whole gallery
+    w, b = fitted  # disc.fit(f, ridge, tau); ``in_sample`` (N,): its scores on the whole gallery
     # The gate opens above the q-quantile of held-out gallery scores (each face scored by a
     # discriminant fitted without it, or without its identity) and of in-sample scores. A
     # gallery holds too few faces to read a 1e-5 quantile off it: a normal tail fitted to the
     # held-out scores extrapolates it (and never lowers the empirical one).
-    heldout_g = disc.heldout_gallery_scores(f, ridge)
-    tail = float(heldout_g.mean() + ndtri(q) * heldout_g.std())
-    t0 = float(max(np.quantile(heldout_g, q), np.quantile(in_sample, q), tail))
+    heldout_g = disc.heldout_gallery_scores(f, ridge, tau)
+    t0 = [float(max(np.quantile(heldout_g, q), np.quantile(in_sample, q),
+                    heldout_g.mean() + ndtri(q) * heldout_g.std())) for q in qs]
     n = len(f)
-    held = np.empty(n)
-    for part in forget_parts:
-        rest = np.setdiff1d(np.arange(n), part)
-        w2, b2 = disc.fit(f[rest], ridge) if len(rest) else (w, b)
-        held[part] = f[part] @ w2 + b2
-    return {"w": w, "b": b, "t0": t0, "held": held, "ridge": ridge,
-            "recall": float(np.mean(held > t0)),
-            "margin": float((np.quantile(held, 0.25) - t0) / max(heldout_g.std(), 1e-12))}
+    cv = np.empty(n if n >= 2 else 0)
+    if n >= 2:
+        for part in forget_parts:
+            rest = np.setdiff1d(np.arange(n), part)
+            w2, b2 = disc.fit(f[rest], ridge, tau)
+            cv[part] = f[part] @ w2 + b2
+    # One photo: no second one to cross-validate with. Held-out identities' one-photo gates show
+    # how new photos score, in held-out gallery standard scores, put on this gate's scale.
+    prior = (np.empty(0) if n >= 2 or pairs is None else
+             heldout_g.mean() + heldout_g.std() * disc.one_photo_z(pairs, groups, ridge, tau))
+    held = np.r_[cv, prior]
+    return {"w": w, "b": b, "t0": t0, "held": held, "ridge": ridge, "tau": tau,
+            "recall": [float(np.mean(held > t)) for t in t0],
+            "margin": float((np.quantile(held, 0.25) - t0[0]) / max(heldout_g.std(), 1e-12))}
 
 
-def fit_scramble(F: Any, gallery: Any, *, q: float | None = None, width: float = 0.3,
-                 full_quantile: float = 0.05, alpha: float = 1.05, ridge: float | None = None,
-                 forget_weight: float = 0.5, folds: int = 5, n_features: int = 512,
-                 sigma: float = 200.0, seed: int = 0, max_gallery: int = 50_000,
-                 gallery_labels: Any = None, scrambler: Scrambler | None = None) -> Erasure:
+def fit_scramble(F: Any, gallery: Any, *, q: float | None = None, width: float = 0.05,
+                 full_quantile: float = 0.05, cover: float = 0.97, alpha: float = 1.05, ridge: float | None = None,
+                 prior: float | None = None, forget_weight: float = 0.5, folds: int = 5,
+                 n_features: int = 512, sigma: float = 200.0, seed: int = 0,
+                 max_gallery: int = 50_000, gallery_labels: Any = None,
+                 scrambler: Scrambler | None = None) -> Erasure:
     """Fit a gated scramble: the person's faces become unrelated, ordinary-looking strangers.
 
     A ridge discriminant ``s(x)`` is fitted to be 1 on the person's faces ``F`` and 0 on the
-    ``gallery`` (everyone else). The gate opens at ``t0`` = the ``q``-quantile of ``s`` on the
+    ``gallery`` (everyone else). With ``gallery_labels`` it is fitted under a within-identity
+    prior (:mod:`facekd.methods.prior`): each photo of the person stands for a cloud shaped like
+    everyone else's photo-to-photo variation, which is what lets one photo cover the person's
+    other photos. The gate opens at ``t0`` = the ``q``-quantile of ``s`` on the
     gallery (default 0.9995 with ``gallery_labels``, 0.9999 without; the larger of the empirical
     quantile and a normal tail fitted to the scores) and is fully open at ``s1 = t0 + width * (s_cv - t0)``, ``s_cv`` the
-    ``full_quantile``-quantile of *cross-validated* scores of ``F`` (each photo scored by a
-    discriminant fitted without it, which is how an unseen photo of the person scores; ``t0`` is
-    likewise taken over held-out gallery scores, which is how unseen ordinary faces score). A gated face
+    ``full_quantile``-quantile of scores of photos of the person the discriminant did not see
+    (each known photo scored by a discriminant fitted without it, and the prior's stand-ins for
+    new photos: a known photo plus another identity's photo-to-photo difference); ``t0`` is
+    likewise taken over held-out gallery scores, which is how unseen ordinary faces score. A gated face
     is replaced by ``t(x)``: a pseudo-random point distributed like the population (gallery mean
     and covariance, deviation scaled by ``alpha``), so erased faces neither match one another nor
     stand out (``alpha = 1``: distributed like ordinary faces; larger: easier to spot, harder to
     re-identify; the default 1.05 is the measured balance on LFW + dlib, docs/benchmarks.md).
 
     Args:
-        F: ``(n, d)`` embeddings of the person (``n >= 2``), in the space the erasure applies to.
+        F: ``(n, d)`` embeddings of the person (``n >= 1``; one photo needs ``gallery_labels``,
+            the prior is what it generalises from), in the space the erasure applies to.
         gallery: ``(N, d)`` embeddings of everyone else (what the deployment holds).
         ridge: the discriminant's ridge; default: chosen from ``RIDGE_GRID`` by how many of the
-            person's cross-validated photos clear the gate (few photos need a stronger ridge).
+            person's unseen photos (see above) clear the gate (few photos need a stronger ridge).
+        prior: strength of the within-identity prior (0: none, the plain ridge gate); default:
+            chosen from ``PRIOR_GRID`` with the ridge. Needs ``gallery_labels``.
         gallery_labels: ``(N,)`` identity of each gallery face. With them the gate's threshold is
             calibrated on identities the discriminant never saw (cross-validation by identity),
             which is how a new photo of an enrolled person scores; without, by face.
@@ -144,23 +220,29 @@ def fit_scramble(F: Any, gallery: Any, *, q: float | None = None, width: float =
 
     Returns:
         An :class:`Erasure` whose linear part is the identity and whose tail is one gate. Faces
-        below the gate are returned unchanged.
+        below the gate are returned unchanged. ``params["heldout_recall"]``: share of the
+        person's unseen photos (as above) that clear ``t0``; ``params["heldout_gated_fully"]``:
+        share fully gated; with one photo both are estimated from the prior's stand-ins alone.
     """
+    from facekd.methods.prior import WithinPrior
+
     f = normalize_rows(as_matrix(F, "forget embeddings").astype(np.float64))
     # The gallery stays in its own dtype: a float64 copy of a million faces is 1 GB and only the
     # fitted sample needs one; the whole gallery is only ever scored, block by block.
     g = as_matrix(gallery, "gallery embeddings", d=f.shape[1])
     n, d = f.shape
-    if n < 2:
-        raise ErasureError("fit_scramble needs at least 2 embeddings of the person")
     if len(g) < 2:
         raise ErasureError("fit_scramble needs at least 2 gallery embeddings of other people")
-    if q is None:  # calibrated by identity, a lower quantile gives the same protection
-        q = 0.9995 if gallery_labels is not None else 0.9999
-    if not 0.0 < q < 1.0 or not 0.0 < width <= 1.0 or not 0.0 <= full_quantile <= 1.0:
-        raise ErasureError("q must be in (0, 1), width in (0, 1], full_quantile in [0, 1]")
+    # Calibrated by identity, lower quantiles give the same protection (and are searched).
+    qs = (float(q),) if q is not None else Q_GRID if gallery_labels is not None else (0.9999,)
+    if not all(0.0 < x < 1.0 for x in qs) or not 0.0 < width <= 1.0 \
+            or not 0.0 <= full_quantile <= 1.0 or not 0.0 <= cover <= 1.0:
+        raise ErasureError("q must be in (0, 1), width in (0, 1], full_quantile and cover in "
+                           "[0, 1]")
     if not alpha > 0 or (ridge is not None and not ridge > 0) or not 0.0 < forget_weight < 1.0:
         raise ErasureError("alpha and ridge must be positive, forget_weight in (0, 1)")
+    if prior is not None and not prior >= 0:
+        raise ErasureError("prior must be >= 0")
     rng = np.random.default_rng(seed)
     groups = None
     if gallery_labels is not None:
@@ -171,22 +253,36 @@ def fit_scramble(F: Any, gallery: Any, *, q: float | None = None, width: float =
                                                                      replace=False)
     fit_g = normalize_rows(g[pick].astype(np.float64))
     groups = None if groups is None else groups[pick]
+    within = None if groups is None else WithinPrior.fit(fit_g, groups, seed=seed)
+    if within is None and (n < 2 or (prior or 0) > 0):
+        raise ErasureError("fit_scramble needs at least 2 embeddings of the person, or "
+                           "gallery_labels with 2 or more faces of 2 or more people (the "
+                           "within-identity prior one photo generalises from)")
     ridges = RIDGE_GRID if ridge is None else (float(ridge),)
+    taus = (0.0,) if within is None else PRIOR_GRID if prior is None else (float(prior),)
+    grid = [(r, t) for t in taus for r in ridges]
     fold_rng = np.random.default_rng(seed)  # the same parts for every ridge
     gallery_parts = _folds(len(fit_g), folds, fold_rng, groups)
     forget_parts = _folds(n, folds, fold_rng)
+    pairs = None if within is None else within.pairs
     with single_threaded_blas():
-        disc = _RidgeDiscriminant(fit_g, gallery_parts, forget_weight=forget_weight)
-        fitted = [disc.fit(f, r) for r in ridges]
-        # One pass over the whole gallery scores it under every ridge's discriminant.
+        disc = _RidgeDiscriminant(fit_g, gallery_parts, forget_weight=forget_weight,
+                                  within=None if within is None else within.within)
+        fitted = [disc.fit(f, r, t) for r, t in grid]
+        # One pass over the whole gallery scores it under every discriminant.
         in_sample = _scores(g, np.stack([w for w, _ in fitted], axis=1),
                             np.array([b for _, b in fitted]))
-        fits = [_gate_fit(disc, fitted[i], in_sample[:, i], f, r, q, forget_parts)
-                for i, r in enumerate(ridges)]
-    # The ridge whose held-out photos of the person clear the gate best (ties: the wider margin).
-    i_best = max(range(len(fits)), key=lambda i: (fits[i]["recall"], fits[i]["margin"]))
+        fits = [_gate_fit(disc, fitted[i], in_sample[:, i], f, r, t, qs, forget_parts, pairs,
+                          groups)
+                for i, (r, t) in enumerate(grid)]
+    # The tightest gate that covers ``cover`` of the unseen photos (else the widest allowed), and
+    # the (ridge, prior) whose unseen photos of the person clear it best (ties: wider margin).
+    j = next((j for j in range(len(qs)) if max(x["recall"][j] for x in fits) >= cover),
+             len(qs) - 1)
+    i_best = max(range(len(fits)), key=lambda i: (fits[i]["recall"][j], fits[i]["margin"]))
     best = fits[i_best]
-    w, b, t0, held, ridge = best["w"], best["b"], best["t0"], best["held"], best["ridge"]
+    q, t0, recall = qs[j], best["t0"][j], best["recall"][j]
+    w, b, held, ridge = best["w"], best["b"], best["held"], best["ridge"]
     s_cv = float(np.quantile(held, full_quantile))
     separable = s_cv > t0
     spread = (s_cv - t0) if separable else float(np.median(f @ w + b) - t0)
@@ -203,20 +299,22 @@ def fit_scramble(F: Any, gallery: Any, *, q: float | None = None, width: float =
                       s1=np.array([s1]), scrambler=scrambler)
     gate_fit = chain.gates(f)[:, 0]
     gallery_touched = float(np.mean(in_sample[:, i_best] > t0))
-    params = {"q": q, "width": width, "full_quantile": full_quantile, "alpha": alpha,
-              "ridge": ridge, "heldout_recall": best["recall"], "forget_weight": forget_weight,
+    params = {"q": q, "width": width, "full_quantile": full_quantile, "cover": cover,
+              "alpha": alpha, "ridge": ridge, "prior": best["tau"], "heldout_recall": recall,
+              "forget_weight": forget_weight,
               "n_features": int(scrambler.omega.shape[0]),
               "sigma": sigma, "seed": seed, "n": n, "gallery": int(len(g)),
               "separable": bool(separable),
               "fit_gated_fully": float(np.mean(gate_fit >= 1.0)),
               "heldout_gated_fully": float(np.mean((held - t0) / (s1 - t0) >= 1.0)),
+              "heldout_from": "prior" if n < 2 else "cv",
               "gallery_touched": gallery_touched}
     return Erasure(method="esc", d=d, basis=np.zeros((d, 0)), params=params,
                    history=[{"method": "scramble", "params": params}], tail=[chain])
 
 
-@register("scramble", options=("q", "width", "full_quantile", "alpha", "ridge", "forget_weight",
-                               "folds", "n_features", "sigma", "seed", "max_gallery"),
+@register("scramble", options=("q", "width", "full_quantile", "cover", "alpha", "ridge", "prior",
+                               "forget_weight", "folds", "n_features", "sigma", "seed", "max_gallery"),
           config={"scramble_q": "q", "scramble_alpha": "alpha", "seed": "seed"},
           summary="gated scramble: the person's faces become unrelated strangers")
 def _fit(forget: np.ndarray, context: FitContext) -> Erasure:
