@@ -52,7 +52,8 @@ class Config:
     p: float = 1.5
     k: int | None = None
     energy: float | None = None
-    min_vectors: int = 2
+    # One photo is enough for the scramble: its gate generalises from a within-identity prior.
+    min_vectors: int = 1
     # The reference step (lr 1e-3 on the raw gradient) never moves a mask entry past the threshold
     # on face-sized forget sets, so ESC-T would erase nothing. The workspace normalises each step
     # by its largest gradient entry instead: lr is then the most any entry moves per step.
@@ -61,9 +62,11 @@ class Config:
     max_rank1_over_chance: float = 2.0
     max_tar: float = 0.05
     seed: int = 0
-    # Gated scramble: the gate opens at this quantile of the gallery's discriminant scores, and
-    # a scrambled face's deviation from the population mean is scaled by scramble_alpha.
-    scramble_q: float = 0.9995
+    # Gated scramble: the gate opens at this quantile of the gallery's discriminant scores (None,
+    # "auto" in the file: the tightest of 0.9995..0.995 that covers the person's unseen photos,
+    # facekd.methods.scramble.Q_GRID), and a scrambled face's deviation from the population mean
+    # is scaled by scramble_alpha.
+    scramble_q: float | None = None
     scramble_alpha: float = 1.05
     # Checked before decoding any image (file size, then the header's width x height).
     max_image_bytes: int = DEFAULT_LIMITS.max_bytes
@@ -82,7 +85,8 @@ class Config:
                         else float(self.match_threshold)},
             "forget": {"method": self.method, "p": self.p, "min_vectors": self.min_vectors,
                        "esc_t_lr": self.esc_t_lr, "esc_t_normalize_step": self.esc_t_normalize_step,
-                       "seed": self.seed, "scramble_q": self.scramble_q,
+                       "seed": self.seed,
+                       "scramble_q": "auto" if self.scramble_q is None else self.scramble_q,
                        "scramble_alpha": self.scramble_alpha,
                        # TOML has no null: an unset rule is simply absent
                        **({"k": self.k} if self.k is not None else {}),
@@ -108,8 +112,9 @@ class Config:
         unknown = sorted(set(flat) - known)
         if unknown:
             raise WorkspaceError(f"{source}: unknown setting(s) {', '.join(unknown)}")
-        if flat.get("match_threshold") == "auto":
-            flat["match_threshold"] = None
+        for key in ("match_threshold", "scramble_q"):
+            if flat.get(key) == "auto":
+                flat[key] = None
         for key, value in flat.items():
             _check_type(key, value, source)
         cfg = cls(**flat)
@@ -139,7 +144,8 @@ class Config:
         if self.method not in methods.names():
             raise WorkspaceError(f"{source}: method must be one of {', '.join(methods.names())}, "
                                  f"got {self.method!r}")
-        if not 0 < float(self.scramble_q) < 1 or not float(self.scramble_alpha) > 0:
+        if (self.scramble_q is not None and not 0 < float(self.scramble_q) < 1) \
+                or not float(self.scramble_alpha) > 0:
             raise WorkspaceError(f"{source}: scramble_q must be in (0, 1), scramble_alpha > 0")
         if not 0 < self.far < 1 or not 0 <= self.max_tar <= 1 or self.max_rank1_over_chance <= 0:
             raise WorkspaceError(f"{source}: far and max_tar must be in (0, 1), "
@@ -177,4 +183,4 @@ def _check_type(key: str, value: Any, source: str) -> None:
                 "float": "a finite number"}[kind]
         shown = repr(value) if len(repr(value)) <= 40 else repr(value)[:37] + "..."
         raise WorkspaceError(f"{source}: {key} must be {want}"
-                             f"{' (or auto)' if key == 'match_threshold' else ''}, got {shown}")
+                             f"{' (or auto)' if key in ('match_threshold', 'scramble_q') else ''}, got {shown}")
