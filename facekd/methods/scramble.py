@@ -292,7 +292,7 @@ def fit_scramble(F: Any, gallery: Any, *, q: float | None = None, width: float =
         # gallery up to max_gallery faces): a 50k-face estimate of a d x d covariance is exact to
         # well under the spread of the strangers it shapes.
         scrambler = Scrambler.fit(fit_g, n_features=n_features, sigma=sigma, alpha=alpha,
-                                  seed=seed)
+                                  seed=seed, labels=groups)
     elif scrambler.mean.shape != (d,):
         raise ErasureError(f"scrambler dimension {scrambler.mean.shape} does not match d={d}")
     chain = GateChain(weights=w[:, None], bias=np.array([b]), t0=np.array([t0]),
