@@ -181,9 +181,10 @@ def _gate_fit(disc: _RidgeDiscriminant, fitted: tuple[np.ndarray, float], in_sam
 
 
 def fit_scramble(F: Any, gallery: Any, *, q: float | None = None, width: float = 0.05,
-                 full_quantile: float = 0.05, cover: float = 0.97, alpha: float = 1.05, ridge: float | None = None,
-                 prior: float | None = None, forget_weight: float = 0.5, folds: int = 5,
-                 n_features: int = 512, sigma: float = 200.0, seed: int = 0,
+                 full_quantile: float = 0.05, cover: float = 0.97, alpha: float = 1.05,
+                 ridge: float | None = None, prior: float | None = None,
+                 forget_weight: float = 0.5, folds: int = 5, n_features: int = 512,
+                 sigma: float = 200.0, seed: int = 0,
                  max_gallery: int = 50_000, gallery_labels: Any = None,
                  scrambler: Scrambler | None = None) -> Erasure:
     """Fit a gated scramble: the person's faces become unrelated, ordinary-looking strangers.
@@ -192,15 +193,17 @@ def fit_scramble(F: Any, gallery: Any, *, q: float | None = None, width: float =
     ``gallery`` (everyone else). With ``gallery_labels`` it is fitted under a within-identity
     prior (:mod:`facekd.methods.prior`): each photo of the person stands for a cloud shaped like
     everyone else's photo-to-photo variation, which is what lets one photo cover the person's
-    other photos. The gate opens at ``t0`` = the ``q``-quantile of ``s`` on the
-    gallery (default 0.9995 with ``gallery_labels``, 0.9999 without; the larger of the empirical
-    quantile and a normal tail fitted to the scores) and is fully open at ``s1 = t0 + width * (s_cv - t0)``, ``s_cv`` the
-    ``full_quantile``-quantile of scores of photos of the person the discriminant did not see
-    (each known photo scored by a discriminant fitted without it, and the prior's stand-ins for
-    new photos: a known photo plus another identity's photo-to-photo difference); ``t0`` is
-    likewise taken over held-out gallery scores, which is how unseen ordinary faces score. A gated face
-    is replaced by ``t(x)``: a pseudo-random point distributed like the population (gallery mean
-    and covariance, deviation scaled by ``alpha``), so erased faces neither match one another nor
+    other photos. The gate opens at ``t0`` = the ``q``-quantile of ``s`` on the gallery (the
+    larger of the empirical quantile and a normal tail fitted to the scores; ``t0`` is taken over
+    held-out gallery scores, which is how unseen ordinary faces score) and is fully open at
+    ``s1 = t0 + width * (s_cv - t0)``, ``s_cv`` the ``full_quantile``-quantile of scores of the
+    person's photos the discriminant did not see: each known photo scored by a discriminant
+    fitted without it, or, with one photo, held-out identities' new photos under their own
+    one-photo gates. Default ``q``, with ``gallery_labels``: the tightest of ``Q_GRID`` whose
+    gate opens on ``cover`` of those unseen photos (0.9999 without labels); with one photo the
+    widest. A gated face is replaced by ``t(x)``: a pseudo-random point distributed like the
+    population (gallery mean and covariance, deviation scaled by ``alpha``; the covariance shrunk
+    on small galleries, :meth:`Scrambler.fit`), so erased faces neither match one another nor
     stand out (``alpha = 1``: distributed like ordinary faces; larger: easier to spot, harder to
     re-identify; the default 1.05 is the measured balance on LFW + dlib, docs/benchmarks.md).
 
@@ -212,6 +215,8 @@ def fit_scramble(F: Any, gallery: Any, *, q: float | None = None, width: float =
             person's unseen photos (see above) clear the gate (few photos need a stronger ridge).
         prior: strength of the within-identity prior (0: none, the plain ridge gate); default:
             chosen from ``PRIOR_GRID`` with the ridge. Needs ``gallery_labels``.
+        cover: share of the person's unseen photos the default ``q`` search asks the gate to
+            open on (see above).
         gallery_labels: ``(N,)`` identity of each gallery face. With them the gate's threshold is
             calibrated on identities the discriminant never saw (cross-validation by identity),
             which is how a new photo of an enrolled person scores; without, by face.
@@ -222,7 +227,8 @@ def fit_scramble(F: Any, gallery: Any, *, q: float | None = None, width: float =
         An :class:`Erasure` whose linear part is the identity and whose tail is one gate. Faces
         below the gate are returned unchanged. ``params["heldout_recall"]``: share of the
         person's unseen photos (as above) that clear ``t0``; ``params["heldout_gated_fully"]``:
-        share fully gated; with one photo both are estimated from the prior's stand-ins alone.
+        share fully gated; with one photo both are estimated from held-out gallery identities'
+        one-photo gates (``params["heldout_from"]``: ``"prior"``; else ``"cv"``).
     """
     from facekd.methods.prior import WithinPrior
 
@@ -277,8 +283,11 @@ def fit_scramble(F: Any, gallery: Any, *, q: float | None = None, width: float =
                 for i, (r, t) in enumerate(grid)]
     # The tightest gate that covers ``cover`` of the unseen photos (else the widest allowed), and
     # the (ridge, prior) whose unseen photos of the person clear it best (ties: wider margin).
-    j = next((j for j in range(len(qs)) if max(x["recall"][j] for x in fits) >= cover),
-             len(qs) - 1)
+    # One photo: the estimate is other people's average and cannot see an atypical photo (on
+    # LFW one in twelve covers a quarter of its new photos where twelve in twelve were
+    # estimated to cover 97 %), so the gate opens as wide as it may.
+    j = len(qs) - 1 if n < 2 else next(
+        (j for j in range(len(qs)) if max(x["recall"][j] for x in fits) >= cover), len(qs) - 1)
     i_best = max(range(len(fits)), key=lambda i: (fits[i]["recall"][j], fits[i]["margin"]))
     best = fits[i_best]
     q, t0, recall = qs[j], best["t0"][j], best["recall"][j]
