@@ -184,7 +184,7 @@ def fit_scramble(F: Any, gallery: Any, *, q: float | None = None, width: float =
                  full_quantile: float = 0.05, cover: float = 0.97, alpha: float = 1.05,
                  ridge: float | None = None, prior: float | None = None,
                  forget_weight: float = 0.5, folds: int = 5, n_features: int = 512,
-                 sigma: float = 200.0, seed: int = 0,
+                 sigma: float = 200.0, seed: int = 0, shrink: float | None = None,
                  max_gallery: int = 50_000, gallery_labels: Any = None,
                  scrambler: Scrambler | None = None) -> Erasure:
     """Fit a gated scramble: the person's faces become unrelated, ordinary-looking strangers.
@@ -217,6 +217,8 @@ def fit_scramble(F: Any, gallery: Any, *, q: float | None = None, width: float =
             chosen from ``PRIOR_GRID`` with the ridge. Needs ``gallery_labels``.
         cover: share of the person's unseen photos the default ``q`` search asks the gate to
             open on (see above).
+        shrink: the stranger map's covariance shrinkage (:meth:`Scrambler.fit`; default:
+            calibrated on the gallery; 0: the raw covariance, as before issue 21).
         gallery_labels: ``(N,)`` identity of each gallery face. With them the gate's threshold is
             calibrated on identities the discriminant never saw (cross-validation by identity),
             which is how a new photo of an enrolled person scores; without, by face.
@@ -249,6 +251,8 @@ def fit_scramble(F: Any, gallery: Any, *, q: float | None = None, width: float =
         raise ErasureError("alpha and ridge must be positive, forget_weight in (0, 1)")
     if prior is not None and not prior >= 0:
         raise ErasureError("prior must be >= 0")
+    if shrink is not None and not 0 <= shrink < 1:
+        raise ErasureError("shrink must be in [0, 1)")
     rng = np.random.default_rng(seed)
     groups = None
     if gallery_labels is not None:
@@ -301,7 +305,7 @@ def fit_scramble(F: Any, gallery: Any, *, q: float | None = None, width: float =
         # gallery up to max_gallery faces): a 50k-face estimate of a d x d covariance is exact to
         # well under the spread of the strangers it shapes.
         scrambler = Scrambler.fit(fit_g, n_features=n_features, sigma=sigma, alpha=alpha,
-                                  seed=seed, labels=groups)
+                                  seed=seed, labels=groups, shrink=shrink)
     elif scrambler.mean.shape != (d,):
         raise ErasureError(f"scrambler dimension {scrambler.mean.shape} does not match d={d}")
     chain = GateChain(weights=w[:, None], bias=np.array([b]), t0=np.array([t0]),
@@ -323,7 +327,8 @@ def fit_scramble(F: Any, gallery: Any, *, q: float | None = None, width: float =
 
 
 @register("scramble", options=("q", "width", "full_quantile", "cover", "alpha", "ridge", "prior",
-                               "forget_weight", "folds", "n_features", "sigma", "seed", "max_gallery"),
+                               "forget_weight", "folds", "n_features", "sigma", "seed", "shrink",
+                               "max_gallery"),
           config={"scramble_q": "q", "scramble_alpha": "alpha", "seed": "seed"},
           summary="gated scramble: the person's faces become unrelated strangers")
 def _fit(forget: np.ndarray, context: FitContext) -> Erasure:
