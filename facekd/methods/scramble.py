@@ -263,7 +263,9 @@ def fit_scramble(F: Any, gallery: Any, *, q: float | None = None, width: float =
                                                                      replace=False)
     fit_g = normalize_rows(g[pick].astype(np.float64))
     groups = None if groups is None else groups[pick]
-    within = None if groups is None else WithinPrior.fit(fit_g, groups, seed=seed)
+    # The prior costs a second O(N d^2) pass: skipped where it is switched off.
+    within = (None if groups is None or (prior == 0 and n >= 2)
+              else WithinPrior.fit(fit_g, groups, seed=seed))
     if within is None and (n < 2 or (prior or 0) > 0):
         raise ErasureError("fit_scramble needs at least 2 embeddings of the person, or "
                            "gallery_labels with 2 or more faces of 2 or more people (the "
