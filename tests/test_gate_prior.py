@@ -143,3 +143,31 @@ def test_bench_takes_one_fit_photo_and_refuses_zero():
     assert parse_fit_photos("1,2,3,5,all") == ["1", "2", "3", "5", "all"]
     with pytest.raises(BenchError, match="number >= 1"):
         parse_fit_photos("0")
+
+
+def test_forget_erases_a_person_the_workspace_holds_one_photo_of(tmp_path):
+    from facekd.synthfaces import write_tree
+    from facekd.workspace import Workspace, WorkspaceError
+
+    ids = list(range(3000, 3012))
+    tree = write_tree(tmp_path / "tree", ids, 4, seed=0)
+    for extra in sorted((tree / str(ids[0])).iterdir())[1:]:
+        extra.unlink()  # the person: one photo (an ID-photo gallery); everyone else: four
+    Workspace.init(tmp_path / "ws", "samples", aligned=True).close()
+    with Workspace.open(tmp_path / "ws", writable=True) as ws:
+        ws.enroll(tree, progress=False)
+        res = ws.forget(ids[0], progress=False)
+        assert res.committed and not ws.gallery.has_identity(ids[0])
+        assert ws.erasure.n_gates == 1
+        p = ws.erasure.history[-1]["params"]
+        assert p["n"] == 1 and p["heldout_from"] == "prior"
+        assert 0.0 <= p["heldout_gated_fully"] <= 1.0
+        # The receipt cannot measure re-identification from one stored face, and says so.
+        assert "one stored face" in res.receipt["metrics"]["protocol"]
+    # Nobody in the gallery has two photos: no within-identity variation to generalise from.
+    single = write_tree(tmp_path / "single", ids[:6], 1, seed=1)
+    Workspace.init(tmp_path / "ws1", "samples", aligned=True).close()
+    with Workspace.open(tmp_path / "ws1", writable=True) as ws:
+        ws.enroll(single, progress=False)
+        with pytest.raises(WorkspaceError, match="within-identity prior"):
+            ws.forget(ids[0], progress=False)

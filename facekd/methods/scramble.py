@@ -338,5 +338,10 @@ def _fit(forget: np.ndarray, context: FitContext) -> Erasure:
         raise MethodError("scramble needs at least 2 gallery faces of other people "
                           "(the gate is fitted against them)")
     # Later gates reuse the chain's stranger map, so the chain stays one object (one gate product).
-    return fit_scramble(forget, context.gallery, gallery_labels=context.gallery_labels,
-                        scrambler=context.previous.scrambler, **context.options)
+    try:
+        return fit_scramble(forget, context.gallery, gallery_labels=context.gallery_labels,
+                            scrambler=context.previous.scrambler, **context.options)
+    except MethodError:
+        raise
+    except ErasureError as exc:  # e.g. one photo in a gallery where nobody has two
+        raise MethodError(str(exc)) from None
