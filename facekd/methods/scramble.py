@@ -106,14 +106,41 @@ class _RidgeDiscriminant:
             mfa = fa @ inv  # inv is symmetric
             sol = self.forget_weight * mfa / (1 + self.forget_weight
                                               * np.einsum("ij,ij->i", fa, mfa))[:, None]
-            rows = part[:: max(1, len(part) // max_rows)]
-            scores = self.ga[rows] @ sol.T  # (rows, P'): ordinary faces no fit saw
-            if groups is not None:  # the pair's own identity is not an ordinary face to it
-                other = groups[rows][:, None] != groups[pairs[mine, 0]][None, :]
-                scores = np.where(other, scores, np.nan)
-            mean, sd = np.nanmean(scores, axis=0), np.nanstd(scores, axis=0)
+            # Ordinary faces no fit saw: the part's other identities. A part holding one
+            # identity (a gallery of a few people) has none: then a sample of the whole gallery.
+            mean, sd = self._others_stats(part, sol, pairs[mine, 0], groups, max_rows)
             z[mine] = (np.einsum("ij,ij->i", fb, sol) - mean) / np.maximum(sd, 1e-12)
         return z[np.isfinite(z)]
+
+    def _others_stats(self, part: np.ndarray, sol: np.ndarray, owners: np.ndarray,
+                      groups: np.ndarray | None, max_rows: int) -> tuple[np.ndarray, np.ndarray]:
+        """Mean and s.d. ``(P,)`` of the scores under discriminants ``sol`` ``(P, d + 1)`` of the
+        part's faces not of identity ``groups[owners]`` (a sample of the whole gallery for the
+        columns the part leaves fewer than 2 of)."""
+        def stats(rows: np.ndarray, cols: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+            rows = rows[:: max(1, len(rows) // max_rows)]
+            mask = (None if groups is None
+                    else groups[rows][:, None] != groups[owners[cols]][None, :])
+            return _nan_stats(self.ga[rows] @ sol[cols].T, mask)
+
+        mean, sd = stats(part, np.arange(len(sol)))
+        bad = np.flatnonzero(~np.isfinite(mean))
+        if len(bad):
+            mean[bad], sd[bad] = stats(np.arange(len(self.ga)), bad)
+        return mean, sd
+
+
+def _nan_stats(scores: np.ndarray, mask: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+    """Column mean and s.d. of ``scores`` ``(rows, P)`` over the rows ``mask`` keeps (NaN where
+    a column keeps fewer than 2)."""
+    if mask is not None:
+        scores = np.where(mask, scores, np.nan)
+    kept = np.sum(np.isfinite(scores), axis=0)
+    ok = kept >= 2
+    mean, sd = np.full(scores.shape[1], np.nan), np.full(scores.shape[1], np.nan)
+    mean[ok] = np.nanmean(scores[:, ok], axis=0)
+    sd[ok] = np.nanstd(scores[:, ok], axis=0)
+    return mean, sd
 
 
 def _scores(g: np.ndarray, w: np.ndarray, b: np.ndarray, block: int = 65_536) -> np.ndarray:
@@ -175,6 +202,8 @@ def _gate_fit(disc: _RidgeDiscriminant, fitted: tuple[np.ndarray, float], in_sam
     prior = (np.empty(0) if n >= 2 or pairs is None else
              heldout_g.mean() + heldout_g.std() * disc.one_photo_z(pairs, groups, ridge, tau))
     held = np.r_[cv, prior]
+    if not len(held):  # no pair could be scored (a gallery of two or three people)
+        held = f @ w + b  # in-sample: the only, optimistic, reading
     return {"w": w, "b": b, "t0": t0, "held": held, "ridge": ridge, "tau": tau,
             "recall": [float(np.mean(held > t)) for t in t0],
             "margin": float((np.quantile(held, 0.25) - t0[0]) / max(heldout_g.std(), 1e-12))}
