@@ -63,9 +63,9 @@ class Config:
     max_tar: float = 0.05
     seed: int = 0
     # Gated scramble: the gate opens at this quantile of the gallery's discriminant scores (None,
-    # "auto" in the file: the tightest of 0.9995..0.995 that covers the person's unseen photos,
-    # facekd.methods.scramble.Q_GRID), and a scrambled face's deviation from the population mean
-    # is scaled by scramble_alpha.
+    # "auto" in the file: 0.9995 with 2+ photos of the person, 0.995 with one; see
+    # facekd.methods.scramble.Q_MANY / Q_ONE), and a scrambled face's deviation from the
+    # population mean is scaled by scramble_alpha.
     scramble_q: float | None = None
     scramble_alpha: float = 1.05
     # Checked before decoding any image (file size, then the header's width x height).

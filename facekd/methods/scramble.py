@@ -18,7 +18,7 @@ from facekd.erasure import Erasure, ErasureError, as_matrix, single_threaded_bla
 from facekd.methods.base import FitContext, MethodError, register
 from facekd.tail import GateChain, Scrambler, normalize_rows
 
-__all__ = ["PRIOR_GRID", "RIDGE_GRID", "fit_scramble"]
+__all__ = ["PRIOR_GRID", "Q_GRID", "Q_MANY", "Q_ONE", "RIDGE_GRID", "fit_scramble"]
 
 
 def _folds(n: int, folds: int, rng: np.random.Generator,
@@ -159,10 +159,14 @@ def _scores(g: np.ndarray, w: np.ndarray, b: np.ndarray, block: int = 65_536) ->
 RIDGE_GRID = (1e-4, 1e-3, 1e-2, 1e-1)  # fit_scramble's choices when ridge=None
 # fit_scramble's within-prior strengths when prior=None (0: the plain ridge gate).
 PRIOR_GRID = (0.0, 1.0, 4.0)
-# fit_scramble's gate quantiles when q=None and the gallery is labelled, tightest first: the gate
-# opens as little as it can while covering ``cover`` of the person's unseen photos. 0.995 is the
-# most it may spend on strangers (about 0.15 % of ordinary faces on LFW + dlib: everyone else's
-# rank-1 and TAR within 0.15 point, docs/benchmarks.md).
+# The gate's quantile (labelled gallery) with 2+ photos and with one. One photo's gate must
+# stand for photos it never saw, so it may spend more on strangers (about 0.15 % of ordinary
+# faces on LFW + dlib, everyone else's rank-1 and TAR within 0.15 point); with 2+ photos the
+# tighter gate keeps erasures in sequence cheap (each gate's cost to others adds up:
+# docs/benchmarks.md, 20 in sequence).
+Q_MANY, Q_ONE = 0.9995, 0.995
+# With ``cover`` set, the quantiles searched tightest first: the gate opens as little as it can
+# while covering ``cover`` of the person's unseen photos.
 Q_GRID = (0.9995, 0.999, 0.998, 0.995)
 
 
@@ -209,8 +213,8 @@ def _gate_fit(disc: _RidgeDiscriminant, fitted: tuple[np.ndarray, float], in_sam
             "margin": float((np.quantile(held, 0.25) - t0[0]) / max(heldout_g.std(), 1e-12))}
 
 
-def fit_scramble(F: Any, gallery: Any, *, q: float | None = None, width: float = 0.05,
-                 full_quantile: float = 0.05, cover: float = 0.97, alpha: float = 1.05,
+def fit_scramble(F: Any, gallery: Any, *, q: float | None = None, width: float = 0.15,
+                 full_quantile: float = 0.05, cover: float | None = None, alpha: float = 1.05,
                  ridge: float | None = None, prior: float | None = None,
                  forget_weight: float = 0.5, folds: int = 5, n_features: int = 512,
                  sigma: float = 200.0, seed: int = 0, shrink: float | None = None,
@@ -228,9 +232,9 @@ def fit_scramble(F: Any, gallery: Any, *, q: float | None = None, width: float =
     ``s1 = t0 + width * (s_cv - t0)``, ``s_cv`` the ``full_quantile``-quantile of scores of the
     person's photos the discriminant did not see: each known photo scored by a discriminant
     fitted without it, or, with one photo, held-out identities' new photos under their own
-    one-photo gates. Default ``q``, with ``gallery_labels``: the tightest of ``Q_GRID`` whose
-    gate opens on ``cover`` of those unseen photos (0.9999 without labels); with one photo the
-    widest. A gated face is replaced by ``t(x)``: a pseudo-random point distributed like the
+    one-photo gates. Default ``q``: ``Q_MANY`` (0.9995) with ``gallery_labels`` and 2+ photos,
+    ``Q_ONE`` (0.995) with one photo, 0.9999 without labels; with ``cover``, the tightest of
+    ``Q_GRID`` whose gate opens on ``cover`` of those unseen photos. A gated face is replaced by ``t(x)``: a pseudo-random point distributed like the
     population (gallery mean and covariance, deviation scaled by ``alpha``; the covariance shrunk
     on small galleries, :meth:`Scrambler.fit`), so erased faces neither match one another nor
     stand out (``alpha = 1``: distributed like ordinary faces; larger: easier to spot, harder to
@@ -244,8 +248,9 @@ def fit_scramble(F: Any, gallery: Any, *, q: float | None = None, width: float =
             person's unseen photos (see above) clear the gate (few photos need a stronger ridge).
         prior: strength of the within-identity prior (0: none, the plain ridge gate); default:
             chosen from ``PRIOR_GRID`` with the ridge. Needs ``gallery_labels``.
-        cover: share of the person's unseen photos the default ``q`` search asks the gate to
-            open on (see above).
+        cover: with 2+ photos and a labelled gallery, search ``Q_GRID`` for the tightest gate
+            that opens on this share of the person's unseen photos (see above; costs everyone
+            else more per erasure, which adds up in sequence).
         shrink: the stranger map's covariance shrinkage (:meth:`Scrambler.fit`; default:
             calibrated on the gallery; 0: the raw covariance, as before issue 21).
         gallery_labels: ``(N,)`` identity of each gallery face. With them the gate's threshold is
@@ -270,10 +275,11 @@ def fit_scramble(F: Any, gallery: Any, *, q: float | None = None, width: float =
     n, d = f.shape
     if len(g) < 2:
         raise ErasureError("fit_scramble needs at least 2 gallery embeddings of other people")
-    # Calibrated by identity, lower quantiles give the same protection (and are searched).
-    qs = (float(q),) if q is not None else Q_GRID if gallery_labels is not None else (0.9999,)
+    # Calibrated by identity, a lower quantile gives the same protection.
+    qs = ((float(q),) if q is not None else (0.9999,) if gallery_labels is None
+          else (Q_ONE,) if n < 2 else Q_GRID if cover is not None else (Q_MANY,))
     if not all(0.0 < x < 1.0 for x in qs) or not 0.0 < width <= 1.0 \
-            or not 0.0 <= full_quantile <= 1.0 or not 0.0 <= cover <= 1.0:
+            or not 0.0 <= full_quantile <= 1.0 or not 0.0 <= (cover or 0.0) <= 1.0:
         raise ErasureError("q must be in (0, 1), width in (0, 1], full_quantile and cover in "
                            "[0, 1]")
     if not alpha > 0 or (ridge is not None and not ridge > 0) or not 0.0 < forget_weight < 1.0:
@@ -316,13 +322,10 @@ def fit_scramble(F: Any, gallery: Any, *, q: float | None = None, width: float =
         fits = [_gate_fit(disc, fitted[i], in_sample[:, i], f, r, t, qs, forget_parts, pairs,
                           groups)
                 for i, (r, t) in enumerate(grid)]
-    # The tightest gate that covers ``cover`` of the unseen photos (else the widest allowed), and
-    # the (ridge, prior) whose unseen photos of the person clear it best (ties: wider margin).
-    # One photo: the estimate is other people's average and cannot see an atypical photo (on
-    # LFW one in twelve covers a quarter of its new photos where twelve in twelve were
-    # estimated to cover 97 %), so the gate opens as wide as it may.
-    j = len(qs) - 1 if n < 2 else next(
-        (j for j in range(len(qs)) if max(x["recall"][j] for x in fits) >= cover), len(qs) - 1)
+    # The tightest gate that covers ``cover`` of the unseen photos (else the widest searched),
+    # and the (ridge, prior) whose unseen photos of the person clear it best (ties: wider margin).
+    j = next((j for j in range(len(qs)) if cover is not None
+              and max(x["recall"][j] for x in fits) >= cover), len(qs) - 1)
     i_best = max(range(len(fits)), key=lambda i: (fits[i]["recall"][j], fits[i]["margin"]))
     best = fits[i_best]
     q, t0, recall = qs[j], best["t0"][j], best["recall"][j]
