@@ -11,7 +11,7 @@ import pytest
 from facekd.bench import BenchError, parse_fit_photos
 from facekd.erasure import ErasureError, fit_scramble
 from facekd.methods.prior import WithinPrior
-from facekd.methods.scramble import Q_GRID, Q_MANY, Q_ONE
+from facekd.methods.scramble import Q_GRID, Q_ONE
 from facekd.tail import GateChain, Scrambler, normalize_rows
 
 
@@ -113,14 +113,17 @@ def test_one_photo_needs_labelled_gallery_and_the_gate_stays_linear(faces):
     chain.validate()  # the same linear score behind a hinge: exports as before
 
 
-def test_one_photo_gate_opens_wider_and_a_cover_target_searches_the_quantiles(faces):
+def test_gate_opens_tightest_that_covers_and_widens_only_within_the_gallery_budget(faces):
     E, y = faces
     fit, _, others, oy = _person(E, y, 12, 8)
-    assert fit_scramble(fit, others, gallery_labels=oy).params["q"] == Q_MANY
+    many = fit_scramble(fit, others, gallery_labels=oy)
+    assert many.params["q"] in Q_GRID
     assert fit_scramble(fit[:1], others, gallery_labels=oy).params["q"] == Q_ONE
-    # With a cover target the tightest quantile that opens on it is searched.
-    searched = fit_scramble(fit, others, gallery_labels=oy, cover=0.9)
-    assert searched.params["q"] in Q_GRID and searched.params["heldout_recall"] >= 0.9
+    # No budget for touching the gallery: the tightest gate, whatever its cover.
+    tight = fit_scramble(fit, others, gallery_labels=oy, cover=1.0, max_touched=0.0)
+    assert tight.params["q"] == Q_GRID[0]
+    # A cover target met at the tightest quantile needs no wider gate.
+    assert fit_scramble(fit, others, gallery_labels=oy, cover=0.0).params["q"] == Q_GRID[0]
     assert fit_scramble(fit, others, gallery_labels=oy, q=0.999).params["q"] == 0.999
 
 

@@ -18,7 +18,7 @@ from facekd.erasure import Erasure, ErasureError, as_matrix, single_threaded_bla
 from facekd.methods.base import FitContext, MethodError, register
 from facekd.tail import GateChain, Scrambler, normalize_rows
 
-__all__ = ["PRIOR_GRID", "Q_GRID", "Q_MANY", "Q_ONE", "RIDGE_GRID", "fit_scramble"]
+__all__ = ["PRIOR_GRID", "Q_GRID", "Q_ONE", "RIDGE_GRID", "fit_scramble"]
 
 
 def _folds(n: int, folds: int, rng: np.random.Generator,
@@ -159,14 +159,15 @@ def _scores(g: np.ndarray, w: np.ndarray, b: np.ndarray, block: int = 65_536) ->
 RIDGE_GRID = (1e-4, 1e-3, 1e-2, 1e-1)  # fit_scramble's choices when ridge=None
 # fit_scramble's within-prior strengths when prior=None (0: the plain ridge gate).
 PRIOR_GRID = (0.0, 1.0, 4.0)
-# The gate's quantile (labelled gallery) with 2+ photos and with one. One photo's gate must
-# stand for photos it never saw, so it may spend more on strangers (about 0.15 % of ordinary
-# faces on LFW + dlib, everyone else's rank-1 and TAR within 0.15 point); with 2+ photos the
-# tighter gate keeps erasures in sequence cheap (each gate's cost to others adds up:
-# docs/benchmarks.md, 20 in sequence).
-Q_MANY, Q_ONE = 0.9995, 0.995
-# With ``cover`` set, the quantiles searched tightest first: the gate opens as little as it can
-# while covering ``cover`` of the person's unseen photos.
+# The gate's quantile (labelled gallery) with one photo: its gate must stand for photos it never
+# saw, and its cover estimate is other people's average (it cannot see an atypical photo), so it
+# opens wide: about 0.15 % of ordinary faces on LFW + dlib, everyone else's rank-1 and TAR within
+# 0.15 point (docs/benchmarks.md).
+Q_ONE = 0.995
+# With 2+ photos the quantiles searched tightest first: the gate opens as little as it can while
+# covering ``cover`` of the person's unseen photos, and widens only while it touches at most
+# ``max_touched`` of the gallery's faces (a small gallery's gates touch almost none of them; a
+# large one's budget is spent at 0.9995, so erasures in sequence stay cheap there).
 Q_GRID = (0.9995, 0.999, 0.998, 0.995)
 
 
@@ -213,8 +214,9 @@ def _gate_fit(disc: _RidgeDiscriminant, fitted: tuple[np.ndarray, float], in_sam
             "margin": float((np.quantile(held, 0.25) - t0[0]) / max(heldout_g.std(), 1e-12))}
 
 
-def fit_scramble(F: Any, gallery: Any, *, q: float | None = None, width: float = 0.15,
-                 full_quantile: float = 0.05, cover: float | None = None, alpha: float = 1.05,
+def fit_scramble(F: Any, gallery: Any, *, q: float | None = None, width: float | None = None,
+                 full_quantile: float = 0.05, cover: float = 0.97, max_touched: float = 2e-4,
+                 alpha: float = 1.05,
                  ridge: float | None = None, prior: float | None = None,
                  forget_weight: float = 0.5, folds: int = 5, n_features: int = 512,
                  sigma: float = 200.0, seed: int = 0, shrink: float | None = None,
@@ -232,9 +234,10 @@ def fit_scramble(F: Any, gallery: Any, *, q: float | None = None, width: float =
     ``s1 = t0 + width * (s_cv - t0)``, ``s_cv`` the ``full_quantile``-quantile of scores of the
     person's photos the discriminant did not see: each known photo scored by a discriminant
     fitted without it, or, with one photo, held-out identities' new photos under their own
-    one-photo gates. Default ``q``: ``Q_MANY`` (0.9995) with ``gallery_labels`` and 2+ photos,
-    ``Q_ONE`` (0.995) with one photo, 0.9999 without labels; with ``cover``, the tightest of
-    ``Q_GRID`` whose gate opens on ``cover`` of those unseen photos. A gated face is replaced by ``t(x)``: a pseudo-random point distributed like the
+    one-photo gates. Default ``q`` with ``gallery_labels`` and 2+ photos: the tightest of
+    ``Q_GRID`` whose gate opens on ``cover`` of those unseen photos, widened only while it
+    touches at most ``max_touched`` of the gallery's faces; ``Q_ONE`` (0.995) with one photo;
+    0.9999 without labels. A gated face is replaced by ``t(x)``: a pseudo-random point like the
     population (gallery mean and covariance, deviation scaled by ``alpha``; the covariance shrunk
     on small galleries, :meth:`Scrambler.fit`), so erased faces neither match one another nor
     stand out (``alpha = 1``: distributed like ordinary faces; larger: easier to spot, harder to
@@ -244,13 +247,14 @@ def fit_scramble(F: Any, gallery: Any, *, q: float | None = None, width: float =
         F: ``(n, d)`` embeddings of the person (``n >= 1``; one photo needs ``gallery_labels``,
             the prior is what it generalises from), in the space the erasure applies to.
         gallery: ``(N, d)`` embeddings of everyone else (what the deployment holds).
+        width: the hinge (see above); default 0.05 with one photo, 0.15 with more.
         ridge: the discriminant's ridge; default: chosen from ``RIDGE_GRID`` by how many of the
             person's unseen photos (see above) clear the gate (few photos need a stronger ridge).
         prior: strength of the within-identity prior (0: none, the plain ridge gate); default:
             chosen from ``PRIOR_GRID`` with the ridge. Needs ``gallery_labels``.
-        cover: with 2+ photos and a labelled gallery, search ``Q_GRID`` for the tightest gate
-            that opens on this share of the person's unseen photos (see above; costs everyone
-            else more per erasure, which adds up in sequence).
+        cover, max_touched: the default ``q`` search (see above): the share of the person's
+            unseen photos to open on, and the most of the gallery's faces a wider gate may touch
+            (each erasure's cost to everyone else adds up in sequence).
         shrink: the stranger map's covariance shrinkage (:meth:`Scrambler.fit`; default:
             calibrated on the gallery; 0: the raw covariance, as before issue 21).
         gallery_labels: ``(N,)`` identity of each gallery face. With them the gate's threshold is
@@ -277,9 +281,14 @@ def fit_scramble(F: Any, gallery: Any, *, q: float | None = None, width: float =
         raise ErasureError("fit_scramble needs at least 2 gallery embeddings of other people")
     # Calibrated by identity, a lower quantile gives the same protection.
     qs = ((float(q),) if q is not None else (0.9999,) if gallery_labels is None
-          else (Q_ONE,) if n < 2 else Q_GRID if cover is not None else (Q_MANY,))
+          else (Q_ONE,) if n < 2 else Q_GRID)
+    # One photo's hinge is sharper: its spread (s_cv) is other people's, and a gate that opens
+    # halfway on a new photo leaves it findable; with 2+ photos a softer hinge moves everyone
+    # else's borderline faces less, which adds up over erasures in sequence.
+    width = (0.05 if n < 2 else 0.15) if width is None else float(width)
     if not all(0.0 < x < 1.0 for x in qs) or not 0.0 < width <= 1.0 \
-            or not 0.0 <= full_quantile <= 1.0 or not 0.0 <= (cover or 0.0) <= 1.0:
+            or not 0.0 <= full_quantile <= 1.0 or not 0.0 <= cover <= 1.0 \
+            or not 0.0 <= max_touched <= 1.0:
         raise ErasureError("q must be in (0, 1), width in (0, 1], full_quantile and cover in "
                            "[0, 1]")
     if not alpha > 0 or (ridge is not None and not ridge > 0) or not 0.0 < forget_weight < 1.0:
@@ -322,11 +331,18 @@ def fit_scramble(F: Any, gallery: Any, *, q: float | None = None, width: float =
         fits = [_gate_fit(disc, fitted[i], in_sample[:, i], f, r, t, qs, forget_parts, pairs,
                           groups)
                 for i, (r, t) in enumerate(grid)]
-    # The tightest gate that covers ``cover`` of the unseen photos (else the widest searched),
-    # and the (ridge, prior) whose unseen photos of the person clear it best (ties: wider margin).
-    j = next((j for j in range(len(qs)) if cover is not None
-              and max(x["recall"][j] for x in fits) >= cover), len(qs) - 1)
-    i_best = max(range(len(fits)), key=lambda i: (fits[i]["recall"][j], fits[i]["margin"]))
+    # The tightest gate that covers ``cover`` of the unseen photos, widened only within the
+    # gallery budget; and the (ridge, prior) whose unseen photos clear it best (ties: margin).
+    def best_at(j: int) -> int:
+        return max(range(len(fits)), key=lambda i: (fits[i]["recall"][j], fits[i]["margin"]))
+
+    j = 0
+    while fits[best_at(j)]["recall"][j] < cover and j + 1 < len(qs):
+        i = best_at(j + 1)
+        if np.mean(in_sample[:, i] > fits[i]["t0"][j + 1]) > max_touched:
+            break
+        j += 1
+    i_best = best_at(j)
     best = fits[i_best]
     q, t0, recall = qs[j], best["t0"][j], best["recall"][j]
     w, b, held, ridge = best["w"], best["b"], best["held"], best["ridge"]
@@ -347,6 +363,7 @@ def fit_scramble(F: Any, gallery: Any, *, q: float | None = None, width: float =
     gate_fit = chain.gates(f)[:, 0]
     gallery_touched = float(np.mean(in_sample[:, i_best] > t0))
     params = {"q": q, "width": width, "full_quantile": full_quantile, "cover": cover,
+              "max_touched": max_touched,
               "alpha": alpha, "ridge": ridge, "prior": best["tau"], "heldout_recall": recall,
               "forget_weight": forget_weight,
               "n_features": int(scrambler.omega.shape[0]),
@@ -360,7 +377,8 @@ def fit_scramble(F: Any, gallery: Any, *, q: float | None = None, width: float =
                    history=[{"method": "scramble", "params": params}], tail=[chain])
 
 
-@register("scramble", options=("q", "width", "full_quantile", "cover", "alpha", "ridge", "prior",
+@register("scramble", options=("q", "width", "full_quantile", "cover", "max_touched",
+                               "alpha", "ridge", "prior",
                                "forget_weight", "folds", "n_features", "sigma", "seed", "shrink",
                                "max_gallery"),
           config={"scramble_q": "q", "scramble_alpha": "alpha", "seed": "seed"},
