@@ -135,14 +135,15 @@ def parse_methods(methods: str | Iterable[str]) -> list[str]:
 
 
 def parse_fit_photos(setting: str | Iterable[str]) -> list[str]:
-    """``"all,10"`` -> ``["all", "10"]``: ``all`` = every non-fresh photo, ``K`` = only K."""
+    """``"all,10"`` -> ``["all", "10"]``: ``all`` = every non-fresh photo, ``K`` = only K
+    (``K >= 1``: the scramble fits one photo; a method that cannot refuses it)."""
     names = setting.split(",") if isinstance(setting, str) else [str(s) for s in setting]
     out = list(dict.fromkeys(n.strip().lower() for n in names if n.strip()))
     if not out:
         raise BenchError("--fit-photos is empty; use all, 10 or all,10")
     for name in out:
-        if name != "all" and not (name.isdigit() and int(name) >= 2):
-            raise BenchError(f"bad fit-photos setting {name!r}; use 'all' or a number >= 2")
+        if name != "all" and not (name.isdigit() and int(name) >= 1):
+            raise BenchError(f"bad fit-photos setting {name!r}; use 'all' or a number >= 1")
     return out
 
 
@@ -576,9 +577,22 @@ def _usable(emb: Embedded) -> tuple[np.ndarray, np.ndarray, int]:
     return emb.E[keep], emb.labels[keep], dropped
 
 
+def _small_gallery(E: np.ndarray, y: np.ndarray, people: np.ndarray, n: int, seed: int
+                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Only ``people`` and a seeded draw of others, ``n`` identities in all: ``(E, y, ids,
+    counts)`` of that workspace (how a deployment of a few dozen people looks)."""
+    rng = np.random.default_rng([seed, 3])
+    others = np.setdiff1d(np.unique(y), people)
+    keep = np.r_[people, rng.choice(others, size=max(n - len(people), 0), replace=False)]
+    rows = np.isin(y, keep)
+    ids, counts = np.unique(y[rows], return_counts=True)
+    return E[rows], y[rows], ids, counts
+
+
 def run_bench(dataset: str | os.PathLike, encoder: str, *,
               methods: str | Iterable[str] | None = None, erase: int = 12,
               sequential: int = 20, fit_photos: str | Iterable[str] = ("all", "10"), seed: int = 0,
+              gallery_people: int | None = None,
               cache: str | os.PathLike | None = None, progress: bool = False,
               echo: Callable[[str], None] | None = None) -> dict:
     """Run the benchmark; returns the JSON-ready result (numbers in percent, see the CLI help).
@@ -589,6 +603,8 @@ def run_bench(dataset: str | os.PathLike, encoder: str, *,
             all, :func:`facekd.methods.names`). erase: people erased one at a time (single
             erasure). sequential: people erased one after another per method (0 = off).
         fit_photos: ``"all"`` and/or ``"K"`` (only K of the person's non-fresh photos).
+        gallery_people: a small workspace: only this many identities take part (the erased people,
+            drawn as usual, and a seeded draw of others); chance rank-1 is then 1 / N.
         cache: embedding cache root (default ``$FACEKD_CACHE`` or ``~/.cache/facekd``).
         echo: called with one-line progress notes (e.g. the cache status).
     """
@@ -602,6 +618,8 @@ def run_bench(dataset: str | os.PathLike, encoder: str, *,
     settings = parse_fit_photos(fit_photos)
     if int(erase) < 1 or int(sequential) < 0:
         raise BenchError("--erase must be >= 1 and --sequential >= 0")
+    if gallery_people is not None and int(gallery_people) < 3:
+        raise BenchError("--gallery-people must be >= 3")
     root = Path(dataset).expanduser()
     _scan(root)  # a bad directory fails before the (slow) encoder load
     t0 = time.perf_counter()
@@ -618,7 +636,13 @@ def run_bench(dataset: str | os.PathLike, encoder: str, *,
         f"(< {MIN_FACES} usable faces); {emb.info['images_skipped']} images without a usable "
         f"face; {n_fallback} images used the whole-image fallback")
     count = dict(zip(ids.tolist(), counts.tolist()))
-    single = _draw(count, min(int(erase), len(ids) - 2), np.random.default_rng(seed))
+    small = gallery_people is not None and int(gallery_people) < len(ids)
+    n_erase = min(int(erase), len(ids) - 2, int(gallery_people) - 2 if small else len(ids))
+    single = _draw(count, n_erase, np.random.default_rng(seed))
+    if small:
+        E, y, ids, counts = _small_gallery(E, y, single.people, int(gallery_people), seed)
+        count = dict(zip(ids.tolist(), counts.tolist()))
+        say(f"small gallery: {len(ids)} identities ({len(E)} faces), the erased among them")
     seq = (_draw(count, min(int(sequential), len(ids) - 2), np.random.default_rng([seed, 1]))
            if sequential else None)
 
@@ -648,6 +672,7 @@ def run_bench(dataset: str | os.PathLike, encoder: str, *,
         "images": emb.info["images"], "images_skipped": emb.info["images_skipped"],
         "fallback_images": n_fallback, "min_faces": MIN_FACES, "dim": int(E.shape[1]),
         "seed": int(seed), "methods": names, "fit_photos": settings,
+        "gallery_people": int(len(ids)) if small else None,
         "fit_photos_skipped": fit_skipped,
         "erase_requested": int(erase), "erased": int(len(single.people)),
         "held": single.held, "fresh_enrol": single.held // 2,
@@ -716,7 +741,9 @@ def format_markdown(result: dict) -> str:
              f"{p['faces']} faces of {p['identities']} identities ({p['identities_skipped']} "
              f"skipped with < {p['min_faces']} faces, {p['images_skipped']} images without a "
              f"usable face, {p['fallback_images']} whole-image fallbacks); chance rank-1 "
-             f"{result['chance_rank1']:.2f}%. Embeddings: cache {p['cache']}.", "",
+             f"{result['chance_rank1']:.2f}%. Embeddings: cache {p['cache']}."
+             + (f" Small gallery: {p['gallery_people']} identities take part."
+                if p.get("gallery_people") else ""), "",
              f"## Single erasure ({p['erased']} people, each erased alone; {p['held']} fresh "
              f"photos each: {p['fresh_enrol']} re-enrolled, {p['fresh_probe']} probes)", "",
              head, "|" + "---|" * (len(_COLUMNS) + 2)]

@@ -683,7 +683,10 @@ def demo(workspace: Path | None, n_ids: int, n_images: int, dataset: Path | None
 @click.option("--sequential", type=click.IntRange(0, None), default=20, show_default=True,
               help="People erased one after another per method (0 = off).")
 @click.option("--fit-photos", default="all,10", show_default=True,
-              help="Fit on all non-fresh photos and/or only K of them: all | 10 | all,10.")
+              help="Fit on all non-fresh photos and/or only K of them: all | 10 | 1,2,3,5,all.")
+@click.option("--gallery-people", type=click.IntRange(3, None), default=None,
+              help="A small workspace: only N identities take part (the erased people and a "
+                   "seeded draw of others); default: all.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path),
               default="facekd-bench", show_default=True, help="Output folder.")
@@ -691,14 +694,16 @@ def demo(workspace: Path | None, n_ids: int, n_images: int, dataset: Path | None
               help="Embedding cache root (default $FACEKD_CACHE or ~/.cache/facekd).")
 @click.option("--json", "as_json", is_flag=True, help="Print only JSON on stdout.")
 def bench(dataset: Path, encoder: str, methods: str, erase: int, sequential: int,
-          fit_photos: str, seed: int, out_dir: Path, cache: Path | None, as_json: bool) -> None:
+          fit_photos: str, gallery_people: int | None, seed: int, out_dir: Path,
+          cache: Path | None, as_json: bool) -> None:
     """Benchmark erasure methods on your own photos: forget, retain, attacks, sequential."""
     from facekd.bench import format_markdown, run_bench, write_outputs
 
     log = (lambda msg: click.echo(msg, err=True)) if as_json else click.echo
     try:
         res = run_bench(dataset, encoder, methods=methods, erase=erase, sequential=sequential,
-                        fit_photos=fit_photos, seed=seed, cache=cache, progress=_progress(),
+                        fit_photos=fit_photos, gallery_people=gallery_people, seed=seed,
+                        cache=cache, progress=_progress(),
                         echo=log)
         paths = write_outputs(res, out_dir)
     except _user_errors() as exc:

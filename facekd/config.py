@@ -57,7 +57,8 @@ class Config:
     p: float = 1.5
     k: int | None = None
     energy: float | None = None
-    min_vectors: int = 2
+    # One photo is enough for the scramble: its gate generalises from a within-identity prior.
+    min_vectors: int = 1
     # forget refuses (unless --force) an erasure whose held-out coverage is below this share: on
     # an encoder that cannot tell faces apart the gate opens on none of the person's photos, and
     # committing it would report an erasure that changes nothing (facekd.measure.coverage).
@@ -70,9 +71,11 @@ class Config:
     max_rank1_over_chance: float = 2.0
     max_tar: float = 0.05
     seed: int = 0
-    # Gated scramble: the gate opens at this quantile of the gallery's discriminant scores, and
-    # a scrambled face's deviation from the population mean is scaled by scramble_alpha.
-    scramble_q: float = 0.9995
+    # Gated scramble: the gate opens at this quantile of the gallery's discriminant scores (None,
+    # "auto" in the file: 0.9995 with 2+ photos of the person, 0.995 with one; see
+    # facekd.methods.scramble.Q_MANY / Q_ONE), and a scrambled face's deviation from the
+    # population mean is scaled by scramble_alpha.
+    scramble_q: float | None = None
     scramble_alpha: float = 1.05
     # Checked before decoding any image (file size, then the header's width x height).
     max_image_bytes: int = DEFAULT_LIMITS.max_bytes
@@ -92,7 +95,8 @@ class Config:
             "forget": {"method": self.method, "p": self.p, "min_vectors": self.min_vectors,
                        "min_coverage": self.min_coverage,
                        "esc_t_lr": self.esc_t_lr, "esc_t_normalize_step": self.esc_t_normalize_step,
-                       "seed": self.seed, "scramble_q": self.scramble_q,
+                       "seed": self.seed,
+                       "scramble_q": "auto" if self.scramble_q is None else self.scramble_q,
                        "scramble_alpha": self.scramble_alpha,
                        # TOML has no null: an unset rule is simply absent
                        **({"k": self.k} if self.k is not None else {}),
@@ -118,8 +122,9 @@ class Config:
         unknown = sorted(set(flat) - known)
         if unknown:
             raise WorkspaceError(f"{source}: unknown setting(s) {', '.join(unknown)}")
-        if flat.get("match_threshold") == "auto":
-            flat["match_threshold"] = None
+        for key in ("match_threshold", "scramble_q"):
+            if flat.get(key) == "auto":
+                flat[key] = None
         for key, value in flat.items():
             _check_type(key, value, source)
         cfg = cls(**flat)
@@ -149,7 +154,8 @@ class Config:
         if self.method not in methods.names():
             raise WorkspaceError(f"{source}: method must be one of {', '.join(methods.names())}, "
                                  f"got {self.method!r}")
-        if not 0 < float(self.scramble_q) < 1 or not float(self.scramble_alpha) > 0:
+        if (self.scramble_q is not None and not 0 < float(self.scramble_q) < 1) \
+                or not float(self.scramble_alpha) > 0:
             raise WorkspaceError(f"{source}: scramble_q must be in (0, 1), scramble_alpha > 0")
         if not 0 < self.far < 1 or not 0 <= self.max_tar <= 1 or self.max_rank1_over_chance <= 0:
             raise WorkspaceError(f"{source}: far and max_tar must be in (0, 1), "
@@ -192,4 +198,4 @@ def _check_type(key: str, value: Any, source: str) -> None:
                 "float": "a finite number"}[kind]
         shown = repr(value) if len(repr(value)) <= 40 else repr(value)[:37] + "..."
         raise WorkspaceError(f"{source}: {key} must be {want}"
-                             f"{' (or auto)' if key == 'match_threshold' else ''}, got {shown}")
+                             f"{' (or auto)' if key in ('match_threshold', 'scramble_q') else ''}, got {shown}")

@@ -67,6 +67,11 @@ def erasure_report(all_vecs: np.ndarray, labels: np.ndarray, identity: int,
         sampled = (f"; measured on the erased identity and a seeded sample of "
                    f"{REPORT_MAX_IDENTITIES} of the {len(others)} other identities")
     split = split_enrol_probe(labels, seed=config.seed)
+    one_face = (labels == identity).sum() == 1
+    if one_face:
+        # One stored face (an ID-photo gallery): it is the only probe the report can have; the
+        # twin is then fitted on the --images photos alone, or the committed erasure measured.
+        split[labels == identity] = False
     protocol = ("each identity's stored faces split in half (seed "
                 f"{config.seed}); the erasure measured here was refitted on the erased "
                 "identity's enrolment half plus any --images photos; probes and MIA "
@@ -78,6 +83,10 @@ def erasure_report(all_vecs: np.ndarray, labels: np.ndarray, identity: int,
         protocol = ("each identity's stored faces split in half; the committed erasure (fitted "
                     "on all the erased identity's faces) is measured, so its probes are seen "
                     "faces and MIA is not meaningful")
+    if one_face:
+        protocol += ("; the erased identity has one stored face: it is the only probe and no "
+                     "enrolled face of it remains to be found, so its forget numbers measure "
+                     "nothing (verify --images measures the erasure on new photos)")
     protocol += sampled
     if len(np.unique(labels)) - 1 > KR_MAX_IDENTITIES:
         protocol += (f"; knowledge-retention probes on the erased identity and a seeded "

@@ -27,12 +27,34 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["GateChain", "LinearStage", "Scrambler", "apply_stages", "normalize_rows"]
+__all__ = ["GateChain", "LinearStage", "SHRINK_GRID", "Scrambler", "apply_stages",
+           "normalize_rows"]
 
 
 def normalize_rows(x: np.ndarray) -> np.ndarray:
     """Rows scaled to unit L2 norm (float64 in, float64 out; zero rows stay zero)."""
     return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+
+
+SHRINK_GRID = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.8)
+_CALIBRATION_ROWS = 400   # strangers drawn to compare with the population's pairs
+_QUANTILES = (0.99, 0.999)
+
+
+def _pair_quantiles(x: np.ndarray, labels: np.ndarray | None, seed: int,
+                    max_rows: int = 1500) -> np.ndarray:
+    """``(2,)`` 99th and 99.9th percentile of the cosines between rows of ``x`` ``(N, d)`` (unit
+    rows) of different ``labels`` (all pairs without), over at most ``max_rows``: the tail that
+    decides nearest neighbours. (Not the median: a gallery's own distinct pairs sit below
+    unseen people's there, its mean having been taken over them.)"""
+    rows = np.random.default_rng([seed, 6]).permutation(len(x))[:max_rows]
+    xs = x[rows] / np.maximum(np.linalg.norm(x[rows], axis=1, keepdims=True), 1e-12)
+    iu = np.triu_indices(len(xs), 1)
+    cos = (xs @ xs.T)[iu]
+    if labels is not None:
+        lab = np.asarray(labels).ravel()[rows]
+        cos = cos[lab[iu[0]] != lab[iu[1]]]
+    return np.quantile(cos, _QUANTILES) if len(cos) else np.full(len(_QUANTILES), np.inf)
 
 
 @dataclass(frozen=True)
@@ -51,8 +73,18 @@ class Scrambler:
 
     @classmethod
     def fit(cls, population: np.ndarray, *, n_features: int = 512, sigma: float = 200.0,
-            alpha: float = 1.0, seed: int = 0) -> "Scrambler":
-        """Fit to ``population`` ``(N, d)`` unit embeddings of ordinary faces (the gallery)."""
+            alpha: float = 1.0, seed: int = 0, labels: np.ndarray | None = None,
+            shrink: float | None = None) -> "Scrambler":
+        """Fit to ``population`` ``(N, d)`` unit embeddings of ordinary faces (the gallery).
+
+        ``shrink``: share of the population covariance replaced by its isotropic average (trace
+        kept, so strangers sit as far from the crowd's centre). A covariance estimated from a
+        few dozen people puts all their between-person spread in a few dozen directions, and
+        strangers drawn from it are closer to one another than distinct real people are (their
+        re-enrolled photos would find each other first). Default (None): the smallest of
+        ``SHRINK_GRID`` whose strangers' pairwise cosines stay at or below those of distinct
+        people of ``population`` (``labels`` ``(N,)``; without, of all its pairs) at the 99th and
+        the 99.9th percentile. A large gallery needs none."""
         x = np.asarray(population, dtype=np.float64)
         d = x.shape[1]
         rng = np.random.default_rng(seed)
@@ -64,8 +96,21 @@ class Scrambler:
         cov = np.cov((x - mean).T, bias=True) if len(x) > 1 else np.zeros((d, d))
         # A small ridge keeps the factor defined for galleries smaller than d.
         ridge = 1e-6 + 1e-3 * float(np.trace(cov)) / d
-        chol = np.linalg.cholesky(cov + ridge * np.eye(d))
-        return cls(mean=mean, omega=omega, phase=phase, mix=float(alpha) * (w.T @ chol.T))
+        iso = float(np.trace(cov)) / d * np.eye(d)
+
+        def make(lam: float) -> "Scrambler":
+            chol = np.linalg.cholesky((1 - lam) * cov + lam * iso + ridge * np.eye(d))
+            return cls(mean=mean, omega=omega, phase=phase, mix=float(alpha) * (w.T @ chol.T))
+
+        if shrink is not None:
+            return make(float(shrink))
+        ref = _pair_quantiles(x, labels, seed)
+        probe = x[np.random.default_rng([seed, 5]).permutation(len(x))[:_CALIBRATION_ROWS]]
+        for lam in SHRINK_GRID:
+            sc = make(lam)
+            if len(probe) < 3 or np.all(_pair_quantiles(sc(probe), None, seed) <= ref):
+                break
+        return sc
 
     def __call__(self, v: np.ndarray) -> np.ndarray:
         """``(n, d)`` -> ``(n, d)`` unit strangers, float64."""

@@ -26,7 +26,9 @@ ALLOWED = {
     "facekd.methods.base": {"facekd.erasure"},
     "facekd.methods.esc": {"facekd.erasure", "facekd.methods.base"},
     "facekd.methods.esc_t": {"facekd.erasure", "facekd.methods.base"},
-    "facekd.methods.scramble": {"facekd.erasure", "facekd.methods.base", "facekd.tail"},
+    "facekd.methods.prior": set(),
+    "facekd.methods.scramble": {"facekd.erasure", "facekd.methods.base", "facekd.methods.prior",
+                                "facekd.tail"},
     "facekd.onnx_graph": {"facekd.errors", "facekd.fileio"},
     "facekd.onnx_providers": {"facekd.errors"},
 }

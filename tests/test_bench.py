@@ -199,3 +199,15 @@ def test_a_method_registered_in_one_file_is_benchmarked_by_name(tree, cache):
     assert rows["mean-direction"]["forget_rank1"] < res["original"]["forget_rank1"]
     assert np.isclose(rows["mean-direction"]["forget_rank1"], rows["esc:k=1"]["forget_rank1"],
                       atol=10)
+
+
+def test_one_fit_photo_and_a_small_workspace_are_measured(tree, cache):
+    res = run_bench(tree, "samples", methods="scramble", erase=2, sequential=0,
+                    fit_photos="1,all", gallery_people=6, cache=cache)
+    p = res["protocol"]
+    assert p["gallery_people"] == 6 and p["identities"] == 6
+    assert res["chance_rank1"] == pytest.approx(100 / 6, abs=1e-3)
+    assert {r["setting"] for r in res["rows"]} == {"1", "all"}
+    with pytest.raises(BenchError, match="gallery-people"):
+        run_bench(tree, "samples", methods="scramble", sequential=0, gallery_people=2,
+                  cache=cache)

@@ -232,7 +232,7 @@ def test_bad_input_exits_2_with_one_line_error(forgotten, ws, case):
 
 def test_too_few_vectors_names_the_minimum(ws):
     cfg = ws / "config.toml"
-    cfg.write_text(cfg.read_text().replace("min_vectors = 2", "min_vectors = 40"))
+    cfg.write_text(cfg.read_text().replace("min_vectors = 1", "min_vectors = 40"))
     r = facekd("forget", "--identity", TARGET, ws=ws)
     assert r.returncode == 2 and "at least 40" in r.stderr
 

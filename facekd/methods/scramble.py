@@ -18,7 +18,7 @@ from facekd.erasure import Erasure, ErasureError, as_matrix, single_threaded_bla
 from facekd.methods.base import FitContext, MethodError, register
 from facekd.tail import GateChain, Scrambler, normalize_rows
 
-__all__ = ["RIDGE_GRID", "fit_scramble"]
+__all__ = ["PRIOR_GRID", "Q_GRID", "Q_ONE", "RIDGE_GRID", "fit_scramble"]
 
 
 def _folds(n: int, folds: int, rng: np.random.Generator,
@@ -36,38 +36,111 @@ class _RidgeDiscriminant:
     """Weighted ridge least squares ``x . w + b`` ~ 1 on the person's faces, ~ 0 on the gallery,
     each class carrying its share of the weight whatever its size.
 
+    With a within-identity covariance ``within`` ``(d, d)`` and a strength ``tau > 0``, each of
+    the person's photos counts as a cloud of covariance ``tau * within`` around it (the normal
+    equations gain ``forget_weight * tau * within``): one photo then stands for the person's
+    other photos too, and directions in which anyone's photos vary stop separating the person
+    from the gallery (tau -> inf: the within-class LDA direction).
+
     The gallery's half of the normal equations, and each gallery cross-validation part's share of
     it, are computed once and serve every ridge and every fold: they are the ``O(N d^2)`` work."""
 
     def __init__(self, gallery: np.ndarray, parts: list[np.ndarray], *,
-                 forget_weight: float) -> None:
+                 forget_weight: float, within: np.ndarray | None = None) -> None:
         self.ga = np.c_[gallery, np.ones(len(gallery))]
         self.wg = (1 - forget_weight) / len(gallery)
         self.base = self.wg * (self.ga.T @ self.ga)
         self.parts = parts
         self.part_grams = [self.wg * (self.ga[p].T @ self.ga[p]) for p in parts]
         self.forget_weight = forget_weight
+        d1 = self.ga.shape[1]
+        self.within = np.zeros((d1, d1))
+        if within is not None:
+            self.within[:-1, :-1] = forget_weight * within
 
-    def fit(self, forget: np.ndarray, ridge: float, *, drop: int | None = None
-            ) -> tuple[np.ndarray, float]:
+    def fit(self, forget: np.ndarray, ridge: float, tau: float = 0.0, *,
+            drop: int | None = None) -> tuple[np.ndarray, float]:
         """``(w (d,), b)`` fitted on ``forget`` and the gallery, without gallery part ``drop``."""
         fa = np.c_[forget, np.ones(len(forget))]
         wf = self.forget_weight / len(forget)
         gram = (self.base + ridge * np.eye(self.ga.shape[1])) + wf * (fa.T @ fa)
+        if tau:
+            gram = gram + tau * self.within
         if drop is not None:
             gram = gram - self.part_grams[drop]
         sol = np.linalg.solve(gram, wf * fa.sum(axis=0))
         return sol[:-1], float(sol[-1])
 
-    def heldout_gallery_scores(self, forget: np.ndarray, ridge: float) -> np.ndarray:
+    def heldout_gallery_scores(self, forget: np.ndarray, ridge: float,
+                               tau: float = 0.0) -> np.ndarray:
         """Each gallery face scored by a discriminant fitted without its part (without its whole
         identity when the parts are by identity): how an unseen ordinary face scores (in-sample
         scores are optimistic, most of all on small galleries)."""
         scores = np.empty(len(self.ga))
         for i, part in enumerate(self.parts):
-            w, b = self.fit(forget, ridge, drop=i)
+            w, b = self.fit(forget, ridge, tau, drop=i)
             scores[part] = self.ga[part, :-1] @ w + b
         return scores
+
+    def one_photo_z(self, pairs: np.ndarray, groups: np.ndarray | None, ridge: float,
+                    tau: float, max_rows: int = 2000) -> np.ndarray:
+        """``(P,)`` how a one-photo gate scores a new photo, in held-out gallery standard scores.
+
+        For each gallery pair ``(a, b)`` (two photos of one identity, rows of the gallery): the
+        discriminant fitted on photo ``a`` alone against the gallery without ``a``'s part (its
+        identity, when parts are by identity), scoring ``b``, as ``(s(b) - mean) / sd`` over that
+        part's faces of other identities (``groups`` ``(N,)``; at most ``max_rows`` of them).
+        Each fit is a rank-one update of its part's inverse normal equations, so P pairs cost
+        ``folds`` inversions and ``O(P d (d + max_rows))``."""
+        owner = np.empty(len(self.ga), np.int64)
+        for i, part in enumerate(self.parts):
+            owner[part] = i
+        z = np.full(len(pairs), np.nan)
+        eye = ridge * np.eye(self.ga.shape[1])
+        for i, part in enumerate(self.parts):
+            mine = np.flatnonzero(owner[pairs[:, 0]] == i)
+            if not len(mine) or len(part) < 3:
+                continue
+            inv = np.linalg.inv(self.base - self.part_grams[i] + eye + tau * self.within)
+            fa, fb = self.ga[pairs[mine, 0]], self.ga[pairs[mine, 1]]
+            mfa = fa @ inv  # inv is symmetric
+            sol = self.forget_weight * mfa / (1 + self.forget_weight
+                                              * np.einsum("ij,ij->i", fa, mfa))[:, None]
+            # Ordinary faces no fit saw: the part's other identities. A part holding one
+            # identity (a gallery of a few people) has none: then a sample of the whole gallery.
+            mean, sd = self._others_stats(part, sol, pairs[mine, 0], groups, max_rows)
+            z[mine] = (np.einsum("ij,ij->i", fb, sol) - mean) / np.maximum(sd, 1e-12)
+        return z[np.isfinite(z)]
+
+    def _others_stats(self, part: np.ndarray, sol: np.ndarray, owners: np.ndarray,
+                      groups: np.ndarray | None, max_rows: int) -> tuple[np.ndarray, np.ndarray]:
+        """Mean and s.d. ``(P,)`` of the scores under discriminants ``sol`` ``(P, d + 1)`` of the
+        part's faces not of identity ``groups[owners]`` (a sample of the whole gallery for the
+        columns the part leaves fewer than 2 of)."""
+        def stats(rows: np.ndarray, cols: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+            rows = rows[:: max(1, len(rows) // max_rows)]
+            mask = (None if groups is None
+                    else groups[rows][:, None] != groups[owners[cols]][None, :])
+            return _nan_stats(self.ga[rows] @ sol[cols].T, mask)
+
+        mean, sd = stats(part, np.arange(len(sol)))
+        bad = np.flatnonzero(~np.isfinite(mean))
+        if len(bad):
+            mean[bad], sd[bad] = stats(np.arange(len(self.ga)), bad)
+        return mean, sd
+
+
+def _nan_stats(scores: np.ndarray, mask: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+    """Column mean and s.d. of ``scores`` ``(rows, P)`` over the rows ``mask`` keeps (NaN where
+    a column keeps fewer than 2)."""
+    if mask is not None:
+        scores = np.where(mask, scores, np.nan)
+    kept = np.sum(np.isfinite(scores), axis=0)
+    ok = kept >= 2
+    mean, sd = np.full(scores.shape[1], np.nan), np.full(scores.shape[1], np.nan)
+    mean[ok] = np.nanmean(scores[:, ok], axis=0)
+    sd[ok] = np.nanstd(scores[:, ok], axis=0)
+    return mean, sd
 
 
 def _scores(g: np.ndarray, w: np.ndarray, b: np.ndarray, block: int = 65_536) -> np.ndarray:
@@ -84,58 +157,106 @@ def _scores(g: np.ndarray, w: np.ndarray, b: np.ndarray, block: int = 65_536) ->
 
 
 RIDGE_GRID = (1e-4, 1e-3, 1e-2, 1e-1)  # fit_scramble's choices when ridge=None
+# fit_scramble's within-prior strengths when prior=None (0: the plain ridge gate).
+PRIOR_GRID = (0.0, 1.0, 4.0)
+# The gate's quantile (labelled gallery) with one photo: its gate must stand for photos it never
+# saw, and its cover estimate is other people's average (it cannot see an atypical photo), so it
+# opens wide: about 0.15 % of ordinary faces on LFW + dlib, everyone else's rank-1 and TAR within
+# 0.15 point (docs/benchmarks.md).
+Q_ONE = 0.995
+# With 2+ photos the quantiles searched tightest first: the gate opens as little as it can while
+# covering ``cover`` of the person's unseen photos, and widens only while it touches at most
+# ``max_touched`` of the gallery's faces (a small gallery's gates touch almost none of them; a
+# large one's budget is spent at 0.9995, so erasures in sequence stay cheap there).
+Q_GRID = (0.9995, 0.999, 0.998, 0.995)
 
 
 def _gate_fit(disc: _RidgeDiscriminant, fitted: tuple[np.ndarray, float], in_sample: np.ndarray,
-              f: np.ndarray, ridge: float, q: float, forget_parts: list[np.ndarray]) -> dict:
-    """One ridge's discriminant ``(w, b)``, gate threshold ``t0`` and cross-validated scores of
-    the person's photos (``held``), with how many of them clear ``t0`` (``recall``) and by how
-    many held-out gallery standard deviations their lower quartile does (``margin``)."""
+              f: np.ndarray, ridge: float, tau: float, qs: tuple[float, ...],
+              forget_parts: list[np.ndarray], pairs: np.ndarray | None,
+              groups: np.ndarray | None) -> dict:
+    """One (ridge, prior) pair's discriminant ``(w, b)``, its gate threshold for each quantile
+    in ``qs`` (``t0``, a list) and the scores of photos of the person it did not see (``held``),
+    with how many of them clear each threshold (``recall``, a list) and by how many held-out
+    gallery standard deviations their lower quartile clears the first (``margin``).
+
+    ``held``: cross-validated scores of the person's photos (each scored by a discriminant fitted
+    without it) when there are 2 or more; with one photo, held-out identities' new photos under
+    their own one-photo gates (:meth:`_RidgeDiscriminant.one_photo_z`, pairs of gallery rows
+    ``pairs`` ``(P, 2)`` from :class:`~facekd.methods.prior.WithinPrior`), on this gate's scale.
+    """
     from scipy.special import ndtri
 
-    w, b = fitted  # disc.fit(f, ridge); ``in_sample`` (N,): its scores on the whole gallery
+    w, b = fitted  # disc.fit(f, ridge, tau); ``in_sample`` (N,): its scores on the whole gallery
     # The gate opens above the q-quantile of held-out gallery scores (each face scored by a
     # discriminant fitted without it, or without its identity) and of in-sample scores. A
     # gallery holds too few faces to read a 1e-5 quantile off it: a normal tail fitted to the
     # held-out scores extrapolates it (and never lowers the empirical one).
-    heldout_g = disc.heldout_gallery_scores(f, ridge)
-    tail = float(heldout_g.mean() + ndtri(q) * heldout_g.std())
-    t0 = float(max(np.quantile(heldout_g, q), np.quantile(in_sample, q), tail))
+    heldout_g = disc.heldout_gallery_scores(f, ridge, tau)
+    t0 = [float(max(np.quantile(heldout_g, q), np.quantile(in_sample, q),
+                    heldout_g.mean() + ndtri(q) * heldout_g.std())) for q in qs]
     n = len(f)
-    held = np.empty(n)
-    for part in forget_parts:
-        rest = np.setdiff1d(np.arange(n), part)
-        w2, b2 = disc.fit(f[rest], ridge) if len(rest) else (w, b)
-        held[part] = f[part] @ w2 + b2
-    return {"w": w, "b": b, "t0": t0, "held": held, "ridge": ridge,
-            "recall": float(np.mean(held > t0)),
-            "margin": float((np.quantile(held, 0.25) - t0) / max(heldout_g.std(), 1e-12))}
+    cv = np.empty(n if n >= 2 else 0)
+    if n >= 2:
+        for part in forget_parts:
+            rest = np.setdiff1d(np.arange(n), part)
+            w2, b2 = disc.fit(f[rest], ridge, tau)
+            cv[part] = f[part] @ w2 + b2
+    # One photo: no second one to cross-validate with. Held-out identities' one-photo gates show
+    # how new photos score, in held-out gallery standard scores, put on this gate's scale.
+    prior = (np.empty(0) if n >= 2 or pairs is None else
+             heldout_g.mean() + heldout_g.std() * disc.one_photo_z(pairs, groups, ridge, tau))
+    held = np.r_[cv, prior]
+    if not len(held):  # no pair could be scored (a gallery of two or three people)
+        held = f @ w + b  # in-sample: the only, optimistic, reading
+    return {"w": w, "b": b, "t0": t0, "held": held, "ridge": ridge, "tau": tau,
+            "recall": [float(np.mean(held > t)) for t in t0],
+            "margin": float((np.quantile(held, 0.25) - t0[0]) / max(heldout_g.std(), 1e-12))}
 
 
-def fit_scramble(F: Any, gallery: Any, *, q: float | None = None, width: float = 0.3,
-                 full_quantile: float = 0.05, alpha: float = 1.05, ridge: float | None = None,
+def fit_scramble(F: Any, gallery: Any, *, q: float | None = None, width: float | None = None,
+                 full_quantile: float = 0.05, cover: float = 0.97, max_touched: float = 2e-4,
+                 alpha: float = 1.05,
+                 ridge: float | None = None, prior: float | None = None,
                  forget_weight: float = 0.5, folds: int = 5, n_features: int = 512,
-                 sigma: float = 200.0, seed: int = 0, max_gallery: int = 50_000,
-                 gallery_labels: Any = None, scrambler: Scrambler | None = None) -> Erasure:
+                 sigma: float = 200.0, seed: int = 0, shrink: float | None = None,
+                 max_gallery: int = 50_000, gallery_labels: Any = None,
+                 scrambler: Scrambler | None = None) -> Erasure:
     """Fit a gated scramble: the person's faces become unrelated, ordinary-looking strangers.
 
     A ridge discriminant ``s(x)`` is fitted to be 1 on the person's faces ``F`` and 0 on the
-    ``gallery`` (everyone else). The gate opens at ``t0`` = the ``q``-quantile of ``s`` on the
-    gallery (default 0.9995 with ``gallery_labels``, 0.9999 without; the larger of the empirical
-    quantile and a normal tail fitted to the scores) and is fully open at ``s1 = t0 + width * (s_cv - t0)``, ``s_cv`` the
-    ``full_quantile``-quantile of *cross-validated* scores of ``F`` (each photo scored by a
-    discriminant fitted without it, which is how an unseen photo of the person scores; ``t0`` is
-    likewise taken over held-out gallery scores, which is how unseen ordinary faces score). A gated face
-    is replaced by ``t(x)``: a pseudo-random point distributed like the population (gallery mean
-    and covariance, deviation scaled by ``alpha``), so erased faces neither match one another nor
+    ``gallery`` (everyone else). With ``gallery_labels`` it is fitted under a within-identity
+    prior (:mod:`facekd.methods.prior`): each photo of the person stands for a cloud shaped like
+    everyone else's photo-to-photo variation, which is what lets one photo cover the person's
+    other photos. The gate opens at ``t0`` = the ``q``-quantile of ``s`` on the gallery (the
+    larger of the empirical quantile and a normal tail fitted to the scores; ``t0`` is taken over
+    held-out gallery scores, which is how unseen ordinary faces score) and is fully open at
+    ``s1 = t0 + width * (s_cv - t0)``, ``s_cv`` the ``full_quantile``-quantile of scores of the
+    person's photos the discriminant did not see: each known photo scored by a discriminant
+    fitted without it, or, with one photo, held-out identities' new photos under their own
+    one-photo gates. Default ``q`` with ``gallery_labels`` and 2+ photos: the tightest of
+    ``Q_GRID`` whose gate opens on ``cover`` of those unseen photos, widened only while it
+    touches at most ``max_touched`` of the gallery's faces; ``Q_ONE`` (0.995) with one photo;
+    0.9999 without labels. A gated face is replaced by ``t(x)``: a pseudo-random point like the
+    population (gallery mean and covariance, deviation scaled by ``alpha``; the covariance shrunk
+    on small galleries, :meth:`Scrambler.fit`), so erased faces neither match one another nor
     stand out (``alpha = 1``: distributed like ordinary faces; larger: easier to spot, harder to
     re-identify; the default 1.05 is the measured balance on LFW + dlib, docs/benchmarks.md).
 
     Args:
-        F: ``(n, d)`` embeddings of the person (``n >= 2``), in the space the erasure applies to.
+        F: ``(n, d)`` embeddings of the person (``n >= 1``; one photo needs ``gallery_labels``,
+            the prior is what it generalises from), in the space the erasure applies to.
         gallery: ``(N, d)`` embeddings of everyone else (what the deployment holds).
+        width: the hinge (see above); default 0.05 with one photo, 0.15 with more.
         ridge: the discriminant's ridge; default: chosen from ``RIDGE_GRID`` by how many of the
-            person's cross-validated photos clear the gate (few photos need a stronger ridge).
+            person's unseen photos (see above) clear the gate (few photos need a stronger ridge).
+        prior: strength of the within-identity prior (0: none, the plain ridge gate); default:
+            chosen from ``PRIOR_GRID`` with the ridge. Needs ``gallery_labels``.
+        cover, max_touched: the default ``q`` search (see above): the share of the person's
+            unseen photos to open on, and the most of the gallery's faces a wider gate may touch
+            (each erasure's cost to everyone else adds up in sequence).
+        shrink: the stranger map's covariance shrinkage (:meth:`Scrambler.fit`; default:
+            calibrated on the gallery; 0: the raw covariance, as before issue 21).
         gallery_labels: ``(N,)`` identity of each gallery face. With them the gate's threshold is
             calibrated on identities the discriminant never saw (cross-validation by identity),
             which is how a new photo of an enrolled person scores; without, by face.
@@ -144,23 +265,38 @@ def fit_scramble(F: Any, gallery: Any, *, q: float | None = None, width: float =
 
     Returns:
         An :class:`Erasure` whose linear part is the identity and whose tail is one gate. Faces
-        below the gate are returned unchanged.
+        below the gate are returned unchanged. ``params["heldout_recall"]``: share of the
+        person's unseen photos (as above) that clear ``t0``; ``params["heldout_gated_fully"]``:
+        share fully gated; with one photo both are estimated from held-out gallery identities'
+        one-photo gates (``params["heldout_from"]``: ``"prior"``; else ``"cv"``).
     """
+    from facekd.methods.prior import WithinPrior
+
     f = normalize_rows(as_matrix(F, "forget embeddings").astype(np.float64))
     # The gallery stays in its own dtype: a float64 copy of a million faces is 1 GB and only the
     # fitted sample needs one; the whole gallery is only ever scored, block by block.
     g = as_matrix(gallery, "gallery embeddings", d=f.shape[1])
     n, d = f.shape
-    if n < 2:
-        raise ErasureError("fit_scramble needs at least 2 embeddings of the person")
     if len(g) < 2:
         raise ErasureError("fit_scramble needs at least 2 gallery embeddings of other people")
-    if q is None:  # calibrated by identity, a lower quantile gives the same protection
-        q = 0.9995 if gallery_labels is not None else 0.9999
-    if not 0.0 < q < 1.0 or not 0.0 < width <= 1.0 or not 0.0 <= full_quantile <= 1.0:
-        raise ErasureError("q must be in (0, 1), width in (0, 1], full_quantile in [0, 1]")
+    # Calibrated by identity, a lower quantile gives the same protection.
+    qs = ((float(q),) if q is not None else (0.9999,) if gallery_labels is None
+          else (Q_ONE,) if n < 2 else Q_GRID)
+    # One photo's hinge is sharper: its spread (s_cv) is other people's, and a gate that opens
+    # halfway on a new photo leaves it findable; with 2+ photos a softer hinge moves everyone
+    # else's borderline faces less, which adds up over erasures in sequence.
+    width = (0.05 if n < 2 else 0.15) if width is None else float(width)
+    if not all(0.0 < x < 1.0 for x in qs) or not 0.0 < width <= 1.0 \
+            or not 0.0 <= full_quantile <= 1.0 or not 0.0 <= cover <= 1.0 \
+            or not 0.0 <= max_touched <= 1.0:
+        raise ErasureError("q must be in (0, 1), width in (0, 1], full_quantile and cover in "
+                           "[0, 1]")
     if not alpha > 0 or (ridge is not None and not ridge > 0) or not 0.0 < forget_weight < 1.0:
         raise ErasureError("alpha and ridge must be positive, forget_weight in (0, 1)")
+    if prior is not None and not prior >= 0:
+        raise ErasureError("prior must be >= 0")
+    if shrink is not None and not 0 <= shrink < 1:
+        raise ErasureError("shrink must be in [0, 1)")
     rng = np.random.default_rng(seed)
     groups = None
     if gallery_labels is not None:
@@ -171,22 +307,45 @@ def fit_scramble(F: Any, gallery: Any, *, q: float | None = None, width: float =
                                                                      replace=False)
     fit_g = normalize_rows(g[pick].astype(np.float64))
     groups = None if groups is None else groups[pick]
+    # The prior costs a second O(N d^2) pass: skipped where it is switched off.
+    within = (None if groups is None or (prior == 0 and n >= 2)
+              else WithinPrior.fit(fit_g, groups, seed=seed))
+    if within is None and (n < 2 or (prior or 0) > 0):
+        raise ErasureError("fit_scramble needs at least 2 embeddings of the person, or "
+                           "gallery_labels with 2 or more faces of 2 or more people (the "
+                           "within-identity prior one photo generalises from)")
     ridges = RIDGE_GRID if ridge is None else (float(ridge),)
+    taus = (0.0,) if within is None else PRIOR_GRID if prior is None else (float(prior),)
+    grid = [(r, t) for t in taus for r in ridges]
     fold_rng = np.random.default_rng(seed)  # the same parts for every ridge
     gallery_parts = _folds(len(fit_g), folds, fold_rng, groups)
     forget_parts = _folds(n, folds, fold_rng)
+    pairs = None if within is None else within.pairs
     with single_threaded_blas():
-        disc = _RidgeDiscriminant(fit_g, gallery_parts, forget_weight=forget_weight)
-        fitted = [disc.fit(f, r) for r in ridges]
-        # One pass over the whole gallery scores it under every ridge's discriminant.
+        disc = _RidgeDiscriminant(fit_g, gallery_parts, forget_weight=forget_weight,
+                                  within=None if within is None else within.within)
+        fitted = [disc.fit(f, r, t) for r, t in grid]
+        # One pass over the whole gallery scores it under every discriminant.
         in_sample = _scores(g, np.stack([w for w, _ in fitted], axis=1),
                             np.array([b for _, b in fitted]))
-        fits = [_gate_fit(disc, fitted[i], in_sample[:, i], f, r, q, forget_parts)
-                for i, r in enumerate(ridges)]
-    # The ridge whose held-out photos of the person clear the gate best (ties: the wider margin).
-    i_best = max(range(len(fits)), key=lambda i: (fits[i]["recall"], fits[i]["margin"]))
+        fits = [_gate_fit(disc, fitted[i], in_sample[:, i], f, r, t, qs, forget_parts, pairs,
+                          groups)
+                for i, (r, t) in enumerate(grid)]
+    # The tightest gate that covers ``cover`` of the unseen photos, widened only within the
+    # gallery budget; and the (ridge, prior) whose unseen photos clear it best (ties: margin).
+    def best_at(j: int) -> int:
+        return max(range(len(fits)), key=lambda i: (fits[i]["recall"][j], fits[i]["margin"]))
+
+    j = 0
+    while fits[best_at(j)]["recall"][j] < cover and j + 1 < len(qs):
+        i = best_at(j + 1)
+        if np.mean(in_sample[:, i] > fits[i]["t0"][j + 1]) > max_touched:
+            break
+        j += 1
+    i_best = best_at(j)
     best = fits[i_best]
-    w, b, t0, held, ridge = best["w"], best["b"], best["t0"], best["held"], best["ridge"]
+    q, t0, recall = qs[j], best["t0"][j], best["recall"][j]
+    w, b, held, ridge = best["w"], best["b"], best["held"], best["ridge"]
     s_cv = float(np.quantile(held, full_quantile))
     separable = s_cv > t0
     spread = (s_cv - t0) if separable else float(np.median(f @ w + b) - t0)
@@ -196,27 +355,32 @@ def fit_scramble(F: Any, gallery: Any, *, q: float | None = None, width: float =
         # gallery up to max_gallery faces): a 50k-face estimate of a d x d covariance is exact to
         # well under the spread of the strangers it shapes.
         scrambler = Scrambler.fit(fit_g, n_features=n_features, sigma=sigma, alpha=alpha,
-                                  seed=seed)
+                                  seed=seed, labels=groups, shrink=shrink)
     elif scrambler.mean.shape != (d,):
         raise ErasureError(f"scrambler dimension {scrambler.mean.shape} does not match d={d}")
     chain = GateChain(weights=w[:, None], bias=np.array([b]), t0=np.array([t0]),
                       s1=np.array([s1]), scrambler=scrambler)
     gate_fit = chain.gates(f)[:, 0]
     gallery_touched = float(np.mean(in_sample[:, i_best] > t0))
-    params = {"q": q, "width": width, "full_quantile": full_quantile, "alpha": alpha,
-              "ridge": ridge, "heldout_recall": best["recall"], "forget_weight": forget_weight,
+    params = {"q": q, "width": width, "full_quantile": full_quantile, "cover": cover,
+              "max_touched": max_touched,
+              "alpha": alpha, "ridge": ridge, "prior": best["tau"], "heldout_recall": recall,
+              "forget_weight": forget_weight,
               "n_features": int(scrambler.omega.shape[0]),
               "sigma": sigma, "seed": seed, "n": n, "gallery": int(len(g)),
               "separable": bool(separable),
               "fit_gated_fully": float(np.mean(gate_fit >= 1.0)),
               "heldout_gated_fully": float(np.mean((held - t0) / (s1 - t0) >= 1.0)),
+              "heldout_from": "prior" if n < 2 else "cv",
               "gallery_touched": gallery_touched}
     return Erasure(method="esc", d=d, basis=np.zeros((d, 0)), params=params,
                    history=[{"method": "scramble", "params": params}], tail=[chain])
 
 
-@register("scramble", options=("q", "width", "full_quantile", "alpha", "ridge", "forget_weight",
-                               "folds", "n_features", "sigma", "seed", "max_gallery"),
+@register("scramble", options=("q", "width", "full_quantile", "cover", "max_touched",
+                               "alpha", "ridge", "prior",
+                               "forget_weight", "folds", "n_features", "sigma", "seed", "shrink",
+                               "max_gallery"),
           config={"scramble_q": "q", "scramble_alpha": "alpha", "seed": "seed"},
           summary="gated scramble: the person's faces become unrelated strangers")
 def _fit(forget: np.ndarray, context: FitContext) -> Erasure:
@@ -224,5 +388,10 @@ def _fit(forget: np.ndarray, context: FitContext) -> Erasure:
         raise MethodError("scramble needs at least 2 gallery faces of other people "
                           "(the gate is fitted against them)")
     # Later gates reuse the chain's stranger map, so the chain stays one object (one gate product).
-    return fit_scramble(forget, context.gallery, gallery_labels=context.gallery_labels,
-                        scrambler=context.previous.scrambler, **context.options)
+    try:
+        return fit_scramble(forget, context.gallery, gallery_labels=context.gallery_labels,
+                            scrambler=context.previous.scrambler, **context.options)
+    except MethodError:
+        raise
+    except ErasureError as exc:  # e.g. one photo in a gallery where nobody has two
+        raise MethodError(str(exc)) from None

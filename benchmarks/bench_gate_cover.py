@@ -1,0 +1,70 @@
+"""How well does a gate cover the person's new photos, and does it know? (issue 21, items 1 and 4)
+
+    FACEKD_CACHE=... python benchmarks/bench_gate_cover.py [--people all,40,15] [--fit 1,3,all]
+
+``facekd bench``'s protocol (its 12 people, 20 fresh photos each, its enrolment split), the
+default ``fit_scramble`` only: per gallery size and number of fit photos, the share of fresh photos
+the gate opens fully on (real cover), what the fit estimated (``params["heldout_gated_fully"]``,
+which a forget refusal reads; with one photo it comes from held-out identities' one-photo gates),
+the share of everyone else's faces the gate touches, the quantile it chose, and the fresh
+re-enrolment rank-1 (10 re-enrolled, 10 searched). Small galleries: the 12 people and a seeded
+draw of others (``--gallery-people``'s draw).
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import numpy as np
+
+from facekd import bench as B
+from facekd.encoders import load_encoder
+from facekd.metrics import identification_hits, split_enrol_probe
+from facekd.methods.scramble import fit_scramble
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--dataset", default="/work/shared/data/faces/lfw_150px")
+    ap.add_argument("--encoder", default="dlib")
+    ap.add_argument("--people", default="all,40,15")
+    ap.add_argument("--fit", default="1,3,all")
+    a = ap.parse_args()
+    E0, y0, _ = B._usable(B.embed_dataset(a.dataset, load_encoder(a.encoder)))
+    ids0, counts0 = np.unique(y0, return_counts=True)
+    single = B._draw(dict(zip(ids0.tolist(), counts0.tolist())), 12, np.random.default_rng(0))
+    print("| people | fit photos | real cover (min) | estimated cover | others' faces touched "
+          "| q chosen (median) | forget rank-1 (max) |")
+    print("|---|---|---|---|---|---|---|")
+    for setting in a.people.split(","):
+        E, y, ids, people = E0, y0, ids0, single.people
+        if setting != "all":
+            n = int(setting)
+            people = single.people[:n - 2]
+            E, y, ids, _ = B._small_gallery(E0, y0, people, n, 0)
+        x0 = B._unit(E)
+        split = split_enrol_probe(y, seed=0)
+        means = B._unit(B._class_means(x0, y))
+        cases = [B._make_case(y, split, means, ids, int(p), single.held, 0) for p in people]
+        for fit in a.fit.split(","):
+            rows = []
+            for c in cases:
+                r = B._fit_rows(c.pool, fit)
+                e = fit_scramble(x0[r], x0[c.gallery], gallery_labels=y[c.gallery])
+                gate = e.tail[0].gates(x0[c.fresh].astype(np.float64))[:, 0]
+                touched = e.tail[0].gates(x0[c.retained].astype(np.float64))[:, 0] > 0
+                x = e.apply(x0[np.r_[c.gallery, c.fresh_enrol, c.fresh_probe]])
+                ng, ne = len(c.gallery), len(c.fresh_enrol)
+                hits = identification_hits(x[:ng + ne], np.r_[y[c.gallery], np.full(ne, -1)],
+                                           x[ng + ne:], np.full(len(c.fresh_probe), -1))
+                rows.append((np.mean(gate >= 1), e.params["heldout_gated_fully"],
+                             touched.mean(), e.params["q"], hits.mean()))
+            v = np.array(rows)
+            print(f"| {len(ids)} | {fit} | {100 * v[:, 0].mean():.1f} % ({100 * v[:, 0].min():.0f})"
+                  f" | {100 * v[:, 1].mean():.1f} % | {100 * v[:, 2].mean():.3f} % | "
+                  f"{np.median(v[:, 3]):g} | {100 * v[:, 4].mean():.1f} % "
+                  f"({100 * v[:, 4].max():.0f}) |")
+
+
+if __name__ == "__main__":
+    main()

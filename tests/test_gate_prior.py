@@ -1,0 +1,177 @@
+"""Gates from few photos (issue 21): a within-identity prior lets one photo cover the person's
+new photos, the gate opens as little as it can, its cover is estimated honestly from one photo,
+scrambled strangers stay strangers in small galleries, and bench measures 1 photo and small
+workspaces."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from facekd.bench import BenchError, parse_fit_photos
+from facekd.erasure import ErasureError, fit_scramble
+from facekd.methods.prior import WithinPrior
+from facekd.methods.scramble import Q_GRID, Q_ONE
+from facekd.tail import GateChain, Scrambler, normalize_rows
+
+
+def pose_clusters(n_ids: int, per_id: int, d: int = 48, *, pose_scale: float = 0.7,
+                  seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Unit embeddings whose photos of one person vary mostly along 4 shared directions (pose,
+    light: the same for everyone), as real encoders' do; ``(n_ids * per_id, d)``, labels."""
+    rng = np.random.default_rng(seed)
+    centres = normalize_rows(rng.normal(size=(n_ids, d)) + 2.0 * normalize_rows(
+        rng.normal(size=(1, d))))
+    pose = np.linalg.qr(rng.normal(size=(d, 4)))[0].T  # (4, d) orthonormal
+    labels = np.repeat(np.arange(n_ids), per_id)
+    x = (centres[labels] + pose_scale * rng.normal(size=(len(labels), 4)) @ pose
+         + 0.03 * rng.normal(size=(len(labels), d)))
+    return normalize_rows(x), labels
+
+
+@pytest.fixture(scope="module")
+def faces():
+    """100 enrolled people x 12 photos; ``strangers``: 40 more people no gate was fitted with."""
+    E, y = pose_clusters(140, 12, seed=1)
+    return E[y < 100], y[y < 100]
+
+
+@pytest.fixture(scope="module")
+def strangers():
+    E, y = pose_clusters(140, 12, seed=1)
+    return E[y >= 100]
+
+
+def _person(E, y, target, n_fit):
+    rows = np.flatnonzero(y == target)
+    return E[rows[:n_fit]], E[rows[n_fit:]], E[y != target], y[y != target]
+
+
+def _cover(e, fresh):
+    return float(np.mean(e.tail[0].gates(fresh)[:, 0] >= 1.0))
+
+
+def test_within_prior_pools_each_identitys_spread_and_pairs_two_photos_of_one_person(faces):
+    E, y = faces
+    prior = WithinPrior.fit(E, y)
+    dev = E - np.stack([E[y == i].mean(0) for i in range(100)])[y]
+    assert np.allclose(prior.within, dev.T @ dev / (len(E) - 100))
+    a, b = prior.pairs.T
+    assert np.all(y[a] == y[b]) and np.all(a != b)
+    assert WithinPrior.fit(E[:13], y[:13]) is None  # one identity with 2+ faces: nothing pooled
+
+
+def test_one_photo_gate_covers_the_persons_new_photos_the_ridge_alone_does_not(faces):
+    E, y = faces
+    covers: dict[str, list] = {"prior": [], "ridge": []}
+    for target in range(0, 60, 6):
+        fit, fresh, others, oy = _person(E, y, target, 1)
+        covers["prior"].append(_cover(fit_scramble(fit, others, gallery_labels=oy), fresh))
+        # The ridge gate alone (the one-photo form of the shipped gate: no prior, tightest q).
+        covers["ridge"].append(_cover(fit_scramble(fit, others, gallery_labels=oy, prior=0,
+                                                   q=Q_GRID[0]), fresh))
+    assert np.mean(covers["prior"]) >= 0.95
+    assert np.mean(covers["prior"]) > np.mean(covers["ridge"]) + 0.03
+
+
+def test_one_photo_gate_leaves_everyone_else_below_it(faces, strangers):
+    E, y = faces
+    gated = []
+    for target in (5, 50, 80):
+        fit, _, others, oy = _person(E, y, target, 1)
+        e = fit_scramble(fit, others, gallery_labels=oy)
+        assert e.params["gallery_touched"] <= 0.01  # the enrolled keep their faces
+        gated.append(np.mean(e.tail[0].gates(strangers)[:, 0] > 0))
+    # People no gate was fitted with: a one-photo gate opens as wide as it may (q = 0.995), and
+    # a look-alike's photos may fall under it, but seldom.
+    assert np.mean(gated) <= 0.02
+
+
+def test_one_photo_fills_the_heldout_estimates_from_other_identities(faces):
+    E, y = faces
+    fit, fresh, others, oy = _person(E, y, 9, 1)
+    e = fit_scramble(fit, others, gallery_labels=oy)
+    p = e.params
+    assert p["n"] == 1 and p["heldout_from"] == "prior"
+    assert 0.0 <= p["heldout_gated_fully"] <= p["heldout_recall"] <= 1.0
+    # Estimated from held-out identities' one-photo gates, it tracks the person's real cover.
+    assert abs(p["heldout_gated_fully"] - _cover(e, fresh)) <= 0.25
+    e2 = fit_scramble(E[y == 9][:4], others, gallery_labels=oy)
+    assert e2.params["heldout_from"] == "cv"
+
+
+def test_one_photo_needs_labelled_gallery_and_the_gate_stays_linear(faces):
+    E, y = faces
+    fit, _, others, oy = _person(E, y, 9, 1)
+    with pytest.raises(ErasureError, match="within-identity prior"):
+        fit_scramble(fit, others)
+    with pytest.raises(ErasureError, match="prior must be"):
+        fit_scramble(fit, others, gallery_labels=oy, prior=-1)
+    e = fit_scramble(fit, others, gallery_labels=oy)
+    chain = e.tail[0]
+    assert isinstance(chain, GateChain) and chain.weights.shape == (48, 1)
+    chain.validate()  # the same linear score behind a hinge: exports as before
+
+
+def test_gate_opens_tightest_that_covers_and_widens_only_within_the_gallery_budget(faces):
+    E, y = faces
+    fit, _, others, oy = _person(E, y, 12, 8)
+    many = fit_scramble(fit, others, gallery_labels=oy)
+    assert many.params["q"] in Q_GRID
+    assert fit_scramble(fit[:1], others, gallery_labels=oy).params["q"] == Q_ONE
+    # No budget for touching the gallery: the tightest gate, whatever its cover.
+    tight = fit_scramble(fit, others, gallery_labels=oy, cover=1.0, max_touched=0.0)
+    assert tight.params["q"] == Q_GRID[0]
+    # A cover target met at the tightest quantile needs no wider gate.
+    assert fit_scramble(fit, others, gallery_labels=oy, cover=0.0).params["q"] == Q_GRID[0]
+    assert fit_scramble(fit, others, gallery_labels=oy, q=0.999).params["q"] == 0.999
+
+
+def test_scrambled_strangers_are_no_closer_to_each_other_than_distinct_people():
+    # A small gallery: 12 people in 48 dimensions; its covariance holds their between-person
+    # spread in 11 directions only. Unseen people of the same population are the reference.
+    E, y = pose_clusters(52, 6, pose_scale=0.35, seed=4)
+    gal, gy, new, ny = E[y < 12], y[y < 12], E[y >= 12], y[y >= 12]
+    distinct = (new @ new.T)[ny[:, None] < ny[None, :]]
+    iu = np.triu_indices(len(new), 1)
+    out = Scrambler.fit(gal, labels=gy, alpha=1.0, seed=1)(new)
+    raw = Scrambler.fit(gal, labels=gy, alpha=1.0, seed=1, shrink=0.0)(new)
+    tail = np.quantile((out @ out.T)[iu], 0.99)
+    assert tail <= np.quantile(distinct, 0.99) + 0.01
+    # ... nor closer to one another than to the gallery (re-enrolled, they would find each other)
+    assert tail <= np.quantile(out @ gal.T, 0.99) + 0.01
+    assert np.quantile((raw @ raw.T)[iu], 0.99) > tail  # what the raw covariance gave
+
+
+def test_bench_takes_one_fit_photo_and_refuses_zero():
+    assert parse_fit_photos("1,2,3,5,all") == ["1", "2", "3", "5", "all"]
+    with pytest.raises(BenchError, match="number >= 1"):
+        parse_fit_photos("0")
+
+
+def test_forget_erases_a_person_the_workspace_holds_one_photo_of(tmp_path):
+    from facekd.synthfaces import write_tree
+    from facekd.workspace import Workspace, WorkspaceError
+
+    ids = list(range(3000, 3012))
+    tree = write_tree(tmp_path / "tree", ids, 4, seed=0)
+    for extra in sorted((tree / str(ids[0])).iterdir())[1:]:
+        extra.unlink()  # the person: one photo (an ID-photo gallery); everyone else: four
+    Workspace.init(tmp_path / "ws", "samples", aligned=True).close()
+    with Workspace.open(tmp_path / "ws", writable=True) as ws:
+        ws.enroll(tree, progress=False)
+        res = ws.forget(ids[0], progress=False)
+        assert res.committed and not ws.gallery.has_identity(ids[0])
+        assert ws.erasure.n_gates == 1
+        p = ws.erasure.history[-1]["params"]
+        assert p["n"] == 1 and p["heldout_from"] == "prior"
+        assert 0.0 <= p["heldout_gated_fully"] <= 1.0
+        # The receipt cannot measure re-identification from one stored face, and says so.
+        assert "one stored face" in res.receipt["metrics"]["protocol"]
+    # Nobody in the gallery has two photos: no within-identity variation to generalise from.
+    single = write_tree(tmp_path / "single", ids[:6], 1, seed=1)
+    Workspace.init(tmp_path / "ws1", "samples", aligned=True).close()
+    with Workspace.open(tmp_path / "ws1", writable=True) as ws:
+        ws.enroll(single, progress=False)
+        with pytest.raises(WorkspaceError, match="within-identity prior"):
+            ws.forget(ids[0], progress=False)
