@@ -281,7 +281,10 @@ class FacenetEncoder(TorchEncoder):
         except Exception as exc:
             raise EncoderError(f"{path}: cannot be read as a torch state_dict "
                                f"({type(exc).__name__}: {str(exc).splitlines()[0]})") from None
-        return cls(build_from_state_dict(state, str(path)), device=device)
+        enc = cls(build_from_state_dict(state, str(path)), device=device)
+        enc.source = {"file": str(path), "format": "torch state_dict",
+                      "file_sha256": hashlib.sha256(path.read_bytes()).hexdigest()}
+        return enc
 
     @classmethod
     def from_frozen_graph(cls, path: str | Path, device: str | None = None, *,
