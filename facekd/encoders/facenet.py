@@ -259,6 +259,8 @@ class FacenetEncoder(TorchEncoder):
     """InceptionResnetV1 behind the :class:`~facekd.encoders.base.Encoder` protocol."""
 
     family = "facenet"
+    input_spec_source = ("FaceNet's training contract: Sandberg's fixed standardisation, as in "
+                         "facenet-pytorch's checkpoints")
 
     def __init__(self, module: InceptionResnetV1, erasure: "Erasure | None" = None,
                  device: str | None = None):
@@ -275,7 +277,8 @@ class FacenetEncoder(TorchEncoder):
         """Load a facenet-pytorch checkpoint (``.pt`` state_dict) from a local path."""
         path = Path(path)
         if not path.is_file():
-            raise EncoderError(f"{path}: no such facenet state_dict file")
+            raise EncoderError(f"{path}: no such facenet model file (a .pt state_dict or a .pb "
+                               "frozen graph)")
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as exc:
