@@ -239,10 +239,10 @@ def init(workspace: Path, as_json: bool, encoder: str, aligned: bool, index: str
     lines = [f"workspace {data['workspace']}: encoder {encoder} "
              f"({enc.family}, d={enc.dim}, weights sha256 {enc.fingerprint[:12]}...)",
              f"  input: {enc.input_spec.describe()}; from {enc.input_spec_source}"]
+    label = "recognition model" if family.strip().lower() == "insightface" else "model file"
     if model_file:
-        lines.append(f"  model file: {model_file} (file sha256 {file_sha[:12]}...)")
+        lines.append(f"  {label}: {model_file} (file sha256 {file_sha[:12]}...)")
     if family.strip().lower() == "insightface":
-        lines.append(f"  recognition model: {data['model']}")
         if data["detector"] and not aligned:
             lines.append(f"  faces: the pack's detector {data['detector']} (5 landmarks, "
                          "insightface's alignment)")
