@@ -10,8 +10,8 @@ is a function of the body's output alone, so it is checked on *embeddings* place
 2. the exported file's tail (the ``facekd_tail/`` nodes, run alone by onnxruntime) against
    :func:`facekd.tail.apply_stages` on the probes: must agree as fp32 parity does (the tail is
    float32 in fp16 exports too);
-3. the body's own error, measured on the check chips (L2 distance of normalised outputs, worst
-   chip), added to the probes in random directions: how much the file's output for a gated face
+3. the body's own error, measured on the check chips with both tails cut off (L2 distance of
+   normalised outputs, worst chip; a gate would amplify it), added to the probes in random directions: how much the file's output for a gated face
    differs from the in-process edit. An fp16 body moves a gated face by ~1e-3, the scrambler's
    ``sigma`` ~ 200 turns that into another pseudo-random stranger: the report says so, with the
    share of outputs still below every gate (strangers to the edit, not the person back).
@@ -28,7 +28,7 @@ from onnx import TensorProto, helper
 from facekd.encoders.tail_onnx import split_tail
 from facekd.tail import GateChain, apply_stages, normalize_rows
 
-__all__ = ["gate_probes", "tail_only_model", "gated_parity"]
+__all__ = ["gate_probes", "tail_only_model", "gated_parity", "body_error"]
 
 PROBES_PER_GATE = 4
 TRIALS = 4  # random body-error directions per probe
@@ -76,6 +76,27 @@ def tail_only_model(model: "onnx.ModelProto") -> "onnx.ModelProto | None":
     return reattach(tail)
 
 
+def body_error(reference: "onnx.ModelProto", exported: "onnx.ModelProto", x_reference: np.ndarray,
+               x_exported: np.ndarray, providers: list[str]) -> float:
+    """Worst L2 distance between the normalised outputs of the two files' bodies (tails cut off)
+    on the same chips: the error the exported body adds, before any gate can amplify it.
+
+    ``reference``: the encoder's own float32 graph; ``x_*``: the chips as each file takes them
+    (they differ when a preprocessing head was baked in).
+    """
+    import onnxruntime as ort
+
+    outs = []
+    for model, x in ((reference, x_reference), (exported, x_exported)):
+        body, _ = split_tail(model)
+        session = ort.InferenceSession(body.SerializeToString(), providers=providers)
+        name = session.get_inputs()[0].name
+        outs.append(normalize_rows(np.concatenate(
+            [session.run(None, {name: x[i:i + 8]})[0] for i in range(0, len(x), 8)]
+        ).astype(np.float64)))
+    return float(np.linalg.norm(outs[0] - outs[1], axis=1).max())
+
+
 def gated_parity(model: "onnx.ModelProto", stages: list, body_error: float,
                  seed: int = 0) -> dict | None:
     """Check the file's tail above every gate and the effect of ``body_error`` there.
@@ -83,7 +104,8 @@ def gated_parity(model: "onnx.ModelProto", stages: list, body_error: float,
     Args:
         model: the exported file's ``ModelProto`` (fp32 or fp16 body, float32 tail).
         stages: the encoder's erasure tail (:attr:`facekd.erasure.Erasure.tail`).
-        body_error: worst L2 distance between normalised file and encoder outputs on the chips.
+        body_error: worst L2 distance between the normalised outputs of the file's body and the
+            encoder's float32 body on the check chips (:func:`body_error`).
 
     Returns ``None`` without a gated tail, else ``{"probes", "gates", "gates_closed",
     "tail_min_cosine", "body_error", "min_cosine", "mean_cosine", "still_strangers"}``:

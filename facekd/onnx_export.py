@@ -29,7 +29,7 @@ from facekd.encoders.base import Encoder, validate_chips
 from facekd.encoders.onnx_head import bake_preprocessing as bake, raw_pixel_spec
 from facekd.encoders.tail_onnx import split_tail
 from facekd.errors import EncoderError
-from facekd.export_gated import gated_parity
+from facekd.export_gated import body_error, gated_parity
 from facekd.onnx_graph import toposort, write_model
 from facekd.onnx_providers import PROVIDER_PRIORITY, select_providers
 
@@ -269,10 +269,12 @@ def export(encoder: Encoder, path: str | os.PathLike, *, fp16: bool = False,
         if got.shape != ref.shape:
             raise EncoderError(f"exported model emits {got.shape}; the encoder emits {ref.shape}")
         cos = np.sum(_normalize(got) * _normalize(ref), axis=1)
-        # the chips open no gate: the tail is checked above every gate on embeddings instead
-        body_error = float(np.linalg.norm(_normalize(got) - _normalize(ref), axis=1).max())
-        gated = (gated_parity(model, encoder.erasure.tail, body_error)
-                 if encoder.erasure is not None and encoder.erasure.tail else None)
+        gated = None
+        if encoder.erasure is not None and encoder.erasure.tail:
+            # check chips rarely open a gate: the tail is checked above every gate on embeddings
+            error = body_error(onnx.load(str(raw)), model, spec.to_tensor_array(chips),
+                               file_spec.to_tensor_array(chips), requested)
+            gated = gated_parity(model, encoder.erasure.tail, error)
         notes = []
         if used[0] != requested[0]:
             notes.append(f"{requested[0]} was requested but onnxruntime ran {used[0]}")
