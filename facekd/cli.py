@@ -410,7 +410,7 @@ def forget(workspace: Path, as_json: bool, identity: int | None, name: str | Non
             head,
             f"method {r['method']}, {what}; gallery generation "
             f"{r['gallery']['generation_before']} -> {r['gallery']['generation_after']}",
-            f"edited encoder sha256 {model['edited_sha256_after'][:16]}...",
+            f"edited encoder weights sha256 {model['edited_sha256_after'][:16]}...",
             *([f"template leak: the edited model ranks this person {model['template_leak']['rank']}"
                f" of {model['template_leak']['ranked_among']} enrolled identities (serve it, do "
                "not distribute it; docs/threat-model.md)"] if "template_leak" in model else []),

@@ -63,3 +63,11 @@ def test_export_report_covers_gated_faces(gated, tmp_path, fp16):
 def test_an_ungated_export_has_no_gated_report(tmp_path):
     enc = OnnxEncoder(build_torch_model("gemm", tmp_path / "plain.onnx"))
     assert export(enc, tmp_path / "p.onnx").gated is None
+
+
+def test_report_gives_the_written_files_sha256(tmp_path):
+    import hashlib
+
+    enc = OnnxEncoder(build_torch_model("gemm", tmp_path / "plain.onnx"))
+    report = export(enc, tmp_path / "p.onnx")
+    assert report.file_sha256 == hashlib.sha256((tmp_path / "p.onnx").read_bytes()).hexdigest()
