@@ -93,8 +93,11 @@ def write_graph(state: dict, *, folded: bool = True, bottleneck_eps: float = 1e-
     for tf, pt, has_bn in _scopes(state):
         name = ROOT + tf
         w = (s[f"{pt}.conv.weight"] if has_bn else s[f"{pt}.weight"]).transpose(2, 3, 1, 0)  # HWIO
-        conv = [_node(f"{name}/Conv2D", "Conv2D", ["input:0", f"{name}/weights"],
+        read = f"{name}/weights" if folded else f"{name}/weights/read"  # freeze_graph's Identity
+        conv = [_node(f"{name}/Conv2D", "Conv2D", ["input:0", read],
                       data_format=_field(2, b"NHWC"))]
+        if not folded:
+            conv.insert(0, _node(read, "Identity", [f"{name}/weights"]))
         if not has_bn:
             out += [_const(f"{name}/weights", w), *conv, _const(f"{name}/biases", s[f"{pt}.bias"]),
                     _node(f"{name}/BiasAdd", "BiasAdd", [f"{name}/Conv2D", f"{name}/biases"])]

@@ -87,6 +87,18 @@ def _conv_targets(scopes: list[str]) -> dict[str, tuple[str, bool]]:
     return targets
 
 
+def _through_identity(nodes: dict[str, TfNode], name: str) -> str:
+    """The node ``name`` reads, past ``Identity`` nodes (``freeze_graph`` keeps each variable's
+    ``<var>/read`` in front of the constant that replaced it)."""
+    name = name.split(":")[0]
+    for _ in range(8):
+        node = nodes.get(name)
+        if node is None or node.op != "Identity" or not node.inputs:
+            break
+        name = node.inputs[0].split(":")[0]
+    return name
+
+
 def _const(nodes: dict[str, TfNode], name: str, where: str) -> np.ndarray:
     node = nodes.get(name)
     if node is None or node.op != "Const":
@@ -160,7 +172,7 @@ def state_dict_from_graph(data: bytes, where: str = "graph") -> dict[str, np.nda
     convs = {}
     for node in nodes.values():
         if node.op == "Conv2D" and node.name.startswith(ROOT):
-            weights = node.inputs[1].split(":")[0] if len(node.inputs) == 2 else ""
+            weights = _through_identity(nodes, node.inputs[1]) if len(node.inputs) == 2 else ""
             if not weights.endswith("/weights"):
                 raise EncoderError(f"{where}: convolution {node.name} has no frozen weights")
             convs[weights[len(ROOT):-len("/weights")]] = node
