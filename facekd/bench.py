@@ -45,6 +45,7 @@ from facekd.erasure import Erasure
 from facekd.methods import unit_rows as _unit
 from facekd.errors import FacekdError
 from facekd.fileio import write_atomic
+from facekd.separation import bench_banner, bench_check
 from facekd.metrics import (MIA_MIN_PER_CLASS, identification_hits, knowledge_retention,
                             membership_inference, mia_features, pair_scores, split_enrol_probe,
                             tar_at_far, template_leak)
@@ -650,6 +651,7 @@ def run_bench(dataset: str | os.PathLike, encoder: str, *,
         f"from the {len(single.eligible)} with >= {single.eligible_min} faces)"
         + (f", {len(seq.people)} sequentially ({seq.held} fresh photos each)" if seq else ""))
     x0 = _unit(E)
+    encoder_check = bench_check(x0, y, root.name, say, seed=seed)  # warns: figures meaningless
     split = split_enrol_probe(y, seed=seed)
     means = _unit(_class_means(x0, y))
     cases = [_make_case(y, split, means, ids, int(p), single.held, seed)
@@ -694,7 +696,8 @@ def run_bench(dataset: str | os.PathLike, encoder: str, *,
                       "sequential": _r(t_end - t_seq)},
     }
     return {"dataset": str(root), "encoder": encoder, "chance_rank1": _r(100 / len(ids)),
-            "original": original, "rows": rows, "sequential": seq_rows, "protocol": protocol}
+            "original": original, "rows": rows, "sequential": seq_rows, "protocol": protocol,
+            "encoder_check": encoder_check}
 
 
 # ---------------------------------------------------------------------- outputs
@@ -743,7 +746,8 @@ def format_markdown(result: dict) -> str:
              f"usable face, {p['fallback_images']} whole-image fallbacks); chance rank-1 "
              f"{result['chance_rank1']:.2f}%. Embeddings: cache {p['cache']}."
              + (f" Small gallery: {p['gallery_people']} identities take part."
-                if p.get("gallery_people") else ""), "",
+                if p.get("gallery_people") else ""),
+             *bench_banner(result), "",
              f"## Single erasure ({p['erased']} people, each erased alone; {p['held']} fresh "
              f"photos each: {p['fresh_enrol']} re-enrolled, {p['fresh_probe']} probes)", "",
              head, "|" + "---|" * (len(_COLUMNS) + 2)]

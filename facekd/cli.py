@@ -248,18 +248,62 @@ def init(workspace: Path, as_json: bool, encoder: str, aligned: bool, index: str
     with Workspace.init(workspace, encoder, aligned=aligned, index=index,
                         match_threshold=threshold, backend=backend) as ws:
         enc = ws.base_encoder
+        model_file, file_sha = _model_file(enc)
         data = {"workspace": str(ws.root), "encoder": encoder, "family": enc.family,
                 "dim": enc.dim, "fingerprint": enc.fingerprint,
                 "model": str(enc.path) if getattr(enc, "path", None) else None,
-                "detector": getattr(enc.input_spec, "detector", None)}
+                "detector": getattr(enc.input_spec, "detector", None),
+                "input_spec": enc.input_spec.to_dict(), "input_spec_source": enc.input_spec_source,
+                "input_spec_guessed": enc.input_spec_guessed,
+                "model_file": model_file, "model_file_sha256": file_sha}
+    if enc.input_spec_guessed:
+        warnings.warn(f"{model_file or encoder} says nothing about its input (no facekd.input_spec "
+                      f"or input_mean/input_std metadata, no preprocessing head): assuming "
+                      f"ArcFace's {enc.input_spec.describe()}; if the model expects another, every "
+                      "embedding is wrong: add the metadata (docs/cli.md, 'Input contracts')")
     lines = [f"workspace {data['workspace']}: encoder {encoder} "
-             f"({enc.family}, d={enc.dim}, sha256 {enc.fingerprint[:12]}...)"]
+             f"({enc.family}, d={enc.dim}, weights sha256 {enc.fingerprint[:12]}...)",
+             f"  input: {enc.input_spec.describe()}; from {enc.input_spec_source}"]
+    label = "recognition model" if family.strip().lower() == "insightface" else "model file"
+    if model_file:
+        lines.append(f"  {label}: {model_file} (file sha256 {file_sha[:12]}...)")
     if family.strip().lower() == "insightface":
-        lines.append(f"  recognition model: {data['model']}")
         if data["detector"] and not aligned:
             lines.append(f"  faces: the pack's detector {data['detector']} (5 landmarks, "
                          "insightface's alignment)")
     _emit(as_json, data, "\n".join(printable(line) for line in lines))
+
+
+def _model_file(enc: Any) -> tuple[str | None, str | None]:
+    """``(path, sha256 of its bytes)`` of the file an encoder was loaded from, when it has one
+    (the fingerprint hashes the weight arrays instead: it survives re-saving, the file's does not)."""
+    source = getattr(enc, "source", None)
+    if source:
+        return source["file"], source["file_sha256"]
+    path = getattr(enc, "path", None)
+    if path and Path(path).is_file():
+        import hashlib
+
+        h = hashlib.sha256()
+        with open(path, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                h.update(block)
+        return str(path), h.hexdigest()
+    return None, None
+
+
+def _separation_warning(ws: Any) -> dict | None:
+    """The gallery's own identity separation (:mod:`facekd.separation`); warns when the encoder
+    cannot tell the enrolled people apart, so a broken encoder is not deployed silently."""
+    from facekd.separation import identity_separation, warning_text
+
+    gallery = ws.gallery
+    vectors = gallery.vectors_view() if hasattr(gallery, "vectors_view") else gallery.vectors()
+    check = identity_separation(vectors, gallery.labels())
+    if check is not None and not check["usable"]:
+        warnings.warn(warning_text(check, "the gallery") + "; enrolment and erasure figures "
+                      "are meaningless with it")
+    return check
 
 
 @cli.command()
@@ -275,12 +319,13 @@ def enroll(workspace: Path, as_json: bool, tree: Path, ids_csv: Path | None, mer
     with _open(workspace, writable=True) as ws:
         res = ws.enroll(tree, ids_csv=ids_csv, progress=_progress(), merge=merge)
         total = len(ws.identities())
+        check = _separation_warning(ws) if res.added else None
     _report_skipped(res.skipped)
     data = {"added": int(res.added), "skipped_existing": int(res.skipped_existing),
             "skipped": len(res.skipped), "identities": len(res.identities),
             "gallery_identities": total,
             "assigned": [{"name": name, "identity": int(ident), "new": bool(new)}
-                         for name, ident, new in res.assigned]}
+                         for name, ident, new in res.assigned], "encoder_check": check}
     summary = (f"enrolled {data['added']} face(s) of {data['identities']} identities "
                f"({data['skipped_existing']} already present, {data['skipped']} skipped); "
                f"gallery holds {total} identities")
@@ -401,7 +446,7 @@ def forget(workspace: Path, as_json: bool, identity: int | None, name: str | Non
             *_forget_head(res, identity, dry_run),
             f"method {r['method']}, {what}; gallery generation "
             f"{r['gallery']['generation_before']} -> {r['gallery']['generation_after']}",
-            f"edited encoder sha256 {model['edited_sha256_after'][:16]}...",
+            f"edited encoder weights sha256 {model['edited_sha256_after'][:16]}...",
             *([f"template leak: the edited model ranks this person {model['template_leak']['rank']}"
                f" of {model['template_leak']['ranked_among']} enrolled identities (serve it, do "
                "not distribute it; docs/threat-model.md)"] if "template_leak" in model else []),

@@ -29,6 +29,7 @@ from facekd.encoders.base import Encoder, validate_chips
 from facekd.encoders.onnx_head import bake_preprocessing as bake, raw_pixel_spec
 from facekd.encoders.tail_onnx import split_tail
 from facekd.errors import EncoderError
+from facekd.export_gated import body_error, gated_parity
 from facekd.onnx_graph import toposort, write_model
 from facekd.onnx_providers import PROVIDER_PRIORITY, select_providers
 
@@ -67,6 +68,10 @@ class ExportReport:
     seconds: float
     erasure_k: int | None = None
     warnings: list[str] = field(default_factory=list)
+    #: a gated erasure's check above its gates (:func:`facekd.export_gated.gated_parity`)
+    gated: dict | None = None
+    #: sha256 of the written file's bytes (what ``sha256sum`` prints; not the weights' fingerprint)
+    file_sha256: str | None = None
 
     @property
     def provider(self) -> str:
@@ -75,15 +80,30 @@ class ExportReport:
 
     @property
     def passed(self) -> bool:
-        """Parity within the usual tolerance (cosine >= 0.99999 fp32, >= 0.999 fp16)."""
-        return self.min_cosine >= (FP16_MIN_COSINE if self.fp16 else FP32_MIN_COSINE)
+        """Parity within the usual tolerance (cosine >= 0.99999 fp32, >= 0.999 fp16), and the
+        file's gated tail as the encoder's above every gate (float32 in both: >= 0.99999)."""
+        tail = (self.gated or {}).get("tail_min_cosine")
+        return (self.min_cosine >= (FP16_MIN_COSINE if self.fp16 else FP32_MIN_COSINE)
+                and (tail is None or tail >= FP32_MIN_COSINE))
+
+    def gated_message(self) -> str:
+        """How the file treats faces above the gates, or ``""`` without a gated erasure."""
+        g = self.gated
+        if not g or not g["probes"]:
+            return "" if not g else f"; no gate of the erasure can open (gates {g['gates']})"
+        return (f"; gated faces ({g['probes']} probes above {g['gates'] - g['gates_closed']} "
+                f"gate(s)): tail parity min cosine {g['tail_min_cosine']:.6f}; with the body's "
+                f"error ({g['body_error']:.1e}) they get the in-process edit's stranger at cosine "
+                f"min {g['min_cosine']:.3f} / mean {g['mean_cosine']:.3f}, "
+                f"{100 * g['still_strangers']:.0f}% still below every gate")
 
     def message(self) -> str:
         """One line for humans: where it went, which provider ran it, parity."""
         return (f"exported {'fp16' if self.fp16 else 'fp32'} ONNX to {self.path} "
                 f"({self.size_bytes / 1e6:.1f} MB); ran on {self.provider}; parity over "
                 f"{self.n_chips} chips: min cosine {self.min_cosine:.6f}, max |diff| "
-                f"{self.max_abs_diff:.2e}" + "".join(f"; {w}" for w in self.warnings))
+                f"{self.max_abs_diff:.2e}" + self.gated_message()
+                + "".join(f"; {w}" for w in self.warnings))
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -163,6 +183,16 @@ def _default_chips(size: int, n: int = PARITY_CHIPS) -> np.ndarray:
     chips = np.kron(coarse, np.ones((1, reps, reps, 1), np.float32))[:, :size, :size]
     chips += rng.normal(0, 12, size=chips.shape)
     return np.clip(chips, 0, 255).astype(np.uint8)
+
+
+def _file_sha256(path: Path) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
 def _normalize(x: np.ndarray) -> np.ndarray:
@@ -251,6 +281,12 @@ def export(encoder: Encoder, path: str | os.PathLike, *, fp16: bool = False,
         if got.shape != ref.shape:
             raise EncoderError(f"exported model emits {got.shape}; the encoder emits {ref.shape}")
         cos = np.sum(_normalize(got) * _normalize(ref), axis=1)
+        gated = None
+        if encoder.erasure is not None and encoder.erasure.tail:
+            # check chips rarely open a gate: the tail is checked above every gate on embeddings
+            error = body_error(onnx.load(str(raw)), model, spec.to_tensor_array(chips),
+                               file_spec.to_tensor_array(chips), requested)
+            gated = gated_parity(model, encoder.erasure.tail, error)
         notes = []
         if used[0] != requested[0]:
             notes.append(f"{requested[0]} was requested but onnxruntime ran {used[0]}")
@@ -262,10 +298,11 @@ def export(encoder: Encoder, path: str | os.PathLike, *, fp16: bool = False,
             input_name=inp.name, output_name=out.name, input_spec=file_spec.to_dict(),
             size_bytes=staged.stat().st_size, seconds=0.0,
             erasure_k=None if encoder.erasure is None else int(encoder.erasure.k),
-            warnings=notes)
+            warnings=notes, gated=gated)
         if require_cosine is not None and report.min_cosine < require_cosine:
             raise EncoderError(f"export refused: min cosine {report.min_cosine:.6f} < "
                                f"{require_cosine} against the source encoder; {path} left as it was")
+        report.file_sha256 = _file_sha256(staged)
         os.replace(staged, path)
     report.seconds = time.perf_counter() - t0
     for note in notes:

@@ -262,8 +262,8 @@ figure{{margin:1em 0}}</style></head><body>
 <p>Identity (salted HMAC-SHA256): <code>{html.escape(receipt['identity_hash'])}</code><br>
 Method <b>{html.escape(receipt['method'])}</b>, {_edit_size(model)}; gallery generation {gal['generation_before']} &rarr;
 {gal['generation_after']}; {html.escape(receipt['created'])}, facekd {html.escape(receipt['facekd_version'])}<br>
-Base encoder sha256 <code>{html.escape(model['base_sha256'])}</code><br>
-Edited encoder sha256 <code>{html.escape(model['edited_sha256_after'])}</code></p>
+Base encoder weights sha256 <code>{html.escape(model['base_sha256'])}</code><br>
+Edited encoder weights sha256 <code>{html.escape(model['edited_sha256_after'])}</code></p>
 <h2>Score distributions</h2>{_img(histograms_png)}
 <h2>Forget vs retain</h2>{_img(metrics_png)}
 <table><tr><th>metric (%)</th><th>before</th><th>after</th></tr>{rows}</table>

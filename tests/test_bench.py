@@ -51,7 +51,8 @@ def bench(tree, cache, tmp_path_factory) -> tuple[dict, Path]:
 def test_json_has_the_documented_shape_and_protocol(bench):
     res, _ = bench
     assert set(res) == {"dataset", "encoder", "chance_rank1", "original", "rows", "sequential",
-                        "protocol"}
+                        "protocol", "encoder_check"}
+    assert res["encoder_check"]["usable"]  # the samples encoder tells its synthetic people apart
     assert res["encoder"] == "samples"
     assert res["chance_rank1"] == pytest.approx(100 / len(IDS), abs=1e-3)
     assert METRIC_KEYS <= set(res["original"])

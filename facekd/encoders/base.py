@@ -58,6 +58,16 @@ class InputSpec:
         return {"size": self.size, "mean": list(self.mean), "std": list(self.std),
                 "channel_order": self.channel_order, "alignment": self.alignment}
 
+    def describe(self) -> str:
+        """One line: ``160x160 RGB, (x - 127.5) / 128, alignment facenet``."""
+        def one(v: tuple[float, ...]) -> str:
+            return f"{v[0]:g}" if len(set(v)) == 1 else "(" + ", ".join(f"{x:g}" for x in v) + ")"
+
+        norm = "x" if set(self.mean) == {0.0} else f"(x - {one(self.mean)})"
+        if set(self.std) != {1.0}:
+            norm = f"{norm} / {one(self.std)}"
+        return f"{self.size}x{self.size} {self.channel_order}, {norm}, alignment {self.alignment}"
+
 
 def sha256_arrays(arrays: Iterable[np.ndarray]) -> str:
     """Fingerprint of a sequence of weight arrays (order, shape, dtype and bytes)."""
@@ -91,6 +101,10 @@ class Encoder(ABC):
     dim: int
     #: the erasure folded into this encoder (``None`` for an original encoder)
     erasure: "Erasure | None" = None
+    #: where ``input_spec`` came from, in words (``init`` prints it)
+    input_spec_source: str = "fixed by the encoder family"
+    #: ``True`` when nothing in the model said what input it expects and a default was assumed
+    input_spec_guessed: bool = False
 
     def embed(self, chips: np.ndarray, *, batch_size: int = 32, progress: bool | None = None) -> np.ndarray:
         """Embed aligned chips.

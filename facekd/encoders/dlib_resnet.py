@@ -260,6 +260,7 @@ class DlibResNet(TorchEncoder):
     """
 
     family = "dlib"
+    input_spec_source = "the model file: chip size and mean from its input layer"
 
     def __init__(self, module, input_spec: InputSpec, *, source_sha256: str,
                  original_fc=None, erasure: "Erasure | None" = None, device: str | None = None,
@@ -478,5 +479,7 @@ def load(arg: str | None = None, *, device: str | None = None, cache: bool = Tru
     module = DlibResNetModule.from_state(state, meta["size"])
     spec = InputSpec(size=meta["size"], mean=tuple(meta["mean"]), std=(256.0, 256.0, 256.0),
                      channel_order="RGB", alignment="dlib")
-    return DlibResNet(module, spec, source_sha256=sha, device=device,
-                      dist_thresh=meta["dist_thresh"])
+    enc = DlibResNet(module, spec, source_sha256=sha, device=device,
+                     dist_thresh=meta["dist_thresh"])
+    enc.source = {"file": str(path), "format": "dlib .dat", "file_sha256": sha}
+    return enc

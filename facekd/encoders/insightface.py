@@ -100,6 +100,9 @@ def load(arg: str | None, **options):
                          alignment="arcface", detector=detector,
                          detector_norm=models.detection_norm)
     try:
-        return OnnxEncoder(models.recognition, input_spec=spec, **options)
+        enc = OnnxEncoder(models.recognition, input_spec=spec, **options)
     except EncoderError as exc:
         raise EncoderError(f"insightface pack {pack.name}: {exc}") from None
+    enc.input_spec_source = ("the insightface pack: normalisation as insightface's model_zoo "
+                             "decides it for the recognition model")
+    return enc

@@ -169,7 +169,11 @@ class OnnxEncoder(Encoder):
                                "expected an (N, d) embedding")
         self._fixed_batch = dims[0] if isinstance(dims[0], int) and dims[0] > 0 else None
 
-        self.input_spec = input_spec or self._infer_spec(model, dims, where)
+        if input_spec is not None:
+            self.input_spec, self.input_spec_source = input_spec, "given by the caller"
+        else:
+            self.input_spec, self.input_spec_source = self._infer_spec(model, dims, where)
+            self.input_spec_guessed = self.input_spec_source.startswith("ArcFace default")
         static = [x for x in dims[2:] if isinstance(x, int) and x > 0]
         if static and any(x != self.input_spec.size for x in static):
             raise EncoderError(f"{where}: input is {dims[2]}x{dims[3]} but the input spec says "
@@ -185,15 +189,23 @@ class OnnxEncoder(Encoder):
 
     # -------------------------------------------------------------- contract inference
     @staticmethod
-    def _infer_spec(model, dims, where: str) -> InputSpec:
+    def _infer_spec(model, dims, where: str) -> tuple[InputSpec, str]:
+        """``(spec, where it came from)``: metadata, else a recognised head, else ArcFace's."""
         h, w = dims[2], dims[3]
         if isinstance(h, int) and isinstance(w, int) and h > 0 and w > 0 and h != w:
             raise EncoderError(f"{where}: input is {h}x{w}; facekd feeds square chips")
         size = h if isinstance(h, int) and h > 0 else ARCFACE_SPEC.size
         base = InputSpec(size, ARCFACE_SPEC.mean, ARCFACE_SPEC.std, "RGB", alignment="arcface")
+        source = "ArcFace default: the file has no input metadata and no recognised head"
         if has_preprocessing_head(model.graph):
             base = InputSpec(size, (0.0,) * 3, (1.0,) * 3, "RGB", alignment="arcface")
-        return _metadata_spec(model, base) or base
+            source = "a recognised preprocessing head: Sub/Mul nodes take raw pixels"
+        meta = _metadata_spec(model, base)
+        if meta is None:
+            return base, source
+        keys = {p.key for p in model.metadata_props}
+        return meta, "file metadata: " + (METADATA_KEY if METADATA_KEY in keys else
+                                          "input_mean / input_std / channel_order keys")
 
     def _probe_dim(self, where: str) -> int:
         """Output width of a graph whose output shape is not declared: run one zero chip."""
@@ -276,6 +288,8 @@ class OnnxEncoder(Encoder):
                         "directions: ship the folded form where the architecture allows")
         edited = type(self)(model, input_spec=self.input_spec, providers=self.providers,
                              _checked=True)
+        edited.input_spec_source, edited.input_spec_guessed = (self.input_spec_source,
+                                                               self.input_spec_guessed)
         edited.erasure = composed
         edited._untailed = untailed if composed.tail else None
         edited.surgery = kind

@@ -57,4 +57,6 @@ def load(arg: str | None = None, **options) -> OnnxEncoder:
     unknown = set(options) - {"providers"}
     if unknown:
         raise EncoderError(f"unknown option(s) for the samples encoder: {', '.join(sorted(unknown))}")
-    return SamplesEncoder(model_path(), input_spec=SAMPLES_SPEC, **options)
+    enc = SamplesEncoder(model_path(), input_spec=SAMPLES_SPEC, **options)
+    enc.input_spec_source = "the samples encoder's fixed contract"
+    return enc
