@@ -358,7 +358,7 @@ def _top_up(ws: "Workspace", identity: int, method: str, rule: tuple, images, dr
     if erased.all():
         return ForgetResult(receipt={}, committed=False, removed_faces=0, kind="top-up",
                             top_up=counts)
-    overridden = _check_top_up_photos(acc, levels, force)
+    overridden = _check_top_up_photos(acc, _gate_nearness(acc, base_rows), force)
     # As the deployed encoder embeds them: the new step runs after every earlier one.
     escaped = acc.apply(base_rows[~erased])
     lap("collect")
@@ -418,15 +418,35 @@ def _fit_top_up(m: methods.Method, fit: Callable[[np.ndarray], Erasure], escaped
                              f"them: {exc}; add more photos of the person") from None
 
 
-def _check_top_up_photos(acc: Erasure, levels: np.ndarray, force: bool) -> list[str]:
-    """Refuse (unless ``force``) top-up photos none of which opens any of the erasure's gates even
-    partly (``levels`` ``(K,)``, :meth:`Erasure.gate_levels`): they may show someone else, whom a
-    further step fitted on them would erase. Returns the checks ``force`` overrode
-    (``["request photos"]`` or ``[]``)."""
-    if acc.n_gates == 0 or float(levels.max()) > 0.0:
+NEAR_GATE = 5.0  # hinge widths below a gate that still count as "near" it (see _gate_nearness)
+
+
+def _gate_nearness(acc: Erasure, base_rows: np.ndarray) -> np.ndarray:
+    """``(K,)`` for each photo, its best score over the erasure's gates in hinge widths from the
+    gate's opening point (``(s - t0) / (s1 - t0)``: 0 at the opening, 1 fully open), on the
+    photos as the tail receives them. Escaped photos of the person sit below their gate but near
+    it; an unrelated face sits far below every gate (t0 is a 0.9995-ish quantile of everyone
+    else's scores). ``-inf`` without gates."""
+    from facekd.tail import GateChain
+
+    x = acc.linear_part().apply(base_rows).astype(np.float64)
+    best = np.full(len(x), -np.inf)
+    for st in acc.tail:
+        if isinstance(st, GateChain):
+            s = x @ st.weights + st.bias
+            best = np.maximum(best, ((s - st.t0) / (st.s1 - st.t0)).max(axis=1))
+    return best
+
+
+def _check_top_up_photos(acc: Erasure, near: np.ndarray, force: bool) -> list[str]:
+    """Refuse (unless ``force``) top-up photos none of which comes within ``NEAR_GATE`` hinge
+    widths of any of the erasure's gates (``near`` ``(K,)``, :func:`_gate_nearness`): they may
+    show someone else, whom a further step fitted on them would erase. Returns the checks
+    ``force`` overrode (``["request photos"]`` or ``[]``)."""
+    if acc.n_gates == 0 or float(near.max()) > -NEAR_GATE:
         return []  # a linear erasure has no gate to ask; the person's gallery faces are gone
-    msg = (f"none of the {len(levels)} --images photos opens any gate of the erasure, even "
-           "partly: they may not show the erased person")
+    msg = (f"none of the {len(near)} --images photos comes near any gate of the erasure: they "
+           "may not show the erased person")
     if not force:
         raise WorkspaceError(msg + "; check the folder, or pass --force")
     warnings.warn(msg + " (--force given)", RuntimeWarning, stacklevel=5)
