@@ -14,8 +14,12 @@ draw of others (``--gallery-people``'s draw).
 from __future__ import annotations
 
 import argparse
+import os
+from pathlib import Path
 
 import numpy as np
+
+from _common import REPO
 
 from facekd import bench as B
 from facekd.encoders import load_encoder
@@ -23,9 +27,12 @@ from facekd.metrics import identification_hits, split_enrol_probe
 from facekd.methods.scramble import fit_scramble
 
 
+FACES = Path(os.environ.get("FACEKD_FACES_DIR", REPO.parent / "shared" / "data" / "faces"))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--dataset", default="/work/shared/data/faces/lfw_150px")
+    ap.add_argument("--dataset", default=str(FACES / "lfw_150px"))
     ap.add_argument("--encoder", default="dlib")
     ap.add_argument("--people", default="all,40,15")
     ap.add_argument("--fit", default="1,3,all")

@@ -14,8 +14,12 @@ covariance as before (shrink 0); ``calibrated``: the default.
 from __future__ import annotations
 
 import argparse
+import os
+from pathlib import Path
 
 import numpy as np
+
+from _common import REPO
 
 from facekd.bench import _usable, embed_dataset
 from facekd.encoders import load_encoder
@@ -25,9 +29,12 @@ from facekd.tail import Scrambler, normalize_rows
 Q = (0.5, 0.99, 0.999)
 
 
+FACES = Path(os.environ.get("FACEKD_FACES_DIR", REPO.parent / "shared" / "data" / "faces"))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--dataset", default="/work/shared/data/faces/lfw_150px")
+    ap.add_argument("--dataset", default=str(FACES / "lfw_150px"))
     ap.add_argument("--encoder", default="dlib")
     ap.add_argument("--splits", type=int, default=50)
     a = ap.parse_args()
