@@ -335,9 +335,7 @@ def write_report(ws: Any, *, html_out: str | os.PathLike | None = None,
     out_dir = Path(ws.root) / "reports"
     hist = plot_histograms(receipt, out_dir / f"{receipt_id}-histograms.png")
     bars = plot_metrics(receipt, out_dir / f"{receipt_id}-metrics.png")
-    from facekd.verify import verifications
-
-    mine = [v for v in verifications(ws) if v.get("identity_hash") == receipt["identity_hash"]]
+    mine = [v for v in ws.verifications() if v.get("identity_hash") == receipt["identity_hash"]]
     page = Path(html_out) if html_out is not None else Path(ws.root) / "report.html"
     rc.write_atomic(page, render_html(receipt, hist, bars, bench,
                                       mine[-1] if mine else None).encode())

@@ -31,7 +31,7 @@ from facekd.photos import embed_images_with, list_images
 if TYPE_CHECKING:
     from facekd.workspace import Workspace
 
-__all__ = ["VerifyResult", "verify", "VERIFICATIONS_KEY", "ERASED_AT", "verifications"]
+__all__ = ["VerifyResult", "verify", "VERIFICATIONS_KEY", "ERASED_AT"]
 
 VERIFICATIONS_KEY = "verifications"
 ERASED_AT = 1.0      # a photo whose gate opened this far was scrambled fully ("erased")
@@ -131,15 +131,14 @@ def verify(ws: "Workspace", identity: int, *, images: str | os.PathLike | None =
     if m < 2:
         res.reason = "nothing measured: the re-enrolment attack needs at least 2 usable photos"
         return _finish(ws, res, entries, identity, record=record)
-    baseline = vd.stranger_baseline(found.odds, m // 2)
-    bound_r1 = cfg.max_rank1_over_chance * max(chance, baseline)
-    res.bound.update(stranger_baseline=baseline, max_rank1=bound_r1)
     figures = {}
     for state, vecs, best in (("after", after, best_after), ("before", before, best_before)):
         gbest = np.array([s if s is not None else -np.inf for _, s in best])
         figures[state] = vd.attack_figures(vecs, gbest, found.odds, chance=chance,
                                            factor=cfg.max_rank1_over_chance, threshold=thr,
                                            max_tar=cfg.max_tar)
+    res.bound.update(stranger_baseline=vd.stranger_baseline(found.odds, m // 2),
+                     max_rank1=figures["after"][0].bound)  # the half split's, as judged
     needed = vd.photos_to_decide(figures["after"], m, found.odds, chance=chance,
                                  factor=cfg.max_rank1_over_chance)
     v = vd.combine(figures["after"], figures["before"], m, needed=needed)
@@ -206,19 +205,5 @@ def _record(ws: "Workspace", res: VerifyResult, entry: dict) -> None:
            "erased_photos": None if res.erased_photos is None else
            {k: res.erased_photos[k] for k in ("erased", "photos", "share", "interval")}}
     ws.gallery.set_meta(VERIFICATIONS_KEY, json.dumps(
-        (verifications(ws) + [rec])[-_MAX_RECORDS:]).encode())
+        (ws.verifications() + [rec])[-_MAX_RECORDS:]).encode())
     ws.commit()
-
-
-def verifications(ws: "Workspace") -> list[dict]:
-    """Recorded verify outcomes, oldest first (``[]`` when none; a damaged record is refused)."""
-    raw = ws.gallery.get_meta(VERIFICATIONS_KEY)
-    if raw is None:
-        return []
-    try:
-        out = json.loads(bytes(raw).decode())
-    except ValueError:
-        raise WorkspaceError("gallery meta 'verifications' is damaged") from None
-    if not isinstance(out, list):
-        raise WorkspaceError("gallery meta 'verifications' is damaged")
-    return out

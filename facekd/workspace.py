@@ -170,9 +170,13 @@ class Workspace:
         self.close()
 
     # -------------------------------------------------------------- state in meta
-    def _meta_json(self, key: str) -> Any:
+    def _meta_json(self, key: str, default: Any = None) -> Any:
+        """The JSON value of meta ``key``; ``default`` when it is absent and a default is given
+        (an optional key), else an error (a key every workspace has)."""
         raw = self.gallery.get_meta(key)
         if raw is None:
+            if default is not None:
+                return default
             raise WorkspaceError(f"{self.root}: gallery meta lacks {key!r}; not a facekd workspace")
         try:
             return json.loads(bytes(raw).decode())
@@ -208,6 +212,14 @@ class Workspace:
     def ledger(self) -> list[dict]:
         """Committed deletions, oldest first (hashed identities only)."""
         return self._meta_json("ledger")
+
+    def verifications(self) -> list[dict]:
+        """Recorded ``verify`` outcomes, oldest first (:mod:`facekd.verify`; ``[]`` when none)."""
+        out = self._meta_json(verify.VERIFICATIONS_KEY, default=[])
+        if not isinstance(out, list):
+            raise WorkspaceError(f"{self.root / 'gallery'}: gallery meta 'verifications' is "
+                                 "damaged (not a list)")
+        return out
 
     def receipt(self, receipt_id: str) -> dict:
         raw = self.gallery.get_meta(f"receipt:{receipt_id}")

@@ -127,7 +127,6 @@ def test_json_output_is_only_json(erased, held):
 
 
 def test_verify_records_its_verdict_and_the_report_opens_with_it(erased, held, tmp_path):
-    from facekd.verify import verifications
     from facekd.workspace import Workspace
 
     page = tmp_path / "r.html"
@@ -141,7 +140,7 @@ def test_verify_records_its_verdict_and_the_report_opens_with_it(erased, held, t
     assert facekd("verify", "--identity", TARGET, "--images", held, "--no-record",
                   ws=erased).returncode == 3
     with Workspace.open(erased) as w:
-        records = verifications(w)
+        records = w.verifications()
         assert len(records) == 1 and records[0]["identity_hash"] == w.hash_identity(TARGET)
     stored = json.dumps(records)
     assert str(TARGET) not in stored.replace(records[0]["identity_hash"], "")
