@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import datetime as _dt
 import glob
-import hashlib
 import json
 import os
 import shutil
@@ -25,6 +24,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from facekd.errors import PackError
+from gallery_tools.files import file_sha256
 
 __all__ = ["route", "pack_models", "insightface_normalisation", "export_to_pack", "MANIFEST",
            "PackModels", "select_models", "scrfd_layout"]
@@ -116,14 +116,6 @@ def pack_models(pack: str | os.PathLike, *, strict: bool = False) -> list[tuple[
             continue
         out.append((path, route(model)))
     return out
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _target(pack: Path, base_fingerprint: str) -> Path:
@@ -341,7 +333,7 @@ def select_models(pack: str | os.PathLike) -> PackModels:
             checksums={k: v for k, v in sums.items() if v})
     for path in (p for p in (models.recognition, models.detection) if p is not None):
         wanted = [str(w).lower() for w in models.checksums.get(path.name, [])]
-        got = _sha256(path) if wanted else None
+        got = file_sha256(path) if wanted else None
         for want in wanted:
             if want != got:
                 raise PackError(f"{path}: sha256 {got[:16]}... does not match the {want[:16]}... "
@@ -422,7 +414,7 @@ def export_to_pack(encoder: Any, base_fingerprint: str, pack: str | os.PathLike,
     written = dest / target.name
     try:
         report = export(encoder, written, fp16=fp16, bake_preprocessing=bake)
-        sha, size = _sha256(written), written.stat().st_size
+        sha, size = file_sha256(written), written.stat().st_size
         manifest = dest / MANIFEST
         updated = _update_manifest(manifest, target.name, sha, size) if manifest.is_file() else None
         chosen = select_models(dest).recognition  # checks the manifest's new sha256 too

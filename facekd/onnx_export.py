@@ -185,16 +185,6 @@ def _default_chips(size: int, n: int = PARITY_CHIPS) -> np.ndarray:
     return np.clip(chips, 0, 255).astype(np.uint8)
 
 
-def _file_sha256(path: Path) -> str:
-    import hashlib
-
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _normalize(x: np.ndarray) -> np.ndarray:
     x = x.astype(np.float64)
     return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
@@ -302,7 +292,9 @@ def export(encoder: Encoder, path: str | os.PathLike, *, fp16: bool = False,
         if require_cosine is not None and report.min_cosine < require_cosine:
             raise EncoderError(f"export refused: min cosine {report.min_cosine:.6f} < "
                                f"{require_cosine} against the source encoder; {path} left as it was")
-        report.file_sha256 = _file_sha256(staged)
+        from gallery_tools.files import file_sha256
+
+        report.file_sha256 = file_sha256(staged)
         os.replace(staged, path)
     report.seconds = time.perf_counter() - t0
     for note in notes:

@@ -259,11 +259,11 @@ def _wait_for(proc: subprocess.Popen, needle: str, timeout: float = 90.0) -> str
     return "".join(seen)
 
 
-@pytest.mark.parametrize("stage", ["before-save"])  # the last moment before the commit
-def test_sigkill_mid_forget_leaves_the_old_state(ws, stage):
-    before = json.loads(facekd("check", "--json", ws=ws).stdout)
+def _forget_killed_at(ws: Path, stage: str, *args) -> subprocess.Popen:
+    """Run ``facekd forget ARGS`` on ``ws``, SIGKILL it where it pauses at ``stage``
+    (forget's test hook), and return the dead process."""
     env = {**os.environ, "FACEKD_WORKSPACE": str(ws), "FACEKD_TEST_PAUSE_AT": stage}
-    proc = subprocess.Popen([sys.executable, "-m", "facekd.cli", "forget", "--identity", str(TARGET)],
+    proc = subprocess.Popen([sys.executable, "-m", "facekd.cli", "forget", *map(str, args)],
                             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
         _wait_for(proc, f"paused at stage {stage}")
@@ -272,6 +272,13 @@ def test_sigkill_mid_forget_leaves_the_old_state(ws, stage):
     finally:
         if proc.poll() is None:
             proc.kill()
+    return proc
+
+
+@pytest.mark.parametrize("stage", ["before-save"])  # the last moment before the commit
+def test_sigkill_mid_forget_leaves_the_old_state(ws, stage):
+    before = json.loads(facekd("check", "--json", ws=ws).stdout)
+    proc = _forget_killed_at(ws, stage, "--identity", TARGET)
     assert proc.returncode == -signal.SIGKILL
     after = json.loads(facekd("check", "--json", ws=ws).stdout)
     assert after["ok"], after
@@ -316,16 +323,7 @@ def test_demo_runs_end_to_end_and_passes(tmp_path):
 
 
 def test_sigkill_after_the_commit_keeps_the_deletion_and_check_restores_the_receipt_file(ws):
-    env = {**os.environ, "FACEKD_WORKSPACE": str(ws), "FACEKD_TEST_PAUSE_AT": "after-save"}
-    proc = subprocess.Popen([sys.executable, "-m", "facekd.cli", "forget", "--identity", str(TARGET)],
-                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    try:
-        _wait_for(proc, "paused at stage after-save")
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(timeout=30)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
+    _forget_killed_at(ws, "after-save", "--identity", TARGET)
     (entry,) = json.loads(facekd("ledger", "--json", ws=ws).stdout)
     receipt_file = ws / "receipts" / f"{entry['receipt_id']}.json"
     assert not receipt_file.exists()  # killed before the derived copy was written
@@ -460,17 +458,7 @@ def test_sigkill_mid_top_up_leaves_the_old_state(ws, tmp_path):
     erase_from_few_photos(ws)
     more = write_renders(tmp_path / "more", P, 12, 12)
     before = json.loads(facekd("check", "--json", ws=ws).stdout)
-    env = {**os.environ, "FACEKD_WORKSPACE": str(ws), "FACEKD_TEST_PAUSE_AT": "before-save"}
-    proc = subprocess.Popen([sys.executable, "-m", "facekd.cli", "forget", "--identity", str(P),
-                             "--images", str(more)],
-                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    try:
-        _wait_for(proc, "paused at stage before-save")
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(timeout=30)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
+    _forget_killed_at(ws, "before-save", "--identity", P, "--images", more)
     after = json.loads(facekd("check", "--json", ws=ws).stdout)
     assert after["ok"] and after["generation"] == before["generation"], after
     assert [e["kind"] for e in json.loads(facekd("ledger", "--json", ws=ws).stdout)] == ["erasure"]
