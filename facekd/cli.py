@@ -485,6 +485,9 @@ def _forget_head(res: Any, identity: int, dry_run: bool) -> list[str]:
         lines.append(f"coverage {cov['share']:.2f} ({cov['covered']} of {cov['faces']} "
                      f"{'held-out' if cov['held_out'] else 'seen'} photos: {cov['criterion']}); "
                      f"floor {cov['floor']:.2f}")
+    if cov is not None and cov.get("look_alike_guard"):
+        lines.append("  someone enrolled looks like this person: the gate stops as short of them "
+                     "as this coverage allows ([forget] scramble_guard)")
     if cov is not None and cov.get("step"):
         st = cov["step"]
         alone = "n/a" if st["share"] is None else f"{st['share']:.2f}"

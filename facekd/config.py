@@ -72,11 +72,15 @@ class Config:
     max_tar: float = 0.05
     seed: int = 0
     # Gated scramble: the gate opens at this quantile of the gallery's discriminant scores (None,
-    # "auto" in the file: 0.9995 with 2+ photos of the person, 0.995 with one; see
-    # facekd.methods.scramble.Q_MANY / Q_ONE), and a scrambled face's deviation from the
-    # population mean is scaled by scramble_alpha.
+    # "auto" in the file: the tightest of 0.9995 ... 0.995 that covers the person's unseen photos
+    # with 2+ photos of them, 0.995 with one; facekd.methods.scramble.Q_GRID / Q_ONE), and a
+    # scrambled face's deviation from the population mean is scaled by scramble_alpha.
     scramble_q: float | None = None
     scramble_alpha: float = 1.05
+    # The look-alike guard: a gate opens on at most this share of any one enrolled identity's new
+    # photos, as far as the person's own cover allows (None, "auto" in the file: 0.02,
+    # facekd.methods.scramble.GUARD; 1: no guard).
+    scramble_guard: float | None = None
     # Checked before decoding any image (file size, then the header's width x height).
     max_image_bytes: int = DEFAULT_LIMITS.max_bytes
     max_image_pixels: int = DEFAULT_LIMITS.max_pixels
@@ -98,6 +102,8 @@ class Config:
                        "seed": self.seed,
                        "scramble_q": "auto" if self.scramble_q is None else self.scramble_q,
                        "scramble_alpha": self.scramble_alpha,
+                       "scramble_guard": "auto" if self.scramble_guard is None
+                       else self.scramble_guard,
                        # TOML has no null: an unset rule is simply absent
                        **({"k": self.k} if self.k is not None else {}),
                        **({"energy": self.energy} if self.energy is not None else {})},
@@ -122,7 +128,7 @@ class Config:
         unknown = sorted(set(flat) - known)
         if unknown:
             raise WorkspaceError(f"{source}: unknown setting(s) {', '.join(unknown)}")
-        for key in ("match_threshold", "scramble_q"):
+        for key in AUTO_KEYS:
             if flat.get(key) == "auto":
                 flat[key] = None
         for key, value in flat.items():
@@ -157,6 +163,9 @@ class Config:
         if (self.scramble_q is not None and not 0 < float(self.scramble_q) < 1) \
                 or not float(self.scramble_alpha) > 0:
             raise WorkspaceError(f"{source}: scramble_q must be in (0, 1), scramble_alpha > 0")
+        if self.scramble_guard is not None and not 0 < float(self.scramble_guard) <= 1:
+            raise WorkspaceError(f"{source}: [forget] scramble_guard must be 'auto' or in (0, 1] "
+                                 "(1: no look-alike guard)")
         if not 0 < self.far < 1 or not 0 <= self.max_tar <= 1 or self.max_rank1_over_chance <= 0:
             raise WorkspaceError(f"{source}: far and max_tar must be in (0, 1), "
                                  "max_rank1_over_chance > 0")
@@ -177,6 +186,8 @@ class Config:
             raise WorkspaceError(f"{source}: match_threshold must be 'auto' or a cosine in [-1, 1]")
 
 
+# Settings whose file value may be "auto" (None in Config: chosen per erasure or per gallery).
+AUTO_KEYS = ("match_threshold", "scramble_q", "scramble_guard")
 _KINDS = {"str": (str,), "bool": (bool,), "int": (int,), "float": (int, float)}
 
 
@@ -198,4 +209,4 @@ def _check_type(key: str, value: Any, source: str) -> None:
                 "float": "a finite number"}[kind]
         shown = repr(value) if len(repr(value)) <= 40 else repr(value)[:37] + "..."
         raise WorkspaceError(f"{source}: {key} must be {want}"
-                             f"{' (or auto)' if key in ('match_threshold', 'scramble_q') else ''}, got {shown}")
+                             f"{' (or auto)' if key in AUTO_KEYS else ''}, got {shown}")

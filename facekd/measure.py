@@ -134,7 +134,10 @@ def coverage(step: Erasure, moved: dict, floor: float) -> dict:
         out = {**moved, "criterion": f"edited embedding below cosine {MOVED_COSINE:g} to the "
                                      "original (the measured twin on the person's probe half)"}
     share = out["share"]
-    return {**out, "floor": float(floor), "under_floor": share is not None and share < floor}
+    # The scramble's look-alike guard set the gate: an enrolled identity looks enough like the
+    # person that the gate stopped as short of them as the person's cover allowed.
+    return {**out, "floor": float(floor), "under_floor": share is not None and share < floor,
+            "look_alike_guard": bool(params.get("guard_raised", False))}
 
 
 def top_up_coverage(step: dict, counts: dict, in_sample: int) -> dict:

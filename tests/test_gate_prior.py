@@ -10,8 +10,9 @@ import pytest
 
 from facekd.bench import BenchError, parse_fit_photos
 from facekd.erasure import ErasureError, fit_scramble
+from facekd.measure import coverage
 from facekd.methods.prior import WithinPrior
-from facekd.methods.scramble import Q_GRID, Q_ONE
+from facekd.methods.scramble import GUARD, Q_GRID, Q_ONE, lookalike_floor
 from facekd.tail import GateChain, Scrambler, normalize_rows
 
 
@@ -175,3 +176,50 @@ def test_forget_erases_a_person_the_workspace_holds_one_photo_of(tmp_path):
         ws.enroll(single, progress=False)
         with pytest.raises(WorkspaceError, match="within-identity prior"):
             ws.forget(ids[0], progress=False)
+
+
+def _twins(c: float, *, n_ids: int = 80, per_id: int = 40, d: int = 64, seed: int = 2):
+    """Identity clusters where identity 1 looks like identity 0 (its centre is 0's moved by
+    ``c``), as siblings do."""
+    rng = np.random.default_rng(seed)
+    centres = normalize_rows(rng.normal(size=(n_ids, d)) + 2.0 * normalize_rows(
+        rng.normal(size=(1, d))))
+    centres[1] = normalize_rows(centres[:1] + c * normalize_rows(rng.normal(size=(1, d))))[0]
+    y = np.repeat(np.arange(n_ids), per_id)
+    return normalize_rows(centres[y] + 0.5 * rng.normal(size=(len(y), d)) / np.sqrt(d)), y
+
+
+def test_the_gate_spares_an_enrolled_look_alike_while_covering_the_person():
+    E, y = _twins(0.8)
+    me, sib = np.flatnonzero(y == 0), np.flatnonzero(y == 1)
+    keep = (y != 0) & ~np.isin(np.arange(len(y)), sib[10:])  # the sibling's 10 enrolled photos
+    fit, fresh, sib_new = E[me[:10]], E[me[10:]], E[sib[10:]]
+    guarded = fit_scramble(fit, E[keep], gallery_labels=y[keep])
+    plain = fit_scramble(fit, E[keep], gallery_labels=y[keep], guard=1.0)
+    assert guarded.params["guard"] == GUARD and guarded.params["guard_raised"]
+    assert plain.params["guard"] == 1.0 and not plain.params["guard_raised"]
+    opened = {k: float(np.mean(e.tail[0].gates(sib_new)[:, 0] > 0))
+              for k, e in (("guarded", guarded), ("plain", plain))}
+    # Without the guard the sibling loses a share of their new photos to this erasure ...
+    assert opened["plain"] >= 0.1
+    assert opened["guarded"] <= GUARD + 1 / len(sib_new)
+    # ... with it the person's new photos are still erased.
+    assert _cover(guarded, fresh) >= 0.95
+    assert fit_scramble(fit[:1], E[keep], gallery_labels=y[keep]).params["guard"] == GUARD
+    # forget says so (facekd.measure.coverage -> "someone enrolled looks like this person")
+    moved = {"share": None, "covered": 0, "faces": 0, "held_out": True}
+    assert coverage(guarded, moved, 0.5)["look_alike_guard"]
+    assert not coverage(plain, moved, 0.5)["look_alike_guard"]
+
+
+def test_lookalike_floor_is_the_most_exposed_identitys_normal_tail():
+    rng = np.random.default_rng(0)
+    means, n = np.array([0.0, 0.2, 1.0]), 400
+    scores = np.concatenate([m + 0.1 * rng.normal(size=n) for m in means])
+    groups = np.repeat(np.arange(3), n)
+    floor = lookalike_floor(scores, groups, 0.05)
+    # identity 2's mean plus 1.645 pooled s.d. (with its mean's own uncertainty)
+    assert floor == pytest.approx(1.0 + 1.645 * 0.1, abs=0.02)
+    assert np.mean(scores[groups == 2] > floor) == pytest.approx(0.05, abs=0.02)
+    # one face per identity shows no within-identity spread: no floor
+    assert lookalike_floor(scores[:3], np.arange(3), 0.05) == -np.inf

@@ -1,0 +1,101 @@
+"""What 50 erasures in sequence cost everyone else, with and without the look-alike guard.
+
+    FACEKD_CACHE=... python benchmarks/bench_guard.py [--dataset DIR] [--encoder dlib] [--seeds 5]
+
+For each seed, `facekd bench`'s sequential protocol (its people draw, enrol/probe split and
+fresh photos; facekd.bench internals): 50 people erased one after another with the gated
+scramble, each fitted on all their non-fresh photos against everyone not yet erased. Reported:
+everyone else's rank-1 and TAR@1e-3 before and after, and the 50 erased people's fresh
+re-enrolment rank-1 and TAR under the final composite, for the default guard
+(``facekd.methods.scramble.GUARD``) and ``guard=1`` (none). Writes ``bench:guard``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+from threadpoolctl import threadpool_limits
+
+from _common import REPO, load_average, machine, versions, write_section
+
+from facekd import bench as B
+from facekd.encoders import load_encoder
+from facekd.erasure import Erasure
+from facekd.methods.scramble import GUARD
+
+FACES = Path(os.environ.get("FACEKD_FACES_DIR", REPO.parent / "shared" / "data" / "faces"))
+METHODS = {"default guard": "scramble", "no guard": "scramble:guard=1"}
+
+
+def run_seed(x0: np.ndarray, y: np.ndarray, count: dict, seed: int, n: int, method: str) -> dict:
+    seq = B._draw(count, n, np.random.default_rng([seed, 1]))
+    split = B.split_enrol_probe(y, seed=seed)
+    people = seq.people
+    never = ~np.isin(y, people)
+    splits = {int(p): B._person_split(y, int(p), seq.held, seed) for p in people}
+    r0, t0, _ = B._retained_state(x0, y, split, never, seed)
+    composite = Erasure.identity(x0.shape[1])
+    for step, person in enumerate(people, 1):
+        x = composite.apply(x0)
+        alive = ~np.isin(y, people[:step])
+        composite = composite.then(B.fit_method(method, x[splits[int(person)][2]],
+                                                x[alive & split], y[alive & split], composite))
+    x = composite.apply(x0)
+    r1, t1, thr = B._retained_state(x, y, split, never, seed)
+    f1, ft = B._sequential_forget(x, y, split, never, splits, thr)
+    return {"r0": 100 * r0, "r1": 100 * r1, "t0": 100 * t0, "t1": 100 * t1,
+            "forget_r1": 100 * f1, "forget_tar": 100 * ft}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--dataset", default=str(FACES / "lfw_150px"))
+    ap.add_argument("--encoder", default="dlib")
+    ap.add_argument("--seeds", type=int, default=5)
+    ap.add_argument("--people", type=int, default=50)
+    a = ap.parse_args()
+    load0, t_start = load_average(), time.perf_counter()
+    emb = B.embed_dataset(Path(a.dataset), load_encoder(a.encoder))
+    E, y, _ = B._usable(emb)
+    ids, counts = np.unique(y, return_counts=True)
+    count = dict(zip(ids.tolist(), counts.tolist()))
+    x0 = B._unit(E)
+    rows, res = [], {}
+    with threadpool_limits(limits=1, user_api="blas"):
+        for seed in range(a.seeds):
+            for label, method in METHODS.items():
+                r = run_seed(x0, y, count, seed, a.people, method)
+                res.setdefault(label, []).append(r)
+                rows.append(f"| {seed} | {label} | {r['r0']:.2f} → {r['r1']:.2f} "
+                            f"({r['r0'] - r['r1']:.2f}) | {r['t0']:.2f} → {r['t1']:.2f} | "
+                            f"{r['forget_r1']:.2f} | {r['forget_tar']:.2f} |")
+                print(rows[-1], flush=True)
+    summary = []
+    for label, rs in res.items():
+        loss = [r["r0"] - r["r1"] for r in rs]
+        summary.append(f"| {label} | {np.mean(loss):.2f} | {np.max(loss):.2f} | "
+                       f"{np.mean([r['forget_r1'] for r in rs]):.2f} | "
+                       f"{np.mean([r['forget_tar'] for r in rs]):.2f} |")
+    text = "\n".join([
+        "## The look-alike guard in sequence (`benchmarks/bench_guard.py`)", "",
+        f"Machine: {machine()}; {versions('numpy', 'scikit-learn', 'dlib')}. 1-minute load "
+        f"average {load0:.1f} before, {load_average():.1f} after; wall "
+        f"{time.perf_counter() - t_start:.0f} s. Command: `python benchmarks/bench_guard.py "
+        f"--seeds {a.seeds} --people {a.people}` ({Path(a.dataset).name} + `{a.encoder}`).", "",
+        f"{a.people} people erased one after another with the gated scramble (all their "
+        f"non-fresh photos), `facekd bench`'s sequential protocol, one draw per seed; default "
+        f"guard {GUARD} against none (`scramble:guard=1`). Retained = people never erased; "
+        "forget = the erased people's fresh photos re-enrolled under the final composite.", "",
+        "| guard | everyone else's rank-1 loss, mean (points) | worst seed | erased rank-1 (%) "
+        "| erased TAR (%) |", "|---|---|---|---|---|", *summary, "",
+        "| seed | guard | everyone else's rank-1 (loss) | TAR@1e-3 | erased rank-1 | erased TAR |",
+        "|---|---|---|---|---|---|", *rows])
+    print(f"wrote {write_section('guard', text)}")
+
+
+if __name__ == "__main__":
+    main()
