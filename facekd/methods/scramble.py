@@ -18,7 +18,8 @@ from facekd.erasure import Erasure, ErasureError, as_matrix, single_threaded_bla
 from facekd.methods.base import FitContext, MethodError, register
 from facekd.tail import GateChain, Scrambler, normalize_rows
 
-__all__ = ["GUARD", "PRIOR_GRID", "Q_GRID", "Q_ONE", "RIDGE_GRID", "fit_scramble", "lookalike_floor"]
+__all__ = ["GUARD", "PRIOR_GRID", "Q_GRID", "Q_ONE", "RIDGE_GRID", "fit_scramble",
+           "lookalike_floor"]
 
 
 def _folds(n: int, folds: int, rng: np.random.Generator,
