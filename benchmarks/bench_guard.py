@@ -24,31 +24,24 @@ from _common import REPO, load_average, machine, versions, write_section
 
 from facekd import bench as B
 from facekd.encoders import load_encoder
-from facekd.erasure import Erasure
 from facekd.methods.scramble import GUARD
+from facekd.progress import tqdm
 
 FACES = Path(os.environ.get("FACEKD_FACES_DIR", REPO.parent / "shared" / "data" / "faces"))
 METHODS = {"default guard": "scramble", "no guard": "scramble:guard=1"}
 
 
 def run_seed(x0: np.ndarray, y: np.ndarray, count: dict, seed: int, n: int, method: str) -> dict:
+    """One seed of `facekd bench`'s sequential run (facekd.bench._sequential, its own draw and
+    split): everyone else's rank-1 / TAR before and after, the erased people's at the end (%)."""
     seq = B._draw(count, n, np.random.default_rng([seed, 1]))
     split = B.split_enrol_probe(y, seed=seed)
-    people = seq.people
-    never = ~np.isin(y, people)
-    splits = {int(p): B._person_split(y, int(p), seq.held, seed) for p in people}
-    r0, t0, _ = B._retained_state(x0, y, split, never, seed)
-    composite = Erasure.identity(x0.shape[1])
-    for step, person in enumerate(people, 1):
-        x = composite.apply(x0)
-        alive = ~np.isin(y, people[:step])
-        composite = composite.then(B.fit_method(method, x[splits[int(person)][2]],
-                                                x[alive & split], y[alive & split], composite))
-    x = composite.apply(x0)
-    r1, t1, thr = B._retained_state(x, y, split, never, seed)
-    f1, ft = B._sequential_forget(x, y, split, never, splits, thr)
-    return {"r0": 100 * r0, "r1": 100 * r1, "t0": 100 * t0, "t1": 100 * t1,
-            "forget_r1": 100 * f1, "forget_tar": 100 * ft}
+    with tqdm(disable=True) as bar:
+        rows, _, _ = B._sequential(x0, y, split, seq.people, seq.held, method, seed, bar)
+    first, last = rows[0], rows[-1]
+    return {"r0": first["retain_rank1"], "r1": last["retain_rank1"],
+            "t0": first["retain_tar"], "t1": last["retain_tar"],
+            "forget_r1": last["forget_rank1"], "forget_tar": last["forget_tar"]}
 
 
 def main() -> None:

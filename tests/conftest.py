@@ -31,6 +31,8 @@ def rng() -> np.random.Generator:
 # A small synthetic deployment shared by the workspace and CLI tests (rendered once per session).
 SYNTH_IDS = list(range(1000, 1030))
 SYNTH_TARGET = 1012
+# What a gallery check says of files a killed or earlier save left on disk (gallery_tools.gallery).
+STALE_FILES = "of an earlier generation or a crashed save"
 SYNTH_IMAGES = 6
 
 

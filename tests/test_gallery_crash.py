@@ -21,6 +21,7 @@ import numpy as np
 import pytest
 
 from facekd.erasure import fit_esc
+from conftest import STALE_FILES
 from gallery_states import gallery_state, same_state
 from gallery_tools import Gallery
 
@@ -87,9 +88,6 @@ def _spawn(script: Path) -> subprocess.Popen:
                             stdout=subprocess.PIPE, text=True, env=env)
 
 
-STALE = "of an earlier generation or a crashed save"
-
-
 @pytest.mark.slow
 def test_sigkill_during_save_leaves_old_or_new_generation(tmp_path):
     path = tmp_path / "g"
@@ -131,7 +129,7 @@ def test_sigkill_during_save_leaves_old_or_new_generation(tmp_path):
             report = g.check()
             # a kill mid-save leaves that save's files: check names them (they are the next
             # writer's to delete), and nothing else may be wrong
-            assert all(STALE in p for p in report.problems), \
+            assert all(STALE_FILES in p for p in report.problems), \
                 f"round {r}, kill after {delay}s: {report}"
             found = gallery_state(g)
         if same_state(found, want_new):

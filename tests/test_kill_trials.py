@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import SYNTH_TARGET as TARGET
+from conftest import STALE_FILES, SYNTH_TARGET as TARGET
 
 TRIALS = 20
 
@@ -29,9 +29,6 @@ def _cli(args: list, ws: Path) -> subprocess.Popen:
     env = {**os.environ, "FACEKD_WORKSPACE": str(ws)}
     return subprocess.Popen([sys.executable, "-m", "facekd.cli", *map(str, args)], env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-
-
-STALE = "of an earlier generation or a crashed save"
 
 
 def _state(ws: Path) -> tuple[list, frozenset, int]:
@@ -63,7 +60,7 @@ def _trials(base: Path, args: list, tmp_path: Path, old: tuple, new: tuple) -> d
         problems, ids, ledger = _state(ws)
         # a kill between a save's file writes and its clean-up leaves files on disk: check names
         # them (they may hold erased faces) and nothing else may be wrong
-        assert all(STALE in p for p in problems), f"trial {trial}: {problems}"
+        assert all(STALE_FILES in p for p in problems), f"trial {trial}: {problems}"
         if problems:
             assert _cli(["check", "--repair"], ws).wait(timeout=120) == 0
             assert not _state(ws)[0], f"trial {trial}: check --repair left a problem"

@@ -201,8 +201,7 @@ def lookalike_floor(heldout: np.ndarray, groups: np.ndarray, share: float) -> fl
 def _gate_fit(disc: _RidgeDiscriminant, fitted: tuple[np.ndarray, float], in_sample: np.ndarray,
               f: np.ndarray, ridge: float, tau: float, qs: tuple[float, ...],
               forget_parts: list[np.ndarray], pairs: np.ndarray | None,
-              groups: np.ndarray | None, guard: float | None = None,
-              cover: float = 0.97) -> dict:
+              groups: np.ndarray | None, guard: float, cover: float) -> dict:
     """One (ridge, prior) pair's discriminant ``(w, b)``, its gate threshold for each quantile
     in ``qs`` (``t0``, a list) and the scores of photos of the person it did not see (``held``),
     with how many of them clear each threshold (``recall``, a list) and by how many held-out
@@ -241,7 +240,7 @@ def _gate_fit(disc: _RidgeDiscriminant, fitted: tuple[np.ndarray, float], in_sam
     # (a sibling) lose a share of their photos to every erasure near them, and that is most of
     # what erasures in sequence cost everyone else; where the two overlap, the person comes first.
     floor = -np.inf
-    if guard is not None and guard < 1 and groups is not None:
+    if guard < 1 and groups is not None:
         # The (1 - cover)-quantile of the person's unseen photos' scores. Measured on LFW (50
         # erasures in sequence): capping it lower, at a normal tail fitted to those scores,
         # kept more of look-alikes' photos gated (0.50 points lost on average over 5 seeds,
