@@ -6,8 +6,8 @@ For each seed, `facekd bench`'s sequential protocol (its people draw, enrol/prob
 fresh photos; facekd.bench internals): 50 people erased one after another with the gated
 scramble, each fitted on all their non-fresh photos against everyone not yet erased. Reported:
 everyone else's rank-1 and TAR@1e-3 before and after, and the 50 erased people's fresh
-re-enrolment rank-1 and TAR under the final composite, for the default guard
-(``facekd.methods.scramble.GUARD``) and ``guard=1`` (none). Writes ``bench:guard``.
+re-enrolment rank-1 and TAR under the final composite, with the guard at its measured setting
+(``facekd.methods.scramble.GUARD``) and without (the default). Writes ``bench:guard``.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from facekd.methods.scramble import GUARD
 from facekd.progress import tqdm
 
 FACES = Path(os.environ.get("FACEKD_FACES_DIR", REPO.parent / "shared" / "data" / "faces"))
-METHODS = {"default guard": "scramble", "no guard": "scramble:guard=1"}
+METHODS = {f"guard {GUARD}": f"scramble:guard={GUARD}", "no guard (default)": "scramble"}
 
 
 def run_seed(x0: np.ndarray, y: np.ndarray, count: dict, seed: int, n: int, method: str) -> dict:
@@ -80,8 +80,8 @@ def main() -> None:
         f"{time.perf_counter() - t_start:.0f} s. Command: `python benchmarks/bench_guard.py "
         f"--seeds {a.seeds} --people {a.people}` ({Path(a.dataset).name} + `{a.encoder}`).", "",
         f"{a.people} people erased one after another with the gated scramble (all their "
-        f"non-fresh photos), `facekd bench`'s sequential protocol, one draw per seed; default "
-        f"guard {GUARD} against none (`scramble:guard=1`). Retained = people never erased; "
+        f"non-fresh photos), `facekd bench`'s sequential protocol, one draw per seed; guard "
+        f"{GUARD} (`scramble:guard={GUARD}`) against none (the default). Retained = people never erased; "
         "forget = the erased people's fresh photos re-enrolled under the final composite.", "",
         "| guard | everyone else's rank-1 loss, mean (points) | worst seed | erased rank-1 (%) "
         "| erased TAR (%) |", "|---|---|---|---|---|", *summary, "",

@@ -78,9 +78,10 @@ class Config:
     scramble_q: float | None = None
     scramble_alpha: float = 1.05
     # The look-alike guard: a gate opens on at most this share of any one enrolled identity's new
-    # photos, as far as the person's own cover allows (None, "auto" in the file: 0.02,
-    # facekd.methods.scramble.GUARD; 1: no guard).
-    scramble_guard: float | None = None
+    # photos, as far as the person's own cover allows (1: none, the default: it can leave more
+    # of the erased person's new photos findable; 0.02 is the measured setting,
+    # facekd.methods.scramble.GUARD).
+    scramble_guard: float = 1.0
     # Checked before decoding any image (file size, then the header's width x height).
     max_image_bytes: int = DEFAULT_LIMITS.max_bytes
     max_image_pixels: int = DEFAULT_LIMITS.max_pixels
@@ -102,8 +103,7 @@ class Config:
                        "seed": self.seed,
                        "scramble_q": "auto" if self.scramble_q is None else self.scramble_q,
                        "scramble_alpha": self.scramble_alpha,
-                       "scramble_guard": "auto" if self.scramble_guard is None
-                       else self.scramble_guard,
+                       "scramble_guard": self.scramble_guard,
                        # TOML has no null: an unset rule is simply absent
                        **({"k": self.k} if self.k is not None else {}),
                        **({"energy": self.energy} if self.energy is not None else {})},
@@ -163,8 +163,8 @@ class Config:
         if (self.scramble_q is not None and not 0 < float(self.scramble_q) < 1) \
                 or not float(self.scramble_alpha) > 0:
             raise WorkspaceError(f"{source}: scramble_q must be in (0, 1), scramble_alpha > 0")
-        if self.scramble_guard is not None and not 0 < float(self.scramble_guard) <= 1:
-            raise WorkspaceError(f"{source}: [forget] scramble_guard must be 'auto' or in (0, 1] "
+        if not 0 < float(self.scramble_guard) <= 1:
+            raise WorkspaceError(f"{source}: [forget] scramble_guard must be in (0, 1] "
                                  "(1: no look-alike guard)")
         if not 0 < self.far < 1 or not 0 <= self.max_tar <= 1 or self.max_rank1_over_chance <= 0:
             raise WorkspaceError(f"{source}: far and max_tar must be in (0, 1), "
@@ -187,7 +187,7 @@ class Config:
 
 
 # Settings whose file value may be "auto" (None in Config: chosen per erasure or per gallery).
-AUTO_KEYS = ("match_threshold", "scramble_q", "scramble_guard")
+AUTO_KEYS = ("match_threshold", "scramble_q")
 _KINDS = {"str": (str,), "bool": (bool,), "int": (int,), "float": (int, float)}
 
 

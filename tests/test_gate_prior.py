@@ -194,8 +194,8 @@ def test_the_gate_spares_an_enrolled_look_alike_while_covering_the_person():
     me, sib = np.flatnonzero(y == 0), np.flatnonzero(y == 1)
     keep = (y != 0) & ~np.isin(np.arange(len(y)), sib[10:])  # the sibling's 10 enrolled photos
     fit, fresh, sib_new = E[me[:10]], E[me[10:]], E[sib[10:]]
-    guarded = fit_scramble(fit, E[keep], gallery_labels=y[keep])
-    plain = fit_scramble(fit, E[keep], gallery_labels=y[keep], guard=1.0)
+    guarded = fit_scramble(fit, E[keep], gallery_labels=y[keep], guard=GUARD)
+    plain = fit_scramble(fit, E[keep], gallery_labels=y[keep])  # the default: no guard
     assert guarded.params["guard"] == GUARD and guarded.params["guard_raised"]
     assert plain.params["guard"] == 1.0 and not plain.params["guard_raised"]
     opened = {k: float(np.mean(e.tail[0].gates(sib_new)[:, 0] > 0))
@@ -205,7 +205,8 @@ def test_the_gate_spares_an_enrolled_look_alike_while_covering_the_person():
     assert opened["guarded"] <= GUARD + 1 / len(sib_new)
     # ... with it the person's new photos are still erased.
     assert _cover(guarded, fresh) >= 0.95
-    assert fit_scramble(fit[:1], E[keep], gallery_labels=y[keep]).params["guard"] == GUARD
+    assert fit_scramble(fit[:1], E[keep], gallery_labels=y[keep], guard=GUARD).params["guard"] \
+        == GUARD
     # forget says so (facekd.measure.coverage -> "someone enrolled looks like this person")
     moved = {"share": None, "covered": 0, "faces": 0, "held_out": True}
     assert coverage(guarded, moved, 0.5)["look_alike_guard"]

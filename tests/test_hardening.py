@@ -527,6 +527,7 @@ CONFIGS = {  # case -> (table, key, value)
     'scramble_alpha = "x"': ("forget", "scramble_alpha", "x"),
     "scramble_guard = 0": ("forget", "scramble_guard", 0),
     'scramble_guard = "x"': ("forget", "scramble_guard", "x"),
+    "scramble_guard = 2": ("forget", "scramble_guard", 2),
     'method = "magic"': ("forget", "method", "magic"),
     "method = 1": ("forget", "method", 1),
     "k = 0": ("forget", "k", 0),
