@@ -105,3 +105,42 @@ def test_converted_graph_matches_opencv_in_torch_and_onnx_on_real_faces(graph, l
     same = np.kron(np.eye(len(PEOPLE)), np.ones((2, 2))).astype(bool)
     np.fill_diagonal(same, False)
     assert sims[same].min() > sims[~same & ~np.eye(len(sims), dtype=bool)].max()
+
+
+def test_exported_erasure_scrambles_a_persons_new_photos_as_the_original_graph_plus_the_edit(
+        graph, tmp_path, monkeypatch):
+    """Where the edit acts: a gated scramble fitted on 8 photos of one person (facekd's torch
+    embeddings, 150 faces of 50 others as the gallery), exported to ONNX, run on 8 *new* photos
+    of that person. Each must come out as the original graph (OpenCV) followed by the edit
+    computes it, and far from the person's own embedding (the gates are open on real faces)."""
+    from facekd import fit_scramble
+    from facekd.encoders import load_encoder
+    from facekd.encoders.facenet import FACENET_SPEC
+    from facekd.faces import chips_from_files
+
+    root = FACES_DIR / "lfw_150px"
+    if not root.is_dir():
+        pytest.skip(f"real-face data not found at {FACES_DIR} (set FACEKD_FACES_DIR)")
+    monkeypatch.setenv("FACEKD_CACHE", str(tmp_path / "cache"))
+    path, net = graph
+    person = chips_from_files(sorted((root / "Serena_Williams").glob("*.jpg"))[:16], FACENET_SPEC)
+    names = sorted(p.name for p in root.iterdir() if p.is_dir() and p.name != "Serena_Williams")
+    files = [f for name in names[:50] for f in sorted((root / name).glob("*.jpg"))[:3]]
+    others = chips_from_files(files, FACENET_SPEC)
+    assert len(person.chips) == 16 and len(others.chips) >= 140
+    _, labels = np.unique([files[i].parent.name for i in others.sources], return_inverse=True)
+
+    encoder = load_encoder(f"facenet:{path}", device="cpu")
+    known, new = person.chips[:8], person.chips[8:]
+    erasure = fit_scramble(encoder.embed(known), encoder.embed(others.chips), gallery_labels=labels)
+    onnx_path = encoder.with_erasure(erasure).to_onnx(tmp_path / "edited.onnx")
+    exported = _unit(load_encoder(f"onnx:{onnx_path}").embed(new))
+
+    original = _opencv_embeddings(net, new)
+    reference = _unit(erasure.apply(original.astype(np.float32)))
+    parity = (exported * reference).sum(axis=1)
+    to_self = (exported * original).sum(axis=1)
+    print(f"gated new photos: 1 - cosine to OpenCV + edit, worst {1 - parity.min():.1e}; "
+          f"cosine to the unedited embedding, max {to_self.max():.3f}")
+    assert parity.min() >= MIN_COSINE, parity
+    assert to_self.max() < 0.6, to_self  # unedited: 1; two photos of one person: 0.73 on average
