@@ -1,9 +1,10 @@
 """Is verify's verdict right? A 40-person LFW workspace judged from outside. Writes the
 ``bench:verdict-lfw`` section of docs/benchmarks.md.
 
-    python benchmarks/bench_verdict_lfw.py [--seed 20261205] [--people 40] [--no-write]
+    python benchmarks/bench_verdict_lfw.py [--seed 20261205] [--people 40] [--encoder dlib] [--no-write]
 
-Built as a new user would: ``lfw_deepfunneled`` + dlib, ``people`` identities drawn with a seed
+Built as a new user would: ``lfw_deepfunneled`` + dlib (or ``--encoder``, e.g. ``facenet:PATH``;
+its own ``bench:verdict-lfw-<name>`` section), ``people`` identities drawn with a seed
 the other benchmarks never use, up to 20 photos enrolled each; ``erase`` of them with >= 52
 photos are enrolled with 32 and keep 20 further photos back ("new photos": never enrolled,
 never fitted). They are erased one after another with the default method, each verified with its
@@ -138,6 +139,7 @@ def main() -> int:
     ap.add_argument("--seed", type=int, default=20261205)
     ap.add_argument("--people", type=int, default=40)
     ap.add_argument("--erase", type=int, default=3)
+    ap.add_argument("--encoder", default="dlib", help="encoder spec, e.g. facenet:graph_final.pb")
     ap.add_argument("--no-write", action="store_true")
     args = ap.parse_args()
     from facekd.metrics import wilson_interval
@@ -156,7 +158,7 @@ def main() -> int:
         tree, new = _tree(root, gallery, erased + [esc_t], args.seed)
         ids = {f: 1000 + i for i, f in enumerate(gallery)}
         ws_dir, onnx_path = root / "ws", root / "edited.onnx"
-        Workspace.init(ws_dir, "dlib").close()
+        Workspace.init(ws_dir, args.encoder).close()
         with Workspace.open(ws_dir, writable=True) as ws:
             enrolled = ws.enroll(tree, progress=False)
         shutil.copytree(ws_dir, root / "ws-esc-t")
@@ -197,13 +199,16 @@ def main() -> int:
                      f"| {r['erased'] if r['erased'] is not None else '-'}/{r['photos']} "
                      f"| {'WRONG' if r['wrong'] else 'yes'} |")
     wrong = sum(r["wrong"] for r in rows)
-    body = f"""## Is verify right? A 40-person LFW workspace judged from outside (`benchmarks/bench_verdict_lfw.py`)
+    name, _, path = args.encoder.partition(":")
+    title = "" if name == "dlib" else f", encoder `{name}`"
+    command = "" if args.encoder == "dlib" else f" --encoder {name}:{Path(path).name}"
+    body = f"""## Is verify right? A {args.people}-person LFW workspace judged from outside{title} (`benchmarks/bench_verdict_lfw.py`)
 
 Machine: {machine()}; {versions('facekd', 'numpy', 'onnxruntime', 'dlib')}. 1-minute load average
 {load_before:.1f} before, {load_average():.1f} after; wall {wall:.0f} s.
-Command: `python benchmarks/bench_verdict_lfw.py --seed {args.seed}`.
+Command: `python benchmarks/bench_verdict_lfw.py --seed {args.seed}{command}`.
 
-lfw_deepfunneled + dlib, {args.people} people drawn with seed {args.seed} ({enrolled.added} faces
+lfw_deepfunneled + {name}, {args.people} people drawn with seed {args.seed} ({enrolled.added} faces
 enrolled: up to {ENROL} photos each; the {len(erased)} erased and the ESC-T person {ERASED_ENROL}
 each, with {NEW} more photos of each kept back). The {len(erased)} are erased one after another
 with the default gated scramble, and one more person with ESC-T on a copy of the enrolled
@@ -224,7 +229,7 @@ photos and replays the half-split attack over {SPLITS} random splits against the
 """
     print(body)
     if not args.no_write:
-        write_section("verdict-lfw", body)
+        write_section("verdict-lfw" if name == "dlib" else f"verdict-lfw-{name}", body)
     return 0
 
 
