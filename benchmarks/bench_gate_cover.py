@@ -7,8 +7,10 @@ default ``fit_scramble`` only: per gallery size and number of fit photos, the sh
 the gate opens fully on (real cover), what the fit estimated (``params["heldout_gated_fully"]``,
 which a forget refusal reads; with one photo it comes from held-out identities' one-photo gates),
 the share of everyone else's faces the gate touches, the quantile it chose, and the fresh
-re-enrolment rank-1 (10 re-enrolled, 10 searched). Small galleries: the 12 people and a seeded
-draw of others (``--gallery-people``'s draw).
+re-enrolment rank-1 (10 re-enrolled, 10 searched) averaged over 200 random splits of the 20
+fresh photos, per person: the mean over the 12, the worst one, and how many are over 2x chance
+(``2 / people``; the issue's target: none). Small galleries: the 12 people and a seeded draw of
+others (``--gallery-people``'s draw).
 """
 
 from __future__ import annotations
@@ -23,11 +25,24 @@ from _common import REPO
 
 from facekd import bench as B
 from facekd.encoders import load_encoder
-from facekd.metrics import identification_hits, split_enrol_probe
+from facekd.metrics import split_enrol_probe
 from facekd.methods.scramble import fit_scramble
 
 
 FACES = Path(os.environ.get("FACEKD_FACES_DIR", REPO.parent / "shared" / "data" / "faces"))
+SPLITS = 200
+
+
+def replay(person: np.ndarray, gallery: np.ndarray, rng: np.random.Generator) -> float:
+    """Mean rank-1 of the half-split re-enrolment attack over SPLITS random splits of the
+    person's edited fresh photos ``(m, d)`` against the edited gallery ``(N, d)``."""
+    best = (person @ gallery.T).max(axis=1)
+    m, rates = len(person), []
+    for _ in range(SPLITS):
+        order = rng.permutation(m)
+        enrol, probe = order[:m // 2], order[m // 2:]
+        rates.append(np.mean((person[probe] @ person[enrol].T).max(axis=1) > best[probe]))
+    return float(np.mean(rates))
 
 
 def main() -> None:
@@ -41,8 +56,8 @@ def main() -> None:
     ids0, counts0 = np.unique(y0, return_counts=True)
     single = B._draw(dict(zip(ids0.tolist(), counts0.tolist())), 12, np.random.default_rng(0))
     print("| people | fit photos | real cover (min) | estimated cover | others' faces touched "
-          "| q chosen (median) | forget rank-1 (max) |")
-    print("|---|---|---|---|---|---|---|")
+          "| q chosen (median) | forget rank-1, 200 splits: mean (worst) | over 2x chance |")
+    print("|---|---|---|---|---|---|---|---|")
     for setting in a.people.split(","):
         E, y, ids, people = E0, y0, ids0, single.people
         if setting != "all":
@@ -53,6 +68,7 @@ def main() -> None:
         split = split_enrol_probe(y, seed=0)
         means = B._unit(B._class_means(x0, y))
         cases = [B._make_case(y, split, means, ids, int(p), single.held, 0) for p in people]
+        rng = np.random.default_rng(1)
         for fit in a.fit.split(","):
             rows = []
             for c in cases:
@@ -60,17 +76,16 @@ def main() -> None:
                 e = fit_scramble(x0[r], x0[c.gallery], gallery_labels=y[c.gallery])
                 gate = e.tail[0].gates(x0[c.fresh].astype(np.float64))[:, 0]
                 touched = e.tail[0].gates(x0[c.retained].astype(np.float64))[:, 0] > 0
-                x = e.apply(x0[np.r_[c.gallery, c.fresh_enrol, c.fresh_probe]])
-                ng, ne = len(c.gallery), len(c.fresh_enrol)
-                hits = identification_hits(x[:ng + ne], np.r_[y[c.gallery], np.full(ne, -1)],
-                                           x[ng + ne:], np.full(len(c.fresh_probe), -1))
+                rate = replay(e.apply(x0[c.fresh]).astype(np.float64),
+                              e.apply(x0[c.gallery]).astype(np.float64), rng)
                 rows.append((np.mean(gate >= 1), e.params["heldout_gated_fully"],
-                             touched.mean(), e.params["q"], hits.mean()))
+                             touched.mean(), e.params["q"], rate))
             v = np.array(rows)
             print(f"| {len(ids)} | {fit} | {100 * v[:, 0].mean():.1f} % ({100 * v[:, 0].min():.0f})"
                   f" | {100 * v[:, 1].mean():.1f} % | {100 * v[:, 2].mean():.3f} % | "
                   f"{np.median(v[:, 3]):g} | {100 * v[:, 4].mean():.1f} % "
-                  f"({100 * v[:, 4].max():.0f}) |")
+                  f"({100 * v[:, 4].max():.1f}) | {int(np.sum(v[:, 4] > 2 / len(ids)))} of "
+                  f"{len(v)} |")
 
 
 if __name__ == "__main__":
