@@ -79,10 +79,12 @@ class Config:
     scramble_q: float | None = None
     scramble_alpha: float = 1.05
     # The look-alike guard: a gate opens on at most this share of any one enrolled identity's new
-    # photos, as far as the person's own cover allows (1: none, the default: it can leave more
-    # of the erased person's new photos findable; 0.02 is the measured setting,
-    # facekd.methods.scramble.GUARD).
-    scramble_guard: float = 1.0
+    # photos (1: no guard), but it is never lifted above the score that scramble_guard_keep of
+    # the person's own unseen photos clear (1: all of them, so it costs the erased nothing
+    # measured; 0.97 costs everyone else half as much in sequence but can leave more of the erased
+    # person's new photos findable; facekd.methods.scramble.GUARD / GUARD_KEEP, docs/cli.md).
+    scramble_guard: float = 0.02
+    scramble_guard_keep: float = 1.0
     # Checked before decoding any image (file size, then the header's width x height).
     max_image_bytes: int = DEFAULT_LIMITS.max_bytes
     max_image_pixels: int = DEFAULT_LIMITS.max_pixels
@@ -105,6 +107,7 @@ class Config:
                        "scramble_q": "auto" if self.scramble_q is None else self.scramble_q,
                        "scramble_alpha": self.scramble_alpha,
                        "scramble_guard": self.scramble_guard,
+                       "scramble_guard_keep": self.scramble_guard_keep,
                        # TOML has no null: an unset rule is simply absent
                        **({"k": self.k} if self.k is not None else {}),
                        **({"energy": self.energy} if self.energy is not None else {})},
@@ -167,6 +170,9 @@ class Config:
         if not 0 < float(self.scramble_guard) <= 1:
             raise WorkspaceError(f"{source}: [forget] scramble_guard must be in (0, 1] "
                                  "(1: no look-alike guard)")
+        if not 0 < float(self.scramble_guard_keep) <= 1:
+            raise WorkspaceError(f"{source}: [forget] scramble_guard_keep must be in (0, 1] "
+                                 "(1: all of the person's unseen photos)")
         if not 0 < self.far < 1 or not 0 <= self.max_tar <= 1 or self.max_rank1_over_chance <= 0:
             raise WorkspaceError(f"{source}: far and max_tar must be in (0, 1), "
                                  "max_rank1_over_chance > 0")
