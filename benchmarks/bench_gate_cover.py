@@ -1,6 +1,7 @@
 """How well does a gate cover the person's new photos, and does it know? (issue 21, items 1 and 4)
 
     FACEKD_CACHE=... python benchmarks/bench_gate_cover.py [--people all,40,15] [--fit 1,3,all]
+        [--options guard=0.02]
 
 ``facekd bench``'s protocol (its 12 people, 20 fresh photos each, its enrolment split), the
 default ``fit_scramble`` only: per gallery size and number of fit photos, the share of fresh photos
@@ -51,7 +52,10 @@ def main() -> None:
     ap.add_argument("--encoder", default="dlib")
     ap.add_argument("--people", default="all,40,15")
     ap.add_argument("--fit", default="1,3,all")
+    ap.add_argument("--options", default="",
+                    help="fit_scramble options, e.g. guard=0.02:guard_keep=0.97 (default: none)")
     a = ap.parse_args()
+    options = {k: float(v) for k, v in (kv.split("=") for kv in a.options.split(":") if kv)}
     E0, y0, _ = B._usable(B.embed_dataset(a.dataset, load_encoder(a.encoder)))
     ids0, counts0 = np.unique(y0, return_counts=True)
     single = B._draw(dict(zip(ids0.tolist(), counts0.tolist())), 12, np.random.default_rng(0))
@@ -73,7 +77,7 @@ def main() -> None:
             rows = []
             for c in cases:
                 r = B._fit_rows(c.pool, fit)
-                e = fit_scramble(x0[r], x0[c.gallery], gallery_labels=y[c.gallery])
+                e = fit_scramble(x0[r], x0[c.gallery], gallery_labels=y[c.gallery], **options)
                 gate = e.tail[0].gates(x0[c.fresh].astype(np.float64))[:, 0]
                 touched = e.tail[0].gates(x0[c.retained].astype(np.float64))[:, 0] > 0
                 rate = replay(e.apply(x0[c.fresh]).astype(np.float64),

@@ -28,9 +28,9 @@ from facekd.methods.scramble import GUARD
 from facekd.progress import tqdm
 
 FACES = Path(os.environ.get("FACEKD_FACES_DIR", REPO.parent / "shared" / "data" / "faces"))
-METHODS = {"no guard": "scramble:guard=1.0",
-           f"guard {GUARD}, keep all (default)": "scramble",
-           f"guard {GUARD}, keep 0.97": "scramble:guard_keep=0.97"}
+METHODS = {"no guard (default)": "scramble",
+           f"guard {GUARD}, keep all": f"scramble:guard={GUARD}",
+           f"guard {GUARD}, keep 0.97": f"scramble:guard={GUARD}:guard_keep=0.97"}
 
 
 def run_seed(x0: np.ndarray, y: np.ndarray, count: dict, seed: int, n: int, method: str) -> dict:
@@ -84,9 +84,9 @@ def main() -> None:
         f"--seeds {a.seeds} --people {a.people}` ({Path(a.dataset).name} + `{a.encoder}`).", "",
         f"{a.people} people erased one after another with the gated scramble (all their "
         f"non-fresh photos), `facekd bench`'s sequential protocol, one draw per seed: no guard "
-        "(`scramble:guard=1.0`), the default guard (a gate opens on at most "
+        f"(the default), the guard (`scramble:guard={GUARD}`: a gate opens on at most "
         f"{GUARD} of any one enrolled identity's new photos, never lifted above any of the "
-        "person's unseen photos: `guard_keep = 1`) and the stronger `scramble:guard_keep=0.97` "
+        "person's unseen photos: `guard_keep = 1`) and the stronger `guard_keep=0.97` "
         "(lifted up to the score 97 % of them clear). Retained = people never erased; forget = "
         "the erased people's fresh photos re-enrolled under the final composite.", "",
         "| guard | everyone else's rank-1 loss, mean (points) | worst seed | erased rank-1 (%) "

@@ -79,11 +79,11 @@ class Config:
     scramble_q: float | None = None
     scramble_alpha: float = 1.05
     # The look-alike guard: a gate opens on at most this share of any one enrolled identity's new
-    # photos (1: no guard), but it is never lifted above the score that scramble_guard_keep of
-    # the person's own unseen photos clear (1: all of them, so it costs the erased nothing
-    # measured; 0.97 costs everyone else half as much in sequence but can leave more of the erased
-    # person's new photos findable; facekd.methods.scramble.GUARD / GUARD_KEEP, docs/cli.md).
-    scramble_guard: float = 0.02
+    # photos (1: no guard, the default), never lifted above the score that scramble_guard_keep of
+    # the person's own unseen photos clear. Off by default: measured, it can leave more of the
+    # erased person's new photos findable (facekd.methods.scramble.GUARD, docs/threat-model.md);
+    # 0.02 is the measured opt-in.
+    scramble_guard: float = 1.0
     scramble_guard_keep: float = 1.0
     # Checked before decoding any image (file size, then the header's width x height).
     max_image_bytes: int = DEFAULT_LIMITS.max_bytes
