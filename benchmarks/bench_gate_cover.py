@@ -1,10 +1,10 @@
 """How well does a gate cover the person's new photos, and does it know? (issue 21, items 1 and 4)
 
     FACEKD_CACHE=... python benchmarks/bench_gate_cover.py [--people all,40,15] [--fit 1,3,all]
-        [--options guard=0.02]
+        [--method scramble:guard=0.02]
 
 ``facekd bench``'s protocol (its 12 people, 20 fresh photos each, its enrolment split), the
-default ``fit_scramble`` only: per gallery size and number of fit photos, the share of fresh photos
+default ``fit_scramble`` (or ``--method``'s settings): per gallery size and number of fit photos, the share of fresh photos
 the gate opens fully on (real cover), what the fit estimated (``params["heldout_gated_fully"]``,
 which a forget refusal reads; with one photo it comes from held-out identities' one-photo gates),
 the share of everyone else's faces the gate touches, the quantile it chose, and the fresh
@@ -52,10 +52,13 @@ def main() -> None:
     ap.add_argument("--encoder", default="dlib")
     ap.add_argument("--people", default="all,40,15")
     ap.add_argument("--fit", default="1,3,all")
-    ap.add_argument("--options", default="",
-                    help="fit_scramble options, e.g. guard=0.02:guard_keep=0.97 (default: none)")
+    ap.add_argument("--method", default="scramble",
+                    help="scramble with settings, as facekd bench's --methods: "
+                         "scramble:guard=0.02:guard_keep=0.97")
     a = ap.parse_args()
-    options = {k: float(v) for k, v in (kv.split("=") for kv in a.options.split(":") if kv)}
+    base, options = B._split_method(B.parse_methods(a.method)[0])
+    if base != "scramble":
+        ap.error("--method: the gate cover is the gated scramble's (scramble[:KEY=NUMBER...])")
     E0, y0, _ = B._usable(B.embed_dataset(a.dataset, load_encoder(a.encoder)))
     ids0, counts0 = np.unique(y0, return_counts=True)
     single = B._draw(dict(zip(ids0.tolist(), counts0.tolist())), 12, np.random.default_rng(0))

@@ -175,7 +175,7 @@ Q_ONE = 0.995
 # rank-1 from 44 % to 5 %, docs/benchmarks.md).
 Q_GRID = (0.9995, 0.999, 0.998, 0.995, 0.99, 0.98, 0.95)
 # The look-alike guard's measured setting (fit_scramble's ``guard``, ``guard_keep``; off by
-# default). On LFW + dlib, 50 erasures in sequence cost everyone else 0.88 rank-1 points on
+# default). On LFW + dlib, 50 erasures in sequence cost everyone else 0.92 rank-1 points on
 # average over 5 seeds (worst 1.30) without it, 0.66 with GUARD and GUARD_KEEP (a gate never
 # lifted above any of the person's unseen photos), 0.37 with guard_keep 0.97 (bench:guard). But
 # the person's unseen gallery photos are not their new photos: on the full LFW gallery the
