@@ -358,12 +358,12 @@ def _top_up(ws: "Workspace", identity: int, method: str, rule: tuple, images, dr
     if erased.all():
         return ForgetResult(receipt={}, committed=False, removed_faces=0, kind="top-up",
                             top_up=counts)
-    overridden = _check_top_up_photos(acc, _gate_nearness(acc, base_rows), force)
+    all_vecs, labels = _gallery_arrays(ws)
+    overridden = _check_top_up_photos(acc, base_rows, all_vecs, force)
     # As the deployed encoder embeds them: the new step runs after every earlier one.
     escaped = acc.apply(base_rows[~erased])
     lap("collect")
 
-    all_vecs, labels = _gallery_arrays(ws)
     m, options = _method(ws, method, rule)
     # Everyone now enrolled is "everyone else"; the chain's stranger map is reused through
     # context.previous, so a further gate joins the same chain.
@@ -418,35 +418,56 @@ def _fit_top_up(m: methods.Method, fit: Callable[[np.ndarray], Erasure], escaped
                              f"them: {exc}; add more photos of the person") from None
 
 
-NEAR_GATE = 5.0  # hinge widths below a gate that still count as "near" it (see _gate_nearness)
+# A request photo "comes near" a gate when it scores above all but NEAR_SHARE of the enrolled
+# faces under it. Counted in the gallery's own scores, not in hinge widths: a gate fitted on
+# many photos has a hinge 3x softer (facekd.methods.scramble.WIDTHS), and 5 of its widths
+# reached down to 45 % of other people's 5-photo folders (LFW + dlib) against 4 % at the old
+# widths; the top 1 % of the gallery is where 5 of the old widths reached (1.1 % of faces).
+NEAR_SHARE = 0.01
+NEAR_GATE = 5.0    # hinge widths, when the gallery is too small to read NEAR_SHARE off
+_NEAR_ROWS = 20_000  # gallery faces sampled to read the gates' scores
 
 
-def _gate_nearness(acc: Erasure, base_rows: np.ndarray) -> np.ndarray:
-    """``(K,)`` for each photo, its best score over the erasure's gates in hinge widths from the
-    gate's opening point (``(s - t0) / (s1 - t0)``: 0 at the opening, 1 fully open), on the
-    photos as the tail receives them. Escaped photos of the person sit below their gate but near
-    it; an unrelated face sits far below every gate (t0 is a 0.9995-ish quantile of everyone
-    else's scores). ``-inf`` without gates."""
+def _gate_nearness(acc: Erasure, x: np.ndarray) -> np.ndarray:
+    """``(m, G)``: each row's score under each of the erasure's ``G`` gates in hinge widths
+    from the gate's opening point (``(s - t0) / (s1 - t0)``: 0 at the opening, 1 fully open).
+    ``x`` ``(m, d)``: rows as the tail receives them."""
     from facekd.tail import GateChain
 
-    x = acc.linear_part().apply(base_rows).astype(np.float64)
-    best = np.full(len(x), -np.inf)
-    for st in acc.tail:
-        if isinstance(st, GateChain):
-            s = x @ st.weights + st.bias
-            best = np.maximum(best, ((s - st.t0) / (st.s1 - st.t0)).max(axis=1))
-    return best
+    x = np.asarray(x, np.float64)
+    cols = [(x @ st.weights + st.bias - st.t0) / (st.s1 - st.t0)
+            for st in acc.tail if isinstance(st, GateChain)]
+    return np.concatenate(cols, axis=1) if cols else np.empty((len(x), 0))
 
 
-def _check_top_up_photos(acc: Erasure, near: np.ndarray, force: bool) -> list[str]:
-    """Refuse (unless ``force``) top-up photos none of which comes within ``NEAR_GATE`` hinge
-    widths of any of the erasure's gates (``near`` ``(K,)``, :func:`_gate_nearness`): they may
-    show someone else, whom a further step fitted on them would erase. Returns the checks
+def _near_levels(acc: Erasure, gallery: np.ndarray) -> np.ndarray:
+    """``(G,)`` the level each gate must be cleared at to count as near: the ``1 - NEAR_SHARE``
+    quantile of the enrolled faces' scores (a seeded sample of at most ``_NEAR_ROWS``), or
+    ``-NEAR_GATE`` when fewer than 2 faces are enrolled. The stored faces stand for their tail
+    input: a face no gate touched (nearly all) is stored unchanged."""
+    if len(gallery) < 2:
+        return np.full(acc.n_gates, -NEAR_GATE)
+    rng = np.random.default_rng(0)
+    rows = (np.arange(len(gallery)) if len(gallery) <= _NEAR_ROWS
+            else np.sort(rng.choice(len(gallery), _NEAR_ROWS, replace=False)))
+    return np.quantile(_gate_nearness(acc, gallery[rows]), 1.0 - NEAR_SHARE, axis=0)
+
+
+def _check_top_up_photos(acc: Erasure, base_rows: np.ndarray, gallery: np.ndarray,
+                         force: bool) -> list[str]:
+    """Refuse (unless ``force``) top-up photos ``base_rows`` ``(m, d)`` (base encoder) none of
+    which comes near any of the erasure's gates (scores above all but ``NEAR_SHARE`` of the
+    enrolled faces ``gallery`` ``(N, d)`` under it, :func:`_near_levels`): they may show someone
+    else, whom a further step fitted on them would erase. Escaped photos of the person sit below
+    their gate but near it; an unrelated face sits where the gallery does. Returns the checks
     ``force`` overrode (``["request photos"]`` or ``[]``)."""
-    if acc.n_gates == 0 or float(near.max()) > -NEAR_GATE:
+    if acc.n_gates == 0:
         return []  # a linear erasure has no gate to ask; the person's gallery faces are gone
-    msg = (f"none of the {len(near)} --images photos comes near any gate of the erasure: they "
-           "may not show the erased person")
+    near = _gate_nearness(acc, acc.linear_part().apply(base_rows))
+    if np.any(near > _near_levels(acc, gallery)[None, :]):
+        return []
+    msg = (f"none of the {len(base_rows)} --images photos comes near any gate of the erasure: "
+           "they may not show the erased person")
     if not force:
         raise WorkspaceError(msg + "; check the folder, or pass --force")
     warnings.warn(msg + " (--force given)", RuntimeWarning, stacklevel=5)

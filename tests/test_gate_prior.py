@@ -12,7 +12,8 @@ from facekd.bench import BenchError, parse_fit_photos
 from facekd.erasure import ErasureError, fit_scramble
 from facekd.measure import coverage
 from facekd.methods.prior import WithinPrior
-from facekd.methods.scramble import GUARD, GUARD_KEEP, Q_GRID, Q_ONE, lookalike_floor
+from facekd.methods.scramble import (GUARD, GUARD_KEEP, Q_GRID, Q_ONE, SOFT_FROM, WIDTHS,
+                                     hinge_width, lookalike_floor)
 from facekd.tail import GateChain, Scrambler, normalize_rows
 
 
@@ -232,3 +233,51 @@ def test_lookalike_floor_is_the_most_exposed_identitys_normal_tail():
     assert np.mean(scores[groups == 2] > floor) == pytest.approx(0.05, abs=0.02)
     # one face per identity shows no within-identity spread: no floor
     assert lookalike_floor(scores[:3], np.arange(3), 0.05) == -np.inf
+
+
+def test_many_photos_soften_the_hinge_so_a_look_alikes_touched_photos_stay_theirs():
+    """From SOFT_FROM photos on the hinge is WIDTHS["many"] wide: the gate opens where it did,
+    but a look-alike's photos just above it are moved less (still their owner's), and the
+    person's new photos are erased as fully as under the sharp hinge."""
+    assert [hinge_width(n) for n in (1, 2, SOFT_FROM - 1, SOFT_FROM)] == [
+        WIDTHS["one"], WIDTHS["few"], WIDTHS["few"], WIDTHS["many"]]
+    assert WIDTHS["one"] < WIDTHS["few"] < WIDTHS["many"]
+    E, y = _twins(0.8)
+    me, sib = np.flatnonzero(y == 0), np.flatnonzero(y == 1)
+    keep = (y != 0) & ~np.isin(np.arange(len(y)), sib[10:])
+    fit, fresh, sib_new = E[me[:SOFT_FROM]], E[me[SOFT_FROM:]], E[sib[10:]]
+    soft = fit_scramble(fit, E[keep], gallery_labels=y[keep])
+    sharp = fit_scramble(fit, E[keep], gallery_labels=y[keep], width=WIDTHS["few"])
+    assert soft.params["width"] == WIDTHS["many"] and sharp.params["width"] == WIDTHS["few"]
+    assert soft.tail[0].t0[0] == sharp.tail[0].t0[0]  # the same opening point
+    assert fit_scramble(fit[:SOFT_FROM - 1], E[keep],
+                        gallery_labels=y[keep]).params["width"] == WIDTHS["few"]
+    touched = sharp.tail[0].gates(sib_new)[:, 0] > 0
+    assert touched.sum() >= 3
+    kept = {k: np.einsum("ij,ij->i", e.apply(sib_new[touched]).astype(np.float64),
+                         sib_new[touched]) for k, e in (("soft", soft), ("sharp", sharp))}
+    assert np.all(kept["soft"] >= kept["sharp"] - 1e-9)
+    assert kept["soft"].mean() > kept["sharp"].mean() + 0.05
+    assert _cover(soft, fresh) >= 0.95 and _cover(sharp, fresh) >= 0.95
+
+
+def test_top_up_nearness_is_read_off_the_gallery_not_hinge_widths():
+    """A top-up photo "comes near" a gate when it scores above all but NEAR_SHARE of the
+    enrolled faces: the person's new photos do, an enrolled stranger's do not, whatever the
+    hinge's width (5 soft hinge widths below the gate reach far into the gallery)."""
+    from facekd.forget import NEAR_GATE, NEAR_SHARE, _gate_nearness, _near_levels
+
+    E, y = _twins(0.8)
+    me = np.flatnonzero(y == 0)
+    gal = y != 0
+    e = fit_scramble(E[me[:SOFT_FROM]], E[gal], gallery_labels=y[gal])
+    assert e.params["width"] == WIDTHS["many"]
+    level = _near_levels(e, E[gal])
+    assert level.shape == (1,)
+    assert np.mean(_gate_nearness(e, E[gal])[:, 0] > level[0]) <= NEAR_SHARE + 1e-3
+    assert np.all(_gate_nearness(e, E[me[SOFT_FROM:]])[:, 0] > level[0])
+    stranger = E[y == 7]
+    assert not np.any(_gate_nearness(e, stranger)[:, 0] > level[0])
+    # in soft hinge widths, 5 below the gate would have let 4x as much of the gallery in
+    assert np.mean(_gate_nearness(e, E[gal])[:, 0] > -NEAR_GATE) > 3 * NEAR_SHARE
+    assert _near_levels(e, E[gal][:1])[0] == -NEAR_GATE  # too small a gallery: hinge widths
