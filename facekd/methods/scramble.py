@@ -194,7 +194,7 @@ GUARD_KEEP = 1.0
 # (docs/benchmarks.md, "The soft hinge"): from 10 photos on, 0.5 instead of 0.15 cut what 50
 # erasures in sequence cost everyone else from 0.92 to 0.36 rank-1 points (5 seeds) and left the
 # erased within the real-stranger yardstick (re-enrolment rank-1 over 200 splits, full gallery:
-# 1.1 % at 10 photos either way, 1.0 -> 1.3 % with all); with 5 photos it let one person's new
+# 1.1 % at 10 photos either way, 1.1 -> 1.3 % with all); with 5 photos it let one person's new
 # photos be found at 7.5 % instead of 2.9 %, so fewer photos keep the sharper hinge.
 WIDTHS = {"one": 0.05, "few": 0.15, "many": 0.5}
 SOFT_FROM = 10
