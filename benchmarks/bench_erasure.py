@@ -26,7 +26,7 @@ sys.path.insert(0, str(REPO / "tests"))  # synthetic clusters shared with the un
 from _common import load_average, machine, versions, write_section  # noqa: E402
 from clusters import identity_clusters  # noqa: E402
 from facekd.erasure import fit_esc, fit_esc_t, fit_scramble  # noqa: E402
-from facekd.metrics import erasure_report, split_enrol_probe  # noqa: E402
+from facekd.core.metrics import erasure_report, split_enrol_probe  # noqa: E402
 
 
 def median_time(fn, repeats: int, warmup: int = 1) -> float:

@@ -3,7 +3,7 @@
     FACEKD_CACHE=... python benchmarks/bench_guard.py [--dataset DIR] [--encoder dlib] [--seeds 5]
 
 For each seed, `facekd bench`'s sequential protocol (its people draw, enrol/probe split and
-fresh photos; facekd.bench internals): 50 people erased one after another with the gated
+fresh photos; facekd.evaluation.bench internals): 50 people erased one after another with the gated
 scramble, each fitted on all their non-fresh photos against everyone not yet erased. Reported:
 everyone else's rank-1 and TAR@1e-3 before and after, and the 50 erased people's fresh
 re-enrolment rank-1 and TAR under the final composite, with the guard at its measured setting
@@ -22,7 +22,7 @@ from threadpoolctl import threadpool_limits
 
 from _common import REPO, load_average, machine, versions, write_section
 
-from facekd import bench as B
+from facekd.evaluation import bench as B
 from facekd.encoders import load_encoder
 from facekd.methods.scramble import GUARD
 from facekd.progress import tqdm
@@ -34,7 +34,7 @@ METHODS = {"no guard (default)": "scramble",
 
 
 def run_seed(x0: np.ndarray, y: np.ndarray, count: dict, seed: int, n: int, method: str) -> dict:
-    """One seed of `facekd bench`'s sequential run (facekd.bench._sequential, its own draw and
+    """One seed of `facekd bench`'s sequential run (facekd.evaluation.bench._sequential, its own draw and
     split): everyone else's rank-1 / TAR before and after, the erased people's at the end (%)."""
     seq = B._draw(count, n, np.random.default_rng([seed, 1]))
     split = B.split_enrol_probe(y, seed=seed)

@@ -4,7 +4,7 @@ Writes the ``bench:leak`` section of docs/benchmarks.md.
     python benchmarks/bench_leak.py [--people 16] [--batches 1,2,4,8] [--no-write]
 
 A gate's weights single the erased person out: ranking every enrolled identity's mean face by
-the gate's score puts them first (`facekd.metrics.template_leak`). Erasing several people with
+the gate's score puts them first (`facekd.core.metrics.template_leak`). Erasing several people with
 ONE gate, fitted on all their photos against everyone else, mixes their templates: the model
 then names a batch, not a person. The cost is a less precise gate. Measured on LFW (lfw_150px) +
 dlib: `--people` people drawn from those with >= 40 faces, erased in batches of B, each person
@@ -36,7 +36,7 @@ def _unit(x: np.ndarray) -> np.ndarray:
 def _batch_rows(X, y, split, batch, fresh, pool, means, ids):
     """Metrics of every person of one batch erased by one gate."""
     from facekd.erasure import fit_scramble
-    from facekd.metrics import identification_hits, pair_scores, tar_at_far, template_leak
+    from facekd.core.metrics import identification_hits, pair_scores, tar_at_far, template_leak
 
     others = ~np.isin(y, batch)
     gal = others & split
@@ -67,9 +67,9 @@ def main() -> int:
     ap.add_argument("--batches", default="1,2,4,8")
     ap.add_argument("--no-write", action="store_true")
     args = ap.parse_args()
-    from facekd.bench import embed_dataset
+    from facekd.evaluation.bench import embed_dataset
     from facekd.encoders import load_encoder
-    from facekd.metrics import split_enrol_probe
+    from facekd.core.metrics import split_enrol_probe
 
     load_before, t0 = load_average(), time.perf_counter()
     emb = embed_dataset(FACES / "lfw_150px", load_encoder("dlib", device="cpu"), progress=True)

@@ -5,7 +5,7 @@
                                        [--no-write]
 
 Runs: LFW (lfw_150px) + dlib (sequential 50), ORL (att_orl) + dlib, ORL + the tiny `samples`
-encoder, and `facekd.synthfaces` renders (160 identities x 30, rendered into a temporary folder) +
+encoder, and `facekd.faces.synthfaces` renders (160 identities x 30, rendered into a temporary folder) +
 the tiny encoder, the cosine-trained encoder's own domain. Embeddings are cached as `facekd bench`
 caches them, so a second run costs the erasures alone.
 """
@@ -39,8 +39,8 @@ def main() -> int:
     ap.add_argument("--only", default=",".join(RUNS))
     ap.add_argument("--no-write", action="store_true")
     args = ap.parse_args()
-    from facekd.bench import format_markdown, run_bench, write_outputs
-    from facekd.synthfaces import write_tree
+    from facekd.evaluation.bench import format_markdown, run_bench, write_outputs
+    from facekd.faces.synthfaces import write_tree
 
     load_before, t0 = load_average(), time.perf_counter()
     parts = []

@@ -5,7 +5,7 @@ global pool -> Linear(2048, 512) -> BatchNorm1d, i.e. insightface's Gemm + BN en
 to ONNX once; then, timed:
 
 * edit + export: load the file as an OnnxEncoder, fold a k=7 ESC erasure into it, write it;
-* the same through ``facekd.onnx_export.export`` (parity check included), fp32 and fp16;
+* the same through ``facekd.encoders.onnx_export.export`` (parity check included), fp32 and fp16;
 * median latency at batch 32 on onnxruntime's CPU provider of the original, the folded edit and
   (for comparison) an edit appended as a separate MatMul, runs interleaved in one process.
 
@@ -34,8 +34,8 @@ from torch import nn
 from _common import load_average, machine, versions, write_section
 from facekd.encoders.onnx_model import OnnxEncoder
 from facekd.erasure import fit_esc
-from facekd.onnx_export import export
-from facekd.onnx_graph import append_matmul
+from facekd.encoders.onnx_export import export
+from facekd.onnx.graph import append_matmul
 
 
 class Bottleneck(nn.Module):

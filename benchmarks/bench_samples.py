@@ -19,10 +19,11 @@ import onnxruntime as ort
 # Run as `python benchmarks/bench_samples.py`: sys.path[0] is benchmarks/, so the shared helpers
 # in benchmarks/_common.py import as a top-level module.
 from _common import load_average, machine, versions, write_section
-from facekd import fit_esc, metrics
+from facekd import fit_esc
+from facekd.core import metrics
 from facekd.encoders import load_encoder
 from facekd.encoders.samples import model_info, model_path
-from facekd.synthfaces import render_dataset, render_identity
+from facekd.faces.synthfaces import render_dataset, render_identity
 
 
 def best_of(fn, repeats: int = 3) -> float:
@@ -98,7 +99,7 @@ def main() -> int:
     pct = lambda v: f"{100 * v:.1f}"  # noqa: E731
     section = f"""## Synthetic faces and the tiny samples encoder (`benchmarks/bench_samples.py`)
 
-A **test fixture and demo, not a face model**: the encoder has only seen `facekd.synthfaces`
+A **test fixture and demo, not a face model**: the encoder has only seen `facekd.faces.synthfaces`
 renders (procedural cartoons of nobody). It exists so `facekd demo` and the tests run anywhere.
 
 Machine: {mach}. Timings are the best of repeated runs and rise with the machine's load.

@@ -5,7 +5,7 @@ accumulate? Writes the ``bench:sequential`` section of docs/benchmarks.md.
     python benchmarks/bench_sequential.py [--erase 1000] [--retained 300] [--esc-up-to 100]
                                           [--no-write]
 
-Data: ``facekd.synthfaces`` renders, embedded with the tiny bundled encoder (``samples``). Each
+Data: ``facekd.faces.synthfaces`` renders, embedded with the tiny bundled encoder (``samples``). Each
 erased person has 8 gallery faces (the fit) and 4 fresh renders no fit sees (2 re-enrolled by the
 attacker, 2 probes); each retained person has 6 gallery faces and 6 probes. Step ``i`` fits on the
 person's *current* stored vectors against everyone not yet erased, composes
@@ -36,7 +36,7 @@ def _unit(x: np.ndarray) -> np.ndarray:
 
 def _data(n_erased: int, n_retained: int, seed: int = 0):
     from facekd.encoders import load_encoder
-    from facekd.synthfaces import render_dataset
+    from facekd.faces.synthfaces import render_dataset
 
     enc = load_encoder("samples")
     ids = list(range(10_000, 10_000 + n_erased + n_retained))
@@ -46,7 +46,7 @@ def _data(n_erased: int, n_retained: int, seed: int = 0):
 
 
 def _retained(stored, stored_y, probes, probe_y, far=1e-3):
-    from facekd.metrics import identification_hits, pair_scores, tar_at_far
+    from facekd.core.metrics import identification_hits, pair_scores, tar_at_far
 
     rank1 = 100 * identification_hits(stored, stored_y, probes, probe_y).mean()
     allv, ally = np.vstack([stored, probes]), np.r_[stored_y, probe_y]
@@ -57,7 +57,7 @@ def _retained(stored, stored_y, probes, probe_y, far=1e-3):
 def _forget(composite, E, labels, gallery, gallery_y, erased, fresh_idx):
     """Re-enrolment rank-1 and genuine TAR of every erased person's fresh photos under the final
     map: their 2 re-enrolled photos join the stored gallery, the other 2 search it."""
-    from facekd.metrics import identification_hits, pair_scores
+    from facekd.core.metrics import identification_hits, pair_scores
 
     fresh = {p: composite.apply(E[fresh_idx[p]]) for p in erased}
     enrol = np.vstack([fresh[p][:2] for p in erased])
@@ -160,7 +160,7 @@ def main() -> int:
     load_before = load_average()
     t0 = time.perf_counter()
     enc, E, labels, erased, retained = _data(args.erase, args.retained)
-    from facekd.synthfaces import render_dataset
+    from facekd.faces.synthfaces import render_dataset
 
     chips, _ = render_dataset([20_000 + i for i in range(4)], 8, progress=False)
     rows = run("scramble", args.erase, enc, E, labels, erased, retained, chips)

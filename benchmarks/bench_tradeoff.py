@@ -16,7 +16,7 @@ over a grid of fit-set sizes x rules (``k`` = 1, 2, 4, 8, 16 where ``k <= rank(F
 0.9, 0.95; and the published default ``p = 1.5``).
 
 Encoders:
-1. ``samples`` (synthetic faces, facekd.synthfaces): 200 identities x 8 gallery images; fits on the
+1. ``samples`` (synthetic faces, facekd.faces.synthfaces): 200 identities x 8 gallery images; fits on the
    8 gallery images, + 16 and + 48 extra renders; 10 fresh renders held out.
 2. ``dlib`` on LFW (``lfw_150px``, identities with >= 20 detected faces) when the data exists:
    ``$FACEKD_FACES_DIR`` or ``<repo>/../shared/data/faces``. Erased people have >= 40 faces: 20 are
@@ -49,7 +49,7 @@ from _common import REPO, load_average, machine, versions, write_section
 from facekd import fit_esc
 from facekd.erasure import ErasureError
 from facekd.fileio import write_atomic
-from facekd.metrics import identification_hits, pair_scores, split_enrol_probe, tar_at_far
+from facekd.core.metrics import identification_hits, pair_scores, split_enrol_probe, tar_at_far
 
 FACES_DIR = Path(os.environ.get("FACEKD_FACES_DIR", REPO.parent / "shared" / "data" / "faces"))
 CACHE_DIR = (Path(os.environ.get("FACEKD_CACHE") or Path.home() / ".cache" / "facekd")
@@ -147,7 +147,7 @@ def run_grid(cases: list[Case], progress_label: str) -> dict:
 # ---------------------------------------------------------------------- synthetic faces
 def synthetic_cases(n_erased: int, seed: int = 0) -> tuple[list[Case], dict]:
     from facekd.encoders import load_encoder
-    from facekd.synthfaces import render_dataset, render_identity
+    from facekd.faces.synthfaces import render_dataset, render_identity
 
     enc = load_encoder("samples")
     ids = list(range(1000, 1200))

@@ -122,7 +122,7 @@ def _match_rate(ws, folders: list[Path]) -> tuple[float, float, int]:
     """Share of never-enrolled people's photos labelled MATCH in a one-to-many search (at most
     ENROL photos each, so that one person with 500 photos does not stand for the rest), per
     photo and per person (each person's share, averaged)."""
-    from facekd.measure import identification_threshold
+    from facekd.operations.measure import identification_threshold
 
     files = [f for folder in folders for f in sorted(folder.glob("*.jpg"))[:ENROL]]
     owner = [folder for folder in folders for _ in sorted(folder.glob("*.jpg"))[:ENROL]]
@@ -142,7 +142,7 @@ def main() -> int:
     ap.add_argument("--encoder", default="dlib", help="encoder spec, e.g. facenet:graph_final.pb")
     ap.add_argument("--no-write", action="store_true")
     args = ap.parse_args()
-    from facekd.metrics import wilson_interval
+    from facekd.core.metrics import wilson_interval
     from facekd.workspace import Workspace
 
     dataset = FACES / "lfw_deepfunneled"

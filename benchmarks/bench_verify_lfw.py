@@ -77,7 +77,7 @@ def main() -> int:
     ap.add_argument("--method", default="scramble")
     ap.add_argument("--no-write", action="store_true")
     args = ap.parse_args()
-    from facekd.measure import gallery_stats
+    from facekd.operations.measure import gallery_stats
     from facekd.workspace import Workspace
 
     dataset = FACES / "lfw_150px"

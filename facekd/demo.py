@@ -1,6 +1,6 @@
 """``facekd demo``: the whole product end to end on data that needs no download.
 
-Default: synthetic identities (:mod:`facekd.synthfaces`) and the tiny ``samples`` encoder; ids start
+Default: synthetic identities (:mod:`facekd.faces.synthfaces`) and the tiny ``samples`` encoder; ids start
 at 1000 so identity 1042 exists. Steps: init, enrol, forget 1042, export the edited encoder to
 ONNX, verify with fresh renders of 1042 (images the gallery never held), print before/after.
 
@@ -54,7 +54,7 @@ def _synthetic_data(root: Path, n_ids: int, n_images: int, target: int,
     The three sets of the target are disjoint renders (different image indices), so verification
     uses faces that neither the gallery nor the erasure fit ever saw.
     """
-    from facekd.synthfaces import render_identity, write_tree
+    from facekd.faces.synthfaces import render_identity, write_tree
 
     import cv2
 
@@ -123,7 +123,7 @@ def _scrub_mapping(ids_csv: Path, target: int) -> None:
     """Drop the erased person's row from the demo's mapping CSV (it holds their folder name)."""
     with open(ids_csv, newline="") as fh:
         rows = [r for r in csv.reader(fh) if len(r) < 2 or r[1] != str(target)]
-    from facekd.receipt import write_atomic
+    from facekd.state.receipt import write_atomic
     import io
 
     buf = io.StringIO()

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from facekd.erasure import ErasureError
+from facekd.core.erasure import ErasureError
 
 
 class FacekdError(Exception):

@@ -43,7 +43,7 @@ def synthetic_photos(tmp_path_factory) -> tuple[Path, Path]:
     (``unseen_<j>.png``)."""
     import cv2
 
-    from facekd.synthfaces import render_identity, write_tree
+    from facekd.faces.synthfaces import render_identity, write_tree
 
     base = tmp_path_factory.mktemp("synthetic")
     tree = write_tree(base / "tree", SYNTH_IDS, SYNTH_IMAGES, seed=0)
@@ -95,7 +95,7 @@ def write_renders(folder: Path, person: int, n: int, offset: int) -> Path:
     """``n`` synthetic renders of ``person`` (images ``offset``...) as ``folder/<j>.png``."""
     import cv2
 
-    from facekd.synthfaces import render_identity
+    from facekd.faces.synthfaces import render_identity
 
     folder.mkdir(parents=True, exist_ok=True)
     for j, chip in enumerate(render_identity(person, n, seed=0, image_offset=offset)):

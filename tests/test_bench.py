@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from facekd.bench import BenchError, checkpoints, parse_fit_photos, parse_methods, run_bench
+from facekd.evaluation.bench import BenchError, checkpoints, parse_fit_photos, parse_methods, run_bench
 
 IDS = list(range(1000, 1030))  # 30 identities x 12 renders
 PER = 12
@@ -27,7 +27,7 @@ def facekd(*args: object, timeout: float = 120) -> subprocess.CompletedProcess:
 
 @pytest.fixture(scope="module")
 def tree(tmp_path_factory) -> Path:
-    from facekd.synthfaces import write_tree
+    from facekd.faces.synthfaces import write_tree
 
     return write_tree(tmp_path_factory.mktemp("bench") / "tree", IDS, PER, seed=0)
 
@@ -136,7 +136,7 @@ def test_bad_input_exits_2_with_one_line(tree, tmp_path, args, needle):
 
 
 def test_too_few_faces_is_a_user_error(tmp_path):
-    from facekd.synthfaces import write_tree
+    from facekd.faces.synthfaces import write_tree
 
     tree = write_tree(tmp_path / "tiny", [1, 2, 3, 4], 3, seed=0)  # 3 faces each: below MIN_FACES
     with pytest.raises(BenchError, match="identities with >= 4"):
@@ -167,7 +167,7 @@ def test_template_leak_ranks_the_erased_person_first_for_a_gate():
     import numpy as np
 
     from clusters import identity_clusters
-    from facekd.metrics import template_leak
+    from facekd.core.metrics import template_leak
     from facekd.erasure import fit_scramble
 
     E, y = identity_clusters(40, 12, 64, seed=1)

@@ -59,7 +59,7 @@ def forgotten(built, tmp_path_factory):
     import cv2
 
     from conftest import SYNTH_IMAGES
-    from facekd.synthfaces import render_identity
+    from facekd.faces.synthfaces import render_identity
 
     base = tmp_path_factory.mktemp("cli-forgotten")
     request = base / "request"
@@ -179,7 +179,7 @@ def test_dry_run_json_reports_and_changes_nothing(ws):
 def test_exported_onnx_runs_in_onnxruntime_and_matches_the_edited_encoder(erased, tmp_path):
     import onnxruntime as ort
 
-    from facekd.synthfaces import render_identity
+    from facekd.faces.synthfaces import render_identity
     from facekd.workspace import Workspace
 
     ws = erased

@@ -1,4 +1,4 @@
-"""Held-out coverage (facekd.measure.coverage) and the gate trace a top-up reads
+"""Held-out coverage (facekd.operations.measure.coverage) and the gate trace a top-up reads
 (GateChain.trace, Erasure.gate_levels), on synthetic clusters."""
 
 from __future__ import annotations
@@ -8,8 +8,8 @@ import pytest
 
 from clusters import identity_clusters
 from facekd.erasure import Erasure, fit_esc, fit_scramble
-from facekd.measure import MOVED_COSINE, coverage, moved_share
-from facekd.tail import normalize_rows
+from facekd.operations.measure import MOVED_COSINE, coverage, moved_share
+from facekd.core.tail import normalize_rows
 
 
 @pytest.fixture(scope="module")
@@ -87,8 +87,8 @@ def _step(share: float | None, faces: int) -> dict:
 
 
 def test_a_top_up_is_judged_over_every_photo_given():
-    from facekd.forget import _coverage_refusal
-    from facekd.measure import top_up_coverage
+    from facekd.operations.refusals import _coverage_refusal
+    from facekd.operations.measure import top_up_coverage
 
     # LFW + dlib, a gate from 2 photos: 8 of 10 new photos already erased, the 2 that escaped are
     # both covered by the further gate, but each scored by a gate fitted on the other one alone

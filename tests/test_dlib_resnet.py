@@ -226,7 +226,7 @@ def test_to_onnx_file_loads_with_dlib_preprocessing_and_matches_torch(encoder, t
 def test_baked_dlib_export_fed_raw_pixels_matches_torch(encoder, test_chips, embeddings, tmp_path):
     import onnxruntime as ort
 
-    from facekd.onnx_export import export
+    from facekd.encoders.onnx_export import export
 
     report = export(encoder, tmp_path / "baked.onnx", check_chips=test_chips,
                     bake_preprocessing=True)

@@ -21,7 +21,7 @@ from facekd.encoders.facenet import (FACENET_SPEC, FacenetEncoder, InceptionResn
 from facekd.encoders.onnx_model import OnnxEncoder
 from facekd.erasure import Erasure, fit_esc
 from facekd.errors import EncoderError
-from facekd.onnx_export import export
+from facekd.encoders.onnx_export import export
 
 VGGFACE2_CLASSES = 8631
 

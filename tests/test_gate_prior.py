@@ -8,13 +8,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from facekd.bench import BenchError, parse_fit_photos
+from facekd.evaluation.bench import BenchError, parse_fit_photos
 from facekd.erasure import ErasureError, fit_scramble
-from facekd.measure import coverage
+from facekd.operations.measure import coverage
 from facekd.methods.prior import WithinPrior
 from facekd.methods.scramble import (GUARD, GUARD_KEEP, Q_GRID, Q_ONE, SOFT_FROM, WIDTHS,
                                      hinge_width, lookalike_floor)
-from facekd.tail import GateChain, Scrambler, normalize_rows
+from facekd.core.tail import GateChain, Scrambler, normalize_rows
 
 
 def pose_clusters(n_ids: int, per_id: int, d: int = 48, *, pose_scale: float = 0.7,
@@ -155,7 +155,7 @@ def test_bench_takes_one_fit_photo_and_refuses_zero():
 
 
 def test_forget_erases_a_person_the_workspace_holds_one_photo_of(tmp_path):
-    from facekd.synthfaces import write_tree
+    from facekd.faces.synthfaces import write_tree
     from facekd.workspace import Workspace, WorkspaceError
 
     ids = list(range(3000, 3012))
@@ -216,7 +216,7 @@ def test_the_gate_spares_an_enrolled_look_alike_while_covering_the_person():
     # ... and the person's new photos are still erased.
     assert cover["plain"] >= cover["guard"] >= cover["strong"] >= 0.95
     assert fit_scramble(fit[:1], E[keep], gallery_labels=y[keep]).params["guard"] == 1.0
-    # forget says so (facekd.measure.coverage -> "someone enrolled looks like this person")
+    # forget says so (facekd.operations.measure.coverage -> "someone enrolled looks like this person")
     moved = {"share": None, "covered": 0, "faces": 0, "held_out": True}
     assert coverage(fits["strong"], moved, 0.5)["look_alike_guard"]
     assert not coverage(fits["plain"], moved, 0.5)["look_alike_guard"]
@@ -265,7 +265,7 @@ def test_top_up_nearness_is_read_off_the_gallery_not_hinge_widths():
     """A top-up photo "comes near" a gate when it scores above all but NEAR_SHARE of the
     enrolled faces: the person's new photos do, an enrolled stranger's do not, whatever the
     hinge's width (5 soft hinge widths below the gate reach far into the gallery)."""
-    from facekd.forget import NEAR_GATE, NEAR_SHARE, _gate_nearness, _near_levels
+    from facekd.operations.refusals import NEAR_GATE, NEAR_SHARE, _gate_nearness, _near_levels
 
     E, y = _twins(0.8)
     me = np.flatnonzero(y == 0)

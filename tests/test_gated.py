@@ -11,8 +11,8 @@ import pytest
 
 from clusters import identity_clusters
 from facekd.erasure import Erasure, ErasureError, fit_esc, fit_scramble
-from facekd.metrics import identification_hits
-from facekd.tail import GateChain, normalize_rows
+from facekd.core.metrics import identification_hits
+from facekd.core.tail import GateChain, normalize_rows
 
 
 @pytest.fixture(scope="module")
@@ -174,7 +174,7 @@ def test_fit_scramble_rejects_bad_input(faces, bad):
 # ----------------------------------------------------------------------------- encoders
 @pytest.fixture(scope="module")
 def chips_and_labels():
-    from facekd.synthfaces import render_dataset
+    from facekd.faces.synthfaces import render_dataset
 
     return render_dataset(list(range(2000, 2030)), 10)
 
@@ -187,7 +187,7 @@ def test_every_encoder_family_carries_the_tail_and_exports_it(spec, chips_and_la
 
     from facekd.encoders import load_encoder
     from facekd.encoders.tail_onnx import tail_inputs
-    from facekd.onnx_export import export
+    from facekd.encoders.onnx_export import export
 
     chips, labels = chips_and_labels
     enc = load_encoder(spec, device="cpu") if spec == "dlib" else load_encoder(spec)

@@ -412,7 +412,7 @@ def test_onnx_checker_error_during_export_is_one_line(ws, tmp_path, monkeypatch)
 # ---------------------------------------------------------------------------- 4. trees
 def _tree(tmp: Path, folders: dict[str, int], good: object = None) -> Path:
     """A tree of never-enrolled renders (fresh sha256s), ``n`` per folder."""
-    from facekd.synthfaces import render_identity
+    from facekd.faces.synthfaces import render_identity
 
     tree = tmp / "tree"
     tree.mkdir()

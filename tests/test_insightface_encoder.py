@@ -21,8 +21,8 @@ from facekd.encoders import load_encoder
 from facekd.encoders.onnx_model import OnnxEncoder
 from facekd.errors import PackError
 from facekd.faces import FaceAligner, chips_from_files, default_aligner, norm_crop
-from facekd.insightface_det import ScrfdDetector
-from facekd.insightface_pack import select_models
+from facekd.faces.insightface_det import ScrfdDetector
+from facekd.encoders.insightface_pack import select_models
 from scrfd_graph import build_scrfd, expected_face, face_image
 from test_onnx_model import build_mxnet_style, build_torch_model, fitted_erasure
 
@@ -220,7 +220,7 @@ def test_cli_refuses_a_broken_version_2_manifest(pack, tmp_path):
 
 
 def test_bench_caches_the_pack_detector_chips_apart_from_dlib_chips(pack, tmp_path):
-    from facekd.bench import _cache_key
+    from facekd.evaluation.bench import _cache_key
 
     files = [_write_rgb(tmp_path / "a.png", face_image())]
     plain, packed = OnnxEncoder(pack / "w600k_r50.onnx"), load_encoder(f"insightface:{pack}")

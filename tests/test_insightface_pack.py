@@ -1,4 +1,4 @@
-"""facekd.insightface_pack: the edited recognition model lands where FaceAnalysis loads it.
+"""facekd.encoders.insightface_pack: the edited recognition model lands where FaceAnalysis loads it.
 
 Packs are built from small seeded models (a 5-output "detector", a 192x192 "landmark" model and
 112x112 recognition models) in insightface's layout; the file selection is insightface's own
@@ -21,7 +21,7 @@ from onnx import TensorProto, helper
 from facekd.encoders.base import InputSpec
 from facekd.encoders.onnx_model import OnnxEncoder
 from facekd.errors import PackError
-from facekd.insightface_pack import export_to_pack, insightface_normalisation, pack_models
+from facekd.encoders.insightface_pack import export_to_pack, insightface_normalisation, pack_models
 from test_onnx_model import build_mxnet_style, build_torch_model, chips, fitted_erasure
 
 
@@ -195,7 +195,7 @@ def _v2(pack_dir: Path, **recognition) -> None:
 
 
 def test_version_2_manifest_names_the_file_whatever_sorts_first_and_gets_the_new_sha(pack, tmp_path):
-    from facekd.insightface_pack import select_models
+    from facekd.encoders.insightface_pack import select_models
 
     build_torch_model("gemm", pack / "a_glint.onnx", seed=5)  # the glob would pick this one
     _v2(pack, preprocessing={"mean": 127.5, "std": 127.5})

@@ -1,4 +1,4 @@
-"""facekd.metrics on hand-made inputs and small synthetic clusters."""
+"""facekd.core.metrics on hand-made inputs and small synthetic clusters."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 
 from clusters import identity_clusters
 from facekd.erasure import Erasure, fit_esc
-from facekd.metrics import (ErasureReport, MetricsError, erasure_report, identification_hits,
+from facekd.core.metrics import (ErasureReport, MetricsError, erasure_report, identification_hits,
                             identification_rate, knowledge_retention, membership_inference,
                             pair_scores, split_enrol_probe, tar_at_far)
 
@@ -168,7 +168,7 @@ def test_bad_report_inputs_raise_metrics_error():
 
 # ---------------------------------------------------------------------- bounded cost, stated power
 def test_wilson_interval_matches_known_values_and_stays_wide_at_zero_hits():
-    from facekd.metrics import wilson_interval
+    from facekd.core.metrics import wilson_interval
 
     lo, hi = wilson_interval(0, 10)
     assert lo == 0.0 and hi == pytest.approx(0.2775, abs=1e-4)  # not the normal 0-width [0, 0]
@@ -181,7 +181,7 @@ def test_wilson_interval_matches_known_values_and_stays_wide_at_zero_hits():
 
 
 def test_sampled_pairs_read_off_the_gram_matrix_equal_the_row_by_row_scores(monkeypatch):
-    import facekd.metrics as m
+    import facekd.core.metrics.verification as m
 
     E, y = identity_clusters(40, 5, 16, seed=4)
     gen_a, imp_a = pair_scores(E, y, max_impostor_pairs=5000, seed=3)

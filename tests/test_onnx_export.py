@@ -1,4 +1,4 @@
-"""facekd.onnx_export: export with a parity report, fp16, execution-provider selection.
+"""facekd.encoders.onnx_export: export with a parity report, fp16, execution-provider selection.
 
 Provider selection is pure logic over onnxruntime's list, so it is tested with given lists (this
 machine has only the CPU provider); the exports themselves run for real on onnxruntime's CPU.
@@ -16,7 +16,7 @@ import pytest
 
 from facekd.encoders.onnx_model import METADATA_KEY, OnnxEncoder, has_preprocessing_head
 from facekd.errors import EncoderError
-from facekd.onnx_export import export, select_providers
+from facekd.encoders.onnx_export import export, select_providers
 from test_onnx_model import build_mxnet_style, build_torch_model, chips, dense_erasure, fitted_erasure
 
 CPU, CUDA, TRT = "CPUExecutionProvider", "CUDAExecutionProvider", "TensorrtExecutionProvider"

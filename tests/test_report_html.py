@@ -16,7 +16,7 @@ import cv2
 import pytest
 
 from conftest import SYNTH_TARGET, run_cli
-from facekd import receipt as rc
+from facekd.state import receipt as rc
 
 NAME = "Jane_Doe"
 
@@ -68,7 +68,7 @@ def erased(tmp_path_factory, synthetic_photos) -> dict:
     import tomli_w
     import tomllib
 
-    from facekd.synthfaces import render_identity
+    from facekd.faces.synthfaces import render_identity
 
     base = tmp_path_factory.mktemp("report")
     tree = base / "tree"
@@ -97,7 +97,7 @@ def erased(tmp_path_factory, synthetic_photos) -> dict:
 @pytest.fixture(scope="module")
 def bench_dir(erased) -> Path:
     """A real (small) ``facekd bench`` run's outputs on the same photos."""
-    from facekd.bench import run_bench, write_outputs
+    from facekd.evaluation.bench import run_bench, write_outputs
 
     out = erased["base"] / "bench_out"
     res = run_bench(erased["tree"], "samples", methods="scramble", erase=1, sequential=2,

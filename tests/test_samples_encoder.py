@@ -15,11 +15,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from facekd import fit_esc, metrics
+from facekd import fit_esc
+from facekd.core import metrics
 from facekd.encoders import load_encoder
 from facekd.encoders.samples import MODEL_NAME, model_info, model_path
 from facekd.errors import EncoderError
-from facekd.synthfaces import render_dataset
+from facekd.faces.synthfaces import render_dataset
 
 REPO = Path(__file__).resolve().parents[1]
 FORGET = 1042  # the identity `facekd demo` forgets

@@ -1,4 +1,4 @@
-"""The verdict's statistics (facekd.verdict): exact split averages, the stranger baseline, and
+"""The verdict's statistics (facekd.core.verdict): exact split averages, the stranger baseline, and
 PASS / FAIL / INCONCLUSIVE calibrated by simulation.
 
 The simulation draws a gallery the way face embeddings behave (identity centres around a shared
@@ -15,7 +15,7 @@ from math import comb
 import numpy as np
 import pytest
 
-from facekd import verdict as vd
+from facekd.core import verdict as vd
 
 D, FACES, WITHIN = 32, 5, 0.45
 

@@ -1,6 +1,6 @@
 """The workspace API: atomic forget, encoder state, ledger, receipts, verify, report.
 
-Runs on a small synthetic set (facekd.synthfaces + the ``samples`` encoder) built once per session
+Runs on a small synthetic set (facekd.faces.synthfaces + the ``samples`` encoder) built once per session
 and copied per test.
 """
 
@@ -13,7 +13,7 @@ import shutil
 import numpy as np
 import pytest
 
-from facekd import receipt as rc
+from facekd.state import receipt as rc
 from facekd.erasure import Erasure, fit_esc
 
 from conftest import SYNTH_IDS as IDS, SYNTH_IMAGES as N_IMAGES, SYNTH_TARGET as TARGET
@@ -161,7 +161,7 @@ def test_receipt_and_ledger_never_name_the_erased_person(forgotten):
 
 def test_gallery_equals_reenrolment_with_the_edited_encoder(forgotten):
     """The edit is linear, so projected stored vectors == fresh embeddings by the edited model."""
-    from facekd.synthfaces import render_identity
+    from facekd.faces.synthfaces import render_identity
 
     with _open(forgotten[0]) as ws:
         other = IDS[3]
@@ -280,7 +280,7 @@ def test_verify_measures_before_and_after_on_every_photo_and_does_not_fail_an_er
 
 
 def test_verify_fails_when_the_person_is_enrolled_again(erased_dir, built_workspace, tmp_path):
-    from facekd.synthfaces import write_tree
+    from facekd.faces.synthfaces import write_tree
 
     _, _, held = built_workspace
     with _open(erased_dir, writable=True) as ws:
@@ -302,7 +302,7 @@ def test_verify_without_images_explains_the_attack_needs_them(forgotten):
 
 
 def test_report_writes_pngs_and_html_without_the_raw_id(erased_dir):
-    from facekd.report import write_report
+    from facekd.evaluation.report import write_report
 
     with _open(erased_dir) as ws:
         out = write_report(ws)
@@ -349,7 +349,7 @@ def test_config_with_both_k_and_energy_is_refused(ws_dir):
 
 
 def test_search_works_when_every_person_has_a_single_photo(tmp_path):
-    from facekd.synthfaces import write_tree
+    from facekd.faces.synthfaces import write_tree
     from facekd.workspace import Workspace
 
     tree = write_tree(tmp_path / "one-each", IDS[:12], 1, seed=0)
@@ -364,7 +364,7 @@ def test_search_works_when_every_person_has_a_single_photo(tmp_path):
 
 
 def test_forget_report_on_a_large_gallery_measures_a_seeded_sample(ws_dir, monkeypatch):
-    from facekd import measure
+    from facekd.operations import measure
 
     monkeypatch.setattr(measure, "REPORT_MAX_IDENTITIES", 10)
     with _open(ws_dir, writable=True) as ws:
@@ -380,7 +380,7 @@ def test_two_look_alikes_erased_in_turn_both_stay_erased_and_verifiable(ws_dir, 
     the ledger keep working for both, and everyone else is still found."""
     import cv2
 
-    from facekd.synthfaces import render_identity
+    from facekd.faces.synthfaces import render_identity
 
     with _open(ws_dir) as ws:
         vecs, labels = np.asarray(ws.gallery.vectors()), np.asarray(ws.gallery.labels())
@@ -472,7 +472,7 @@ def test_a_real_erasure_covers_the_person_and_says_so(forgotten):
 
 
 def test_a_linear_erasure_is_judged_by_how_far_it_moves_unseen_photos(ws_dir):
-    from facekd.measure import MOVED_COSINE
+    from facekd.operations.measure import MOVED_COSINE
 
     with _open(ws_dir, writable=True) as ws:
         res = ws.forget(TARGET, k=1, dry_run=True, progress=False)
@@ -654,7 +654,7 @@ def test_a_ledger_written_before_kinds_existed_still_loads_and_tops_up(erased_di
 
 def test_the_one_to_many_threshold_is_cached_per_generation_and_a_damaged_cache_is_recomputed(
         ws_dir, built_workspace):
-    from facekd.measure import gallery_strangers, identification_threshold
+    from facekd.operations.measure import gallery_strangers, identification_threshold
 
     with _open(ws_dir) as ws:
         cache = ws.root / "cache"

@@ -36,8 +36,8 @@ def _copy(src, tmp_path):
 
 
 def test_identity_means_equal_the_per_face_sum():
-    from facekd.photos import normalize as _normalize
-    from facekd.measure import identity_means as _identity_means
+    from facekd.faces.photos import normalize as _normalize
+    from facekd.operations.measure import identity_means as _identity_means
 
     rng = np.random.default_rng(0)
     x = rng.normal(size=(5000, 16)).astype(np.float32)
@@ -51,7 +51,7 @@ def test_identity_means_equal_the_per_face_sum():
 
 
 def test_forget_receipt_states_its_sample_and_an_interval_beside_each_figure(big_ws, tmp_path):
-    from facekd.measure import KR_MAX_IDENTITIES, REPORT_MAX_IDENTITIES
+    from facekd.operations.measure import KR_MAX_IDENTITIES, REPORT_MAX_IDENTITIES
     from facekd.workspace import Workspace
 
     root = _copy(big_ws, tmp_path)

@@ -25,8 +25,8 @@ from insightface.utils import face_align  # noqa: E402
 from facekd.encoders import load_encoder  # noqa: E402
 from facekd.encoders.onnx_model import OnnxEncoder  # noqa: E402
 from facekd.faces import chips_from_files, norm_crop  # noqa: E402
-from facekd.insightface_det import ScrfdDetector  # noqa: E402
-from facekd.insightface_pack import export_to_pack  # noqa: E402
+from facekd.faces.insightface_det import ScrfdDetector  # noqa: E402
+from facekd.encoders.insightface_pack import export_to_pack  # noqa: E402
 from scrfd_graph import build_scrfd, face_image  # noqa: E402
 from test_onnx_model import build_mxnet_style, build_torch_model, chips, fitted_erasure  # noqa: E402
 

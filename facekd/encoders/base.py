@@ -23,7 +23,7 @@ from facekd.errors import EncoderError
 if TYPE_CHECKING:  # pragma: no cover
     import torch
 
-    from facekd.erasure import Erasure
+    from facekd.core.erasure import Erasure
 
 __all__ = ["InputSpec", "Encoder", "TorchEncoder", "sha256_arrays", "fold_into_linear",
            "compose_for_fold", "apply_tail", "with_tail_nodes", "erasure_summary"]
@@ -153,7 +153,7 @@ class Encoder(ABC):
         """``metadata_props`` every ONNX file written from this encoder carries: the input
         contract (so ``load_encoder("onnx:...")`` preprocesses as this encoder does) and, when
         edited, the size of the edit."""
-        from facekd.onnx_graph import ERASURE_METADATA_KEY, METADATA_KEY
+        from facekd.onnx.graph import ERASURE_METADATA_KEY, METADATA_KEY
 
         meta = {METADATA_KEY: json.dumps(self.input_spec.to_dict())}
         if self.erasure is not None:
@@ -256,7 +256,7 @@ class TorchEncoder(Encoder):
     def to_onnx(self, path: str | Path, *, opset: int = 17) -> Path:
         import onnx
 
-        from facekd.onnx_graph import set_metadata
+        from facekd.onnx.graph import set_metadata
         from facekd.fileio import write_atomic
 
         model = self.onnx_model(opset=opset)
@@ -303,7 +303,7 @@ def apply_tail(erasure: "Erasure | None", out: np.ndarray) -> np.ndarray:
     """
     if erasure is None or not erasure.tail:
         return out
-    from facekd.tail import apply_stages, normalize_rows
+    from facekd.core.tail import apply_stages, normalize_rows
 
     return apply_stages(erasure.tail, normalize_rows(out.astype(np.float64))).astype(np.float32)
 
@@ -336,7 +336,7 @@ def compose_for_fold(previous: "Erasure | None", erasure: "Erasure",
     erasure was fitted on. A step involving ESC-T composes as a matrix product, so the new step's
     own matrix is the one to fold.
     """
-    from facekd.erasure import Erasure
+    from facekd.core.erasure import Erasure
 
     if not isinstance(erasure, Erasure):
         raise EncoderError(f"expected a facekd Erasure, got {type(erasure).__name__}")

@@ -31,7 +31,7 @@ from facekd.errors import EncoderError
 from facekd.fileio import write_atomic
 
 if TYPE_CHECKING:  # pragma: no cover
-    from facekd.erasure import Erasure
+    from facekd.core.erasure import Erasure
 
 __all__ = ["DlibResNet", "DlibResNetModule", "load", "convert", "default_model_path",
            "expected_layers", "DIST_THRESH", "EMBEDDING_DIM"]
@@ -276,7 +276,7 @@ class DlibResNet(TorchEncoder):
 
         ``normalize(edited.embed(x)) == erasure.apply(self.embed(x))`` up to float32 rounding.
         """
-        from facekd.erasure import Erasure
+        from facekd.core.erasure import Erasure
 
         if not isinstance(erasure, Erasure):
             raise EncoderError(f"expected an Erasure, got {type(erasure).__name__}")

@@ -39,7 +39,7 @@ from facekd.encoders.base import InputSpec, TorchEncoder, compose_for_fold
 from facekd.errors import EncoderError
 
 if TYPE_CHECKING:  # pragma: no cover
-    from facekd.erasure import Erasure
+    from facekd.core.erasure import Erasure
 
 __all__ = ["InceptionResnetV1", "FacenetEncoder", "FACENET_SPEC", "load", "LOGITS_CLASSES"]
 

@@ -1,7 +1,7 @@
 """``load_encoder("insightface:DIR")``: an insightface model pack as facekd's encoder.
 
 The pack's recognition model is the one insightface's ``FaceAnalysis`` would load
-(:func:`facekd.insightface_pack.select_models`: a version-2 task manifest, else the sorted glob
+(:func:`facekd.encoders.insightface_pack.select_models`: a version-2 task manifest, else the sorted glob
 and insightface's shape routing), run as an :class:`~facekd.encoders.onnx_model.OnnxEncoder`
 with the normalisation insightface feeds it. When the pack's detector is an SCRFD graph with
 5 landmarks, the encoder's input spec carries it (:class:`PackInputSpec`) and facekd finds and
@@ -72,7 +72,7 @@ def load(arg: str | None, **options):
         EncoderError: the recognition model is not a usable face encoder.
     """
     from facekd.encoders.onnx_model import OnnxEncoder
-    from facekd.insightface_pack import select_models
+    from facekd.encoders.insightface_pack import select_models
 
     if not arg:
         raise EncoderError("the insightface encoder needs a model-pack folder: "

@@ -20,7 +20,7 @@ from onnx import numpy_helper
 
 from facekd.encoders.base import InputSpec
 from facekd.errors import EncoderError
-from facekd.onnx_graph import FLOAT_TYPES, METADATA_KEY, graph_inputs, set_metadata
+from facekd.onnx.graph import FLOAT_TYPES, METADATA_KEY, graph_inputs, set_metadata
 
 __all__ = ["bake_preprocessing", "raw_pixel_spec"]
 

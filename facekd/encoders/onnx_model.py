@@ -13,7 +13,7 @@ What the input expects is decided, in this order of precedence:
 Editing (:meth:`OnnxEncoder.with_erasure`) folds the erasure map ``A`` ``(d, d)`` into the
 initialisers of a final ``Gemm`` / ``MatMul`` (``+ Add``), through a trailing
 ``BatchNormalization`` when there is one; any other graph gets one ``MatMul`` appended before the
-output (the graph surgery is :func:`facekd.onnx_graph.fold_matrix`). Input/output names, dtypes and the batch axis are untouched, so the edited file drops into
+output (the graph surgery is :func:`facekd.onnx.graph.fold_matrix`). Input/output names, dtypes and the batch axis are untouched, so the edited file drops into
 the same serving code (insightface's model_zoo included: one output, no new nodes at the head).
 The original final weights are removed from the edited graph, not left behind as dead tensors.
 """
@@ -36,13 +36,13 @@ from facekd.encoders.base import (Encoder, InputSpec, compose_for_fold, erasure_
                                   sha256_arrays)
 from facekd.encoders.tail_onnx import append_tail
 from facekd.errors import EncoderError
-from facekd.onnx_graph import (ERASURE_METADATA_KEY, FLOAT_TYPES, METADATA_KEY, fold_matrix,
+from facekd.onnx.graph import (ERASURE_METADATA_KEY, FLOAT_TYPES, METADATA_KEY, fold_matrix,
                                fold_plan, graph_inputs, has_preprocessing_head, output_dim,
                                set_metadata, tensor_dims, write_model)
-from facekd.onnx_providers import select_providers
+from facekd.onnx.providers import select_providers
 
 if TYPE_CHECKING:  # pragma: no cover
-    from facekd.erasure import Erasure
+    from facekd.core.erasure import Erasure
 
 log = logging.getLogger(__name__)
 
@@ -126,7 +126,7 @@ class OnnxEncoder(Encoder):
     Args:
         path: the ``.onnx`` file (or an in-memory ``onnx.ModelProto``).
         input_spec: overrides everything the file says about size and normalisation.
-        providers: onnxruntime execution providers; default :func:`facekd.onnx_export.select_providers`.
+        providers: onnxruntime execution providers; default :func:`facekd.encoders.onnx_export.select_providers`.
 
     Raises:
         EncoderError: not an ONNX file, not exactly one input and one output, input not

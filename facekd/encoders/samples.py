@@ -1,4 +1,4 @@
-"""``load_encoder("samples")``: the tiny encoder trained on :mod:`facekd.synthfaces` renders.
+"""``load_encoder("samples")``: the tiny encoder trained on :mod:`facekd.faces.synthfaces` renders.
 
 A TEST FIXTURE AND DEMO, NOT A FACE MODEL: it has only ever seen synthetic cartoon faces and
 knows nothing about real people. It exists so that ``facekd demo`` and the test suite run on any

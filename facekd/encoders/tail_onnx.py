@@ -1,4 +1,4 @@
-"""An erasure's non-linear tail (:mod:`facekd.tail`) as ONNX nodes after an encoder's output.
+"""An erasure's non-linear tail (:mod:`facekd.core.tail`) as ONNX nodes after an encoder's output.
 
 The tail is appended after the graph's single output, which keeps its name, dtype and batch axis:
 ``normalise -> MatMul(all gates), Add, ReduceMax, Greater -> If(some row gated: [per gate:
@@ -7,7 +7,7 @@ normalise | Identity)] | else: Identity) -> output``. Every node is named ``face
 the tail in float32 (:data:`TAIL_PREFIX`): the gate then opens exactly where the float64 reference
 opens it, and a scrambled face stays a pseudo-random stranger.
 
-Gates run in order, each on the previous gate's output, as :class:`facekd.tail.GateChain` does.
+Gates run in order, each on the previous gate's output, as :class:`facekd.core.tail.GateChain` does.
 All gates are first evaluated on the chain's input in one ``(d, K)`` product; only a batch in which
 some row opens some gate walks the gates one by one (an ``If``), and there each gate's scramble
 runs only if it opens for some row (another ``If``). A batch of ordinary faces pays one
@@ -23,7 +23,7 @@ import onnx
 from onnx import numpy_helper
 
 from facekd.errors import EncoderError
-from facekd.tail import GateChain, LinearStage
+from facekd.core.tail import GateChain, LinearStage
 
 __all__ = ["append_tail", "split_tail", "TAIL_PREFIX", "tail_node_names", "tail_inputs"]
 
@@ -119,7 +119,7 @@ def _gate_steps(b: _Builder, v: str, chain) -> str:
 
 
 def append_tail(model: "onnx.ModelProto", stages: list) -> "onnx.ModelProto":
-    """Append ``stages`` (a :class:`facekd.tail` stage list) after ``model``'s only output, in place.
+    """Append ``stages`` (a :class:`facekd.core.tail` stage list) after ``model``'s only output, in place.
 
     The output keeps its name; its values become unit vectors (the tail normalises).
     """

@@ -1,6 +1,6 @@
 """The erasure-method protocol and its registry.
 
-A method fits an :class:`~facekd.erasure.Erasure` on the forget set ``(n, d)`` and a
+A method fits an :class:`~facekd.core.erasure.Erasure` on the forget set ``(n, d)`` and a
 :class:`FitContext` (everyone else's gallery faces, the erasure already applied to them, the
 method's settings)::
 
@@ -11,7 +11,7 @@ method's settings)::
 :func:`names` and :func:`get`, so a new method is one module under ``facekd/methods/`` (imported by
 the package's ``__init__``) plus its tests.
 
-Imports nothing from the project but :mod:`facekd.erasure` (pure math).
+Imports nothing from the project but :mod:`facekd.core.erasure` (pure math).
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from typing import Any, Callable, Mapping
 
 import numpy as np
 
-from facekd.erasure import Erasure, ErasureError
+from facekd.core.erasure import Erasure, ErasureError
 
 __all__ = ["FitContext", "Method", "MethodError", "get", "names", "register", "unit_rows",
            "unregister"]

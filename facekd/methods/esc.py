@@ -1,6 +1,6 @@
 """ESC: erase the top principal directions of the person's embeddings (an orthogonal projector).
 
-Imports nothing from the project but :mod:`facekd.erasure` and :mod:`facekd.methods.base`.
+Imports nothing from the project but :mod:`facekd.core.erasure` and :mod:`facekd.methods.base`.
 """
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from facekd.erasure import Erasure, ErasureError, as_matrix, single_threaded_blas
+from facekd.core.erasure import Erasure, ErasureError, as_matrix, single_threaded_blas
 from facekd.methods.base import FitContext, register
 
 __all__ = ["fit_esc", "select_k"]

@@ -4,7 +4,7 @@ ESC-T trains against a classifier head; a face encoder has none at deployment ti
 a cosine classifier over identity prototypes: each identity's mean unit embedding, the person's
 from their own gallery faces when the caller holds them, else from the forget set.
 
-Imports nothing from the project but :mod:`facekd.erasure` and :mod:`facekd.methods.base`; torch
+Imports nothing from the project but :mod:`facekd.core.erasure` and :mod:`facekd.methods.base`; torch
 is imported inside :func:`fit_esc_t` (heavy, and only ESC-T needs it: ``import facekd`` and
 ``facekd --help`` stay light).
 """
@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from facekd.erasure import Erasure, ErasureError, as_matrix
+from facekd.core.erasure import Erasure, ErasureError, as_matrix
 from facekd.methods.base import FitContext, MethodError, register, unit_rows
 
 __all__ = ["fit_esc_t", "prototypes"]

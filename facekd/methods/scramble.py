@@ -1,10 +1,10 @@
 """The gated scramble: the person's faces become unrelated, ordinary-looking strangers.
 
 A ridge discriminant fitted against everyone else's gallery faces opens a gate on the person's
-faces; a gated face is replaced by a pseudo-random stranger (:mod:`facekd.tail`). Faces below the
+faces; a gated face is replaced by a pseudo-random stranger (:mod:`facekd.core.tail`). Faces below the
 gate are returned bit for bit unchanged.
 
-Imports nothing from the project but :mod:`facekd.erasure`, :mod:`facekd.tail` and
+Imports nothing from the project but :mod:`facekd.core.erasure`, :mod:`facekd.core.tail` and
 :mod:`facekd.methods.base`; scipy is imported where it is used (keeps ``import facekd`` light).
 """
 
@@ -14,9 +14,9 @@ from typing import Any
 
 import numpy as np
 
-from facekd.erasure import Erasure, ErasureError, as_matrix, single_threaded_blas
+from facekd.core.erasure import Erasure, ErasureError, as_matrix, single_threaded_blas
 from facekd.methods.base import FitContext, MethodError, register
-from facekd.tail import GateChain, Scrambler, normalize_rows
+from facekd.core.tail import GateChain, Scrambler, normalize_rows
 
 __all__ = ["GUARD", "GUARD_KEEP", "PRIOR_GRID", "Q_GRID", "Q_ONE", "RIDGE_GRID", "SOFT_FROM",
            "WIDTHS", "fit_scramble", "hinge_width", "lookalike_floor"]

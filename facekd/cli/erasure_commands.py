@@ -1,0 +1,204 @@
+"""``facekd forget`` and ``facekd verify``: erase a person, and judge whether they are still found.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from facekd import methods
+from facekd.cli.common import (EXIT_INCONCLUSIVE, EXIT_OK, EXIT_VERIFY_FAILED, IDENTITY,
+                               _MethodChoice, _command, _emit, _fail, _open, _progress, _who)
+
+
+# ------------------------------------------------------------------------------ forget
+@click.command()
+@click.option("--identity", type=IDENTITY, default=None, help="Integer identity id to erase.")
+@click.option("--name", default=None,
+              help="The person to erase, by the name enrol recorded (instead of --identity).")
+@click.option("--method", type=_MethodChoice(), default=None,
+              help="Erasure method (default from config.toml: scramble, the gated scramble; "
+                   "esc and esc-t are the published methods). --p/--k/--energy imply esc.")
+@click.option("--p", "p", type=float, default=None, help="Erase int(d * p / 100) directions.")
+@click.option("--k", "k", type=int, default=None, help="Erase exactly K directions.")
+@click.option("--energy", type=float, default=None,
+              help="Erase the fewest directions holding this share of the energy.")
+@click.option("--images", type=click.Path(path_type=Path), default=None,
+              help="Extra photos of the person to fit on (embedded with the deployed encoder). "
+                   "For an identity already erased: new photos to widen its erasure to (top-up).")
+@click.option("--dry-run", is_flag=True, help="Compute and report; change nothing.")
+@click.option("--force", is_flag=True,
+              help="Commit although a check refuses: --images that do not look like the person, "
+                   "or a held-out coverage under [forget] min_coverage (recorded as forced).")
+@_command
+def forget(workspace: Path, as_json: bool, identity: int | None, name: str | None,
+           method: str | None, p: float | None, k: int | None, energy: float | None,
+           images: Path | None, dry_run: bool, force: bool) -> None:
+    """Erase an identity from the encoder and the gallery (atomic)."""
+    if sum(x is not None for x in (p, k, energy)) > 1:
+        _fail("give at most one of --p, --k, --energy")
+    with _open(workspace, writable=not dry_run) as ws:
+        # The receipt is keyed by the id's salted hash alone; the name only finds the id here.
+        identity = _who(ws, identity, name)
+        res = ws.forget(identity, method=method, p=p, k=k, energy=energy, images=images,
+                        dry_run=dry_run, progress=_progress(), force=force)
+    r = res.receipt
+    if res.kind == "top-up" and not r:
+        n = res.top_up["photos_given"]
+        _emit(as_json, res.to_dict(), f"all {n} photos are already erased; nothing to top up")
+        return
+    if res.already_erased:
+        _emit(as_json, res.to_dict(), f"identity {identity} was already erased: receipt "
+                                      f"{r['receipt_id']} (committed {r.get('created', '?')}); "
+                                      "nothing changed")
+        return
+
+    def text() -> str:
+        model = r["model"]
+        what = (f"{model.get('gates_total', 0)} gate(s) in the edited encoder"
+                if r["method"] == "scramble" else
+                f"{model['k_added']} direction(s) erased ({model['k_total']} in total"
+                + (f", after {model['gates_total']} gate(s)" if model.get("gates_total") else "")
+                + ")")
+        v = r.get("verdict") or {}
+        return "\n".join([
+            *_forget_head(res, identity, dry_run),
+            f"method {r['method']}, {what}; gallery generation "
+            f"{r['gallery']['generation_before']} -> {r['gallery']['generation_after']}",
+            f"edited encoder weights sha256 {model['edited_sha256_after'][:16]}...",
+            *([f"template leak: the edited model ranks this person {model['template_leak']['rank']}"
+               f" of {model['template_leak']['ranked_among']} enrolled identities (serve it, do "
+               "not distribute it; docs/threat-model.md)"] if "template_leak" in model else []),
+            *([f"verify with --identity {identity}: names of erased people are not kept"]
+              if name is not None and not dry_run else []),
+            "", res.report_table,
+            *([f"forget's own measurement (held-back stored faces, 95% intervals): "
+               f"{v['status']}: {v['reason']}"] if v else []),
+            *(["confirm on new photos: facekd verify --identity ID --images DIR"]
+              if v and not dry_run else []), ""])
+
+    data = res.to_dict()
+    if name is not None:  # stdout for the operator who named the person; never in the receipt
+        data["identity"] = identity
+    _emit(as_json, data, text)
+
+
+def _forget_head(res: Any, identity: int, dry_run: bool) -> list[str]:
+    """forget's first lines: what was (or would be) done, the top-up's photo counts, the held-out
+    coverage against its floor, and a refusal a dry run would meet."""
+    r, top = res.receipt, res.top_up
+    verb = "topped up" if res.kind == "top-up" else "erased"
+    if dry_run:
+        lines = [f"dry run: identity {identity} would be {verb} (nothing changed)"]
+    elif top is not None:
+        lines = [f"topped up identity {identity}: a further step, receipt {r['receipt_id']}"]
+    else:
+        lines = [f"erased identity {identity}: {res.removed_faces} face(s) removed, receipt "
+                 f"{r['receipt_id']}"]
+    if top is not None:
+        lines.append(f"{top['photos_given']} photo(s) given: {top['already_erased']} already "
+                     f"erased, {top['escaped']} escaped, {top['newly_covered']} of them now "
+                     "scrambled fully")
+    cov = res.coverage
+    if cov is not None and cov.get("share") is not None:
+        lines.append(f"coverage {cov['share']:.2f} ({cov['covered']} of {cov['faces']} "
+                     f"{'held-out' if cov['held_out'] else 'seen'} photos: {cov['criterion']}); "
+                     f"floor {cov['floor']:.2f}")
+    if cov is not None and cov.get("look_alike_guard"):
+        lines.append("  someone enrolled looks like this person: the gate stops as short of them "
+                     "as this coverage allows ([forget] scramble_guard)")
+    if cov is not None and cov.get("step"):
+        st = cov["step"]
+        alone = "n/a" if st["share"] is None else f"{st['share']:.2f}"
+        lines.append(f"  the further step alone: {alone} of {st['faces']} escaped photo(s) held "
+                     f"out, {st['in_sample']} of those it was fitted on")
+    if res.forced:
+        lines.append("forced: --force overrode the refusal ("
+                     + ", ".join(r.get("forced_over", [])) + "); the ledger records it")
+    if dry_run and res.refusal:
+        lines.append(f"forget would refuse this: {res.refusal} (--force commits anyway)")
+    return lines
+
+
+@click.command()
+@click.option("--identity", type=IDENTITY, default=None, help="The erased identity's id.")
+@click.option("--name", default=None,
+              help="By the name enrol recorded, while the person is enrolled (names of erased "
+                   "people are not kept: after forget, use --identity).")
+@click.option("--images", type=click.Path(path_type=Path), default=None,
+              help="Photos of the person (ideally unseen) for the re-enrolment attack.")
+@click.option("--no-record", is_flag=True,
+              help="Do not record the outcome in the workspace (read-only run).")
+@_command
+def verify(workspace: Path, as_json: bool, identity: int | None, name: str | None,
+           images: Path | None, no_record: bool) -> None:
+    """Judge whether an erased identity is still found: PASS (exit 0), FAIL (exit 1) or
+    INCONCLUSIVE (exit 3: the photos cannot decide)."""
+    from facekd.errors import WorkspaceError
+
+    writable = not no_record
+    try:
+        ws = _open(workspace, writable=writable)
+    except WorkspaceError:
+        if not writable:
+            raise
+        # A workspace this user may not write (or one another writer holds) is still verified;
+        # the outcome is just not recorded.
+        ws, writable = _open(workspace), False
+    with ws:
+        res = ws.verify(_who(ws, identity, name), images=images, progress=_progress(),
+                        record=writable)
+    _emit(as_json, res.to_dict(), lambda: format_verify(res))
+    sys.exit({"PASS": EXIT_OK, "FAIL": EXIT_VERIFY_FAILED}.get(res.status, EXIT_INCONCLUSIVE))
+
+
+def format_verify(res: Any) -> str:
+    """Human-readable verify result (numbered images and scores, never names or paths)."""
+    pct = lambda v: "n/a" if v is None else f"{100 * v:.1f}%"  # noqa: E731
+    lines = []
+    if res.id_threshold is not None:
+        lines.append(f"one-to-many MATCH threshold {res.id_threshold:.3f} (FPIR "
+                     f"{pct(res.bound.get('fpir'))}); one-to-one {res.threshold:.3f} "
+                     f"(FAR {res.bound.get('far'):g})" if res.threshold is not None else
+                     f"one-to-many MATCH threshold {res.id_threshold:.3f}")
+    for im in res.images:
+        gate = "" if im["gate"] is None else (
+            "  erased" if im["gate"] >= 1.0 else "  NOT erased" if im["gate"] == 0
+            else f"  partly erased ({im['gate']:.2f})")
+        lines.append(f"  image {im['image']:<4} best {im['best_identity']!s:>10}  score "
+                     f"{im['score']:+.3f}  {'MATCH' if im['match'] else 'no match'}{gate}")
+    e = res.erased_photos
+    if e is not None:
+        lo, hi = e["interval"]
+        line = (f"{e['erased']} of {e['photos']} photos are erased ({pct(e['share'])}, 95% "
+                f"{pct(lo)}-{pct(hi)})")
+        if e["not_erased"]:
+            shown = ", ".join(map(str, e["not_erased"][:10])) + (
+                ", ..." if len(e["not_erased"]) > 10 else "")
+            line += (f"; not erased: image {shown}. Widen the erasure with them: "
+                     "facekd forget --identity ID --images DIR_OF_THOSE_PHOTOS")
+        lines += ["", line]
+    a, b = res.attack, res.bound
+    if a is not None:
+        lines += ["", f"re-enrolment attack over every split of {a['photos']} photos "
+                      f"({a['enrolled']} enrolled, {a['probes']} probes), 95% intervals:"]
+        for name in a["after"]:
+            f, g = a["after"][name], a["before"].get(name)
+            before = "" if g is None else (f"   before the edit {pct(g['estimate'])} "
+                                           f"[{pct(g['low'])}, {pct(g['high'])}]")
+            lines.append(f"  {name:<7} {pct(f['estimate']):>6} [{pct(f['low'])}, "
+                         f"{pct(f['high'])}]  bound <= {pct(f['bound'])}  {f['ruling']}{before}")
+        lines.append(f"  bound: {b['factor']:g} x max(chance 1/{b['identities'] + 1} = "
+                     f"{pct(b['chance'])}, what {a['enrolled']} unrelated strangers' photos "
+                     f"reach here {pct(b.get('stranger_baseline'))}); TAR <= "
+                     f"{pct(b['max_tar'])}")
+        r = res.retained
+        lines.append(f"  everyone else: rank-1 {pct(r.get('rank1'))}, TAR {pct(r.get('tar'))}")
+    lines += [f"note: {n}" for n in res.notes]
+    lines.append(f"{res.status}: {res.reason}")
+    if not res.recorded:
+        lines.append("(not recorded in the workspace)")
+    return "\n".join(lines)

@@ -1,0 +1,164 @@
+"""The benchmark's report writers: the Markdown table (:func:`format_markdown`), the trade-off and
+sequential plots (matplotlib, imported where used) and :func:`write_outputs` (``bench.json``,
+``bench.md``, the PNGs).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from facekd.core.erasure import Erasure
+from facekd.fileio import write_atomic
+from facekd.core.separation import bench_banner
+from facekd.core.metrics import template_leak
+
+
+# ---------------------------------------------------------------------- outputs
+_COLUMNS = [("forget rank-1", "forget_rank1"), ("forget TAR", "forget_tar"),
+            ("KR linear", "kr_linear"), ("KR 5-NN", "kr_knn"), ("MIA", "mia"),
+            ("detect AUC", "detect_auc"), ("detect AUC (trained)", "detect_auc_trained"),
+            ("look-alike FP", "lookalike_fp"), ("false match", "false_match"),
+            ("retain rank-1", "retain_rank1"),
+            ("retain TAR", "retain_tar"), ("template cos", "template_cos"),
+            ("singled out", "template_top1"),
+            ("verify PASS / FAIL / INCONCL.", "verdict"), ("verify wrong", "verdict_wrong"),
+            ("fit s", "fit_s"), ("people", "n_erased")]
+
+
+def _fmt(v: Any, sd: Any = None, spec: str = ".1f") -> str:
+    if v is None:
+        return "n/a"
+    if isinstance(v, int):
+        return str(v)
+    return f"{v:{spec}} ± {sd:{spec}}" if sd is not None else f"{v:{spec}}"
+
+
+def _cells(r: dict) -> str:
+    """One table row's metric cells: forget rank-1 with its s.d., fit time in ms precision,
+    verify's rulings as PASS / FAIL / INCONCLUSIVE percentages and its wrong rulings."""
+    def cell(k: str) -> str:
+        if k == "verdict":
+            got = [r.get(f"verdict_{s}") for s in ("pass", "fail", "inconclusive")]
+            return "n/a" if None in got else " / ".join(f"{v:.0f}" for v in got)
+        if k == "verdict_wrong":
+            got = [r.get("verdict_false_pass"), r.get("verdict_false_fail")]
+            return "n/a" if None in got else f"{sum(got):.0f}"
+        return _fmt(r[k], r.get(f"{k}_sd") if k == "forget_rank1" else None,
+                    ".3f" if k == "fit_s" else ".1f")
+
+    return " | ".join(cell(k) for _, k in _COLUMNS)
+
+
+def format_markdown(result: dict) -> str:
+    """bench.md: the single-erasure table (original first) and the sequential table."""
+    p = result["protocol"]
+    head = "| method | fit photos | " + " | ".join(c for c, _ in _COLUMNS) + " |"
+    lines = [f"# facekd bench: `{Path(result['dataset']).name}`, encoder `{result['encoder']}`", "",
+             f"{p['faces']} faces of {p['identities']} identities ({p['identities_skipped']} "
+             f"skipped with < {p['min_faces']} faces, {p['images_skipped']} images without a "
+             f"usable face, {p['fallback_images']} whole-image fallbacks); chance rank-1 "
+             f"{result['chance_rank1']:.2f}%. Embeddings: cache {p['cache']}."
+             + (f" Small gallery: {p['gallery_people']} identities take part."
+                if p.get("gallery_people") else ""),
+             *bench_banner(result), "",
+             f"## Single erasure ({p['erased']} people, each erased alone; {p['held']} fresh "
+             f"photos each: {p['fresh_enrol']} re-enrolled, {p['fresh_probe']} probes)", "",
+             head, "|" + "---|" * (len(_COLUMNS) + 2)]
+    lines.append(f"| original | - | {_cells(result['original'])} |")
+    lines += [f"| {r['method']} | {r['setting']} | {_cells(r)} |" for r in result["rows"]]
+    lines += ["", "Percent; forget rank-1 is mean ± s.d. over the erased people. MIA: 50 = ideal "
+              "(n/a: fewer than " f"{p['mia_min_per_class']} photos per class). Detect AUC: the "
+              "erased person's edited fresh photos vs retained probes (50 = indistinguishable). "
+              f"Look-alike FP: faces of the {p['lookalikes']} nearest retained identities that "
+              "the erasure moved at all. False match: pairs of (erased fresh photo, someone "
+              "else's gallery face) above the FAR 1e-3 threshold (the original's are the person's "
+              "look-alikes; a stranger's would be about 0.1). Template: what the edited model alone gives away "
+              "(facekd.metrics.template_leak): |cosine| between the direction the edit singles out "
+              "and the person's mean face minus the population mean, and how often the person "
+              "ranks first among all identities by that direction (singled out, %). verify: "
+              "percent of the erased people that `facekd verify` rules PASS / FAIL / "
+              "INCONCLUSIVE on their fresh photos (facekd.verdict); verify wrong: percent ruled "
+              "PASS while the attack replayed over 200 random splits finds them over 2x chance, "
+              "or FAIL while it finds them at or under it (facekd.bench_verdict)."]
+    lines += [f"Fit setting {s!r} skipped for {n} of {p['erased']} people (no more than {s} "
+              "non-fresh photos)." for s, n in p["fit_photos_skipped"].items() if n]
+    lines.append("")
+    if result["sequential"]:
+        lines += [f"## Sequential erasure ({p['sequential']} people, one after another; "
+                  f"{p['sequential_held']} fresh photos each)", "",
+                  "| method | erased | retain rank-1 | retain TAR | forget rank-1 | forget TAR |",
+                  "|---|---|---|---|---|---|"]
+        for r in result["sequential"]:
+            lines.append(f"| {r['method']} | {r['erased']} | {_fmt(r['retain_rank1'])} | "
+                         f"{_fmt(r['retain_tar'])} | {_fmt(r['forget_rank1'])} | "
+                         f"{_fmt(r['forget_tar'])} |")
+        apply = ", ".join(f"{m} {v * 1e3:.1f} ms" for m, v in p["sequential_apply_s"].items())
+        lines += ["", f"Retained = people never erased. Forget numbers (last row per method): "
+                  "every erased person's fresh photos under the final composite. Apply time of "
+                  f"the final composite on the {p['sequential_gallery_rows']}-row gallery: "
+                  f"{apply}.", ""]
+    return "\n".join(lines)
+
+
+def _png(fig: Any) -> bytes:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+    return buf.getvalue()
+
+
+def _plot_tradeoff(result: dict) -> bytes:
+    """Forget rank-1 vs retained TAR@1e-3, one point per method/setting and the original."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(6.4, 4.8))
+    ax = fig.add_subplot()
+    o = result["original"]
+    ax.scatter([o["retain_tar"]], [o["forget_rank1"]], marker="*", s=160, c="k", label="original")
+    for r in result["rows"]:
+        ax.scatter([r["retain_tar"]], [r["forget_rank1"]], s=50,
+                   label=f"{r['method']} ({r['setting']} photos)")
+    ax.axhline(result["chance_rank1"], ls="--", c="grey", lw=1, label="chance rank-1")
+    ax.set_xlabel("retained TAR@1e-3 (%)")
+    ax.set_ylabel("erased person, re-enrolled rank-1 (%)")
+    ax.set_title("Erasure trade-off (lower-right is better)")
+    ax.legend(fontsize=8)
+    return _png(fig)
+
+
+def _plot_sequential(result: dict) -> bytes:
+    """Retained TAR@1e-3 vs number of people erased, one line per method."""
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
+
+    fig = Figure(figsize=(6.4, 4.8))
+    ax = fig.add_subplot()
+    for m in dict.fromkeys(r["method"] for r in result["sequential"]):
+        pts = [(r["erased"], r["retain_tar"]) for r in result["sequential"] if r["method"] == m]
+        ax.plot(*zip(*pts), marker="o", label=m)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_xlabel("people erased one after another")
+    ax.set_ylabel("retained TAR@1e-3 (%)")
+    ax.set_title("Sequential erasure: what everyone else keeps")
+    ax.legend(fontsize=8)
+    return _png(fig)
+
+
+def write_outputs(result: dict, out_dir: str | os.PathLike) -> dict[str, Path]:
+    """Write bench.json, bench.md, tradeoff.png and (with sequential rows) sequential.png."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only; never needs a display
+    out = Path(out_dir).expanduser()
+    files = {"json": (out / "bench.json", json.dumps(result, indent=2).encode()),
+             "md": (out / "bench.md", format_markdown(result).encode()),
+             "tradeoff_png": (out / "tradeoff.png", _plot_tradeoff(result))}
+    if result["sequential"]:
+        files["sequential_png"] = (out / "sequential.png", _plot_sequential(result))
+    for path, data in files.values():
+        write_atomic(path, data)
+    return {k: v[0] for k, v in files.items()}

@@ -1,0 +1,1 @@
+"""ONNX graph surgery (``graph``) and execution-provider choice (``providers``); no encoder here."""

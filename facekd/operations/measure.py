@@ -1,0 +1,347 @@
+"""What a workspace measures: the erasure report a forget receipt carries, and the gallery's own
+statistics (match threshold, retained identities' rank-1 and TAR) that search and verify use.
+
+The receipt's numbers are measured on the gallery's stored vectors, never on images: a twin erasure
+refitted on the erased identity's enrolment half is scored on the unseen other half; score
+histograms and the template leak are aggregate numbers only (no embedding or direction leaves).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from facekd.state.config import Config
+from facekd.core.erasure import Erasure, ErasureError
+from facekd.errors import WorkspaceError
+from facekd.fileio import write_atomic
+from facekd.faces.photos import normalize
+
+__all__ = ["REPORT_MAX_IDENTITIES", "KR_MAX_IDENTITIES", "RETAIN_SAMPLE", "MOVED_COSINE",
+           "erasure_report", "moved_share", "coverage", "top_up_coverage",
+           "score_histograms", "template_leak", "identity_means", "gallery_stats",
+           "match_threshold", "gallery_strangers", "identification_threshold", "forget_verdict"]
+
+REPORT_MAX_IDENTITIES = 300  # forget's before/after report: the erased one + a sample
+# ... of which the knowledge-retention probes use this many others: the one-vs-rest weak probe
+# costs grow with identities x faces (3 s per state at 300 identities x 5 faces, 0.3 s at 100).
+KR_MAX_IDENTITIES = 100
+RETAIN_SAMPLE = 4000  # vectors used for retained-identity statistics in verify
+# Gallery faces scored as never-enrolled people (FPIR threshold, stranger baseline): the cost is
+# this many x N x d, so it shrinks on huge galleries (500 at a million faces).
+STRANGER_PROBES = 2000
+STRANGER_BUDGET = 2e8
+# A linear edit "covers" a photo when it moves it below this cosine to where it was. Measured on
+# the synthetic test set (128-d samples encoder, twins fitted on half the photos): ESC leaves the
+# person's unseen photos at 0.52-0.84, ESC-T at 0.78-0.90, while everyone else's faces stay at a
+# median 0.95-0.99; an edit that misses the person leaves their photos where everyone else's are.
+MOVED_COSINE = 0.9
+
+
+# ------------------------------------------------------------------------- a forget's receipt
+def erasure_report(all_vecs: np.ndarray, labels: np.ndarray, identity: int,
+                   fit: Callable[[np.ndarray], Erasure], committed: Erasure, extra: np.ndarray,
+                   config: Config):
+    """``(ErasureReport, protocol note, moved)``, preferably for a twin refitted on the enrolment
+    half plus ``extra`` (the photos sent with the request, which are not gallery faces); ``moved``
+    is :func:`moved_share` of that twin on the person's probe half (held out unless the
+    committed erasure had to stand in for the twin).
+
+    ``all_vecs`` ``(N, d)`` and ``labels`` ``(N,)`` are the gallery before the edit; ``fit`` fits
+    the forget method on ``(n, d)`` faces; ``committed`` is the erasure fitted on every face,
+    measured instead when the twin cannot be fitted.
+    """
+    from facekd.core.metrics import MetricsError, erasure_report as _report, split_enrol_probe
+
+    others = np.unique(labels[labels != identity])
+    sampled = ""
+    if len(others) > REPORT_MAX_IDENTITIES:
+        # The converged probe and the pair statistics grow faster than the gallery (71 s at
+        # 2,000 identities); a seeded sample of the others keeps forget at seconds.
+        rng = np.random.default_rng(config.seed)
+        keep = np.isin(labels, np.r_[identity, rng.choice(others, REPORT_MAX_IDENTITIES,
+                                                          replace=False)])
+        all_vecs, labels = all_vecs[keep], labels[keep]
+        sampled = (f"; measured on the erased identity and a seeded sample of "
+                   f"{REPORT_MAX_IDENTITIES} of the {len(others)} other identities")
+    split = split_enrol_probe(labels, seed=config.seed)
+    one_face = (labels == identity).sum() == 1
+    if one_face:
+        # One stored face (an ID-photo gallery): it is the only probe the report can have; the
+        # twin is then fitted on the --images photos alone, or the committed erasure measured.
+        split[labels == identity] = False
+    protocol = ("each identity's stored faces split in half (seed "
+                f"{config.seed}); the erasure measured here was refitted on the erased "
+                "identity's enrolment half plus any --images photos; probes and MIA "
+                "non-members are unseen faces")
+    try:
+        twin = fit(np.concatenate([all_vecs[split & (labels == identity)], extra]))
+    except ErasureError:  # e.g. an explicit k above the half's rank: measure the real one
+        twin = committed
+        protocol = ("each identity's stored faces split in half; the committed erasure (fitted "
+                    "on all the erased identity's faces) is measured, so its probes are seen "
+                    "faces and MIA is not meaningful")
+    if one_face:
+        protocol += ("; the erased identity has one stored face: it is the only probe and no "
+                     "enrolled face of it remains to be found, so its forget numbers measure "
+                     "nothing (verify --images measures the erasure on new photos)")
+    protocol += sampled
+    if len(np.unique(labels)) - 1 > KR_MAX_IDENTITIES:
+        protocol += (f"; knowledge-retention probes on the erased identity and a seeded "
+                     f"sample of {KR_MAX_IDENTITIES} others")
+    protocol += "; 95% Wilson intervals in metrics.intervals"
+    try:
+        report = _report(all_vecs, labels, [identity], twin, split, fars=(config.far,),
+                         seed=config.seed, max_probe_identities=KR_MAX_IDENTITIES)
+    except MetricsError as exc:
+        raise WorkspaceError(f"cannot measure this erasure: {exc}") from None
+    probes = all_vecs[~split & (labels == identity)]
+    return report, protocol, moved_share(twin, probes, held_out=twin is not committed)
+
+
+def moved_share(erasure: Erasure, faces: np.ndarray, *, held_out: bool) -> dict:
+    """How many of ``faces`` ``(n, d)`` the ``erasure`` moves away from where they were: edited
+    embedding below cosine :data:`MOVED_COSINE` to the original (``held_out``: the erasure never
+    saw them). ``{"share", "covered", "faces", "held_out"}``; ``share`` is ``None`` for no faces."""
+    if len(faces) == 0:
+        return {"share": None, "covered": 0, "faces": 0, "held_out": held_out}
+    x = normalize(np.asarray(faces, dtype=np.float32))
+    cos = np.sum(erasure.apply(x) * x, axis=1)
+    moved = int(np.count_nonzero(cos < MOVED_COSINE))
+    return {"share": moved / len(x), "covered": moved, "faces": int(len(x)), "held_out": held_out}
+
+
+def coverage(step: Erasure, moved: dict, floor: float) -> dict:
+    """The held-out coverage of a fitted ``step``: the share of the person's photos it never saw
+    that it erases, with ``floor`` (``[forget] min_coverage``) and the criterion used.
+
+    A gated step that records ``heldout_gated_fully`` (the scramble: each of the person's photos
+    scored by a gate cross-fitted without it) is judged by the share whose gate opens fully; any
+    other step by ``moved`` (:func:`moved_share` of the measured twin on the person's probe half).
+    Returns ``{"share", "covered", "faces", "held_out", "criterion", "floor", "under_floor"}``.
+    """
+    params = step.params or {}
+    held = params.get("heldout_gated_fully")
+    # None or NaN: the method could not cross-validate (e.g. fitted on one photo): fall back.
+    if held is not None and np.isfinite(float(held)) and params.get("n"):
+        n = int(params["n"])
+        share = float(held)
+        out = {"share": share, "covered": int(round(share * n)), "faces": n, "held_out": True,
+               "criterion": "gate fully open, each photo scored by a gate fitted without it"}
+    else:
+        out = {**moved, "criterion": f"edited embedding below cosine {MOVED_COSINE:g} to the "
+                                     "original (the measured twin on the person's probe half)"}
+    share = out["share"]
+    # The scramble's look-alike guard set the gate: an enrolled identity looks enough like the
+    # person that the gate stopped as short of them as the person's cover allowed.
+    return {**out, "floor": float(floor), "under_floor": share is not None and share < floor,
+            "look_alike_guard": bool(params.get("guard_raised", False))}
+
+
+def top_up_coverage(step: dict, counts: dict, in_sample: int) -> dict:
+    """The held-out coverage of an erasure widened by a top-up, over all the photos given.
+
+    A photo the earlier erasure already scrambles fully is covered by gates that never saw it; an
+    escaped one counts as covered with the further step's own held-out share (``step``, from
+    :func:`coverage` on the escaped photos). A few escaped photos make that share coarse (2
+    photos: 0, 0.5 or 1), which is why the top-up is judged over all the photos. ``in_sample``:
+    escaped photos the step covers among those it was fitted on (0: it does nothing at all).
+    Returns :func:`coverage`'s keys plus ``step`` (the further step's figure with ``in_sample``).
+    """
+    given, done, escaped = counts["photos_given"], counts["already_erased"], counts["escaped"]
+    step_share = step["share"] if step["share"] is not None else 0.0
+    covered = done + step_share * escaped
+    share = covered / given
+    floor = step["floor"]
+    return {"share": share, "covered": int(round(covered)), "faces": int(given),
+            "held_out": bool(step["held_out"]),
+            "criterion": "scrambled fully by the earlier erasure, or covered by the further step "
+                         f"({step['criterion']})",
+            "floor": floor, "under_floor": share < floor,
+            "step": {"share": step["share"], "covered": step["covered"], "faces": step["faces"],
+                     "in_sample": int(in_sample)}}
+
+
+def score_histograms(vecs: np.ndarray, labels: np.ndarray, identity: int, erasure: Erasure,
+                     *, seed: int = 0, max_impostor: int = 200_000) -> dict:
+    """Genuine-pair scores of the erased identity and impostor scores of the rest, before/after."""
+    rng = np.random.default_rng(seed)
+    f = labels == identity
+    iu = np.triu_indices(int(f.sum()), k=1)
+    rest = np.flatnonzero(~f)  # indices, not a copy of everyone else's vectors
+    m = min(len(rest), 2 * int(np.sqrt(max_impostor)) + 2)
+    pick = rng.choice(len(rest), size=m, replace=False) if len(rest) > m else np.arange(len(rest))
+    r, rl = vecs[rest[pick]], labels[rest[pick]]
+    ir = np.triu_indices(len(r), k=1)
+    imp_mask = rl[ir[0]] != rl[ir[1]]
+    out = {}
+    for tag, x_f, x_r in (("before", normalize(vecs[f]), normalize(r)),
+                          ("after", erasure.apply(vecs[f]), erasure.apply(r))):
+        out[f"forget_genuine_{tag}"] = (x_f @ x_f.T)[iu]
+        out[f"impostor_{tag}"] = (x_r @ x_r.T)[ir][imp_mask]
+    return out
+
+
+def template_leak(step: Erasure, vecs: np.ndarray, labels: np.ndarray, identity: int) -> dict:
+    """What the edited model alone gives away about the erased person (docs/threat-model.md):
+    the cosine between the direction this erasure singles out and the person's mean face (minus
+    the gallery's), and the person's rank among the gallery's identities by that direction (1 =
+    singled out). Numbers only: no direction or embedding leaves this function."""
+    from facekd.core.metrics import template_leak as _leak
+
+    ids, means = identity_means(vecs, labels)
+    cos, rank = _leak(step, means, ids, identity)
+    return {"cosine_to_mean_face": round(cos, 4), "rank": rank, "ranked_among": int(len(ids))}
+
+
+def identity_means(vecs: np.ndarray, labels: np.ndarray, *, block: int = 65536
+                   ) -> tuple[np.ndarray, np.ndarray]:
+    """Sorted identities ``(c,)`` and the float64 mean of each one's unit vectors ``(c, d)``.
+
+    Summed a block at a time, so a million faces cost one pass and no normalised copy of the
+    gallery (``np.add.at`` took 10 s).
+    """
+    from scipy.sparse import csr_matrix
+
+    ids, inv = np.unique(labels, return_inverse=True)
+    sums = np.zeros((len(ids), vecs.shape[1]))
+    for s in range(0, len(inv), block):
+        part = inv[s:s + block]
+        x = np.array(vecs[s:s + block], dtype=np.float32)  # float32: a mean needs 4 digits
+        x /= np.maximum(np.sqrt(np.einsum("ij,ij->i", x, x)), 1e-12)[:, None]
+        # One sparse (identities x rows) indicator product per block: np.add.reduceat along rows
+        # and a running sum were 5-50x slower.
+        sums += csr_matrix((np.ones(len(part), np.float32), (part, np.arange(len(part)))),
+                           shape=(len(ids), len(part))) @ x
+    return ids, sums / np.bincount(inv, minlength=len(ids))[:, None]
+
+
+# ------------------------------------------------------------------------- the gallery's own
+def gallery_stats(gallery: Any, config: Config, *, exclude: int | None = None) -> dict:
+    """Rank-1 and TAR at FAR ``config.far`` of the gallery's identities (a seeded sample), and
+    the impostor score at that FAR (``threshold``); ``exclude`` leaves one identity out."""
+    from facekd.core.metrics import (MetricsError, far_threshold, identification_rate, pair_scores,
+                                split_enrol_probe, tar_at_far)
+
+    # A read-only view: only a sample (or the rows kept below) is ever copied.
+    vecs = np.asarray(getattr(gallery, "vectors_view", gallery.vectors)(), dtype=np.float32)
+    labels = np.asarray(gallery.labels(), dtype=np.int64)
+    if exclude is not None:
+        keep = labels != exclude
+        vecs, labels = vecs[keep], labels[keep]
+    if len(np.unique(labels)) < 2:
+        return {"threshold": None, "rank1": None, "tar": None, "identities": len(np.unique(labels))}
+    rng = np.random.default_rng(config.seed)
+    if len(vecs) > RETAIN_SAMPLE:  # pair statistics are quadratic; a sample is enough
+        uniq = rng.permutation(np.unique(labels))
+        per = max(1, int(np.ceil(len(vecs) / len(uniq))))
+        chosen = np.isin(labels, uniq[: max(2, RETAIN_SAMPLE // per)])
+        vecs, labels = vecs[chosen], labels[chosen]
+    try:
+        genuine, impostor = pair_scores(vecs, labels, seed=config.seed)
+        # One face per person is common in deployments: the threshold needs only impostors.
+        thr = far_threshold(impostor, config.far)
+        tar = tar_at_far(genuine, impostor, config.far)[0] if genuine.size else None
+        split = split_enrol_probe(labels, seed=config.seed)
+        has_probe = ~split
+        rank1 = identification_rate(vecs[split], labels[split], vecs[has_probe],
+                                    labels[has_probe]) if has_probe.any() else None
+    except MetricsError as exc:  # e.g. no impostor pairs at all
+        raise WorkspaceError(f"cannot compute gallery statistics: {exc}") from None
+    return {"threshold": float(thr), "tar": None if tar is None else float(tar),
+            "rank1": None if rank1 is None else float(rank1),
+            "identities": int(len(np.unique(labels)))}
+
+
+def match_threshold(gallery: Any, config: Config) -> float | None:
+    """Config threshold, or the gallery's impostor score at FAR ``config.far`` ("auto")."""
+    if config.match_threshold is not None:
+        return float(config.match_threshold)
+    return gallery_stats(gallery, config).get("threshold")
+
+
+def gallery_strangers(gallery: Any, config: Config, cache: Any = None):
+    """Sampled gallery faces scored as never-enrolled people against everyone else
+    (:func:`facekd.core.verdict.strangers`): what the FPIR threshold and verify's stranger baseline
+    are read from.
+
+    ``cache``: a folder for the result, keyed by the gallery's generation and the seed (derived
+    data: a search or verify after the first skips the ``probes x N x d`` pass; a stale or damaged
+    file is recomputed; an unwritable folder only costs the next command the time).
+    """
+    import io
+
+    from facekd.core.verdict import Strangers, strangers
+
+    path = None
+    if cache is not None and not Path(cache).is_symlink():  # never written through a link
+        path = Path(cache) / f"strangers-g{int(gallery.generation)}-s{int(config.seed)}.npz"
+        try:
+            with np.load(path) as z:
+                return Strangers(z["odds"], z["best"], z["labels"])
+        except (OSError, KeyError, ValueError):
+            pass
+    vecs = getattr(gallery, "vectors_view", gallery.vectors)()
+    labels = np.asarray(gallery.labels(), dtype=np.int64)
+    probes = int(max(200, min(STRANGER_PROBES, STRANGER_BUDGET // max(len(labels), 1))))
+    found = strangers(vecs, labels, max_probes=probes, seed=config.seed)
+    if path is not None:
+        buf = io.BytesIO()
+        np.savez(buf, odds=found.odds, best=found.best, labels=found.labels)
+        try:
+            for old in Path(cache).glob("strangers-g*.npz"):  # earlier generations': stale
+                old.unlink(missing_ok=True)
+            write_atomic(path, buf.getvalue())
+        except OSError:
+            pass
+    return found
+
+
+def identification_threshold(gallery: Any, config: Config, found: Any = None,
+                             cache: Any = None) -> float | None:
+    """The one-to-many MATCH threshold: the score that a share ``config.fpir`` of never-enrolled
+    people's photos exceed in a search of this gallery (false-positive identification rate),
+    estimated with the gallery's own faces, each searched against the other identities, and
+    erring high (:func:`facekd.core.verdict.fpir_threshold`).
+
+    ``found``: a :func:`gallery_strangers` result to reuse. ``None`` with fewer than 3
+    identities (nothing to estimate it from).
+    """
+    from facekd.core.verdict import fpir_threshold
+
+    found = gallery_strangers(gallery, config, cache) if found is None else found
+    return fpir_threshold(found, config.fpir, seed=config.seed)
+
+
+def forget_verdict(report: Any, config: Config) -> dict:
+    """forget's own measurement (the twin erasure's unseen probes, :func:`erasure_report`) ruled
+    in verify's terms (:mod:`facekd.core.verdict`): rank-1 against ``max_rank1_over_chance`` x chance
+    and the genuine TAR at ``config.far`` against ``max_tar``, each by its 95 % interval, after
+    the edit and before it. Returns :meth:`facekd.core.verdict.Verdict.to_dict`."""
+    from facekd.core import verdict as vd
+
+    r = report.to_dict() if hasattr(report, "to_dict") else dict(report)
+    chance, factor = float(r["chance_rank1"]), float(config.max_rank1_over_chance)
+    probes = int(r["counts"].get("forget_probe", 0))
+    pairs = int(r["counts"].get("forget_genuine_pairs", 0))
+    tar_key = f"tar@{config.far:g}_forget"
+
+    def figures(state: str) -> list:
+        values, ci = r[state], r.get("intervals", {}).get(state, {})
+        out = []
+        for name, key, n, bound in (("rank-1", "rank1_forget", probes, factor * chance),
+                                    ("TAR", tar_key, pairs, float(config.max_tar))):
+            if values.get(key) is None or n < 1:
+                continue
+            low, high = (v / 100 for v in ci.get(key, (0.0, 100.0)))
+            out.append(vd.judge(name, values[key] / 100, n, bound, interval=(low, high),
+                                unit="photos" if name == "rank-1" else "pairs"))
+        return out
+
+    after = figures("after")
+    if not after:
+        return vd.Verdict(vd.INCONCLUSIVE, "nothing measured: the person has too few stored "
+                                           "faces to hold any back").to_dict()
+    return vd.combine(after, figures("before"), probes).to_dict()
