@@ -24,9 +24,9 @@ import numpy as np
 
 from _common import REPO
 
-from facekd.evaluation import bench as B
-from facekd.encoders import load_encoder
 from facekd.core.metrics import split_enrol_probe
+from facekd.encoders import load_encoder
+from facekd.evaluation import bench as B
 from facekd.methods.scramble import fit_scramble
 
 

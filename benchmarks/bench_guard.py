@@ -22,8 +22,8 @@ from threadpoolctl import threadpool_limits
 
 from _common import REPO, load_average, machine, versions, write_section
 
-from facekd.evaluation import bench as B
 from facekd.encoders import load_encoder
+from facekd.evaluation import bench as B
 from facekd.methods.scramble import GUARD
 from facekd.progress import tqdm
 

@@ -32,9 +32,9 @@ from torch import nn
 # Run as `python benchmarks/bench_onnx.py`: sys.path[0] is benchmarks/, so the shared helpers in
 # benchmarks/_common.py import as a top-level module.
 from _common import load_average, machine, versions, write_section
+from facekd.encoders.onnx_export import export
 from facekd.encoders.onnx_model import OnnxEncoder
 from facekd.erasure import fit_esc
-from facekd.encoders.onnx_export import export
 from facekd.onnx.graph import append_matmul
 
 

@@ -26,10 +26,10 @@ import numpy as np
 
 from _common import REPO
 
-from facekd.evaluation.bench import _usable, embed_dataset
-from facekd.encoders import load_encoder
 from facekd.core.metrics import identification_hits, split_enrol_probe
 from facekd.core.tail import Scrambler, normalize_rows
+from facekd.encoders import load_encoder
+from facekd.evaluation.bench import _usable, embed_dataset
 
 Q = (0.5, 0.99, 0.999)
 STRANGERS = 20  # real people enrolled nowhere, one photo each: the attack's yardstick

@@ -47,9 +47,9 @@ import numpy as np
 # in benchmarks/_common.py import as a top-level module.
 from _common import REPO, load_average, machine, versions, write_section
 from facekd import fit_esc
+from facekd.core.metrics import identification_hits, pair_scores, split_enrol_probe, tar_at_far
 from facekd.erasure import ErasureError
 from facekd.fileio import write_atomic
-from facekd.core.metrics import identification_hits, pair_scores, split_enrol_probe, tar_at_far
 
 FACES_DIR = Path(os.environ.get("FACEKD_FACES_DIR", REPO.parent / "shared" / "data" / "faces"))
 CACHE_DIR = (Path(os.environ.get("FACEKD_CACHE") or Path.home() / ".cache" / "facekd")

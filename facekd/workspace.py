@@ -36,7 +36,6 @@ class Workspace(WorkspaceState):
     and commits) with the operations as methods. Use :meth:`init` / :meth:`open`, and as a context
     manager."""
 
-
     def enroll(self, tree: str | os.PathLike, *, ids_csv: str | os.PathLike | None = None,
                progress: bool = True, merge: bool = False):
         """Enrol a folder-per-identity tree with the edited encoder and commit; see

@@ -1,4 +1,4 @@
-"""Write a folder-per-identity tree of synthetic face chips (facekd.synthfaces).
+"""Write a folder-per-identity tree of synthetic face chips (facekd.faces.synthfaces).
 
     python samples/synthfaces.py --out /tmp/faces --identities 200 --images 8 --seed 0
 
@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 from facekd.errors import FacekdError
-from facekd.synthfaces import write_tree
+from facekd.faces.synthfaces import write_tree
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,6 +1,6 @@
 """Train the tiny synthetic-face encoder shipped as facekd/data/tiny_face_encoder.onnx.
 
-A test fixture and demo model, NOT a face model: it has only ever seen facekd.synthfaces renders.
+A test fixture and demo model, NOT a face model: it has only ever seen facekd.faces.synthfaces renders.
 
     python samples/train_tiny_encoder.py                  # a few minutes on 2 idle CPU cores
     python samples/train_tiny_encoder.py --out /tmp/enc.onnx --steps 200   # quick smoke run
@@ -31,8 +31,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from facekd import metrics
-from facekd.synthfaces import render_dataset
+from facekd.core import metrics
+from facekd.faces.synthfaces import render_dataset
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_OUT = REPO / "facekd" / "data" / "tiny_face_encoder.onnx"

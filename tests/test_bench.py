@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from facekd.evaluation.bench import BenchError, checkpoints, parse_fit_photos, parse_methods, run_bench
+from facekd.evaluation.bench import (BenchError, checkpoints, parse_fit_photos, parse_methods,
+                                     run_bench)
 
 IDS = list(range(1000, 1030))  # 30 identities x 12 renders
 PER = 12

@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 
 from clusters import identity_clusters
+from facekd.core.tail import normalize_rows
 from facekd.erasure import Erasure, fit_esc, fit_scramble
 from facekd.operations.measure import MOVED_COSINE, coverage, moved_share
-from facekd.core.tail import normalize_rows
 
 
 @pytest.fixture(scope="module")

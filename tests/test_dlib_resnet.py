@@ -7,8 +7,8 @@ import collections
 import numpy as np
 import pytest
 
-from facekd.encoders import load_encoder
 from facekd.encoders import dlib_resnet
+from facekd.encoders import load_encoder
 from facekd.encoders.dlib_format import DlibFormatError
 from facekd.erasure import Erasure, fit_esc, fit_esc_t
 from facekd.errors import EncoderError

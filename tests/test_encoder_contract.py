@@ -11,10 +11,10 @@ import onnx
 import torch
 
 from conftest import SYNTH_IDS, run_cli
+from facekd.core.separation import bench_banner, bench_check, identity_separation
 from facekd.encoders.base import InputSpec
 from facekd.encoders.facenet import FACENET_SPEC
 from facekd.encoders.onnx_model import OnnxEncoder
-from facekd.core.separation import bench_banner, bench_check, identity_separation
 from test_onnx_model import build_mxnet_style, build_torch_model, export_torch
 
 

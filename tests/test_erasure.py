@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from clusters import identity_clusters
-from facekd.erasure import Erasure, ErasureError, fit_esc, fit_esc_t
 from facekd.core.metrics import erasure_report, identification_hits, split_enrol_probe
+from facekd.erasure import Erasure, ErasureError, fit_esc, fit_esc_t
 
 
 def _projector_checks(P: np.ndarray, rank: int) -> None:

@@ -6,11 +6,11 @@ import numpy as np
 import onnx
 import pytest
 
-from facekd.encoders.onnx_model import OnnxEncoder
-from facekd.erasure import fit_scramble
+from facekd.core.tail import normalize_rows
 from facekd.encoders.export_gated import gate_probes, gated_parity, tail_only_model
 from facekd.encoders.onnx_export import export
-from facekd.core.tail import normalize_rows
+from facekd.encoders.onnx_model import OnnxEncoder
+from facekd.erasure import fit_scramble
 from test_onnx_model import DIM, build_torch_model, chips
 
 

@@ -18,10 +18,10 @@ import torch
 from facekd.encoders import load_encoder
 from facekd.encoders.facenet import (FACENET_SPEC, FacenetEncoder, InceptionResnetV1,
                                      build_from_state_dict)
+from facekd.encoders.onnx_export import export
 from facekd.encoders.onnx_model import OnnxEncoder
 from facekd.erasure import Erasure, fit_esc
 from facekd.errors import EncoderError
-from facekd.encoders.onnx_export import export
 
 VGGFACE2_CLASSES = 8631
 

@@ -8,13 +8,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from facekd.evaluation.bench import BenchError, parse_fit_photos
+from facekd.core.tail import GateChain, Scrambler, normalize_rows
 from facekd.erasure import ErasureError, fit_scramble
-from facekd.operations.measure import coverage
+from facekd.evaluation.bench import BenchError, parse_fit_photos
 from facekd.methods.prior import WithinPrior
 from facekd.methods.scramble import (GUARD, GUARD_KEEP, Q_GRID, Q_ONE, SOFT_FROM, WIDTHS,
                                      hinge_width, lookalike_floor)
-from facekd.core.tail import GateChain, Scrambler, normalize_rows
+from facekd.operations.measure import coverage
 
 
 def pose_clusters(n_ids: int, per_id: int, d: int = 48, *, pose_scale: float = 0.7,

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 
 from clusters import identity_clusters
-from facekd.erasure import Erasure, ErasureError, fit_esc, fit_scramble
 from facekd.core.metrics import identification_hits
 from facekd.core.tail import GateChain, normalize_rows
+from facekd.erasure import Erasure, ErasureError, fit_esc, fit_scramble
 
 
 @pytest.fixture(scope="module")

@@ -18,11 +18,11 @@ import pytest
 
 from conftest import run_cli
 from facekd.encoders import load_encoder
+from facekd.encoders.insightface_pack import select_models
 from facekd.encoders.onnx_model import OnnxEncoder
 from facekd.errors import PackError
 from facekd.faces import FaceAligner, chips_from_files, default_aligner, norm_crop
 from facekd.faces.insightface_det import ScrfdDetector
-from facekd.encoders.insightface_pack import select_models
 from scrfd_graph import build_scrfd, expected_face, face_image
 from test_onnx_model import build_mxnet_style, build_torch_model, fitted_erasure
 

@@ -19,9 +19,9 @@ import pytest
 from onnx import TensorProto, helper
 
 from facekd.encoders.base import InputSpec
+from facekd.encoders.insightface_pack import export_to_pack, insightface_normalisation, pack_models
 from facekd.encoders.onnx_model import OnnxEncoder
 from facekd.errors import PackError
-from facekd.encoders.insightface_pack import export_to_pack, insightface_normalisation, pack_models
 from test_onnx_model import build_mxnet_style, build_torch_model, chips, fitted_erasure
 
 

@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 
 from clusters import identity_clusters
-from facekd.erasure import Erasure, fit_esc
 from facekd.core.metrics import (ErasureReport, MetricsError, erasure_report, identification_hits,
                             identification_rate, knowledge_retention, membership_inference,
                             pair_scores, split_enrol_probe, tar_at_far)
+from facekd.erasure import Erasure, fit_esc
 
 
 # ---------------------------------------------------------------------- verification

@@ -14,10 +14,11 @@ import onnx
 import onnxruntime as ort
 import pytest
 
+from facekd.encoders.onnx_export import export, select_providers
 from facekd.encoders.onnx_model import METADATA_KEY, OnnxEncoder, has_preprocessing_head
 from facekd.errors import EncoderError
-from facekd.encoders.onnx_export import export, select_providers
-from test_onnx_model import build_mxnet_style, build_torch_model, chips, dense_erasure, fitted_erasure
+from test_onnx_model import (build_mxnet_style, build_torch_model, chips, dense_erasure,
+                             fitted_erasure)
 
 CPU, CUDA, TRT = "CPUExecutionProvider", "CUDAExecutionProvider", "TensorrtExecutionProvider"
 

@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 
 from facekd.errors import FacekdError
-from facekd.faces.synthfaces import SIZE, identity_params, render_dataset, render_identity, write_tree
+from facekd.faces.synthfaces import (SIZE, identity_params, render_dataset, render_identity,
+                                     write_tree)
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -13,8 +13,8 @@ import shutil
 import numpy as np
 import pytest
 
-from facekd.state import receipt as rc
 from facekd.erasure import Erasure, fit_esc
+from facekd.state import receipt as rc
 
 from conftest import SYNTH_IDS as IDS, SYNTH_IMAGES as N_IMAGES, SYNTH_TARGET as TARGET
 

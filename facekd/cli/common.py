@@ -23,8 +23,6 @@ from facekd.terminal import printable
 
 
 EXIT_OK, EXIT_VERIFY_FAILED, EXIT_USAGE, EXIT_INCONCLUSIVE = 0, 1, 2, 3
-
-
 DEBUG_ENV = "FACEKD_DEBUG"  # set to 1: unexpected errors keep their traceback
 
 
@@ -132,8 +130,6 @@ def _run_mapped(fn: Callable, *args: Any, **kwargs: Any) -> Any:
 
 
 WORKSPACE_ENV, DEFAULT_WORKSPACE = "FACEKD_WORKSPACE", "facekd-workspace"
-
-
 _WORKSPACE_TYPE = click.Path(file_okay=False, path_type=Path)
 
 

@@ -1,5 +1,5 @@
-"""``facekd demo`` and ``facekd bench``: the end-to-end demo, and the benchmark of erasure methods on
-your own photos.
+"""``facekd demo`` and ``facekd bench``: the end-to-end demo, and the benchmark of erasure
+methods on your own photos.
 """
 
 from __future__ import annotations

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import click
 
-from facekd.terminal import printable
 from facekd.cli.common import _command, _emit, _fail, _open
+from facekd.terminal import printable
 
 
 # ------------------------------------------------------------------------------ outputs

@@ -19,9 +19,9 @@ from pathlib import Path
 
 import click
 
-from facekd.cli.common import DEFAULT_WORKSPACE, EXIT_OK, WORKSPACE_ENV, _WORKSPACE_TYPE, _fail
 from facekd.cli import (erasure_commands, evaluation_commands, export_commands,
                         workspace_commands)
+from facekd.cli.common import DEFAULT_WORKSPACE, EXIT_OK, WORKSPACE_ENV, _WORKSPACE_TYPE, _fail
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})

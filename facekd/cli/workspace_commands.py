@@ -1,5 +1,5 @@
-"""``facekd init``, ``enroll``, ``identities``, ``search``, ``check`` and ``ledger``: create a workspace,
-fill it, look into it.
+"""``facekd init``, ``enroll``, ``identities``, ``search``, ``check`` and ``ledger``: create a
+workspace, fill it, look into it.
 """
 
 from __future__ import annotations
@@ -12,9 +12,9 @@ from typing import Any
 
 import click
 
-from facekd.terminal import printable
 from facekd.cli.common import (EXIT_VERIFY_FAILED, IDENTITY, _command, _emit, _open, _progress,
                                _report_skipped, _who)
+from facekd.terminal import printable
 
 
 # ------------------------------------------------------------------------------ workspace

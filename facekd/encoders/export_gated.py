@@ -25,8 +25,8 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper
 
-from facekd.encoders.tail_onnx import split_tail
 from facekd.core.tail import GateChain, apply_stages, normalize_rows
+from facekd.encoders.tail_onnx import split_tail
 
 __all__ = ["gate_probes", "tail_only_model", "gated_parity", "body_error"]
 

@@ -26,10 +26,10 @@ import onnx
 import onnxruntime as ort
 
 from facekd.encoders.base import Encoder, validate_chips
+from facekd.encoders.export_gated import body_error, gated_parity
 from facekd.encoders.onnx_head import bake_preprocessing as bake, raw_pixel_spec
 from facekd.encoders.tail_onnx import split_tail
 from facekd.errors import EncoderError
-from facekd.encoders.export_gated import body_error, gated_parity
 from facekd.onnx.graph import toposort, write_model
 from facekd.onnx.providers import PROVIDER_PRIORITY, select_providers
 

@@ -22,8 +22,8 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from facekd.errors import EncoderError
 from facekd.core.tail import GateChain, LinearStage
+from facekd.errors import EncoderError
 
 __all__ = ["append_tail", "split_tail", "TAIL_PREFIX", "tail_node_names", "tail_inputs"]
 

@@ -41,23 +41,23 @@ from typing import Callable, Iterable
 import numpy as np
 
 from facekd import methods as registry
-from facekd.methods import unit_rows as _unit
-from facekd.core.separation import bench_check
 from facekd.core.metrics import MIA_MIN_PER_CLASS, split_enrol_probe
+from facekd.core.separation import bench_check
 from facekd.evaluation.dataset import _scan, _usable, embed_dataset
 from facekd.evaluation.protocol import _draw, _make_case, _r, _single
 from facekd.evaluation.sequential import _sequential, checkpoints
 from facekd.evaluation.settings import (BenchError, ESC_P, FAR, LOOKALIKES, MAX_IMPOSTORS,
                                         MIN_FACES, MOVED_TOL, _class_means, parse_fit_photos,
                                         parse_methods)
+from facekd.methods import unit_rows as _unit
 # The parts' names that callers (the CLI, tests, benchmarks/) read from here.
+from facekd.core.metrics import template_leak  # noqa: F401
 from facekd.evaluation.dataset import (CACHE_FORMAT, Embedded, _cache_key,  # noqa: F401
                                        _chips)
 from facekd.evaluation.protocol import Case, Protocol, _fit_rows  # noqa: F401
 from facekd.evaluation.settings import (METRICS, SD_METRICS, _split_method,  # noqa: F401
                                         fit_method)
 from facekd.evaluation.writers import format_markdown, write_outputs  # noqa: F401
-from facekd.core.metrics import template_leak  # noqa: F401
 
 __all__ = ["BenchError", "Embedded", "embed_dataset", "run_bench",
            "write_outputs", "format_markdown", "parse_methods", "parse_fit_photos", "fit_method",

@@ -16,18 +16,14 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from facekd.fileio import write_atomic
 from facekd.evaluation.settings import BenchError, MIN_FACES
+from facekd.fileio import write_atomic
 
 
 # A photo this small with no detected face is taken to be a face crop already (ORL: 92x112);
 # larger ones are scenes whose face the detector missed, and are skipped.
 FALLBACK_MAX_SIDE = 128
-
-
 CACHE_FORMAT = 1         # bump when the cached arrays change meaning
-
-
 CHUNK_FILES = 256        # files per detect + embed round: bounds the chips held in memory
 
 

@@ -12,14 +12,14 @@ from typing import Any
 
 import numpy as np
 
-from facekd.evaluation.bench_verdict import verdict_vs_replay
 from facekd.core.erasure import Erasure
-from facekd.methods import unit_rows as _unit
 from facekd.core.metrics import (MIA_MIN_PER_CLASS, identification_hits, knowledge_retention,
                                  membership_inference, mia_features, pair_scores, tar_at_far,
                                  template_leak)
+from facekd.evaluation.bench_verdict import verdict_vs_replay
 from facekd.evaluation.settings import (BenchError, FAR, LOOKALIKES, MAX_HELD, MAX_IMPOSTORS,
                                         METRICS, MOVED_TOL, SD_METRICS, _class_means, fit_method)
+from facekd.methods import unit_rows as _unit
 
 
 # ---------------------------------------------------------------------- protocol

@@ -10,38 +10,22 @@ from typing import Iterable
 import numpy as np
 
 from facekd import methods as registry
-from facekd.evaluation.bench_verdict import VERDICT_METRICS
 from facekd.core.erasure import Erasure
-from facekd.methods import unit_rows as _unit
 from facekd.errors import FacekdError
+from facekd.evaluation.bench_verdict import VERDICT_METRICS
+from facekd.methods import unit_rows as _unit
 
 
 FAR = 1e-3
-
-
 MAX_IMPOSTORS = 500_000  # sampled (seeded) retained impostor pairs: 500 lie above the threshold
-
-
 MIN_FACES = 4            # fewer usable faces: no enrolment and probe pair, the identity is skipped
-
-
 MAX_HELD = 20            # fresh photos per erased person on LFW-sized identities
-
-
 ESC_P = 1.5              # fit_esc's default, the published rule k = int(d * p / 100)
-
-
 LOOKALIKES = 5
-
-
 MOVED_TOL = 1e-4         # an edited unit embedding further than this from the original "moved"
-
-
 METRICS = ("forget_rank1", "forget_tar", "kr_linear", "kr_knn", "mia", "detect_auc",
            "detect_auc_trained", "lookalike_fp", "false_match", "retain_rank1", "retain_tar",
            "template_cos", "template_top1", *VERDICT_METRICS)
-
-
 SD_METRICS = ("forget_rank1", "forget_tar", "kr_linear", "kr_knn", "mia", "retain_rank1",
               "retain_tar")
 

@@ -13,9 +13,9 @@ from pathlib import Path
 from typing import Any
 
 from facekd.core.erasure import Erasure
-from facekd.fileio import write_atomic
-from facekd.core.separation import bench_banner
 from facekd.core.metrics import template_leak
+from facekd.core.separation import bench_banner
+from facekd.fileio import write_atomic
 
 
 # ---------------------------------------------------------------------- outputs

@@ -41,23 +41,14 @@ from typing import TYPE_CHECKING, Iterable, Sequence
 import numpy as np
 
 from facekd.errors import FaceError
-
-# Image reading and chip geometry live in their own modules; their names stay importable from here.
-from facekd.faces.alignment import (  # noqa: F401
-    _DLIB5_MEAN_FACE, _INSIGHTFACE5_MEAN_FACE, ALIGNMENTS, ARCFACE_TEMPLATE, DLIB_PADDING,
-    LANDMARK_ORDERS, SELECT_MODES, Face, _check_landmarks, _compose, _resize, _similarity,
-    align_chip, dlib_chip_opencv, norm_crop)
-from facekd.faces.images import (  # noqa: F401
-    DEFAULT_LIMITS, IMAGE_SUFFIXES, UNSUPPORTED_SUFFIXES, ImageLimits, _as_rgb, current_limits,
-    decode_image, image_limits, read_image, read_image_bytes)
+from facekd.faces.alignment import (ALIGNMENTS, DLIB_PADDING, SELECT_MODES, Face, _check_landmarks,
+                                    _resize, align_chip)
+from facekd.faces.images import _as_rgb, read_image
 
 if TYPE_CHECKING:  # pragma: no cover
     from facekd.encoders.base import InputSpec
 
-__all__ = ["Face", "FaceAligner", "ChipResult", "read_image", "read_image_bytes", "decode_image",
-           "chips_from_files", "align_chip", "dlib_chip_opencv", "norm_crop", "ImageLimits",
-           "image_limits", "LANDMARK_ORDERS",
-           "IMAGE_SUFFIXES", "UNSUPPORTED_SUFFIXES", "ALIGNMENTS", "SELECT_MODES"]
+__all__ = ["ChipResult", "FaceAligner", "chips_from_files", "default_aligner", "pack_detector_key"]
 
 
 @dataclass

@@ -15,8 +15,8 @@ from typing import Any
 import numpy as np
 
 from facekd.core.erasure import Erasure, ErasureError, as_matrix, single_threaded_blas
-from facekd.methods.base import FitContext, MethodError, register
 from facekd.core.tail import GateChain, Scrambler, normalize_rows
+from facekd.methods.base import FitContext, MethodError, register
 
 __all__ = ["GUARD", "GUARD_KEEP", "PRIOR_GRID", "Q_GRID", "Q_ONE", "RIDGE_GRID", "SOFT_FROM",
            "WIDTHS", "fit_scramble", "hinge_width", "lookalike_floor"]

@@ -36,13 +36,13 @@ from typing import TYPE_CHECKING, Any, Callable
 import numpy as np
 
 from facekd import methods
-from facekd.operations import measure
-from facekd.state import receipt as rc
-from facekd.state.config import as_identity
 from facekd.core.erasure import Erasure, ErasureError
 from facekd.errors import WorkspaceError
 from facekd.faces.photos import list_images, normalize
+from facekd.operations import measure
 from facekd.operations.refusals import _check_top_up_photos, _coverage_refusal
+from facekd.state import receipt as rc
+from facekd.state.config import as_identity
 
 if TYPE_CHECKING:
     from facekd.state.workspace import WorkspaceState

@@ -13,11 +13,11 @@ from typing import Any, Callable
 
 import numpy as np
 
-from facekd.state.config import Config
 from facekd.core.erasure import Erasure, ErasureError
 from facekd.errors import WorkspaceError
-from facekd.fileio import write_atomic
 from facekd.faces.photos import normalize
+from facekd.fileio import write_atomic
+from facekd.state.config import Config
 
 __all__ = ["REPORT_MAX_IDENTITIES", "KR_MAX_IDENTITIES", "RETAIN_SAMPLE", "MOVED_COSINE",
            "erasure_report", "moved_share", "coverage", "top_up_coverage",

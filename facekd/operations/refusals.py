@@ -37,11 +37,7 @@ def _coverage_refusal(cov: dict) -> str | None:
 # reached down to 45 % of other people's 5-photo folders (LFW + dlib) against 4 % at the old
 # widths; the top 1 % of the gallery is where 5 of the old widths reached (1.1 % of faces).
 NEAR_SHARE = 0.01
-
-
 NEAR_GATE = 5.0    # hinge widths, when the gallery is too small to read NEAR_SHARE off
-
-
 _NEAR_ROWS = 20_000  # gallery faces sampled to read the gates' scores
 
 

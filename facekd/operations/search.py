@@ -12,9 +12,9 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from facekd.state.config import as_identity
 from facekd.errors import WorkspaceError
 from facekd.operations.measure import identification_threshold, match_threshold
+from facekd.state.config import as_identity
 
 if TYPE_CHECKING:
     from facekd.state.workspace import WorkspaceState

@@ -23,11 +23,11 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from facekd.core import verdict as vd
+from facekd.errors import WorkspaceError
+from facekd.faces.photos import embed_images_with, list_images
+from facekd.operations.measure import gallery_stats, gallery_strangers, identification_threshold
 from facekd.state.config import as_identity
 from facekd.state.workspace import VERIFICATIONS_KEY
-from facekd.errors import WorkspaceError
-from facekd.operations.measure import gallery_stats, gallery_strangers, identification_threshold
-from facekd.faces.photos import embed_images_with, list_images
 
 if TYPE_CHECKING:
     from facekd.state.workspace import WorkspaceState

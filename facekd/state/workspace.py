@@ -35,10 +35,11 @@ atomic write. It sits below the operations (:mod:`facekd.operations`), which tak
 one-line methods ``ws.enroll(...)``, ``ws.forget(...)``, ``ws.verify(...)``... that delegate down.
 The settings are :mod:`facekd.state.config`, the photos a user passes :mod:`facekd.faces.photos`.
 
-Function-local imports, here and in the operations, are the heavy ones (gallery_tools and FAISS, the
-encoders and torch/onnx, scikit-learn and scipy through the metrics, tqdm): importing the workspace
-(the CLI's commands, facekd.demo and facekd.evaluation.report do) loads none of them, OpenCV included, until
-an operation needs it, which keeps ``facekd --help`` and the light commands fast.
+Function-local imports, here and in the operations, are the heavy ones (gallery_tools and FAISS,
+the encoders and torch/onnx, scikit-learn and scipy through the metrics, tqdm): importing the
+workspace (the CLI's commands, facekd.demo and facekd.evaluation.report do) loads none of them,
+OpenCV included, until an operation needs it, which keeps ``facekd --help`` and the light
+commands fast.
 """
 
 from __future__ import annotations
@@ -53,11 +54,11 @@ from typing import Any, Callable
 
 import numpy as np
 
-from facekd.state import receipt as rc
-from facekd.state.config import CONFIG_NAME, Config, as_identity
 from facekd.core.erasure import Erasure
 from facekd.errors import FacekdError, WorkspaceError
 from facekd.faces.photos import embed_images
+from facekd.state import receipt as rc
+from facekd.state.config import CONFIG_NAME, Config, as_identity
 
 __all__ = ["WorkspaceState", "default_workspace", "VERIFICATIONS_KEY"]
 

@@ -12,7 +12,8 @@ from typing import Any, Iterable
 
 import numpy as np
 
-from facekd.core.metrics.inputs import MetricsError, _CHUNK, _embeddings, _labels, _single_threaded_blas
+from facekd.core.metrics.inputs import (MetricsError, _CHUNK, _embeddings, _labels,
+                                        _single_threaded_blas)
 
 
 # ---------------------------------------------------------------------- identification
