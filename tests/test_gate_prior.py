@@ -252,6 +252,11 @@ def test_many_photos_soften_the_hinge_so_a_look_alikes_touched_photos_stay_their
     assert soft.tail[0].t0[0] == sharp.tail[0].t0[0]  # the same opening point
     assert fit_scramble(fit[:SOFT_FROM - 1], E[keep],
                         gallery_labels=y[keep]).params["width"] == WIDTHS["few"]
+    # [forget] scramble_soft_from = 0: the sharp hinge everywhere, as before
+    assert fit_scramble(fit, E[keep], gallery_labels=y[keep],
+                        soft_from=0).params["width"] == WIDTHS["few"]
+    with pytest.raises(ErasureError, match="soft_from"):
+        fit_scramble(fit, E[keep], gallery_labels=y[keep], soft_from=1)
     touched = sharp.tail[0].gates(sib_new)[:, 0] > 0
     assert touched.sum() >= 3
     kept = {k: np.einsum("ij,ij->i", e.apply(sib_new[touched]).astype(np.float64),

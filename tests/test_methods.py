@@ -43,7 +43,8 @@ def test_builtin_methods_are_registered_with_their_settings():
     assert methods.names() == ("esc", "esc-t", "scramble")
     assert methods.get("scramble").config == {"scramble_q": "q", "scramble_alpha": "alpha",
                                               "scramble_guard": "guard",
-                                              "scramble_guard_keep": "guard_keep", "seed": "seed"}
+                                              "scramble_guard_keep": "guard_keep",
+                                              "scramble_soft_from": "soft_from", "seed": "seed"}
     with pytest.raises(methods.MethodError, match="unknown method 'nosuch'; use one of esc"):
         methods.get("nosuch")
     with pytest.raises(methods.MethodError, match="unexpected keyword setting 'alpha'"):

@@ -200,9 +200,10 @@ WIDTHS = {"one": 0.05, "few": 0.15, "many": 0.5}
 SOFT_FROM = 10
 
 
-def hinge_width(n: int) -> float:
-    """The default hinge width for a gate fitted on ``n`` photos of the person (``WIDTHS``)."""
-    return WIDTHS["one" if n < 2 else "few" if n < SOFT_FROM else "many"]
+def hinge_width(n: int, soft_from: int = SOFT_FROM) -> float:
+    """The default hinge width for a gate fitted on ``n`` photos of the person (``WIDTHS``):
+    soft from ``soft_from`` photos on (0: never)."""
+    return WIDTHS["one" if n < 2 else "many" if soft_from and n >= soft_from else "few"]
 
 
 def lookalike_floor(heldout: np.ndarray, groups: np.ndarray, share: float) -> float:
@@ -290,6 +291,7 @@ def fit_scramble(F: Any, gallery: Any, *, q: float | None = None, width: float |
                  sigma: float = 200.0, seed: int = 0, shrink: float | None = None,
                  max_gallery: int = 50_000, gallery_labels: Any = None,
                  guard: float = 1.0, guard_keep: float = GUARD_KEEP,
+                 soft_from: int = SOFT_FROM,
                  scrambler: Scrambler | None = None) -> Erasure:
     """Fit a gated scramble: the person's faces become unrelated, ordinary-looking strangers.
 
@@ -317,7 +319,7 @@ def fit_scramble(F: Any, gallery: Any, *, q: float | None = None, width: float |
             the prior is what it generalises from), in the space the erasure applies to.
         gallery: ``(N, d)`` embeddings of everyone else (what the deployment holds).
         width: the hinge (see above); default :func:`hinge_width`: 0.05 with one photo, 0.15
-            with 2 to 9, 0.5 with 10 or more.
+            with 2 to ``soft_from - 1``, 0.5 from ``soft_from`` (default 10; 0: never) on.
         ridge: the discriminant's ridge; default: chosen from ``RIDGE_GRID`` by how many of the
             person's unseen photos (see above) clear the gate (few photos need a stronger ridge).
         prior: strength of the within-identity prior (0: none, the plain ridge gate); default:
@@ -361,7 +363,9 @@ def fit_scramble(F: Any, gallery: Any, *, q: float | None = None, width: float |
     # One photo's hinge is sharper: its spread (s_cv) is other people's, and a gate that opens
     # halfway on a new photo leaves it findable; with more photos a softer hinge moves everyone
     # else's borderline faces less, which adds up over erasures in sequence (WIDTHS).
-    width = hinge_width(n) if width is None else float(width)
+    if float(soft_from) != int(soft_from) or int(soft_from) < 0 or int(soft_from) == 1:
+        raise ErasureError("soft_from must be 0 (never) or a photo count >= 2")
+    width = hinge_width(n, int(soft_from)) if width is None else float(width)
     guard = float(guard)
     if not all(0.0 < x < 1.0 for x in qs) or not 0.0 < width <= 1.0 \
             or not 0.0 <= full_quantile <= 1.0 or not 0.0 <= cover <= 1.0 \
@@ -466,9 +470,9 @@ def fit_scramble(F: Any, gallery: Any, *, q: float | None = None, width: float |
 @register("scramble", options=("q", "width", "full_quantile", "cover", "max_touched",
                                "alpha", "ridge", "prior",
                                "forget_weight", "folds", "n_features", "sigma", "seed", "shrink",
-                               "max_gallery", "guard", "guard_keep"),
+                               "max_gallery", "guard", "guard_keep", "soft_from"),
           config={"scramble_q": "q", "scramble_alpha": "alpha", "scramble_guard": "guard",
-                  "scramble_guard_keep": "guard_keep",
+                  "scramble_guard_keep": "guard_keep", "scramble_soft_from": "soft_from",
                   "seed": "seed"},
           summary="gated scramble: the person's faces become unrelated strangers")
 def _fit(forget: np.ndarray, context: FitContext) -> Erasure:

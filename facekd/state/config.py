@@ -85,6 +85,11 @@ class Config:
     # 0.02 is the measured opt-in.
     scramble_guard: float = 1.0
     scramble_guard_keep: float = 1.0
+    # From this many photos of the person on, the gate's hinge is soft (0.5 of the way to the
+    # person's photos instead of 0.15): erasures in sequence cost everyone else a third as much,
+    # and the erased person's new photos are found a little more often (docs/threat-model.md).
+    # 0: never (the sharp hinge everywhere).
+    scramble_soft_from: int = 10
     # Checked before decoding any image (file size, then the header's width x height).
     max_image_bytes: int = DEFAULT_LIMITS.max_bytes
     max_image_pixels: int = DEFAULT_LIMITS.max_pixels
@@ -108,6 +113,7 @@ class Config:
                        "scramble_alpha": self.scramble_alpha,
                        "scramble_guard": self.scramble_guard,
                        "scramble_guard_keep": self.scramble_guard_keep,
+                       "scramble_soft_from": self.scramble_soft_from,
                        # TOML has no null: an unset rule is simply absent
                        **({"k": self.k} if self.k is not None else {}),
                        **({"energy": self.energy} if self.energy is not None else {})},
@@ -173,6 +179,9 @@ class Config:
         if not 0 < float(self.scramble_guard_keep) <= 1:
             raise WorkspaceError(f"{source}: [forget] scramble_guard_keep must be in (0, 1] "
                                  "(1: all of the person's unseen photos)")
+        if self.scramble_soft_from < 0 or self.scramble_soft_from == 1:
+            raise WorkspaceError(f"{source}: [forget] scramble_soft_from must be 0 (never) or a "
+                                 "photo count >= 2")
         if not 0 < self.far < 1 or not 0 <= self.max_tar <= 1 or self.max_rank1_over_chance <= 0:
             raise WorkspaceError(f"{source}: far and max_tar must be in (0, 1), "
                                  "max_rank1_over_chance > 0")
