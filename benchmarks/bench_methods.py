@@ -60,7 +60,7 @@ def main() -> int:
             wall = time.perf_counter() - t
             out = write_outputs(res, Path(tmp) / name)
             md = format_markdown(res).split("\n", 1)[1].replace("## ", "#### ")
-            title = "facekd.synthfaces (160 identities x 30)" if dataset is None else dataset
+            title = "facekd.faces.synthfaces (160 identities x 30)" if dataset is None else dataset
             plots = ""
             if not args.no_write:
                 IMG.mkdir(parents=True, exist_ok=True)

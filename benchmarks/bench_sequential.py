@@ -188,7 +188,7 @@ Machine: {machine()}; {versions('facekd', 'numpy', 'onnxruntime')}. 1-minute loa
 `python benchmarks/bench_sequential.py --erase {args.erase} --retained {args.retained}
 --esc-up-to {args.esc_up_to}{''.join(f' --q {q}' for q in args.q or [])}`.
 
-Synthetic deployment: {args.erase + args.retained} `facekd.synthfaces` identities embedded with the tiny
+Synthetic deployment: {args.erase + args.retained} `facekd.faces.synthfaces` identities embedded with the tiny
 `samples` encoder; {args.erase} are erased one after another (8 gallery faces each, the fit; 4 fresh
 renders no fit saw: 2 re-enrolled by the attacker, 2 probes), {args.retained} are never erased (6 gallery
 faces, 6 probes). Each step is fitted on the current stored vectors and updates them with the new

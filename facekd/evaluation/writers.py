@@ -84,7 +84,7 @@ def format_markdown(result: dict) -> str:
               "percent of the erased people that `facekd verify` rules PASS / FAIL / "
               "INCONCLUSIVE on their fresh photos (facekd.verdict); verify wrong: percent ruled "
               "PASS while the attack replayed over 200 random splits finds them over 2x chance, "
-              "or FAIL while it finds them at or under it (facekd.bench_verdict)."]
+              "or FAIL while it finds them at or under it (facekd.evaluation.bench_verdict)."]
     lines += [f"Fit setting {s!r} skipped for {n} of {p['erased']} people (no more than {s} "
               "non-fresh photos)." for s, n in p["fit_photos_skipped"].items() if n]
     lines.append("")
