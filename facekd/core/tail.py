@@ -159,10 +159,15 @@ class GateChain:
     def __repr__(self) -> str:
         return f"GateChain(d={self.d}, gates={self.n_gates}, {self.scrambler!r})"
 
+    def hinge(self, v: np.ndarray, cols: slice | np.ndarray = slice(None)) -> np.ndarray:
+        """``(n, K)`` where unit rows ``v`` sit on each chosen step's hinge, unclipped:
+        ``(s - t0) / (s1 - t0)`` (0 at the opening, 1 fully open, negative below the gate)."""
+        s = v @ self.weights[:, cols] + self.bias[cols]
+        return (s - self.t0[cols]) / (self.s1[cols] - self.t0[cols])
+
     def gates(self, v: np.ndarray, cols: slice | np.ndarray = slice(None)) -> np.ndarray:
         """Gate values ``(n, K)`` in ``[0, 1]`` of unit rows ``v`` for the chosen steps."""
-        s = v @ self.weights[:, cols] + self.bias[cols]
-        return np.clip((s - self.t0[cols]) / (self.s1[cols] - self.t0[cols]), 0.0, 1.0)
+        return np.clip(self.hinge(v, cols), 0.0, 1.0)
 
     def __call__(self, v: np.ndarray) -> np.ndarray:
         """Apply every step in order to unit rows ``(n, d)`` float64; returns a new array.

@@ -1,8 +1,8 @@
 """The gated scramble: the person's faces become unrelated, ordinary-looking strangers.
 
 A ridge discriminant fitted against everyone else's gallery faces opens a gate on the person's
-faces; a gated face is replaced by a pseudo-random stranger (:mod:`facekd.core.tail`). Faces below the
-gate are returned bit for bit unchanged.
+faces; a gated face is replaced by a pseudo-random stranger (:mod:`facekd.core.tail`). Faces
+below the gate are returned bit for bit unchanged.
 
 Imports nothing from the project but :mod:`facekd.core.erasure`, :mod:`facekd.core.tail` and
 :mod:`facekd.methods.base`; scipy is imported where it is used (keeps ``import facekd`` light).
@@ -178,12 +178,12 @@ Q_GRID = (0.9995, 0.999, 0.998, 0.995, 0.99, 0.98, 0.95)
 # default). On LFW + dlib, 50 erasures in sequence cost everyone else 0.36 rank-1 points on
 # average over 5 seeds (worst 0.43) without it, 0.24 with GUARD and GUARD_KEEP (a gate never
 # lifted above any of the person's unseen photos), 0.14 with guard_keep 0.97 (bench:guard; with
-# the sharper hinge of before WIDTHS: 0.92, 0.66 and 0.37). But
-# the person's unseen gallery photos are not their new photos: on the full LFW gallery the
-# keep-all guard let the worst person's new photos escape more often (real cover 95 -> 90 %,
-# re-enrolment rank-1 over 200 splits: worst 2.8 -> 5.5 %, bench:gate-prior), and keep 0.97
-# left one person in a 40-person workspace findable at 17 % instead of 9.5 %. Privacy first:
-# the operator opts in where everyone else's accuracy matters more.
+# the sharper hinge of before WIDTHS: 0.92, 0.66 and 0.37). But the person's unseen gallery
+# photos are not their new photos: on the full LFW gallery the keep-all guard let the worst
+# person's new photos escape more often (re-enrolment rank-1 over 200 splits: worst 2.8 -> 5.5 %
+# with the sharp hinge, 2.8 -> 5.7 % with the soft one, bench:gate-prior), and keep 0.97 left
+# one person in a 40-person workspace findable at 17 % instead of 9.5 %. Privacy first: the
+# operator opts in where everyone else's accuracy matters more.
 GUARD = 0.02
 GUARD_KEEP = 1.0
 # The hinge's default width (``s1 = t0 + width * (s_cv - t0)``) by how many photos the fit has:

@@ -48,8 +48,7 @@ def _gate_nearness(acc: Erasure, x: np.ndarray) -> np.ndarray:
     from facekd.core.tail import GateChain
 
     x = np.asarray(x, np.float64)
-    cols = [(x @ st.weights + st.bias - st.t0) / (st.s1 - st.t0)
-            for st in acc.tail if isinstance(st, GateChain)]
+    cols = [st.hinge(x) for st in acc.tail if isinstance(st, GateChain)]
     return np.concatenate(cols, axis=1) if cols else np.empty((len(x), 0))
 
 
