@@ -1,13 +1,16 @@
 """What 50 erasures in sequence cost everyone else, with and without the look-alike guard.
 
     FACEKD_CACHE=... python benchmarks/bench_guard.py [--dataset DIR] [--encoder dlib] [--seeds 5]
+        [--fit 1] [--methods scramble,scramble:q=0.9995] [--no-write]
 
 For each seed, `facekd bench`'s sequential protocol (its people draw, enrol/probe split and
-fresh photos; facekd.evaluation.bench internals): 50 people erased one after another with the gated
-scramble, each fitted on all their non-fresh photos against everyone not yet erased. Reported:
-everyone else's rank-1 and TAR@1e-3 before and after, and the 50 erased people's fresh
-re-enrolment rank-1 and TAR under the final composite, with the guard at its measured setting
-(``facekd.methods.scramble.GUARD``, ``GUARD_KEEP``), without, and with ``guard_keep`` 0.97. Writes ``bench:guard``.
+fresh photos; facekd.evaluation.bench internals): 50 people erased one after another with the
+gated scramble, each fitted on all their non-fresh photos (or K of them: `--fit K`) against
+everyone not yet erased. Reported: everyone else's rank-1 and TAR@1e-3 before and after, and the
+50 erased people's fresh re-enrolment rank-1 and TAR under the final composite, with the guard at
+its measured setting (``facekd.methods.scramble.GUARD``, ``GUARD_KEEP``), without, and with
+``guard_keep`` 0.97 (or ``--methods``' settings). Writes ``bench:guard`` (with the guard's three
+settings and all photos only).
 """
 
 from __future__ import annotations
@@ -33,13 +36,14 @@ METHODS = {"no guard (default)": "scramble",
            f"guard {GUARD}, keep 0.97": f"scramble:guard={GUARD}:guard_keep=0.97"}
 
 
-def run_seed(x0: np.ndarray, y: np.ndarray, count: dict, seed: int, n: int, method: str) -> dict:
+def run_seed(x0: np.ndarray, y: np.ndarray, count: dict, seed: int, n: int, method: str,
+             fit: str = "all") -> dict:
     """One seed of `facekd bench`'s sequential run (facekd.evaluation.bench._sequential, its own draw and
     split): everyone else's rank-1 / TAR before and after, the erased people's at the end (%)."""
     seq = B._draw(count, n, np.random.default_rng([seed, 1]))
     split = B.split_enrol_probe(y, seed=seed)
     with tqdm(disable=True) as bar:
-        rows, _, _ = B._sequential(x0, y, split, seq.people, seq.held, method, seed, bar)
+        rows, _, _ = B._sequential(x0, y, split, seq.people, seq.held, method, seed, bar, fit)
     first, last = rows[0], rows[-1]
     return {"r0": first["retain_rank1"], "r1": last["retain_rank1"],
             "t0": first["retain_tar"], "t1": last["retain_tar"],
@@ -52,8 +56,15 @@ def main() -> None:
     ap.add_argument("--encoder", default="dlib")
     ap.add_argument("--seeds", type=int, default=5)
     ap.add_argument("--people", type=int, default=50)
+    ap.add_argument("--fit", default="all",
+                    help="photos each erasure is fitted on: all, or K (1: an ID-photo gallery)")
+    ap.add_argument("--methods", default=None,
+                    help="comma-separated scramble settings instead of the guard's three, e.g. "
+                         "scramble,scramble:q=0.9995 (prints; never writes the guard section)")
     ap.add_argument("--no-write", action="store_true", help="print; leave docs/benchmarks.md")
     a = ap.parse_args()
+    methods = METHODS if a.methods is None else {m: m for m in a.methods.split(",")}
+    write = not a.no_write and a.methods is None and a.fit == "all"
     load0, t_start = load_average(), time.perf_counter()
     emb = B.embed_dataset(Path(a.dataset), load_encoder(a.encoder))
     E, y, _ = B._usable(emb)
@@ -63,8 +74,8 @@ def main() -> None:
     rows, res = [], {}
     with threadpool_limits(limits=1, user_api="blas"):
         for seed in range(a.seeds):
-            for label, method in METHODS.items():
-                r = run_seed(x0, y, count, seed, a.people, method)
+            for label, method in methods.items():
+                r = run_seed(x0, y, count, seed, a.people, method, a.fit)
                 res.setdefault(label, []).append(r)
                 rows.append(f"| {seed} | {label} | {r['r0']:.2f} → {r['r1']:.2f} "
                             f"({r['r0'] - r['r1']:.2f}) | {r['t0']:.2f} → {r['t1']:.2f} | "
@@ -76,13 +87,17 @@ def main() -> None:
         summary.append(f"| {label} | {np.mean(loss):.2f} | {np.max(loss):.2f} | "
                        f"{np.mean([r['forget_r1'] for r in rs]):.2f} | "
                        f"{np.mean([r['forget_tar'] for r in rs]):.2f} |")
+    extra = ("" if a.fit == "all" else f" --fit {a.fit}") + (f" --methods {a.methods}"
+                                                             if a.methods else "")
+    photos = "all their" if a.fit == "all" else f"{a.fit} of their"
     text = "\n".join([
         "## The look-alike guard in sequence (`benchmarks/bench_guard.py`)", "",
         f"Machine: {machine()}; {versions('numpy', 'scikit-learn', 'dlib')}. 1-minute load "
         f"average {load0:.1f} before, {load_average():.1f} after; wall "
         f"{time.perf_counter() - t_start:.0f} s. Command: `python benchmarks/bench_guard.py "
-        f"--seeds {a.seeds} --people {a.people}` ({Path(a.dataset).name} + `{a.encoder}`).", "",
-        f"{a.people} people erased one after another with the gated scramble (all their "
+        f"--seeds {a.seeds} --people {a.people}{extra}` ({Path(a.dataset).name} + "
+        f"`{a.encoder}`).", "",
+        f"{a.people} people erased one after another with the gated scramble ({photos} "
         f"non-fresh photos), `facekd bench`'s sequential protocol, one draw per seed: no guard "
         f"(the default), the guard (`scramble:guard={GUARD}`: a gate opens on at most "
         f"{GUARD} of any one enrolled identity's new photos, never lifted above any of the "
@@ -93,7 +108,7 @@ def main() -> None:
         "| erased TAR (%) |", "|---|---|---|---|---|", *summary, "",
         "| seed | guard | everyone else's rank-1 (loss) | TAR@1e-3 | erased rank-1 | erased TAR |",
         "|---|---|---|---|---|---|", *rows])
-    print(text if a.no_write else f"wrote {write_section('guard', text)}")
+    print(f"wrote {write_section('guard', text)}" if write else text)
 
 
 if __name__ == "__main__":

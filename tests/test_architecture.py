@@ -33,7 +33,8 @@ ALLOWED = {
     "facekd.methods.esc_t": {"facekd.core.erasure", "facekd.methods.base"},
     "facekd.methods.prior": set(),
     "facekd.methods.scramble": {"facekd.core.erasure", "facekd.methods.base", "facekd.methods.prior",
-                                "facekd.core.tail"},
+                                "facekd.core.tail", "facekd.methods.scramble_defaults"},
+    "facekd.methods.scramble_defaults": set(),
     "facekd.onnx.graph": {"facekd.errors", "facekd.fileio"},
     "facekd.onnx.providers": {"facekd.errors"},
 }

@@ -213,3 +213,32 @@ def test_one_fit_photo_and_a_small_workspace_are_measured(tree, cache):
     with pytest.raises(BenchError, match="gallery-people"):
         run_bench(tree, "samples", methods="scramble", sequential=0, gallery_people=2,
                   cache=cache)
+
+
+def test_sequential_erasures_fit_on_as_many_photos_as_asked(monkeypatch):
+    import numpy as np
+
+    from facekd.core.metrics import split_enrol_probe
+    from facekd.evaluation import sequential as S
+
+    rng = np.random.default_rng(0)
+    y = np.repeat(np.arange(20), 12)
+    x = rng.normal(size=(20, 32))[y] + 0.3 * rng.normal(size=(240, 32))
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    split = split_enrol_probe(y, seed=0)
+    seen, real = [], S.fit_method
+    monkeypatch.setattr(S, "fit_method", lambda m, F, *a: seen.append(len(F)) or real(m, F, *a))
+
+    class Bar:
+        def set_postfix_str(self, *_):
+            pass
+
+        def update(self, *_):
+            pass
+
+    people = np.array([3, 7])
+    _, _, gates = S._sequential(x, y, split, people, 4, "scramble", 0, Bar(), fit="1")
+    assert seen == [1, 1] and gates == 2  # an ID-photo gallery: one photo each
+    seen.clear()
+    S._sequential(x, y, split, people, 4, "scramble", 0, Bar())
+    assert seen == [8, 8]  # the default: every photo but the 4 fresh ones

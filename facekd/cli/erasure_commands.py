@@ -13,6 +13,11 @@ from facekd import methods
 from facekd.cli.common import (EXIT_INCONCLUSIVE, EXIT_OK, EXIT_VERIFY_FAILED, IDENTITY,
                                _MethodChoice, _command, _emit, _fail, _open, _progress, _who)
 
+# Said wherever a one-photo erasure is committed: each such gate opens wide, and they add up
+# (docs/benchmarks.md, "Five draws": 50 one-photo erasures in sequence, LFW + dlib, 5 draws).
+ONE_PHOTO_SEQUENCE = ("on LFW + dlib, 50 in sequence cost everyone else about 10 rank-1 "
+                      "points; docs/benchmarks.md")
+
 
 # ------------------------------------------------------------------------------ forget
 @click.command()
@@ -107,6 +112,11 @@ def _forget_head(res: Any, identity: int, dry_run: bool) -> list[str]:
         lines.append(f"coverage {cov['share']:.2f} ({cov['covered']} of {cov['faces']} "
                      f"{'held-out' if cov['held_out'] else 'seen'} photos: {cov['criterion']}); "
                      f"floor {cov['floor']:.2f}")
+    params = r.get("params") or {}
+    if params.get("n") == 1 and "gallery_touched" in params:
+        lines.append(f"  fitted on one photo: the gate opens wide and touches "
+                     f"{100 * params['gallery_touched']:.2f} % of the enrolled faces; one-photo "
+                     f"erasures add up ({ONE_PHOTO_SEQUENCE}): give every photo you have")
     if cov is not None and cov.get("look_alike_guard"):
         lines.append("  someone enrolled looks like this person: the gate stops as short of them "
                      "as this coverage allows ([forget] scramble_guard)")

@@ -12,7 +12,7 @@ import numpy as np
 
 from facekd.core.erasure import Erasure
 from facekd.core.metrics import identification_hits, pair_scores, tar_at_far
-from facekd.evaluation.protocol import _person_split, _r
+from facekd.evaluation.protocol import _fit_rows, _person_split, _r
 from facekd.evaluation.settings import FAR, MAX_IMPOSTORS, fit_method
 
 
@@ -54,9 +54,12 @@ def _sequential_forget(x: np.ndarray, y: np.ndarray, split: np.ndarray, never: n
 
 
 def _sequential(x0: np.ndarray, y: np.ndarray, split: np.ndarray, people: np.ndarray,
-                held: int, method: str, seed: int, bar: Any) -> tuple[list[dict], float, int]:
+                held: int, method: str, seed: int, bar: Any, fit: str = "all"
+                ) -> tuple[list[dict], float, int]:
     """Erase ``people`` one after another with ``method``: rows at the checkpoints (``erased=0``
-    is the original), the final composite's apply time on the whole gallery, its gate count."""
+    is the original), the final composite's apply time on the whole gallery, its gate count.
+    ``fit``: each fitted on all their non-fresh photos or on ``"K"`` of them (all where they
+    hold no more than K)."""
     composite = Erasure.identity(x0.shape[1])
     never = ~np.isin(y, people)
     marks = set(checkpoints(len(people)))
@@ -67,8 +70,10 @@ def _sequential(x0: np.ndarray, y: np.ndarray, split: np.ndarray, people: np.nda
         bar.set_postfix_str(f"sequential {method} {step}/{len(people)}")
         x = composite.apply(x0)
         alive = ~np.isin(y, people[:step])  # not yet erased, and not this person
-        new = fit_method(method, x[splits[int(person)][2]], x[alive & split], y[alive & split],
-                         composite)
+        pool = splits[int(person)][2]
+        some = _fit_rows(pool, fit)
+        new = fit_method(method, x[pool if some is None else some], x[alive & split],
+                         y[alive & split], composite)
         composite = composite.then(new)
         if step in marks:
             x = composite.apply(x0)

@@ -4,8 +4,9 @@ A ridge discriminant fitted against everyone else's gallery faces opens a gate o
 faces; a gated face is replaced by a pseudo-random stranger (:mod:`facekd.core.tail`). Faces
 below the gate are returned bit for bit unchanged.
 
-Imports nothing from the project but :mod:`facekd.core.erasure`, :mod:`facekd.core.tail` and
-:mod:`facekd.methods.base`; scipy is imported where it is used (keeps ``import facekd`` light).
+Imports nothing from the project but :mod:`facekd.core.erasure`, :mod:`facekd.core.tail`,
+:mod:`facekd.methods.base` and its measured defaults (:mod:`facekd.methods.scramble_defaults`);
+scipy is imported where it is used (keeps ``import facekd`` light).
 """
 
 from __future__ import annotations
@@ -17,9 +18,13 @@ import numpy as np
 from facekd.core.erasure import Erasure, ErasureError, as_matrix, single_threaded_blas
 from facekd.core.tail import GateChain, Scrambler, normalize_rows
 from facekd.methods.base import FitContext, MethodError, register
+from facekd.methods.scramble_defaults import (GUARD, GUARD_KEEP, MAX_TOUCHED, MAX_TOUCHED_ONE,
+                                              PRIOR_GRID, Q_GRID, Q_ONE, RIDGE_GRID,
+                                              RIDGE_GRID_ONE, SOFT_FROM, WIDTHS, hinge_width)
 
-__all__ = ["GUARD", "GUARD_KEEP", "PRIOR_GRID", "Q_GRID", "Q_ONE", "RIDGE_GRID", "SOFT_FROM",
-           "WIDTHS", "fit_scramble", "hinge_width", "lookalike_floor"]
+__all__ = ["GUARD", "GUARD_KEEP", "MAX_TOUCHED", "MAX_TOUCHED_ONE", "PRIOR_GRID", "Q_GRID", "Q_ONE",
+           "RIDGE_GRID", "RIDGE_GRID_ONE", "SOFT_FROM", "WIDTHS", "fit_scramble", "hinge_width",
+           "lookalike_floor"]
 
 
 def _folds(n: int, folds: int, rng: np.random.Generator,
@@ -157,55 +162,6 @@ def _scores(g: np.ndarray, w: np.ndarray, b: np.ndarray, block: int = 65_536) ->
     return out
 
 
-RIDGE_GRID = (1e-4, 1e-3, 1e-2, 1e-1)  # fit_scramble's choices when ridge=None
-# fit_scramble's within-prior strengths when prior=None (0: the plain ridge gate).
-PRIOR_GRID = (0.0, 1.0, 4.0)
-# The gate's tightest quantile (labelled gallery) with one photo: its gate must stand for photos
-# it never saw, and its cover estimate is other people's average (it cannot see an atypical
-# photo), so it opens wide: about 0.15 % of ordinary faces on LFW + dlib, everyone else's rank-1
-# and TAR within 0.15 point (docs/benchmarks.md); wider still (down the grid below) as far as the
-# gallery budget allows.
-Q_ONE = 0.995
-# The quantiles searched, tightest first: with 2+ photos the gate opens as little as it can while
-# covering ``cover`` of the person's unseen photos; with one, as wide as it may (from Q_ONE). It
-# widens only while it touches at most ``max_touched`` of the gallery's faces: a large gallery's
-# budget is spent at 0.9995 (with one photo, at Q_ONE), so erasures in sequence stay cheap there;
-# the gates of a gallery of tens of people touch none of its faces down to 0.95, and a look-alike
-# in it needs them that wide (LFW + dlib, 15 people, 3 photos: the worst person's re-enrolment
-# rank-1 from 44 % to 5 %, docs/benchmarks.md).
-Q_GRID = (0.9995, 0.999, 0.998, 0.995, 0.99, 0.98, 0.95)
-# The look-alike guard's measured setting (fit_scramble's ``guard``, ``guard_keep``; off by
-# default). On LFW + dlib, 50 erasures in sequence cost everyone else 0.36 rank-1 points on
-# average over 5 seeds (worst 0.43) without it, 0.24 with GUARD and GUARD_KEEP (a gate never
-# lifted above any of the person's unseen photos), 0.14 with guard_keep 0.97 (bench:guard; with
-# the sharper hinge of before WIDTHS: 0.92, 0.66 and 0.37). But the person's unseen gallery
-# photos are not their new photos: on the full LFW gallery the keep-all guard let the worst
-# person's new photos escape more often (re-enrolment rank-1 over 200 splits: worst 2.8 -> 5.5 %
-# with the sharp hinge, 2.8 -> 5.7 % with the soft one, bench:gate-prior), and keep 0.97 left
-# one person in a 40-person workspace findable at 17 % instead of 9.5 %. Privacy first: the
-# operator opts in where everyone else's accuracy matters more.
-GUARD = 0.02
-GUARD_KEEP = 1.0
-# The hinge's default width (``s1 = t0 + width * (s_cv - t0)``) by how many photos the fit has:
-# one, a few (2 to SOFT_FROM - 1), many. Everyone else's faces that a gate touches sit just above
-# t0, the person's unseen photos far above it: a softer hinge moves the former less (a face
-# moved a little is still its owner's) and the person's barely. But ``s_cv`` is read off the
-# person's unseen photos, a reliable quantile only with many of them. Measured on LFW + dlib
-# (docs/benchmarks.md, "The soft hinge"): from 10 photos on, 0.5 instead of 0.15 cut what 50
-# erasures in sequence cost everyone else from 0.92 to 0.36 rank-1 points (5 seeds) and left the
-# erased within the real-stranger yardstick (re-enrolment rank-1 over 200 splits, full gallery:
-# 1.1 % at 10 photos either way, 1.1 -> 1.3 % with all); with 5 photos it let one person's new
-# photos be found at 7.5 % instead of 2.9 %, so fewer photos keep the sharper hinge.
-WIDTHS = {"one": 0.05, "few": 0.15, "many": 0.5}
-SOFT_FROM = 10
-
-
-def hinge_width(n: int, soft_from: int = SOFT_FROM) -> float:
-    """The default hinge width for a gate fitted on ``n`` photos of the person (``WIDTHS``):
-    soft from ``soft_from`` photos on (0: never)."""
-    return WIDTHS["one" if n < 2 else "many" if soft_from and n >= soft_from else "few"]
-
-
 def lookalike_floor(heldout: np.ndarray, groups: np.ndarray, share: float) -> float:
     """The lowest gate threshold that opens on at most ``share`` of any one enrolled identity's
     new photos.
@@ -284,7 +240,8 @@ def _gate_fit(disc: _RidgeDiscriminant, fitted: tuple[np.ndarray, float], in_sam
 
 
 def fit_scramble(F: Any, gallery: Any, *, q: float | None = None, width: float | None = None,
-                 full_quantile: float = 0.05, cover: float = 0.97, max_touched: float = 2e-4,
+                 full_quantile: float = 0.05, cover: float = 0.97,
+                 max_touched: float | None = None,
                  alpha: float = 1.05,
                  ridge: float | None = None, prior: float | None = None,
                  forget_weight: float = 0.5, folds: int = 5, n_features: int = 512,
@@ -320,13 +277,15 @@ def fit_scramble(F: Any, gallery: Any, *, q: float | None = None, width: float |
         gallery: ``(N, d)`` embeddings of everyone else (what the deployment holds).
         width: the hinge (see above); default :func:`hinge_width`: 0.05 with one photo, 0.15
             with 2 to ``soft_from - 1``, 0.5 from ``soft_from`` (default 10; 0: never) on.
-        ridge: the discriminant's ridge; default: chosen from ``RIDGE_GRID`` by how many of the
-            person's unseen photos (see above) clear the gate (few photos need a stronger ridge).
+        ridge: the discriminant's ridge; default: chosen from ``RIDGE_GRID`` (one photo:
+            ``RIDGE_GRID_ONE``) by how many of the person's unseen photos (see above) clear the
+            gate (few photos need a stronger ridge).
         prior: strength of the within-identity prior (0: none, the plain ridge gate); default:
             chosen from ``PRIOR_GRID`` with the ridge. Needs ``gallery_labels``.
         cover, max_touched: the default ``q`` search (see above): the share of the person's
             unseen photos to open on, and the most of the gallery's faces a wider gate may touch
-            (each erasure's cost to everyone else adds up in sequence).
+            (each erasure's cost to everyone else adds up in sequence; default ``MAX_TOUCHED``,
+            with one photo ``MAX_TOUCHED_ONE``).
         shrink: the stranger map's covariance shrinkage (:meth:`Scrambler.fit`; default:
             calibrated on the gallery; 0: the raw covariance, as before issue 21).
         gallery_labels: ``(N,)`` identity of each gallery face. With them the gate's threshold is
@@ -366,6 +325,8 @@ def fit_scramble(F: Any, gallery: Any, *, q: float | None = None, width: float |
     if float(soft_from) != int(soft_from) or int(soft_from) < 0 or int(soft_from) == 1:
         raise ErasureError("soft_from must be 0 (never) or a photo count >= 2")
     width = hinge_width(n, int(soft_from)) if width is None else float(width)
+    if max_touched is None:
+        max_touched = MAX_TOUCHED_ONE if n < 2 else MAX_TOUCHED
     guard = float(guard)
     if not all(0.0 < x < 1.0 for x in qs) or not 0.0 < width <= 1.0 \
             or not 0.0 <= full_quantile <= 1.0 or not 0.0 <= cover <= 1.0 \
@@ -399,7 +360,7 @@ def fit_scramble(F: Any, gallery: Any, *, q: float | None = None, width: float |
         raise ErasureError("fit_scramble needs at least 2 embeddings of the person, or "
                            "gallery_labels with 2 or more faces of 2 or more people (the "
                            "within-identity prior one photo generalises from)")
-    ridges = RIDGE_GRID if ridge is None else (float(ridge),)
+    ridges = (RIDGE_GRID_ONE if n < 2 else RIDGE_GRID) if ridge is None else (float(ridge),)
     taus = (0.0,) if within is None else PRIOR_GRID if prior is None else (float(prior),)
     grid = [(r, t) for t in taus for r in ridges]
     fold_rng = np.random.default_rng(seed)  # the same parts for every ridge

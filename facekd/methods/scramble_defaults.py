@@ -1,0 +1,75 @@
+"""The gated scramble's measured defaults: the grids its fit searches, the gallery budget, the
+hinge widths and the look-alike guard's opt-in setting, each with what chose it.
+
+Pure: imports nothing (numbers and one rule, shared by :mod:`facekd.methods.scramble` and
+anything that reports on it). Every number here was picked on LFW + dlib by ``facekd bench`` and
+``benchmarks/``; docs/benchmarks.md holds the runs.
+"""
+
+from __future__ import annotations
+
+RIDGE_GRID = (1e-4, 1e-3, 1e-2, 1e-1)  # fit_scramble's choices when ridge=None
+# With one photo, 0.1 is left out. Its cover estimate (held-out identities' one-photo gates) is
+# miscalibrated: the strongest ridge flattens the discriminant until nearly every held-out pair
+# clears its gate, while the person's own new photos sit below it (LFW + dlib, 40 people, one
+# photo: estimated 99 %, real 0 %). Five draws, re-enrolment rank-1 over 200 splits: 40 people
+# 14.4 -> 6.0 % (people over 2x chance 21 -> 16 of 60), 15 people 9.5 -> 3.5 % (8 -> 4), 158
+# people 4.7 -> 4.3 %; FaceNet about the same (docs/benchmarks.md, "Five draws"). 2+ photos never
+# chose 0.1 there, and keep it.
+RIDGE_GRID_ONE = RIDGE_GRID[:3]
+# fit_scramble's within-prior strengths when prior=None (0: the plain ridge gate).
+PRIOR_GRID = (0.0, 1.0, 4.0)
+# The gate's tightest quantile (labelled gallery) with one photo: its gate must stand for photos
+# it never saw, and its cover estimate is other people's average (it cannot see an atypical
+# photo), so it opens wide: about 0.15 % of ordinary faces on LFW + dlib, everyone else's rank-1
+# and TAR within 0.15 point (docs/benchmarks.md); wider still (down the grid below) as far as the
+# gallery budget allows.
+Q_ONE = 0.995
+# The quantiles searched, tightest first: with 2+ photos the gate opens as little as it can while
+# covering ``cover`` of the person's unseen photos; with one, as wide as it may (from Q_ONE). It
+# widens only while it touches at most ``max_touched`` of the gallery's faces: a large gallery's
+# budget is spent at 0.9995 (with one photo, at Q_ONE), so erasures in sequence stay cheap there;
+# the gates of a gallery of tens of people touch none of its faces down to 0.95, and a look-alike
+# in it needs them that wide (LFW + dlib, 15 people, 3 photos: the worst person's re-enrolment
+# rank-1 from 44 % to 5 %, docs/benchmarks.md).
+Q_GRID = (0.9995, 0.999, 0.998, 0.995, 0.99, 0.98, 0.95)
+# The budget (``max_touched``): with 2+ photos 1 face in 5,000, so 50 erasures in sequence stay
+# within 0.5 rank-1 point for everyone else. A one-photo gate gets 1 face in 500: in a gallery of
+# tens of people 2e-4 is a fraction of a face, so its gate stopped at the first face of anyone and
+# left the person's new photos uncovered (LFW + dlib, 40 people, one photo, 5 draws: rank-1 6.3 ->
+# 4.5 %, TAR@1e-3 1.1 -> 0.7 %; everyone else's rank-1 / TAR lost 0.07 / 0.05 -> 0.10 / 0.08
+# point, at worst 0.18 / 0.20; 1 in 200 gave 1.8 % but cost up to 0.4 / 0.5). On FaceNet it
+# gained nothing and cost TAR 0.55 point in one draw of five; one-photo gates in sequence cost a
+# lot either way (50 of them, draws 0-1: 8.6 -> 9.1 points; docs/benchmarks.md, "Five draws").
+MAX_TOUCHED = 2e-4
+MAX_TOUCHED_ONE = 2e-3
+# The look-alike guard's measured setting (fit_scramble's ``guard``, ``guard_keep``; off by
+# default). On LFW + dlib, 50 erasures in sequence cost everyone else 0.36 rank-1 points on
+# average over 5 seeds (worst 0.43) without it, 0.24 with GUARD and GUARD_KEEP (a gate never
+# lifted above any of the person's unseen photos), 0.14 with guard_keep 0.97 (bench:guard; with
+# the sharper hinge of before WIDTHS: 0.92, 0.66 and 0.37). But the person's unseen gallery
+# photos are not their new photos: on the full LFW gallery the keep-all guard let the worst
+# person's new photos escape more often (re-enrolment rank-1 over 200 splits: worst 2.8 -> 5.5 %
+# with the sharp hinge, 2.8 -> 5.7 % with the soft one, bench:gate-prior), and keep 0.97 left
+# one person in a 40-person workspace findable at 17 % instead of 9.5 %. Privacy first: the
+# operator opts in where everyone else's accuracy matters more.
+GUARD = 0.02
+GUARD_KEEP = 1.0
+# The hinge's default width (``s1 = t0 + width * (s_cv - t0)``) by how many photos the fit has:
+# one, a few (2 to SOFT_FROM - 1), many. Everyone else's faces that a gate touches sit just above
+# t0, the person's unseen photos far above it: a softer hinge moves the former less (a face
+# moved a little is still its owner's) and the person's barely. But ``s_cv`` is read off the
+# person's unseen photos, a reliable quantile only with many of them. Measured on LFW + dlib
+# (docs/benchmarks.md, "The soft hinge"): from 10 photos on, 0.5 instead of 0.15 cut what 50
+# erasures in sequence cost everyone else from 0.92 to 0.36 rank-1 points (5 seeds) and left the
+# erased within the real-stranger yardstick (re-enrolment rank-1 over 200 splits, full gallery:
+# 1.1 % at 10 photos either way, 1.1 -> 1.3 % with all); with 5 photos it let one person's new
+# photos be found at 7.5 % instead of 2.9 %, so fewer photos keep the sharper hinge.
+WIDTHS = {"one": 0.05, "few": 0.15, "many": 0.5}
+SOFT_FROM = 10
+
+
+def hinge_width(n: int, soft_from: int = SOFT_FROM) -> float:
+    """The default hinge width for a gate fitted on ``n`` photos of the person (``WIDTHS``):
+    soft from ``soft_from`` photos on (0: never)."""
+    return WIDTHS["one" if n < 2 else "many" if soft_from and n >= soft_from else "few"]
