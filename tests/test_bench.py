@@ -242,3 +242,27 @@ def test_sequential_erasures_fit_on_as_many_photos_as_asked(monkeypatch):
     seen.clear()
     S._sequential(x, y, split, people, 4, "scramble", 0, Bar())
     assert seen == [8, 8]  # the default: every photo but the 4 fresh ones
+
+
+def test_draws_pool_independent_runs_and_keep_each_draws_figures(tree, cache):
+    from facekd.evaluation.bench import format_markdown
+
+    kw = dict(methods="scramble", erase=2, sequential=2, fit_photos="all", cache=cache)
+    one = [run_bench(tree, "samples", seed=s, **kw) for s in (3, 4)]
+    both = run_bench(tree, "samples", seed=3, draws=2, **kw)
+    p = both["protocol"]
+    assert p["draws"] == 2 and p["seeds"] == [3, 4] and p["erased_total"] == 4
+    row, rows = both["rows"][0], [r["rows"][0] for r in one]
+    assert row["forget_rank1"] == pytest.approx(sum(r["forget_rank1"] for r in rows) / 2,
+                                                abs=1e-4)
+    assert row["per_draw"]["forget_rank1"] == [r["forget_rank1"] for r in rows]
+    assert row["n_erased"] == 4 and row["draws"] == 2
+    # the s.d. over all four people is at least the smaller draw's (the draws' spread adds)
+    assert row["forget_rank1_sd"] >= min(r["forget_rank1_sd"] for r in rows) - 1e-9
+    last = [r["sequential"][-1] for r in one]
+    assert both["sequential"][-1]["retain_rank1"] == pytest.approx(
+        sum(r["retain_rank1"] for r in last) / 2, abs=1e-4)
+    md = format_markdown(both)
+    assert "x 2 draws" in md and "Pooled over 2 draws (seeds 3, 4)" in md
+    with pytest.raises(BenchError, match="draws"):
+        run_bench(tree, "samples", draws=0, **kw)

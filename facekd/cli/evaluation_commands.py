@@ -73,13 +73,16 @@ def demo(workspace: Path | None, n_ids: int, n_images: int, dataset: Path | None
               help="A small workspace: only N identities take part (the erased people and a "
                    "seeded draw of others); default: all.")
 @click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--draws", type=click.IntRange(1, None), default=1, show_default=True,
+              help="Run the protocol N times (seeds SEED, SEED+1, ...: new people, split and "
+                   "fresh photos each) and pool: one draw of 12 people is a small sample.")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path),
               default="facekd-bench", show_default=True, help="Output folder.")
 @click.option("--cache", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Embedding cache root (default $FACEKD_CACHE or ~/.cache/facekd).")
 @click.option("--json", "as_json", is_flag=True, help="Print only JSON on stdout.")
 def bench(dataset: Path, encoder: str, methods: str, erase: int, sequential: int,
-          fit_photos: str, gallery_people: int | None, seed: int, out_dir: Path,
+          fit_photos: str, gallery_people: int | None, seed: int, draws: int, out_dir: Path,
           cache: Path | None, as_json: bool) -> None:
     """Benchmark erasure methods on your own photos: forget, retain, attacks, sequential."""
     from facekd.evaluation.bench import format_markdown, run_bench, write_outputs
@@ -88,7 +91,7 @@ def bench(dataset: Path, encoder: str, methods: str, erase: int, sequential: int
     try:
         res = run_bench(dataset, encoder, methods=methods, erase=erase, sequential=sequential,
                         fit_photos=fit_photos, gallery_people=gallery_people, seed=seed,
-                        cache=cache, progress=_progress(),
+                        draws=draws, cache=cache, progress=_progress(),
                         echo=log)
         paths = write_outputs(res, out_dir)
     except _user_errors() as exc:

@@ -79,7 +79,7 @@ def _small_gallery(E: np.ndarray, y: np.ndarray, people: np.ndarray, n: int, see
 def run_bench(dataset: str | os.PathLike, encoder: str, *,
               methods: str | Iterable[str] | None = None, erase: int = 12,
               sequential: int = 20, fit_photos: str | Iterable[str] = ("all", "10"), seed: int = 0,
-              gallery_people: int | None = None,
+              gallery_people: int | None = None, draws: int = 1,
               cache: str | os.PathLike | None = None, progress: bool = False,
               echo: Callable[[str], None] | None = None) -> dict:
     """Run the benchmark; returns the JSON-ready result (numbers in percent, see the CLI help).
@@ -92,9 +92,25 @@ def run_bench(dataset: str | os.PathLike, encoder: str, *,
         fit_photos: ``"all"`` and/or ``"K"`` (only K of the person's non-fresh photos).
         gallery_people: a small workspace: only this many identities take part (the erased people,
             drawn as usual, and a seeded draw of others); chance rank-1 is then 1 / N.
+        draws: run the whole protocol this many times, seeds ``seed``, ``seed + 1``, ...: each
+            draws the erased people, the small gallery's others, the split and the fresh photos
+            afresh; the result is pooled over them (:func:`facekd.evaluation.draws.pool_draws`).
         cache: embedding cache root (default ``$FACEKD_CACHE`` or ``~/.cache/facekd``).
         echo: called with one-line progress notes (e.g. the cache status).
     """
+    if int(draws) < 1:
+        raise BenchError("--draws must be >= 1")
+    if int(draws) > 1:
+        from facekd.evaluation.draws import pool_draws
+
+        results = []
+        for i in range(int(draws)):
+            (echo or (lambda _msg: None))(f"draw {i + 1} of {draws} (seed {seed + i})")
+            results.append(run_bench(dataset, encoder, methods=methods, erase=erase,
+                                     sequential=sequential, fit_photos=fit_photos,
+                                     seed=seed + i, gallery_people=gallery_people, cache=cache,
+                                     progress=progress, echo=echo))
+        return pool_draws(results)
     from threadpoolctl import threadpool_limits
     from facekd.progress import tqdm
 

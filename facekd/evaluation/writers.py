@@ -57,6 +57,8 @@ def _cells(r: dict) -> str:
 def format_markdown(result: dict) -> str:
     """bench.md: the single-erasure table (original first) and the sequential table."""
     p = result["protocol"]
+    n = p.get("draws", 1)
+    draws = f" per draw x {n} draws" if n > 1 else ""
     head = "| method | fit photos | " + " | ".join(c for c, _ in _COLUMNS) + " |"
     lines = [f"# facekd bench: `{Path(result['dataset']).name}`, encoder `{result['encoder']}`", "",
              f"{p['faces']} faces of {p['identities']} identities ({p['identities_skipped']} "
@@ -66,8 +68,8 @@ def format_markdown(result: dict) -> str:
              + (f" Small gallery: {p['gallery_people']} identities take part."
                 if p.get("gallery_people") else ""),
              *bench_banner(result), "",
-             f"## Single erasure ({p['erased']} people, each erased alone; {p['held']} fresh "
-             f"photos each: {p['fresh_enrol']} re-enrolled, {p['fresh_probe']} probes)", "",
+             f"## Single erasure ({p['erased']} people{draws}, each erased alone; {p['held']} "
+             f"fresh photos each: {p['fresh_enrol']} re-enrolled, {p['fresh_probe']} probes)", "",
              head, "|" + "---|" * (len(_COLUMNS) + 2)]
     lines.append(f"| original | - | {_cells(result['original'])} |")
     lines += [f"| {r['method']} | {r['setting']} | {_cells(r)} |" for r in result["rows"]]
@@ -85,8 +87,10 @@ def format_markdown(result: dict) -> str:
               "INCONCLUSIVE on their fresh photos (facekd.verdict); verify wrong: percent ruled "
               "PASS while the attack replayed over 200 random splits finds them over 2x chance, "
               "or FAIL while it finds them at or under it (facekd.evaluation.bench_verdict)."]
-    lines += [f"Fit setting {s!r} skipped for {n} of {p['erased']} people (no more than {s} "
-              "non-fresh photos)." for s, n in p["fit_photos_skipped"].items() if n]
+    lines += [f"Fit setting {s!r} skipped for {k} of {p['erased']} people (no more than {s} "
+              "non-fresh photos)." for s, k in p["fit_photos_skipped"].items() if k]
+    if n > 1:
+        lines += _draw_notes(result)
     lines.append("")
     if result["sequential"]:
         lines += [f"## Sequential erasure ({p['sequential']} people, one after another; "
@@ -103,6 +107,22 @@ def format_markdown(result: dict) -> str:
                   f"the final composite on the {p['sequential_gallery_rows']}-row gallery: "
                   f"{apply}.", ""]
     return "\n".join(lines)
+
+
+def _draw_notes(result: dict) -> list[str]:
+    """What pooling over draws means, and each draw's forget and retained rank-1 per row."""
+    p = result["protocol"]
+    out = ["", f"Pooled over {p['draws']} draws (seeds {', '.join(map(str, p['seeds']))}): each "
+           "draws the erased people, the small gallery's others, the enrolment split and the "
+           "fresh photos afresh. A cell is the mean of the draws' cells; forget rank-1's ± is the "
+           "s.d. over every erased person of every draw (the first draw's skip counts above). "
+           "Per draw, forget rank-1 / retain rank-1:"]
+    for r in [result["original"] | {"method": "original", "setting": "-"}, *result["rows"]]:
+        d = r.get("per_draw", {})
+        fr, rr = (" ".join(_fmt(v) for v in d.get(k, [])) for k in ("forget_rank1",
+                                                                  "retain_rank1"))
+        out.append(f"- {r['method']} ({r['setting']}): {fr} / {rr}")
+    return out
 
 
 def _png(fig: Any) -> bytes:
