@@ -116,7 +116,9 @@ def _forget_head(res: Any, identity: int, dry_run: bool) -> list[str]:
     if params.get("n") == 1 and "gallery_touched" in params:
         lines.append(f"  fitted on one photo: the gate opens wide and touches "
                      f"{100 * params['gallery_touched']:.2f} % of the enrolled faces; one-photo "
-                     f"erasures add up ({ONE_PHOTO_SEQUENCE}): give every photo you have")
+                     f"erasures add up ({ONE_PHOTO_SEQUENCE}): give every photo you have "
+                     "([forget] scramble_q = 0.9995 spares everyone else, at this person's "
+                     "expense)")
     if cov is not None and cov.get("look_alike_guard"):
         lines.append("  someone enrolled looks like this person: the gate stops as short of them "
                      "as this coverage allows ([forget] scramble_guard)")
