@@ -56,8 +56,8 @@ def pool_draws(results: list[dict]) -> dict:
     protocol = dict(first["protocol"])
     protocol.update(draws=len(results), seeds=[r["protocol"]["seed"] for r in results],
                     erased_total=sum(r["protocol"]["erased"] for r in results),
-                    timings_s={"total": round(sum(r["protocol"]["timings_s"]["total"]
-                                                  for r in results), 4)})
+                    timings_s={k: round(sum(r["protocol"]["timings_s"][k] for r in results), 4)
+                               for k in first["protocol"]["timings_s"]})
     return {**first, "original": _pool([r["original"] for r in results]),
             "rows": _grouped(results, "rows", ("method", "setting")),
             "sequential": _grouped(results, "sequential", ("method", "erased")),
