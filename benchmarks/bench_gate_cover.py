@@ -37,11 +37,13 @@ from facekd.encoders import load_encoder
 from facekd.evaluation import bench as B
 from facekd.methods import scramble
 from facekd.methods.scramble import fit_scramble
+from facekd.state.config import Config
 
 
 FACES = Path(os.environ.get("FACEKD_FACES_DIR", REPO.parent / "shared" / "data" / "faces"))
 SPLITS = 200
-MIN_COVERAGE = 0.5  # [forget] min_coverage's default: forget refuses a gate estimated under it
+# forget refuses (unless --force) a gate whose estimated cover is under [forget] min_coverage
+MIN_COVERAGE = Config.min_coverage
 
 
 def replay(person: np.ndarray, gallery: np.ndarray, rng: np.random.Generator) -> float:
@@ -57,7 +59,7 @@ def replay(person: np.ndarray, gallery: np.ndarray, rng: np.random.Generator) ->
 
 
 def cover_rows(E0: np.ndarray, y0: np.ndarray, setting: str, fit: str, seed: int,
-               options: dict) -> np.ndarray:
+               options: dict) -> tuple[np.ndarray, int]:
     """``(12, 5)``: per erased person of draw ``seed``, real cover, estimated cover, others' faces
     touched, q chosen, fresh re-enrolment rank-1 over SPLITS splits; and the gallery's people."""
     ids0, counts0 = np.unique(y0, return_counts=True)
