@@ -107,3 +107,16 @@ def test_a_top_up_is_judged_over_every_photo_given():
     assert low["share"] == 0.25 and low["under_floor"]
     assert "2 of 8 held-out photos" in _coverage_refusal(low)
     assert top_up_coverage(_step(None, 1), counts, in_sample=1)["share"] == 0.8
+
+
+def test_a_gates_coverage_carries_its_interval_and_one_photo_says_whose_photos_it_counts(faces):
+    E, y = faces
+    moved = {"share": 0.25, "covered": 1, "faces": 4, "held_out": True}
+    three = coverage(fit_scramble(E[y == 3][:3], E[y != 3], gallery_labels=y[y != 3]), moved, 0.5)
+    lo, hi = three["interval"]
+    # three held-out photos decide little: the 95 % interval is wide whatever they show
+    assert three["faces"] == 3 and lo <= three["share"] <= hi and hi - lo > 0.4
+    assert not three["from_others"]
+    one = coverage(fit_scramble(E[y == 3][:1], E[y != 3], gallery_labels=y[y != 3]), moved, 0.5)
+    assert one["from_others"] and one["interval"] is None
+    assert "other enrolled people" in one["criterion"]

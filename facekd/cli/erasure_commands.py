@@ -109,9 +109,14 @@ def _forget_head(res: Any, identity: int, dry_run: bool) -> list[str]:
                      "scrambled fully")
     cov = res.coverage
     if cov is not None and cov.get("share") is not None:
-        lines.append(f"coverage {cov['share']:.2f} ({cov['covered']} of {cov['faces']} "
-                     f"{'held-out' if cov['held_out'] else 'seen'} photos: {cov['criterion']}); "
-                     f"floor {cov['floor']:.2f}")
+        if cov.get("from_others"):
+            what = cov["criterion"]
+        else:
+            lo_hi = cov.get("interval")
+            ci = "" if not lo_hi else f", 95% {lo_hi[0]:.2f}-{lo_hi[1]:.2f}"
+            what = (f"{cov['covered']} of {cov['faces']} "
+                    f"{'held-out' if cov['held_out'] else 'seen'} photos{ci}: {cov['criterion']}")
+        lines.append(f"coverage {cov['share']:.2f} ({what}); floor {cov['floor']:.2f}")
     params = r.get("params") or {}
     if params.get("n") == 1 and "gallery_touched" in params:
         lines.append(f"  fitted on one photo: the gate opens wide and touches "

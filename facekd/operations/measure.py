@@ -120,16 +120,29 @@ def coverage(step: Erasure, moved: dict, floor: float) -> dict:
     A gated step that records ``heldout_gated_fully`` (the scramble: each of the person's photos
     scored by a gate cross-fitted without it) is judged by the share whose gate opens fully; any
     other step by ``moved`` (:func:`moved_share` of the measured twin on the person's probe half).
-    Returns ``{"share", "covered", "faces", "held_out", "criterion", "floor", "under_floor"}``.
+    Returns ``{"share", "covered", "faces", "held_out", "criterion", "floor", "under_floor"}``,
+    and for a gate's figure ``interval`` (95 % Wilson, ``None`` with one photo) and
+    ``from_others`` (one photo: the figure is estimated on other people's photos).
     """
+    from facekd.core.metrics import wilson_interval
+
     params = step.params or {}
     held = params.get("heldout_gated_fully")
-    # None or NaN: the method could not cross-validate (e.g. fitted on one photo): fall back.
+    # None or NaN: the method could not cross-validate: fall back.
     if held is not None and np.isfinite(float(held)) and params.get("n"):
         n = int(params["n"])
         share = float(held)
-        out = {"share": share, "covered": int(round(share * n)), "faces": n, "held_out": True,
-               "criterion": "gate fully open, each photo scored by a gate fitted without it"}
+        out = {"share": share, "covered": int(round(share * n)), "faces": n, "held_out": True}
+        if params.get("heldout_from") == "prior":
+            # One photo: nothing of the person's to hold out; the figure is other people's.
+            out.update(interval=None, from_others=True,
+                       criterion="gate fully open on new photos of other enrolled people, each "
+                                 "under a gate fitted on one photo of them (blind to an atypical "
+                                 "photo of this person)")
+        else:
+            # A share of a few photos is coarse: 3 of 3 is anything from 0.44 to 1 at 95 %.
+            out.update(interval=list(wilson_interval(share * n, n)), from_others=False,
+                       criterion="gate fully open, each photo scored by a gate fitted without it")
     else:
         out = {**moved, "criterion": f"edited embedding below cosine {MOVED_COSINE:g} to the "
                                      "original (the measured twin on the person's probe half)"}
@@ -155,8 +168,10 @@ def top_up_coverage(step: dict, counts: dict, in_sample: int) -> dict:
     covered = done + step_share * escaped
     share = covered / given
     floor = step["floor"]
+    from facekd.core.metrics import wilson_interval
+
     return {"share": share, "covered": int(round(covered)), "faces": int(given),
-            "held_out": bool(step["held_out"]),
+            "held_out": bool(step["held_out"]), "interval": list(wilson_interval(covered, given)),
             "criterion": "scrambled fully by the earlier erasure, or covered by the further step "
                          f"({step['criterion']})",
             "floor": floor, "under_floor": share < floor,

@@ -24,8 +24,10 @@ def _coverage_refusal(cov: dict) -> str | None:
     if not cov.get("under_floor"):
         return None
     seen = "held-out" if cov["held_out"] else "seen (no held-out half)"
-    return (f"refused: the erasure would erase only {cov['covered']} of {cov['faces']} {seen} "
-            f"photos of the person (coverage {cov['share']:.2f}, under [forget] min_coverage "
+    what = ("too few of the person's new photos" if cov.get("from_others") else
+            f"only {cov['covered']} of {cov['faces']} {seen} photos of the person")
+    return (f"refused: the erasure would erase {what} "
+            f"(coverage {cov['share']:.2f}, under [forget] min_coverage "
             f"{cov['floor']:.2f}; {cov['criterion']}): it would leave most of their faces as "
             "they were (the encoder may not tell them apart from others, or the photos are too "
             "few to learn them from)")
