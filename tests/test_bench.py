@@ -124,6 +124,7 @@ def test_api_matches_protocol_and_is_seeded(tree, cache):
     (["--dataset", "/nonexistent/faces"], "no such dataset directory"),
     (["--encoder", "nosuch"], "unknown encoder family"),
     (["--fit-photos", "some"], "bad fit-photos setting"),
+    (["--draws", "0"], "--draws"),
 ])
 def test_bad_input_exits_2_with_one_line(tree, tmp_path, args, needle):
     base = {"--dataset": str(tree), "--encoder": "samples", "--out": str(tmp_path / "o"),
