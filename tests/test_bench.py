@@ -221,6 +221,7 @@ def test_sequential_erasures_fit_on_as_many_photos_as_asked(monkeypatch):
 
     from facekd.core.metrics import split_enrol_probe
     from facekd.evaluation import sequential as S
+    from facekd.progress import tqdm
 
     rng = np.random.default_rng(0)
     y = np.repeat(np.arange(20), 12)
@@ -229,20 +230,13 @@ def test_sequential_erasures_fit_on_as_many_photos_as_asked(monkeypatch):
     split = split_enrol_probe(y, seed=0)
     seen, real = [], S.fit_method
     monkeypatch.setattr(S, "fit_method", lambda m, F, *a: seen.append(len(F)) or real(m, F, *a))
-
-    class Bar:
-        def set_postfix_str(self, *_):
-            pass
-
-        def update(self, *_):
-            pass
-
     people = np.array([3, 7])
-    _, _, gates = S._sequential(x, y, split, people, 4, "scramble", 0, Bar(), fit="1")
-    assert seen == [1, 1] and gates == 2  # an ID-photo gallery: one photo each
-    seen.clear()
-    S._sequential(x, y, split, people, 4, "scramble", 0, Bar())
-    assert seen == [8, 8]  # the default: every photo but the 4 fresh ones
+    with tqdm(disable=True) as bar:
+        _, _, gates = S._sequential(x, y, split, people, 4, "scramble", 0, bar, fit="1")
+        assert seen == [1, 1] and gates == 2  # an ID-photo gallery: one photo each
+        seen.clear()
+        S._sequential(x, y, split, people, 4, "scramble", 0, bar)
+        assert seen == [8, 8]  # the default: every photo but the 4 fresh ones
 
 
 def test_draws_pool_independent_runs_and_keep_each_draws_figures(tree, cache):

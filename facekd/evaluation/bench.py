@@ -98,6 +98,7 @@ def run_bench(dataset: str | os.PathLike, encoder: str, *,
         cache: embedding cache root (default ``$FACEKD_CACHE`` or ``~/.cache/facekd``).
         echo: called with one-line progress notes (e.g. the cache status).
     """
+    say = echo or (lambda _msg: None)
     if int(draws) < 1:
         raise BenchError("--draws must be >= 1")
     if int(draws) > 1:
@@ -105,7 +106,7 @@ def run_bench(dataset: str | os.PathLike, encoder: str, *,
 
         results = []
         for i in range(int(draws)):
-            (echo or (lambda _msg: None))(f"draw {i + 1} of {draws} (seed {seed + i})")
+            say(f"draw {i + 1} of {draws} (seed {seed + i})")
             results.append(run_bench(dataset, encoder, methods=methods, erase=erase,
                                      sequential=sequential, fit_photos=fit_photos,
                                      seed=seed + i, gallery_people=gallery_people, cache=cache,
@@ -116,7 +117,6 @@ def run_bench(dataset: str | os.PathLike, encoder: str, *,
 
     from facekd.encoders import load_encoder
 
-    say = echo or (lambda _msg: None)
     names = parse_methods(registry.names() if methods is None else methods)
     settings = parse_fit_photos(fit_photos)
     if int(erase) < 1 or int(sequential) < 0:

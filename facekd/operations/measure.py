@@ -163,13 +163,13 @@ def top_up_coverage(step: dict, counts: dict, in_sample: int) -> dict:
     escaped photos the step covers among those it was fitted on (0: it does nothing at all).
     Returns :func:`coverage`'s keys plus ``step`` (the further step's figure with ``in_sample``).
     """
+    from facekd.core.metrics import wilson_interval
+
     given, done, escaped = counts["photos_given"], counts["already_erased"], counts["escaped"]
     step_share = step["share"] if step["share"] is not None else 0.0
     covered = done + step_share * escaped
     share = covered / given
     floor = step["floor"]
-    from facekd.core.metrics import wilson_interval
-
     return {"share": share, "covered": int(round(covered)), "faces": int(given),
             "held_out": bool(step["held_out"]), "interval": list(wilson_interval(covered, given)),
             "criterion": "scrambled fully by the earlier erasure, or covered by the further step "
