@@ -65,6 +65,8 @@ def test_json_has_the_documented_shape_and_protocol(bench):
         assert row["mia"] is None  # 6 fit vs 6 fresh photos: below the MIA minimum
     p = res["protocol"]
     assert (p["identities"], p["faces"], p["erased"], p["sequential"]) == (30, 360, 3, 3)
+    # the yardstick a perfect erasure is read against: unrelated strangers' photos re-enrolled
+    assert 0 < p["strangers_rank1"] <= 100
     assert (p["held"], p["fresh_enrol"], p["fresh_probe"], p["eligible_min_faces"]) == (6, 3, 3, 12)
     assert p["sequential_gates"]["scramble"] == 3  # every gate merged into one chain
     seq = res["sequential"]
@@ -252,6 +254,10 @@ def test_draws_pool_independent_runs_and_keep_each_draws_figures(tree, cache):
                                                 abs=1e-4)
     assert row["per_draw"]["forget_rank1"] == [r["forget_rank1"] for r in rows]
     assert row["n_erased"] == 4 and row["draws"] == 2
+    # what a perfect erasure reaches differs by draw (another split) and is pooled the same way
+    per = [r["protocol"]["strangers_rank1"] for r in one]
+    assert p["strangers_rank1_per_draw"] == per
+    assert p["strangers_rank1"] == pytest.approx(sum(per) / 2, abs=1e-4)
     # the s.d. over all four people is at least the smaller draw's (the draws' spread adds)
     assert row["forget_rank1_sd"] >= min(r["forget_rank1_sd"] for r in rows) - 1e-9
     last = [r["sequential"][-1] for r in one]
@@ -259,5 +265,6 @@ def test_draws_pool_independent_runs_and_keep_each_draws_figures(tree, cache):
         sum(r["retain_rank1"] for r in last) / 2, abs=1e-4)
     md = format_markdown(both)
     assert "x 2 draws" in md and "Pooled over 2 draws (seeds 3, 4)" in md
+    assert f"what a perfect erasure reaches, verify's yardstick) {p['strangers_rank1']:.2f}%" in md
     with pytest.raises(BenchError, match="draws"):
         run_bench(tree, "samples", draws=0, **kw)

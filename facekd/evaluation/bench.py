@@ -41,6 +41,7 @@ from typing import Callable, Iterable
 import numpy as np
 
 from facekd import methods as registry
+from facekd.core import verdict as vd
 from facekd.core.metrics import MIA_MIN_PER_CLASS, split_enrol_probe
 from facekd.core.separation import bench_check
 from facekd.evaluation.dataset import _scan, _usable, embed_dataset
@@ -158,6 +159,10 @@ def run_bench(dataset: str | os.PathLike, encoder: str, *,
     means = _unit(_class_means(x0, y))
     cases = [_make_case(y, split, means, ids, int(p), single.held, seed)
              for p in single.people]
+    # What a perfect erasure reaches: the attack on unrelated strangers' photos enrolled as one
+    # person (verify's yardstick, read off the enrolled gallery), not 1 / identities.
+    strangers = vd.stranger_baseline(vd.strangers(x0[split], y[split], seed=seed).odds,
+                                     single.held // 2)
     total = len(cases) * (1 + len(names) * len(settings)) + (
         len(names) * len(seq.people) if seq else 0)
     t_eval = time.perf_counter()
@@ -190,6 +195,7 @@ def run_bench(dataset: str | os.PathLike, encoder: str, *,
         "sequential_apply_s": {m: _r(v) for m, v in apply_s.items()},
         "sequential_gallery_rows": int(split.sum()),
         "sequential_gates": gates,
+        "strangers_rank1": _r(100 * strangers),
         "far": FAR, "max_impostor_pairs": MAX_IMPOSTORS, "esc_p": ESC_P,
         "lookalikes": LOOKALIKES, "moved_tol": MOVED_TOL, "mia_min_per_class": MIA_MIN_PER_CLASS,
         "cache": emb.info["cache"], "cache_path": emb.info["cache_path"],

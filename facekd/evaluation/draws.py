@@ -56,6 +56,9 @@ def pool_draws(results: list[dict]) -> dict:
     protocol = dict(first["protocol"])
     protocol.update(draws=len(results), seeds=[r["protocol"]["seed"] for r in results],
                     erased_total=sum(r["protocol"]["erased"] for r in results),
+                    strangers_rank1=round(float(np.mean(
+                        [r["protocol"]["strangers_rank1"] for r in results])), 4),
+                    strangers_rank1_per_draw=[r["protocol"]["strangers_rank1"] for r in results],
                     timings_s={k: round(sum(r["protocol"]["timings_s"][k] for r in results), 4)
                                for k in first["protocol"]["timings_s"]})
     return {**first, "original": _pool([r["original"] for r in results]),

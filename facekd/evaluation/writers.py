@@ -64,7 +64,11 @@ def format_markdown(result: dict) -> str:
              f"{p['faces']} faces of {p['identities']} identities ({p['identities_skipped']} "
              f"skipped with < {p['min_faces']} faces, {p['images_skipped']} images without a "
              f"usable face, {p['fallback_images']} whole-image fallbacks); chance rank-1 "
-             f"{result['chance_rank1']:.2f}%. Embeddings: cache {p['cache']}."
+             f"{result['chance_rank1']:.2f}%"
+             + (f"; unrelated strangers' photos re-enrolled as one person (what a perfect "
+                f"erasure reaches, verify's yardstick) {p['strangers_rank1']:.2f}%"
+                if "strangers_rank1" in p else "")
+             + f". Embeddings: cache {p['cache']}."
              + (f" Small gallery: {p['gallery_people']} identities take part."
                 if p.get("gallery_people") else ""),
              *bench_banner(result), "",
