@@ -27,7 +27,7 @@ import numpy as np
 from _common import REPO
 
 from facekd.core.metrics import identification_hits, split_enrol_probe
-from facekd.core.tail import Scrambler, normalize_rows
+from facekd.core.tail import ALPHA, Scrambler, normalize_rows
 from facekd.encoders import load_encoder
 from facekd.evaluation.bench import _usable, embed_dataset
 
@@ -85,7 +85,7 @@ def main() -> None:
             fresh = x[r.permutation(np.flatnonzero(y == person))[:20]]
             dd.append(np.quantile((gal @ gal.T)[gy[:, None] < gy[None, :]], Q))
             for name, shrink in (("raw", 0.0), ("calibrated", None)):
-                s = Scrambler.fit(gal, alpha=1.05, seed=rep, labels=gy, shrink=shrink)(fresh)
+                s = Scrambler.fit(gal, alpha=ALPHA, seed=rep, labels=gy, shrink=shrink)(fresh)
                 iu = np.triu_indices(len(s), 1)
                 ss.setdefault(name, []).append(np.quantile((s @ s.T)[iu], Q))
                 sg.setdefault(name, []).append(np.quantile(s @ gal.T, Q))

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from facekd.cli.erasure_commands import _forget_head
-from facekd.core.tail import GateChain, Scrambler, normalize_rows
+from facekd.core.tail import ALPHA, SHRINK_MIN, GateChain, Scrambler, normalize_rows
 from facekd.erasure import ErasureError, fit_scramble
 from facekd.evaluation.bench import BenchError, parse_fit_photos
 from facekd.methods.prior import WithinPrior
@@ -168,6 +168,32 @@ def test_scrambled_strangers_are_no_closer_to_each_other_than_distinct_people():
     # ... nor closer to one another than to the gallery (re-enrolled, they would find each other)
     assert tail <= np.quantile(out @ gal.T, 0.99) + 0.01
     assert np.quantile((raw @ raw.T)[iu], 0.99) > tail  # what the raw covariance gave
+
+
+def test_a_large_gallerys_stranger_map_is_partly_isotropic_too():
+    # 200 people pass the pair-tail rule with the raw covariance; the map still takes SHRINK_MIN
+    # (on LFW the raw covariance's strangers found one another more often than real strangers).
+    E, y = pose_clusters(200, 6, pose_scale=0.35, seed=1)
+    default = Scrambler.fit(E, labels=y, alpha=ALPHA, seed=1)
+    np.testing.assert_array_equal(default.mix, Scrambler.fit(E, alpha=ALPHA, seed=1,
+                                                             shrink=SHRINK_MIN).mix)
+    raw = Scrambler.fit(E, alpha=ALPHA, seed=1, shrink=0.0)
+    # trace kept: the strangers sit as far from the crowd's centre as before
+    assert np.sum(default.mix ** 2) == pytest.approx(np.sum(raw.mix ** 2), rel=0.02)
+
+
+def test_a_larger_alpha_brings_scrambled_strangers_no_closer_to_each_other():
+    # The shrinkage is read at the default scale: a larger alpha only scales the default's map.
+    # Read at the larger scale, the rule picked less shrinkage on such a gallery, and alpha
+    # 1.2's strangers sat closer to one another than the default's (LFW, 40 people: found
+    # again at 2.7 % against 1.9 %).
+    E, y = pose_clusters(52, 6, pose_scale=0.35, seed=4)
+    gal, gy, new = E[y < 12], y[y < 12], E[y >= 12]
+    iu = np.triu_indices(len(new), 1)
+    maps = {a: Scrambler.fit(gal, labels=gy, alpha=a, seed=1) for a in (ALPHA, 1.2, 1.5)}
+    tails = [np.quantile((s(new) @ s(new).T)[iu], 0.99) for s in maps.values()]
+    assert tails[0] > tails[1] > tails[2]
+    np.testing.assert_allclose(maps[1.2].mix, maps[ALPHA].mix * 1.2 / ALPHA, rtol=1e-12)
 
 
 def test_bench_takes_one_fit_photo_and_refuses_zero():

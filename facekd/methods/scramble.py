@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from facekd.core.erasure import Erasure, ErasureError, as_matrix, single_threaded_blas
-from facekd.core.tail import GateChain, Scrambler, normalize_rows
+from facekd.core.tail import ALPHA, GateChain, Scrambler, normalize_rows
 from facekd.methods.base import FitContext, MethodError, register
 from facekd.methods.scramble_defaults import (GUARD, GUARD_KEEP, MAX_TOUCHED, MAX_TOUCHED_ONE,
                                               PRIOR_GRID, Q_GRID, Q_ONE, RIDGE_GRID,
@@ -242,7 +242,7 @@ def _gate_fit(disc: _RidgeDiscriminant, fitted: tuple[np.ndarray, float], in_sam
 def fit_scramble(F: Any, gallery: Any, *, q: float | None = None, width: float | None = None,
                  full_quantile: float = 0.05, cover: float = 0.97,
                  max_touched: float | None = None,
-                 alpha: float = 1.05,
+                 alpha: float = ALPHA,
                  ridge: float | None = None, prior: float | None = None,
                  forget_weight: float = 0.5, folds: int = 5, n_features: int = 512,
                  sigma: float = 200.0, seed: int = 0, shrink: float | None = None,
@@ -266,10 +266,11 @@ def fit_scramble(F: Any, gallery: Any, *, q: float | None = None, width: float |
     ``Q_GRID`` whose gate opens on ``cover`` of those unseen photos, widened only while it
     touches at most ``max_touched`` of the gallery's faces; with one photo the widest of
     ``Q_GRID`` from ``Q_ONE`` (0.995) on within that budget; 0.9999 without labels. A gated face is replaced by ``t(x)``: a pseudo-random point like the
-    population (gallery mean and covariance, deviation scaled by ``alpha``; the covariance shrunk
-    on small galleries, :meth:`Scrambler.fit`), so erased faces neither match one another nor
-    stand out (``alpha = 1``: distributed like ordinary faces; larger: easier to spot, harder to
-    re-identify; the default 1.05 is the measured balance on LFW + dlib, docs/benchmarks.md).
+    population (gallery mean and covariance, deviation scaled by ``alpha``; the covariance partly
+    isotropic, more so on small galleries, :meth:`Scrambler.fit`), so erased faces neither match
+    one another nor stand out (``alpha = 1``: as far from the crowd's centre as ordinary faces;
+    larger: easier to spot, harder to re-identify; the default 1.02 is the measured balance on
+    LFW + dlib, :data:`facekd.core.tail.ALPHA`).
 
     Args:
         F: ``(n, d)`` embeddings of the person (``n >= 1``; one photo needs ``gallery_labels``,

@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 
 from facekd import methods
+from facekd.core.tail import ALPHA
 from facekd.errors import WorkspaceError
 from facekd.faces import DEFAULT_LIMITS, ImageLimits
 
@@ -77,7 +78,7 @@ class Config:
     # touched; facekd.methods.scramble.Q_GRID / Q_ONE), and a
     # scrambled face's deviation from the population mean is scaled by scramble_alpha.
     scramble_q: float | None = None
-    scramble_alpha: float = 1.05
+    scramble_alpha: float = ALPHA
     # The look-alike guard: a gate opens on at most this share of any one enrolled identity's new
     # photos (1: no guard, the default), never lifted above the score that scramble_guard_keep of
     # the person's own unseen photos clear. Off by default: measured, it can leave more of the
