@@ -1,7 +1,7 @@
 """``facekd bench --draws N``: one result pooled from N independent draws.
 
 One draw is one sample: its erased people (12 by default), its small-gallery others, its enrolment
-split and its fresh photos. On LFW + dlib seed 0 alone gave 0.8 % where five draws give 2.0 %
+split and its fresh photos. On LFW + dlib seed 0 alone gave 0.8 % where five draws gave 2.0 %
 (docs/benchmarks.md, "Five draws instead of one"), so a figure worth quoting is pooled over draws.
 A pooled cell is the mean of the draws' cells; an ``_sd`` is the s.d. over every erased person of
 every draw (equal-sized draws: the mean within-draw variance plus the variance of the draw means);
@@ -54,11 +54,11 @@ def pool_draws(results: list[dict]) -> dict:
     methods and settings; different seeds). ``protocol["draws"]`` / ``["seeds"]`` say which."""
     first = results[0]
     protocol = dict(first["protocol"])
+    strangers = [r["protocol"]["strangers_rank1"] for r in results]
     protocol.update(draws=len(results), seeds=[r["protocol"]["seed"] for r in results],
                     erased_total=sum(r["protocol"]["erased"] for r in results),
-                    strangers_rank1=round(float(np.mean(
-                        [r["protocol"]["strangers_rank1"] for r in results])), 4),
-                    strangers_rank1_per_draw=[r["protocol"]["strangers_rank1"] for r in results],
+                    strangers_rank1=round(float(np.mean(strangers)), 4),
+                    strangers_rank1_per_draw=strangers,
                     timings_s={k: round(sum(r["protocol"]["timings_s"][k] for r in results), 4)
                                for k in first["protocol"]["timings_s"]})
     return {**first, "original": _pool([r["original"] for r in results]),

@@ -265,12 +265,13 @@ def fit_scramble(F: Any, gallery: Any, *, q: float | None = None, width: float |
     one-photo gates. Default ``q`` with ``gallery_labels`` and 2+ photos: the tightest of
     ``Q_GRID`` whose gate opens on ``cover`` of those unseen photos, widened only while it
     touches at most ``max_touched`` of the gallery's faces; with one photo the widest of
-    ``Q_GRID`` from ``Q_ONE`` (0.995) on within that budget; 0.9999 without labels. A gated face is replaced by ``t(x)``: a pseudo-random point like the
-    population (gallery mean and covariance, deviation scaled by ``alpha``; the covariance partly
-    isotropic, more so on small galleries, :meth:`Scrambler.fit`), so erased faces neither match
-    one another nor stand out (``alpha = 1``: as far from the crowd's centre as ordinary faces;
-    larger: easier to spot, harder to re-identify; the default 1.02 is the measured balance on
-    LFW + dlib, :data:`facekd.core.tail.ALPHA`).
+    ``Q_GRID`` from ``Q_ONE`` (0.995) on within that budget; 0.9999 without labels. A gated face
+    is replaced by ``t(x)``: a pseudo-random point like the population (gallery mean and
+    covariance, deviation scaled by ``alpha``; the covariance partly isotropic, more so on small
+    galleries, :meth:`Scrambler.fit`), so erased faces neither match one another nor stand out
+    (``alpha = 1``: as far from the crowd's centre as ordinary faces; larger: easier to spot,
+    harder to re-identify; the default 1.02 is the measured balance on LFW + dlib,
+    :data:`facekd.core.tail.ALPHA`).
 
     Args:
         F: ``(n, d)`` embeddings of the person (``n >= 1``; one photo needs ``gallery_labels``,
