@@ -76,7 +76,12 @@ def test_json_has_the_documented_shape_and_protocol(bench):
         assert [r["erased"] for r in rows] == [0, 1, 2, 3]
         assert rows[-1]["forget_rank1"] is not None and rows[0]["forget_rank1"] is None
         assert set(rows[0]) == {"method", "erased", "retain_rank1", "retain_tar", "forget_rank1",
-                                "forget_tar"}
+                                "forget_tar", "others_touched"}
+        # the gates' own estimate of what they cost everyone else, summed; a projector has none
+        touched = [r["others_touched"] for r in rows]
+        assert touched[0] == 0.0
+        assert (touched[1:] == [None] * 3 if m != "scramble"
+                else all(0 <= a <= b for a, b in zip(touched, touched[1:])))
 
 
 def test_every_method_lowers_the_erased_persons_scores(bench):

@@ -41,7 +41,8 @@ def mean_direction():
 
 def test_builtin_methods_are_registered_with_their_settings():
     assert methods.names() == ("esc", "esc-t", "scramble")
-    assert methods.get("scramble").config == {"scramble_q": "q", "scramble_alpha": "alpha",
+    assert methods.get("scramble").config == {"scramble_q": "q", "scramble_q_one": "q_one",
+                                              "scramble_alpha": "alpha",
                                               "scramble_guard": "guard",
                                               "scramble_guard_keep": "guard_keep",
                                               "scramble_soft_from": "soft_from", "seed": "seed"}

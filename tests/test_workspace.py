@@ -114,6 +114,9 @@ def test_config_round_trips_and_rejects_unknown_settings():
     cfg = Config(encoder="onnx:/m.onnx", aligned=True, match_threshold=0.4, max_tar=0.1)
     assert Config.from_toml(cfg.to_toml()) == cfg
     assert Config.from_toml(Config(encoder="dlib").to_toml()).match_threshold is None
+    assert Config.from_toml(Config(encoder="dlib").to_toml()).scramble_q_one is None  # "auto"
+    assert Config.from_toml(Config(encoder="dlib", scramble_q_one=0.998).to_toml()) \
+        .scramble_q_one == 0.998
     bad = cfg.to_toml()
     bad["forget"]["colour"] = "red"
     with pytest.raises(WorkspaceError, match="colour"):

@@ -202,11 +202,32 @@ def ledger(workspace: Path, as_json: bool, receipt_id: str | None) -> None:
             return
         entries = ws.ledger()
     _emit(as_json, entries, lambda: "\n".join(
-        [f"{'receipt':<22} {'identity hash':<18} {'kind':<8} {'method':<8} {'edit':<11} created"]
+        [f"{'receipt':<22} {'identity hash':<18} {'kind':<8} {'method':<8} {'edit':<11} "
+         f"{'others':<8} created"]
         + [f"{e['receipt_id']:<22} {e['identity_hash'][:16]:<18} {e.get('kind', 'erasure'):<8} "
-           f"{e['method']:<8} {_edit_size(e):<11} {e['created']}"
-           + ("  (forced)" if e.get("forced") else "") for e in entries]) if entries
+           f"{e['method']:<8} {_edit_size(e):<11} {_others(e):<8} {e['created']}"
+           + ("  (forced)" if e.get("forced") else "") for e in entries]
+        + _others_total(entries)) if entries
         else "no deletions yet")
+
+
+def _others(entry: dict) -> str:
+    """A gated entry's share of everyone else's new photos its gate opens on (``-``: not gated,
+    or committed before facekd measured it)."""
+    share = entry.get("others_touched")
+    return "-" if share is None else f"{100 * share:.2f}%"
+
+
+def _others_total(entries: list[dict]) -> list[str]:
+    """The ledger's closing line: what its gates together cost everyone else (summed: gates seldom
+    open on the same photo)."""
+    shares = [float(e["others_touched"]) for e in entries if e.get("others_touched") is not None]
+    if not shares:
+        return []
+    missing = sum(1 for e in entries if e.get("gates") and e.get("others_touched") is None)
+    return [f"others: the share of everyone else's new photos a gate opens on (each may then fail "
+            f"to match its owner); all {len(shares)} together about {100 * sum(shares):.2f}%"
+            + (f", not counting {missing} older gate(s)" if missing else "")]
 
 
 def _edit_size(entry: dict) -> str:

@@ -66,6 +66,7 @@ def _sequential(x0: np.ndarray, y: np.ndarray, split: np.ndarray, people: np.nda
     splits = {int(p): _person_split(y, int(p), held, seed) for p in people}
     r1, tar, _ = _retained_state(x0, y, split, never, seed)
     rows = [_seq_row(method, 0, r1, tar)]
+    touched: float | None = 0.0  # the gates' own estimate of what they cost everyone else
     for step, person in enumerate(people, 1):
         bar.set_postfix_str(f"sequential {method} {step}/{len(people)}")
         x = composite.apply(x0)
@@ -75,10 +76,13 @@ def _sequential(x0: np.ndarray, y: np.ndarray, split: np.ndarray, people: np.nda
         new = fit_method(method, x[pool if some is None else some], x[alive & split],
                          y[alive & split], composite)
         composite = composite.then(new)
+        share = (new.params or {}).get("others_touched")
+        touched = None if share is None or touched is None else touched + float(share)
         if step in marks:
             x = composite.apply(x0)
             r1, tar, thr = _retained_state(x, y, split, never, seed)
             row = _seq_row(method, step, r1, tar)
+            row["others_touched"] = None if touched is None else _r(100 * touched)
             if step == len(people):
                 f1, ft = _sequential_forget(x, y, split, never, splits, thr)
                 row.update(forget_rank1=_r(100 * f1), forget_tar=_r(100 * ft))
@@ -91,4 +95,5 @@ def _sequential(x0: np.ndarray, y: np.ndarray, split: np.ndarray, people: np.nda
 
 def _seq_row(method: str, erased: int, r1: float, tar: float) -> dict:
     return {"method": method, "erased": erased, "retain_rank1": _r(100 * r1),
-            "retain_tar": _r(100 * tar), "forget_rank1": None, "forget_tar": None}
+            "retain_tar": _r(100 * tar), "forget_rank1": None, "forget_tar": None,
+            "others_touched": 0.0}

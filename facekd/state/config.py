@@ -78,6 +78,11 @@ class Config:
     # touched; facekd.methods.scramble.Q_GRID / Q_ONE), and a
     # scrambled face's deviation from the population mean is scaled by scramble_alpha.
     scramble_q: float | None = None
+    # With one photo of the person, the gate opens above this quantile instead ("auto": the widest
+    # from 0.995 within the budget). One-photo gates add up over erasures in sequence: a higher
+    # value spares everyone else at the erased person's expense (facekd.methods.scramble_defaults
+    # .ONE_PHOTO_FRONTIER, measured).
+    scramble_q_one: float | None = None
     scramble_alpha: float = ALPHA
     # The look-alike guard: a gate opens on at most this share of any one enrolled identity's new
     # photos (1: no guard, the default), never lifted above the score that scramble_guard_keep of
@@ -111,6 +116,8 @@ class Config:
                        "esc_t_lr": self.esc_t_lr, "esc_t_normalize_step": self.esc_t_normalize_step,
                        "seed": self.seed,
                        "scramble_q": "auto" if self.scramble_q is None else self.scramble_q,
+                       "scramble_q_one": ("auto" if self.scramble_q_one is None
+                                          else self.scramble_q_one),
                        "scramble_alpha": self.scramble_alpha,
                        "scramble_guard": self.scramble_guard,
                        "scramble_guard_keep": self.scramble_guard_keep,
@@ -171,9 +178,11 @@ class Config:
         if self.method not in methods.names():
             raise WorkspaceError(f"{source}: method must be one of {', '.join(methods.names())}, "
                                  f"got {self.method!r}")
-        if (self.scramble_q is not None and not 0 < float(self.scramble_q) < 1) \
+        if any(v is not None and not 0 < float(v) < 1
+               for v in (self.scramble_q, self.scramble_q_one)) \
                 or not float(self.scramble_alpha) > 0:
-            raise WorkspaceError(f"{source}: scramble_q must be in (0, 1), scramble_alpha > 0")
+            raise WorkspaceError(f"{source}: scramble_q and scramble_q_one must be 'auto' or in "
+                                 "(0, 1), scramble_alpha > 0")
         if not 0 < float(self.scramble_guard) <= 1:
             raise WorkspaceError(f"{source}: [forget] scramble_guard must be in (0, 1] "
                                  "(1: no look-alike guard)")
@@ -204,7 +213,7 @@ class Config:
 
 
 # Settings whose file value may be "auto" (None in Config: chosen per erasure or per gallery).
-AUTO_KEYS = ("match_threshold", "scramble_q")
+AUTO_KEYS = ("match_threshold", "scramble_q", "scramble_q_one")
 _KINDS = {"str": (str,), "bool": (bool,), "int": (int,), "float": (int, float)}
 
 
