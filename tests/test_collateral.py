@@ -118,3 +118,20 @@ def test_scramble_q_one_in_config_sets_a_one_photo_erasures_gate(tmp_path):
         four = ws.forget(ids[1], progress=False, dry_run=True).receipt["params"]
     assert one["n"] == 1 and one["q"] == 0.9985
     assert four["n"] == 4 and four["q"] != 0.9985  # gates on 2+ photos keep their own search
+
+
+def test_forget_warns_once_the_gates_together_open_on_a_lot_of_everyone_elses_photos():
+    from types import SimpleNamespace
+
+    from facekd.cli.erasure_commands import OTHERS_TOUCHED_WARN
+
+    def head(total: float) -> str:
+        model = {"others_touched": 0.001, "others_touched_interval": [0.0005, 0.002],
+                 "others_touched_total": total, "others_touched_uncounted": 0}
+        res = SimpleNamespace(receipt={"receipt_id": "r", "model": model, "params": {}},
+                              top_up=None, kind="erasure", removed_faces=1, coverage=None,
+                              forced=False, refusal=None)
+        return "\n".join(_forget_head(res, 7, dry_run=False))
+
+    assert "their accuracy pays" not in head(OTHERS_TOUCHED_WARN / 2)
+    assert "their accuracy pays" in head(OTHERS_TOUCHED_WARN)

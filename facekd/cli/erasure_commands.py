@@ -22,6 +22,13 @@ ONE_PHOTO_SEQUENCE = (f"on LFW + dlib, 50 in sequence cost everyone else {_AUTO[
                       f"erased are found at {_TIGHT[0]:.1f} % instead of {_AUTO[0]:.1f} %")
 
 
+# forget warns once the ledger's gates together open on this share of everyone else's new
+# photos. On LFW + dlib 50 erasures from all photos sum to about 1.3 % (everyone else lost 0.27
+# rank-1 point), one-photo erasures pass 2 % after about 8 (about 1.7 points by then);
+# docs/benchmarks.md, "One photo: the erased person or everyone else".
+OTHERS_TOUCHED_WARN = 0.02
+
+
 # ------------------------------------------------------------------------------ forget
 @click.command()
 @click.option("--identity", type=IDENTITY, default=None, help="Integer identity id to erase.")
@@ -129,6 +136,10 @@ def _forget_head(res: Any, identity: int, dry_run: bool) -> list[str]:
                      f"%{ci} of their new photos (each may then fail to match its owner); with "
                      f"the earlier erasures about {100 * model['others_touched_total']:.2f} %"
                      + (f" (not counting {uncounted} older one(s))" if uncounted else ""))
+        if model["others_touched_total"] >= OTHERS_TOUCHED_WARN:
+            lines.append(f"  together the gates open on {100 * OTHERS_TOUCHED_WARN:g} % or more of "
+                         "everyone else's new photos: their accuracy pays for it (measure it on "
+                         "your photos with facekd bench --sequential)")
     if params.get("n") == 1 and "gallery_touched" in params:
         lines.append(f"  fitted on one photo: the gate opens wide; one-photo erasures add up "
                      f"({ONE_PHOTO_SEQUENCE}): give every photo you have")
