@@ -218,6 +218,9 @@ def run_demo(workspace: str | os.PathLike | None = None, *, identities: int = 20
             if fr.receipt["method"] == "scramble" else
             f"method {fr.receipt['method']}, {fr.receipt['model']['k_added']} direction(s) erased")
     echo(f"receipt {fr.receipt['receipt_id']}: {fr.removed_faces} faces removed, {edit}")
+    cost = fr.receipt["model"].get("others_touched")
+    if cost is not None:  # what the gate costs everyone else (the fit's held-out estimate)
+        echo(f"everyone else: the gate opens on about {100 * cost:.2f} % of their new photos")
 
     with Workspace.open(ws_dir) as ws:
         t = time.perf_counter()
