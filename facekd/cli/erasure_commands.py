@@ -10,9 +10,9 @@ from typing import Any
 import click
 
 from facekd import methods
-from facekd.methods.scramble_defaults import ONE_PHOTO_FRONTIER
 from facekd.cli.common import (EXIT_INCONCLUSIVE, EXIT_OK, EXIT_VERIFY_FAILED, IDENTITY,
                                _MethodChoice, _command, _emit, _fail, _open, _progress, _who)
+from facekd.methods.scramble_defaults import ONE_PHOTO_FRONTIER
 
 # Said wherever a one-photo erasure is committed: each such gate opens wide, and they add up;
 # the trade an operator can make instead (measured: ONE_PHOTO_FRONTIER).

@@ -14,6 +14,7 @@ import click
 
 from facekd.cli.common import (EXIT_VERIFY_FAILED, IDENTITY, _command, _emit, _open, _progress,
                                _report_skipped, _who)
+from facekd.state.receipt import ledger_others_touched
 from facekd.terminal import printable
 
 
@@ -221,12 +222,11 @@ def _others(entry: dict) -> str:
 def _others_total(entries: list[dict]) -> list[str]:
     """The ledger's closing line: what its gates together cost everyone else (summed: gates seldom
     open on the same photo)."""
-    shares = [float(e["others_touched"]) for e in entries if e.get("others_touched") is not None]
-    if not shares:
+    total, counted, missing = ledger_others_touched(entries)
+    if not counted:
         return []
-    missing = sum(1 for e in entries if e.get("gates") and e.get("others_touched") is None)
     return [f"others: the share of everyone else's new photos a gate opens on (each may then fail "
-            f"to match its owner); all {len(shares)} together about {100 * sum(shares):.2f}%"
+            f"to match its owner); all {counted} together about {100 * total:.2f}%"
             + (f", not counting {missing} older gate(s)" if missing else "")]
 
 

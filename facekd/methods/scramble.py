@@ -67,16 +67,14 @@ class _RidgeDiscriminant:
             self.within[:-1, :-1] = forget_weight * within
 
     def fit(self, forget: np.ndarray, ridge: float, tau: float = 0.0, *,
-            drop: int | None = None, less: np.ndarray | None = None) -> tuple[np.ndarray, float]:
-        """``(w (d,), b)`` fitted on ``forget`` and the gallery, without gallery part ``drop``
-        (or without the faces whose share of the normal equations is ``less``)."""
+            less: np.ndarray | None = None) -> tuple[np.ndarray, float]:
+        """``(w (d,), b)`` fitted on ``forget`` and the gallery, without the gallery faces whose
+        share of the normal equations is ``less`` (a part's entry of ``part_grams``)."""
         fa = np.c_[forget, np.ones(len(forget))]
         wf = self.forget_weight / len(forget)
         gram = (self.base + ridge * np.eye(self.ga.shape[1])) + wf * (fa.T @ fa)
         if tau:
             gram = gram + tau * self.within
-        if drop is not None:
-            gram = gram - self.part_grams[drop]
         if less is not None:
             gram = gram - less
         sol = np.linalg.solve(gram, wf * fa.sum(axis=0))
@@ -89,10 +87,11 @@ class _RidgeDiscriminant:
         scores are optimistic, most of all on small galleries). ``parts``: other parts than the
         ones the discriminant was built with (their share of the normal equations is computed
         here: one more ``O(N d^2)`` pass)."""
+        grams = (self.part_grams if parts is None else
+                 [self.wg * (self.ga[p].T @ self.ga[p]) for p in parts])
         scores = np.empty(len(self.ga))
-        for i, part in enumerate(self.parts if parts is None else parts):
-            w, b = (self.fit(forget, ridge, tau, drop=i) if parts is None else
-                    self.fit(forget, ridge, tau, less=self.wg * (self.ga[part].T @ self.ga[part])))
+        for part, gram in zip(self.parts if parts is None else parts, grams):
+            w, b = self.fit(forget, ridge, tau, less=gram)
             scores[part] = self.ga[part, :-1] @ w + b
         return scores
 

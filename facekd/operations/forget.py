@@ -228,15 +228,14 @@ def others_touched(ledger: list[dict], new: Erasure) -> dict:
     share = params.get("others_touched")
     if share is None:
         return {}
-    gated = [e for e in ledger if e.get("gates")]
-    known = [float(e["others_touched"]) for e in gated if e.get("others_touched") is not None]
+    earlier, _, uncounted = rc.ledger_others_touched(ledger)
     n = int(params.get("others_touched_faces") or 0)
     return {"others_touched": float(share),
             # a share of the n gallery faces it was read off: on a gallery of tens of people,
             # "none" can still mean a few percent
             "others_touched_interval": list(wilson_interval(share * n, n)) if n else None,
-            "others_touched_total": float(share) + sum(known),
-            "others_touched_uncounted": len(gated) - len(known)}
+            "others_touched_total": float(share) + earlier,
+            "others_touched_uncounted": uncounted}
 
 
 def _fit_step(m: methods.Method, fit: Callable[[np.ndarray], Erasure], F: np.ndarray) -> Erasure:
@@ -278,7 +277,7 @@ def _finish(ws: "WorkspaceState", identity: int, step: _Step, *, kind: str, top_
         warnings.warn(f"{refusal} (--force given: committed anyway)", RuntimeWarning,
                       stacklevel=4)
         overridden = overridden + ["coverage"]
-    base, edited = ws.base_encoder, ws.encoder
+    base, edited, ledger = ws.base_encoder, ws.encoder, ws.ledger()
     new_edited = base.with_erasure(step.combined)
     gen_before = int(ws.gallery.generation)
     gen_after = gen_before + (0 if dry_run else 1)
@@ -291,8 +290,8 @@ def _finish(ws: "WorkspaceState", identity: int, step: _Step, *, kind: str, top_
                "edited_sha256_after": new_edited.fingerprint,
                # directions: an ESC step after a gate sits in the tail, not in the basis
                "k_added": step.new.directions, "k_total": step.combined.directions,
-               "gates_total": step.combined.n_gates, "deletions_total": len(ws.ledger()) + 1,
-               "template_leak": step.leak, **others_touched(ws.ledger(), step.new)},
+               "gates_total": step.combined.n_gates, "deletions_total": len(ledger) + 1,
+               "template_leak": step.leak, **others_touched(ledger, step.new)},
         generation_before=gen_before, generation_after=gen_after,
         metrics={**step.report.to_dict(), "protocol": step.protocol}, histograms=step.hists,
         timings=timings, n_vectors=step.n_vectors, n_images=step.n_images,

@@ -19,7 +19,8 @@ import numpy as np
 from facekd.fileio import write_atomic  # re-exported: receipts are written through it
 
 __all__ = ["RECEIPT_FORMAT", "HIST_EDGES", "new_salt", "hash_identity", "receipt_id",
-           "histogram", "build_receipt", "to_json", "find_leaks", "write_atomic"]
+           "histogram", "build_receipt", "to_json", "find_leaks", "ledger_others_touched",
+           "write_atomic"]
 
 RECEIPT_FORMAT = 1
 #: Fixed cosine-score bins shared by every receipt, so histograms from different runs line up.
@@ -152,3 +153,12 @@ def find_leaks(receipt: dict, identity: int, names: Iterable[str] = ()) -> list[
 
     walk(receipt, "")
     return found
+
+
+def ledger_others_touched(entries: Iterable[dict]) -> tuple[float, int, int]:
+    """``(total, counted, uncounted)`` over ledger ``entries``: the sum of their gates' shares of
+    everyone else's new photos (``others_touched``; gates seldom open on the same photo), how many
+    entries carry one, and how many gated entries do not (committed before facekd measured it)."""
+    gated = [e for e in entries if e.get("gates")]
+    shares = [float(e["others_touched"]) for e in gated if e.get("others_touched") is not None]
+    return float(sum(shares)), len(shares), len(gated) - len(shares)
