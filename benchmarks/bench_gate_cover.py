@@ -15,6 +15,13 @@ over 2x chance (``2 / people``; the issue's target: none), with how many of thos
 forget`` would have refused (estimated cover under ``[forget] min_coverage``, 0.5). Small
 galleries: the 12 people and a seeded draw of others (``--gallery-people``'s draw).
 
+Each gallery size also gets a "perfect erasure" row: the same attack where each erased person's
+new photos are replaced by photos of as many distinct never-enrolled people (from outside the
+workspace, or, on the full gallery, its other identities taken out of it): what an erasure
+that turned every photo into an unrelated real stranger would show, and what verify says of it.
+With 20 new photos, random splits and look-alike strangers put many such people over 2x chance
+too; each fit row gives its mean minus the perfect erasure's, paired by person (same draw).
+
 ``--seeds``: each seed draws the 12 people, the small gallery's others, the enrolment split and
 the fresh photos afresh (seed 0 is ``facekd bench``'s default draw); a row pools the 12 people of
 every seed, and "worst draw" is the highest per-seed mean. One draw is one sample of 12 people:
@@ -32,9 +39,11 @@ import numpy as np
 
 from _common import REPO
 
-from facekd.core.metrics import split_enrol_probe
+from facekd.core import verdict as vd
+from facekd.core.metrics import pair_scores, split_enrol_probe, tar_at_far
 from facekd.encoders import load_encoder
 from facekd.evaluation import bench as B
+from facekd.evaluation.settings import FAR, MAX_IMPOSTORS
 from facekd.methods import scramble
 from facekd.methods.scramble import fit_scramble
 from facekd.state.config import Config
@@ -58,10 +67,22 @@ def replay(person: np.ndarray, gallery: np.ndarray, rng: np.random.Generator) ->
     return float(np.mean(rates))
 
 
-def cover_rows(E0: np.ndarray, y0: np.ndarray, setting: str, fit: str, seed: int,
-               options: dict) -> tuple[np.ndarray, int]:
-    """``(12, 5)``: per erased person of draw ``seed``, real cover, estimated cover, others' faces
-    touched, q chosen, fresh re-enrolment rank-1 over SPLITS splits; and the gallery's people."""
+def strangers_for(person: int, y_all: np.ndarray, workspace: np.ndarray, held: int,
+                  rng: np.random.Generator) -> np.ndarray:
+    """``(held,)`` distinct identities to stand in for ``person``'s new photos after a perfect
+    erasure: drawn from outside the workspace's identities ``workspace`` when enough are, else
+    from its other identities (then the caller leaves them out of the gallery: a stranger is
+    never enrolled)."""
+    outside = np.setdiff1d(np.unique(y_all), workspace)
+    pool = outside if len(outside) >= held else np.setdiff1d(np.unique(y_all), [person])
+    return rng.choice(pool, held, replace=False)
+
+
+def _workspace(E0: np.ndarray, y0: np.ndarray, setting: str, seed: int
+               ) -> tuple[B.Protocol, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Draw ``seed``'s erased people and workspace (``setting``: ``"all"`` or a number of
+    people): ``(single, E, y, ids, people)``, as :func:`cover_rows` and :func:`perfect_rows`
+    share them."""
     ids0, counts0 = np.unique(y0, return_counts=True)
     single = B._draw(dict(zip(ids0.tolist(), counts0.tolist())), 12, np.random.default_rng(seed))
     E, y, ids, people = E0, y0, ids0, single.people
@@ -69,6 +90,46 @@ def cover_rows(E0: np.ndarray, y0: np.ndarray, setting: str, fit: str, seed: int
         n = int(setting)
         people = single.people[:n - 2]
         E, y, ids, _ = B._small_gallery(E0, y0, people, n, seed)
+    return single, E, y, ids, people
+
+
+def perfect_rows(E0: np.ndarray, y0: np.ndarray, setting: str, seed: int
+                 ) -> tuple[np.ndarray, np.ndarray, int]:
+    """A perfect erasure of each erased person of draw ``seed``: as many photos of distinct
+    never-enrolled people (:func:`strangers_for`) as the person has fresh ones. Returns their
+    :func:`replay` rank-1 ``(12,)``, verify's ruling on them ``(12,)`` (PASS / FAIL /
+    INCONCLUSIVE, the person's own fresh photos as the unedited ones; the bench's FAR
+    threshold) and the gallery's people."""
+    single, E, y, ids, people = _workspace(E0, y0, setting, seed)
+    x0, x_all = B._unit(E).astype(np.float64), B._unit(E0).astype(np.float64)
+    split = split_enrol_probe(y, seed=seed)
+    means = B._unit(B._class_means(x0, y))
+    rng = np.random.default_rng([seed, 2])
+    rates, rulings = [], []
+    for p in people:
+        c = B._make_case(y, split, means, ids, int(p), single.held, seed)
+        who = strangers_for(int(p), y0, ids, single.held, rng)
+        photos = x_all[[rng.choice(np.flatnonzero(y0 == w)) for w in who]]
+        keep = c.gallery[~np.isin(y[c.gallery], who)]
+        gallery = x0[keep]
+        rates.append(replay(photos, gallery, rng))
+        gen, imp = pair_scores(x0[c.retained], y[c.retained], max_impostor_pairs=MAX_IMPOSTORS,
+                               seed=seed)
+        _, thr = tar_at_far(gen, imp, FAR)
+        found = vd.strangers(gallery, y[keep], seed=seed)
+        chance = 1.0 / (len(np.unique(y[keep])) + 1)
+        figures = {state: vd.attack_figures(x, (x @ gallery.T).max(axis=1), found.odds,
+                                            chance=chance, threshold=thr)
+                   for state, x in (("after", photos), ("before", x0[c.fresh]))}
+        rulings.append(vd.combine(figures["after"], figures["before"], len(photos)).status)
+    return np.array(rates), np.array(rulings), len(ids)
+
+
+def cover_rows(E0: np.ndarray, y0: np.ndarray, setting: str, fit: str, seed: int,
+               options: dict) -> tuple[np.ndarray, int]:
+    """``(12, 5)``: per erased person of draw ``seed``, real cover, estimated cover, others' faces
+    touched, q chosen, fresh re-enrolment rank-1 over SPLITS splits; and the gallery's people."""
+    single, E, y, ids, people = _workspace(E0, y0, setting, seed)
     x0 = B._unit(E)
     split = split_enrol_probe(y, seed=seed)
     means = B._unit(B._class_means(x0, y))
@@ -87,12 +148,22 @@ def cover_rows(E0: np.ndarray, y0: np.ndarray, setting: str, fit: str, seed: int
     return np.array(rows), len(ids)
 
 
+def paired_difference(a: np.ndarray, b: np.ndarray, boots: int = 2000, seed: int = 0
+                      ) -> tuple[float, float, float]:
+    """Mean of ``a - b`` (``(m,)`` each, paired by erased person: same draw, same gallery) and
+    its 95 % percentile bootstrap interval over people."""
+    d = np.asarray(a) - np.asarray(b)
+    rng = np.random.default_rng(seed)
+    means = d[rng.integers(len(d), size=(boots, len(d)))].mean(axis=1)
+    return float(d.mean()), float(np.quantile(means, 0.025)), float(np.quantile(means, 0.975))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--dataset", default=str(FACES / "lfw_150px"))
     ap.add_argument("--encoder", default="dlib")
     ap.add_argument("--people", default="all,40,15")
-    ap.add_argument("--fit", default="1,3,all")
+    ap.add_argument("--fit", default="1,3,all", help="fit photos; empty: the perfect-erasure rows only")
     ap.add_argument("--seeds", default="0", help="draws, comma-separated (e.g. 0,1,2,3,4)")
     ap.add_argument("--one-photo-ridges", default=None,
                     help="replace RIDGE_GRID_ONE for this run, e.g. 1e-4,1e-3,1e-2,1e-1")
@@ -110,21 +181,32 @@ def main() -> None:
     print(f"seeds {seeds}; one-photo ridges {scramble.RIDGE_GRID_ONE}")
     print("| people | fit photos | real cover (min) | estimated cover | others' faces touched "
           "| q chosen (median) | forget rank-1, 200 splits: mean (worst person; worst draw) "
-          "| over 2x chance (of them refused) |")
-    print("|---|---|---|---|---|---|---|---|")
+          "| over 2x chance (of them refused) | minus a perfect erasure, points (95 %) |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for setting in a.people.split(","):
-        for fit in a.fit.split(","):
+        runs = [perfect_rows(E0, y0, setting, s) for s in seeds]
+        perfect, people = np.concatenate([r for r, _, _ in runs]), runs[0][2]
+        rulings = np.concatenate([v for _, v, _ in runs])
+        said = ", ".join(f"{int(np.sum(rulings == k))} {k}" for k in (vd.PASS, vd.INCONCLUSIVE,
+                                                                        vd.FAIL))
+        print(f"| {people} | perfect erasure (verify: {said}) | - | - | - | - | "
+              f"{100 * perfect.mean():.1f} % ({100 * perfect.max():.1f}; "
+              f"{100 * max(r.mean() for r, _, _ in runs):.1f}) | "
+              f"{int(np.sum(perfect > 2 / people))} of {len(perfect)} | - |", flush=True)
+        for fit in [f for f in a.fit.split(",") if f]:
             runs = [cover_rows(E0, y0, setting, fit, s, options) for s in seeds]
             v = np.concatenate([r for r, _ in runs])
             people = runs[0][1]
             draw_worst = max(r[:, 4].mean() for r, _ in runs)
             over = v[:, 4] > 2 / people
             refused = v[:, 1] < MIN_COVERAGE
+            diff, low, high = (100 * t for t in paired_difference(v[:, 4], perfect))
             print(f"| {people} | {fit} | {100 * v[:, 0].mean():.1f} % ({100 * v[:, 0].min():.0f})"
                   f" | {100 * v[:, 1].mean():.1f} % | {100 * v[:, 2].mean():.3f} % | "
                   f"{np.median(v[:, 3]):g} | {100 * v[:, 4].mean():.1f} % "
                   f"({100 * v[:, 4].max():.1f}; {100 * draw_worst:.1f}) | "
-                  f"{int(over.sum())} of {len(v)} ({int(np.sum(over & refused))}) |", flush=True)
+                  f"{int(over.sum())} of {len(v)} ({int(np.sum(over & refused))}) | "
+                  f"{diff:+.1f} ({low:+.1f} to {high:+.1f}) |", flush=True)
 
 if __name__ == "__main__":
     main()

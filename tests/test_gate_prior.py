@@ -224,6 +224,8 @@ def test_forget_erases_a_person_the_workspace_holds_one_photo_of(tmp_path):
         # forget's output says what a one-photo gate costs everyone else, and that it adds up
         head = "\n".join(_forget_head(res, ids[0], dry_run=False))
         assert "fitted on one photo" in head and "add up" in head
+        # ... and that its cover estimate cannot tell a poor photo from a good one
+        assert "cannot tell which photo" in head and "verify --images" in head
     # Nobody in the gallery has two photos: no within-identity variation to generalise from.
     single = write_tree(tmp_path / "single", ids[:6], 1, seed=1)
     Workspace.init(tmp_path / "ws1", "samples", aligned=True).close()

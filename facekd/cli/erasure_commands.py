@@ -12,7 +12,7 @@ import click
 from facekd import methods
 from facekd.cli.common import (EXIT_INCONCLUSIVE, EXIT_OK, EXIT_VERIFY_FAILED, IDENTITY,
                                _MethodChoice, _command, _emit, _fail, _open, _progress, _who)
-from facekd.methods.scramble_defaults import ONE_PHOTO_FRONTIER
+from facekd.methods.scramble_defaults import ONE_PHOTO_FRONTIER, ONE_PHOTO_POOR
 
 # Said wherever a one-photo erasure is committed: each such gate opens wide, and they add up;
 # the trade an operator can make instead (measured: ONE_PHOTO_FRONTIER).
@@ -20,6 +20,12 @@ _AUTO, _TIGHT = ONE_PHOTO_FRONTIER[None], ONE_PHOTO_FRONTIER[0.998]
 ONE_PHOTO_SEQUENCE = (f"on LFW + dlib, 50 in sequence cost everyone else {_AUTO[1]:g} rank-1 "
                       f"points, {_TIGHT[1]:g} with [forget] scramble_q_one = 0.998, where the "
                       f"erased are found at {_TIGHT[0]:.1f} % instead of {_AUTO[0]:.1f} %")
+# Said there too: the cover estimate is other people's, and a poor photo makes a poor gate.
+_POOR, _POOR_FN = ONE_PHOTO_POOR["dlib"], ONE_PHOTO_POOR["facenet"]
+ONE_PHOTO_GAMBLE = (f"the cover hangs on the photo: on LFW {_POOR[0]:g} % of single photos (dlib; "
+                    f"FaceNet {_POOR_FN[0]:g} %) made a gate that opened fully on under 80 % of "
+                    f"the person's other photos, and the estimate above cannot tell which photo "
+                    f"(rank correlation {_POOR[1]:.2f}): check new photos with verify --images")
 
 
 # forget warns once the ledger's gates together open on this share of everyone else's new
@@ -143,6 +149,7 @@ def _forget_head(res: Any, identity: int, dry_run: bool) -> list[str]:
     if params.get("n") == 1 and "gallery_touched" in params:
         lines.append(f"  fitted on one photo: the gate opens wide; one-photo erasures add up "
                      f"({ONE_PHOTO_SEQUENCE}): give every photo you have")
+        lines.append(f"  {ONE_PHOTO_GAMBLE}")
     if cov is not None and cov.get("look_alike_guard"):
         lines.append("  someone enrolled looks like this person: the gate stops as short of them "
                      "as this coverage allows ([forget] scramble_guard)")

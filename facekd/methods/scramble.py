@@ -19,12 +19,12 @@ from facekd.core.erasure import Erasure, ErasureError, as_matrix, single_threade
 from facekd.core.tail import ALPHA, GateChain, Scrambler, normalize_rows
 from facekd.methods.base import FitContext, MethodError, register
 from facekd.methods.scramble_defaults import (GUARD, GUARD_KEEP, MAX_TOUCHED, MAX_TOUCHED_ONE,
-                                              ONE_PHOTO_FRONTIER, PRIOR_GRID, Q_GRID, Q_ONE,
+                                              ONE_PHOTO_FRONTIER, ONE_PHOTO_POOR, PRIOR_GRID, Q_GRID, Q_ONE,
                                               RIDGE_GRID, RIDGE_GRID_ONE, SOFT_FROM, WIDTHS,
                                               hinge_width)
 
 __all__ = ["GUARD", "GUARD_KEEP", "MAX_TOUCHED", "MAX_TOUCHED_ONE", "ONE_PHOTO_FRONTIER",
-           "PRIOR_GRID", "Q_GRID", "Q_ONE",
+           "ONE_PHOTO_POOR", "PRIOR_GRID", "Q_GRID", "Q_ONE",
            "RIDGE_GRID", "RIDGE_GRID_ONE", "SOFT_FROM", "WIDTHS", "fit_scramble", "hinge_width",
            "lookalike_floor"]
 
