@@ -43,6 +43,7 @@ from facekd.core import verdict as vd
 from facekd.core.metrics import pair_scores, split_enrol_probe, tar_at_far
 from facekd.encoders import load_encoder
 from facekd.evaluation import bench as B
+from facekd.evaluation.bench_verdict import perfect_erasure_photos
 from facekd.evaluation.settings import FAR, MAX_IMPOSTORS
 from facekd.methods import scramble
 from facekd.methods.scramble import fit_scramble
@@ -67,17 +68,6 @@ def replay(person: np.ndarray, gallery: np.ndarray, rng: np.random.Generator) ->
     return float(np.mean(rates))
 
 
-def strangers_for(person: int, y_all: np.ndarray, workspace: np.ndarray, held: int,
-                  rng: np.random.Generator) -> np.ndarray:
-    """``(held,)`` distinct identities to stand in for ``person``'s new photos after a perfect
-    erasure: drawn from outside the workspace's identities ``workspace`` when enough are, else
-    from its other identities (then the caller leaves them out of the gallery: a stranger is
-    never enrolled)."""
-    outside = np.setdiff1d(np.unique(y_all), workspace)
-    pool = outside if len(outside) >= held else np.setdiff1d(np.unique(y_all), [person])
-    return rng.choice(pool, held, replace=False)
-
-
 def _workspace(E0: np.ndarray, y0: np.ndarray, setting: str, seed: int
                ) -> tuple[B.Protocol, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Draw ``seed``'s erased people and workspace (``setting``: ``"all"`` or a number of
@@ -96,7 +86,7 @@ def _workspace(E0: np.ndarray, y0: np.ndarray, setting: str, seed: int
 def perfect_rows(E0: np.ndarray, y0: np.ndarray, setting: str, seed: int
                  ) -> tuple[np.ndarray, np.ndarray, int]:
     """A perfect erasure of each erased person of draw ``seed``: as many photos of distinct
-    never-enrolled people (:func:`strangers_for`) as the person has fresh ones. Returns their
+    never-enrolled people (``perfect_erasure_photos``) as the person has fresh ones. Returns their
     :func:`replay` rank-1 ``(12,)``, verify's ruling on them ``(12,)`` (PASS / FAIL /
     INCONCLUSIVE, the person's own fresh photos as the unedited ones; the bench's FAR
     threshold) and the gallery's people."""
@@ -108,9 +98,8 @@ def perfect_rows(E0: np.ndarray, y0: np.ndarray, setting: str, seed: int
     rates, rulings = [], []
     for p in people:
         c = B._make_case(y, split, means, ids, int(p), single.held, seed)
-        who = strangers_for(int(p), y0, ids, single.held, rng)
-        photos = x_all[[rng.choice(np.flatnonzero(y0 == w)) for w in who]]
-        keep = c.gallery[~np.isin(y[c.gallery], who)]
+        photos, kept = perfect_erasure_photos(x_all, y0, y[c.gallery], int(p), single.held, rng)
+        keep = c.gallery[kept]
         gallery = x0[keep]
         rates.append(replay(photos, gallery, rng))
         gen, imp = pair_scores(x0[c.retained], y[c.retained], max_impostor_pairs=MAX_IMPOSTORS,

@@ -44,6 +44,7 @@ from facekd import methods as registry
 from facekd.core import verdict as vd
 from facekd.core.metrics import MIA_MIN_PER_CLASS, split_enrol_probe
 from facekd.core.separation import bench_check
+from facekd.evaluation.bench_verdict import perfect_erasure
 from facekd.evaluation.dataset import _scan, _usable, embed_dataset
 from facekd.evaluation.protocol import _draw, _make_case, _r, _single
 from facekd.evaluation.sequential import _sequential, checkpoints
@@ -143,6 +144,7 @@ def run_bench(dataset: str | os.PathLike, encoder: str, *,
     small = gallery_people is not None and int(gallery_people) < len(ids)
     n_erase = min(int(erase), len(ids) - 2, int(gallery_people) - 2 if small else len(ids))
     single = _draw(count, n_erase, np.random.default_rng(seed))
+    E_all, y_all = E, y  # the whole dataset: where a perfect erasure's strangers come from
     if small:
         E, y, ids, counts = _small_gallery(E, y, single.people, int(gallery_people), seed)
         count = dict(zip(ids.tolist(), counts.tolist()))
@@ -163,6 +165,12 @@ def run_bench(dataset: str | os.PathLike, encoder: str, *,
     # person (verify's yardstick, read off the enrolled gallery), not 1 / identities.
     strangers = vd.stranger_baseline(vd.strangers(x0[split], y[split], seed=seed).odds,
                                      single.held // 2)
+    # The same, person by person: each erased person's fresh photos replaced by as many
+    # unrelated strangers' (bench_verdict.perfect_erasure), replayed over 200 splits.
+    x_all = _unit(E_all)
+    perfect = [r for r in (perfect_erasure(x_all, y_all, x0[c.gallery], y[c.gallery], c.person,
+                                           single.held, seed=seed) for c in cases)
+               if r is not None]
     total = len(cases) * (1 + len(names) * len(settings)) + (
         len(names) * len(seq.people) if seq else 0)
     t_eval = time.perf_counter()
@@ -196,6 +204,8 @@ def run_bench(dataset: str | os.PathLike, encoder: str, *,
         "sequential_gallery_rows": int(split.sum()),
         "sequential_gates": gates,
         "strangers_rank1": _r(100 * strangers),
+        "perfect_rank1": _r(100 * float(np.mean([r for r, _ in perfect]))) if perfect else None,
+        "perfect_over": _r(100 * float(np.mean([o for _, o in perfect]))) if perfect else None,
         "far": FAR, "max_impostor_pairs": MAX_IMPOSTORS, "esc_p": ESC_P,
         "lookalikes": LOOKALIKES, "moved_tol": MOVED_TOL, "mia_min_per_class": MIA_MIN_PER_CLASS,
         "cache": emb.info["cache"], "cache_path": emb.info["cache_path"],

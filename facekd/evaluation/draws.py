@@ -55,10 +55,15 @@ def pool_draws(results: list[dict]) -> dict:
     first = results[0]
     protocol = dict(first["protocol"])
     strangers = [r["protocol"]["strangers_rank1"] for r in results]
+    # A perfect erasure, person by person: pooled over the draws' erased people like any row.
+    perfect = {k: [r["protocol"].get(k) for r in results] for k in ("perfect_rank1",
+                                                                    "perfect_over")}
+    perfect = {k: (round(float(np.mean(v)), 4) if None not in v else None)
+               for k, v in perfect.items()}
     protocol.update(draws=len(results), seeds=[r["protocol"]["seed"] for r in results],
                     erased_total=sum(r["protocol"]["erased"] for r in results),
                     strangers_rank1=round(float(np.mean(strangers)), 4),
-                    strangers_rank1_per_draw=strangers,
+                    strangers_rank1_per_draw=strangers, **perfect,
                     timings_s={k: round(sum(r["protocol"]["timings_s"][k] for r in results), 4)
                                for k in first["protocol"]["timings_s"]})
     return {**first, "original": _pool([r["original"] for r in results]),

@@ -26,6 +26,7 @@ _COLUMNS = [("forget rank-1", "forget_rank1"), ("forget TAR", "forget_tar"),
             ("retain rank-1", "retain_rank1"),
             ("retain TAR", "retain_tar"), ("template cos", "template_cos"),
             ("singled out", "template_top1"),
+            ("over 2x chance", "replay_over"),
             ("verify PASS / FAIL / INCONCL.", "verdict"), ("verify wrong", "verdict_wrong"),
             ("fit s", "fit_s"), ("people", "n_erased")]
 
@@ -68,6 +69,10 @@ def format_markdown(result: dict) -> str:
              + (f"; unrelated strangers' photos re-enrolled as one person (what a perfect "
                 f"erasure reaches, verify's yardstick) {p['strangers_rank1']:.2f}%"
                 if "strangers_rank1" in p else "")
+             + (f"; a perfect erasure person by person (each erased person's fresh photos "
+                f"replaced by as many unrelated strangers', replayed over 200 splits) "
+                f"{p['perfect_rank1']:.2f}%, {p['perfect_over']:.0f}% of them over 2x chance"
+                if p.get("perfect_rank1") is not None else "")
              + f". Embeddings: cache {p['cache']}."
              + (f" Small gallery: {p['gallery_people']} identities take part."
                 if p.get("gallery_people") else ""),
@@ -88,7 +93,10 @@ def format_markdown(result: dict) -> str:
               "and the person's mean face minus the population mean, and how often the person "
               "ranks first among all identities by that direction (singled out, %). verify: "
               "percent of the erased people that `facekd verify` rules PASS / FAIL / "
-              "INCONCLUSIVE on their fresh photos (facekd.verdict); verify wrong: percent ruled "
+              "INCONCLUSIVE on their fresh photos (facekd.verdict); over 2x chance: percent of the "
+              "erased people whom the attack replayed over 200 random splits of their fresh "
+              "photos finds over 2x chance (compare the perfect erasure's above: no erasure "
+              "brings everyone under it); verify wrong: percent ruled "
               "PASS while the attack replayed over 200 random splits finds them over 2x chance, "
               "or FAIL while it finds them at or under it (facekd.evaluation.bench_verdict)."]
     lines += [f"Fit setting {s!r} skipped for {k} of {p['erased']} people (no more than {s} "
