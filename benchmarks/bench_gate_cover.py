@@ -40,11 +40,11 @@ import numpy as np
 from _common import REPO
 
 from facekd.core import verdict as vd
-from facekd.core.metrics import pair_scores, split_enrol_probe, tar_at_far
+from facekd.core.metrics import split_enrol_probe
 from facekd.encoders import load_encoder
 from facekd.evaluation import bench as B
-from facekd.evaluation.bench_verdict import perfect_erasure_photos
-from facekd.evaluation.settings import FAR, MAX_IMPOSTORS
+from facekd.evaluation.bench_verdict import perfect_erasure_photos, verdict_vs_replay
+from facekd.evaluation.protocol import retained_tar
 from facekd.methods import scramble
 from facekd.methods.scramble import fit_scramble
 from facekd.state.config import Config
@@ -102,15 +102,10 @@ def perfect_rows(E0: np.ndarray, y0: np.ndarray, setting: str, seed: int
         keep = c.gallery[kept]
         gallery = x0[keep]
         rates.append(replay(photos, gallery, rng))
-        gen, imp = pair_scores(x0[c.retained], y[c.retained], max_impostor_pairs=MAX_IMPOSTORS,
-                               seed=seed)
-        _, thr = tar_at_far(gen, imp, FAR)
-        found = vd.strangers(gallery, y[keep], seed=seed)
-        chance = 1.0 / (len(np.unique(y[keep])) + 1)
-        figures = {state: vd.attack_figures(x, (x @ gallery.T).max(axis=1), found.odds,
-                                            chance=chance, threshold=thr)
-                   for state, x in (("after", photos), ("before", x0[c.fresh]))}
-        rulings.append(vd.combine(figures["after"], figures["before"], len(photos)).status)
+        said = verdict_vs_replay(photos, x0[c.fresh], gallery, y[keep], seed=seed,
+                                 threshold=retained_tar(x0, y, c, seed)[1])
+        rulings.append(next(k for k in (vd.PASS, vd.FAIL, vd.INCONCLUSIVE)
+                            if said[f"verdict_{k.lower()}"]))
     return np.array(rates), np.array(rulings), len(ids)
 
 

@@ -46,7 +46,7 @@ from facekd.core.metrics import MIA_MIN_PER_CLASS, split_enrol_probe
 from facekd.core.separation import bench_check
 from facekd.evaluation.bench_verdict import perfect_erasure
 from facekd.evaluation.dataset import _scan, _usable, embed_dataset
-from facekd.evaluation.protocol import _draw, _make_case, _r, _single
+from facekd.evaluation.protocol import _draw, _make_case, _r, _single, retained_tar
 from facekd.evaluation.sequential import _sequential, checkpoints
 from facekd.evaluation.settings import (BenchError, ESC_P, FAR, LOOKALIKES, MAX_IMPOSTORS,
                                         MIN_FACES, MOVED_TOL, _class_means, parse_fit_photos,
@@ -169,8 +169,9 @@ def run_bench(dataset: str | os.PathLike, encoder: str, *,
     # unrelated strangers' (bench_verdict.perfect_erasure), replayed over 200 splits.
     x_all = _unit(E_all)
     perfect = [r for r in (perfect_erasure(x_all, y_all, x0[c.gallery], y[c.gallery], c.person,
-                                           single.held, seed=seed) for c in cases)
-               if r is not None]
+                                           x0[c.fresh], seed=seed,
+                                           threshold=retained_tar(x0, y, c, seed)[1])
+                           for c in cases) if r is not None]
     total = len(cases) * (1 + len(names) * len(settings)) + (
         len(names) * len(seq.people) if seq else 0)
     t_eval = time.perf_counter()
@@ -204,8 +205,12 @@ def run_bench(dataset: str | os.PathLike, encoder: str, *,
         "sequential_gallery_rows": int(split.sum()),
         "sequential_gates": gates,
         "strangers_rank1": _r(100 * strangers),
-        "perfect_rank1": _r(100 * float(np.mean([r for r, _ in perfect]))) if perfect else None,
-        "perfect_over": _r(100 * float(np.mean([o for _, o in perfect]))) if perfect else None,
+        # the same figures as a row's (percent of the erased people), for a perfect erasure
+        **{f"perfect_{k}": (_r(float(np.mean([r[f"{src}_{k}"] for r in perfect])))
+                            if perfect else None)
+           for src, ks in (("replay", ("rank1", "over")),
+                           ("verdict", ("pass", "fail", "inconclusive")))
+           for k in ks},
         "far": FAR, "max_impostor_pairs": MAX_IMPOSTORS, "esc_p": ESC_P,
         "lookalikes": LOOKALIKES, "moved_tol": MOVED_TOL, "mia_min_per_class": MIA_MIN_PER_CLASS,
         "cache": emb.info["cache"], "cache_path": emb.info["cache_path"],

@@ -17,10 +17,11 @@ from facekd.core import verdict as vd
 __all__ = ["VERDICT_METRICS", "verdict_vs_replay", "replay_rank1", "perfect_erasure",
            "perfect_erasure_photos"]
 
-# ``replay_over``: the replay finds the person over 2x chance (what the issue's per-person target
-# counts; a perfect erasure is over it for 19-38 % of LFW people, docs/benchmarks.md).
+# ``replay_rank1``: the replay's rank-1 (percent); ``replay_over``: it finds the person over 2x
+# chance (what the issue's per-person target counts; a perfect erasure is over it for 19-38 % of
+# LFW people, docs/benchmarks.md).
 VERDICT_METRICS = ("verdict_pass", "verdict_fail", "verdict_inconclusive", "verdict_false_pass",
-                   "verdict_false_fail", "replay_over")
+                   "verdict_false_fail", "replay_rank1", "replay_over")
 SPLITS = 200
 
 
@@ -57,13 +58,14 @@ def verdict_vs_replay(after: np.ndarray, before: np.ndarray, gallery: np.ndarray
         figures[state] = vd.attack_figures(x, best, found.odds, chance=chance, factor=factor,
                                            threshold=threshold, max_tar=max_tar)
     status = vd.combine(figures["after"], figures["before"], len(after)).status
-    over = replay_rank1(after, gallery, seed=seed) > factor * chance
+    rate = replay_rank1(after, gallery, seed=seed)
+    over = rate > factor * chance
     return {"verdict_pass": 100.0 * (status == vd.PASS),
             "verdict_fail": 100.0 * (status == vd.FAIL),
             "verdict_inconclusive": 100.0 * (status == vd.INCONCLUSIVE),
             "verdict_false_pass": 100.0 * (status == vd.PASS and over),
             "verdict_false_fail": 100.0 * (status == vd.FAIL and not over),
-            "replay_over": 100.0 * over}
+            "replay_rank1": 100.0 * rate, "replay_over": 100.0 * over}
 
 
 def perfect_erasure_photos(x_all: np.ndarray, y_all: np.ndarray, gallery_y: np.ndarray,
@@ -92,16 +94,19 @@ def perfect_erasure_photos(x_all: np.ndarray, y_all: np.ndarray, gallery_y: np.n
 
 
 def perfect_erasure(x_all: np.ndarray, y_all: np.ndarray, gallery: np.ndarray,
-                    gallery_y: np.ndarray, person: int, held: int, *, factor: float = 2.0,
-                    seed: int = 0) -> tuple[float, bool] | None:
-    """:func:`replay_rank1` of a perfect erasure of ``person`` (:func:`perfect_erasure_photos`)
-    against the ``(N, d)`` unit ``gallery``, and whether it is over ``factor`` x chance: the
-    yardstick an erased person's own replay is compared with, person by person. ``None`` when
-    it cannot be drawn."""
-    drawn = perfect_erasure_photos(x_all, y_all, gallery_y, person, held,
+                    gallery_y: np.ndarray, person: int, before: np.ndarray, *,
+                    threshold: float | None, factor: float = 2.0, seed: int = 0
+                    ) -> dict[str, float] | None:
+    """:func:`verdict_vs_replay` on a perfect erasure of ``person``: their ``(m, d)`` original
+    fresh photos ``before`` replaced by as many strangers' (:func:`perfect_erasure_photos`),
+    against the ``(N, d)`` unit ``gallery`` (labels ``gallery_y``) without the strangers. The
+    yardstick an erased person's own figures are read against, person by person: its replayed
+    rank-1, whether that is over ``factor`` x chance, and what verify rules (it should never
+    FAIL one whose replay is at or under the bound). ``None`` when it cannot be drawn."""
+    drawn = perfect_erasure_photos(x_all, y_all, gallery_y, person, len(before),
                                    np.random.default_rng([seed, 2, int(person)]))
     if drawn is None:
         return None
     photos, keep = drawn
-    rate = replay_rank1(photos, gallery[keep], seed=seed)
-    return rate, rate > factor / (len(np.unique(gallery_y[keep])) + 1)
+    return verdict_vs_replay(photos, before, gallery[keep], gallery_y[keep], threshold=threshold,
+                             factor=factor, seed=seed)

@@ -56,8 +56,8 @@ def pool_draws(results: list[dict]) -> dict:
     protocol = dict(first["protocol"])
     strangers = [r["protocol"]["strangers_rank1"] for r in results]
     # A perfect erasure, person by person: pooled over the draws' erased people like any row.
-    perfect = {k: [r["protocol"].get(k) for r in results] for k in ("perfect_rank1",
-                                                                    "perfect_over")}
+    perfect = {k: [r["protocol"].get(k) for r in results] for k in first["protocol"]
+               if k.startswith("perfect_")}
     perfect = {k: (round(float(np.mean(v)), 4) if None not in v else None)
                for k, v in perfect.items()}
     protocol.update(draws=len(results), seeds=[r["protocol"]["seed"] for r in results],

@@ -147,6 +147,15 @@ def _mia(x0: np.ndarray, x: np.ndarray, members: np.ndarray, fresh: np.ndarray,
     return membership_inference(feats[is_member], feats[~is_member], seed=seed)
 
 
+def retained_tar(x: np.ndarray, y: np.ndarray, case: Case, seed: int) -> tuple[float, float]:
+    """``(TAR, threshold)`` at the bench's FAR over everyone else's pairs (``case.retained``;
+    at most ``MAX_IMPOSTORS`` seeded impostor pairs) of the unit embeddings ``x`` ``(n, d)``:
+    the one-to-one threshold every FAR-based figure of the case uses."""
+    gen, imp = pair_scores(x[case.retained], y[case.retained], max_impostor_pairs=MAX_IMPOSTORS,
+                           seed=seed)
+    return tar_at_far(gen, imp, FAR)
+
+
 def _evaluate(x: np.ndarray, x0: np.ndarray, y: np.ndarray, case: Case, fit: np.ndarray,
               seed: int) -> dict[str, float | None]:
     """Every single-erasure metric (percent) of one person.
@@ -160,9 +169,7 @@ def _evaluate(x: np.ndarray, x0: np.ndarray, y: np.ndarray, case: Case, fit: np.
     fp = x[case.fresh_probe]
     forget_hits = identification_hits(gal, gal_y, fp, np.full(len(fp), p))
     retain_hits = identification_hits(gal, gal_y, x[case.probes], y[case.probes])
-    gen_r, imp_r = pair_scores(x[case.retained], y[case.retained],
-                               max_impostor_pairs=MAX_IMPOSTORS, seed=seed)
-    tar_r, thr = tar_at_far(gen_r, imp_r, FAR)
+    tar_r, thr = retained_tar(x, y, case, seed)
     gen_f, _ = pair_scores(x[case.fresh], np.zeros(len(case.fresh), np.int64),
                            max_impostor_pairs=0)
     kr = knowledge_retention(gal, gal_y, np.vstack([fp, x[case.probes]]),

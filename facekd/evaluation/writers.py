@@ -71,7 +71,9 @@ def format_markdown(result: dict) -> str:
                 if "strangers_rank1" in p else "")
              + (f"; a perfect erasure person by person (each erased person's fresh photos "
                 f"replaced by as many unrelated strangers', replayed over 200 splits) "
-                f"{p['perfect_rank1']:.2f}%, {p['perfect_over']:.0f}% of them over 2x chance"
+                f"{p['perfect_rank1']:.2f}%, {p['perfect_over']:.0f}% of them over 2x chance "
+                f"(verify on them: PASS {p['perfect_pass']:.0f} / FAIL {p['perfect_fail']:.0f} / "
+                f"INCONCLUSIVE {p['perfect_inconclusive']:.0f}%)"
                 if p.get("perfect_rank1") is not None else "")
              + f". Embeddings: cache {p['cache']}."
              + (f" Small gallery: {p['gallery_people']} identities take part."
