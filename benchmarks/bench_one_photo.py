@@ -81,13 +81,14 @@ def main() -> None:
     with threadpool_limits(limits=1, user_api="blas"):
         rows = photo_rows(x, y, a.min_photos, a.photos, a.seed)
     ids, counts = np.unique(y, return_counts=True)
-    name = a.encoder.split(":")[0]
+    name, colon, path = a.encoder.partition(":")
+    spec = f"{name}{colon}{Path(path).name}"  # the weights' file name, not this machine's path
     text = "\n".join([
         f"### Which single photo makes a good gate? ({Path(a.dataset).name} + `{name}`, "
         "`benchmarks/bench_one_photo.py`)", "",
         f"Machine: {machine()}; {versions('numpy', 'scipy', 'dlib')}. 1-minute load average "
         f"{load0:.1f} before, {load_average():.1f} after; wall {time.perf_counter() - t0:.0f} s. "
-        f"Command: `python benchmarks/bench_one_photo.py --encoder {a.encoder} --min-photos "
+        f"Command: `python benchmarks/bench_one_photo.py --encoder {spec} --min-photos "
         f"{a.min_photos} --photos {a.photos} --seed {a.seed}`.", "",
         table(name, rows, int(np.sum(counts >= a.min_photos)))])
     print(f"wrote {write_section('one-photo-' + name, text)}" if not a.no_write else text)
