@@ -66,6 +66,12 @@ __all__ = ["BenchError", "Embedded", "embed_dataset", "run_bench",
            "template_leak"]
 
 
+# protocol key <- verdict_vs_replay's figure, read on each erased person's perfect erasure
+PERFECT_FIGURES = {"perfect_rank1": "replay_rank1", "perfect_over": "replay_over",
+                   "perfect_pass": "verdict_pass", "perfect_fail": "verdict_fail",
+                   "perfect_inconclusive": "verdict_inconclusive"}
+
+
 def _small_gallery(E: np.ndarray, y: np.ndarray, people: np.ndarray, n: int, seed: int
                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Only ``people`` and a seeded draw of others, ``n`` identities in all: ``(E, y, ids,
@@ -205,12 +211,9 @@ def run_bench(dataset: str | os.PathLike, encoder: str, *,
         "sequential_gallery_rows": int(split.sum()),
         "sequential_gates": gates,
         "strangers_rank1": _r(100 * strangers),
-        # the same figures as a row's (percent of the erased people), for a perfect erasure
-        **{f"perfect_{k}": (_r(float(np.mean([r[f"{src}_{k}"] for r in perfect])))
-                            if perfect else None)
-           for src, ks in (("replay", ("rank1", "over")),
-                           ("verdict", ("pass", "fail", "inconclusive")))
-           for k in ks},
+        # a row's figures (percent of the erased people) for a perfect erasure of each of them
+        **{key: _r(float(np.mean([r[src] for r in perfect]))) if perfect else None
+           for key, src in PERFECT_FIGURES.items()},
         "far": FAR, "max_impostor_pairs": MAX_IMPOSTORS, "esc_p": ESC_P,
         "lookalikes": LOOKALIKES, "moved_tol": MOVED_TOL, "mia_min_per_class": MIA_MIN_PER_CLASS,
         "cache": emb.info["cache"], "cache_path": emb.info["cache_path"],
