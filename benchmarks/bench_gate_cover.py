@@ -43,7 +43,8 @@ from facekd.core import verdict as vd
 from facekd.core.metrics import split_enrol_probe
 from facekd.encoders import load_encoder
 from facekd.evaluation import bench as B
-from facekd.evaluation.bench_verdict import perfect_erasure_photos, verdict_vs_replay
+from facekd.evaluation.bench_verdict import (paired_difference, perfect_erasure_photos,
+                                           verdict_vs_replay)
 from facekd.evaluation.protocol import retained_tar
 from facekd.methods import scramble
 from facekd.methods.scramble import fit_scramble
@@ -130,16 +131,6 @@ def cover_rows(E0: np.ndarray, y0: np.ndarray, setting: str, fit: str, seed: int
         rows.append((np.mean(gate >= 1), e.params["heldout_gated_fully"], touched.mean(),
                      e.params["q"], rate))
     return np.array(rows), len(ids)
-
-
-def paired_difference(a: np.ndarray, b: np.ndarray, boots: int = 2000, seed: int = 0
-                      ) -> tuple[float, float, float]:
-    """Mean of ``a - b`` (``(m,)`` each, paired by erased person: same draw, same gallery) and
-    its 95 % percentile bootstrap interval over people."""
-    d = np.asarray(a) - np.asarray(b)
-    rng = np.random.default_rng(seed)
-    means = d[rng.integers(len(d), size=(boots, len(d)))].mean(axis=1)
-    return float(d.mean()), float(np.quantile(means, 0.025)), float(np.quantile(means, 0.975))
 
 
 def main() -> None:

@@ -9,8 +9,8 @@ gated scramble, each fitted on all their non-fresh photos (or K of them: `--fit 
 everyone not yet erased. Reported: everyone else's rank-1 and TAR@1e-3 before and after, and the
 50 erased people's fresh re-enrolment rank-1 and TAR under the final composite, with the guard at
 its measured setting (``facekd.methods.scramble.GUARD``, ``GUARD_KEEP``), without, and with
-``guard_keep`` 0.97 (or ``--methods``' settings). Writes ``bench:guard`` (with the guard's three
-settings and all photos only).
+``guard_keep`` 0.97, and the default without sparing (``scramble:spare=0``; or ``--methods``'
+settings). Writes ``bench:guard`` (with those four settings and all photos only).
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ from facekd.progress import tqdm
 
 FACES = Path(os.environ.get("FACEKD_FACES_DIR", REPO.parent / "shared" / "data" / "faces"))
 METHODS = {"no guard (default)": "scramble",
+           "no guard, sparing nobody (before)": "scramble:spare=0",
            f"guard {GUARD}, keep all": f"scramble:guard={GUARD}",
            f"guard {GUARD}, keep 0.97": f"scramble:guard={GUARD}:guard_keep=0.97"}
 
@@ -59,7 +60,7 @@ def main() -> None:
     ap.add_argument("--fit", default="all",
                     help="photos each erasure is fitted on: all, or K (1: an ID-photo gallery)")
     ap.add_argument("--methods", default=None,
-                    help="comma-separated scramble settings instead of the guard's three, e.g. "
+                    help="comma-separated scramble settings instead of the four above, e.g. "
                          "scramble,scramble:q=0.9995 (prints; never writes the guard section)")
     ap.add_argument("--no-write", action="store_true", help="print; leave docs/benchmarks.md")
     a = ap.parse_args()
@@ -102,7 +103,10 @@ def main() -> None:
         f"(the default), the guard (`scramble:guard={GUARD}`: a gate opens on at most "
         f"{GUARD} of any one enrolled identity's new photos, never lifted above any of the "
         "person's unseen photos: `guard_keep = 1`) and the stronger `guard_keep=0.97` "
-        "(lifted up to the score 97 % of them clear). Retained = people never erased; forget = "
+        "(lifted up to the score 97 % of them clear). Every row but \"sparing nobody\" has "
+        "gates that let through faces matching one of the enrolled people nearest them "
+        "(`[forget] scramble_spare`, facekd.methods.spare; \"sparing nobody\" is the default "
+        "before it). Retained = people never erased; forget = "
         "the erased people's fresh photos re-enrolled under the final composite.", "",
         "| guard | everyone else's rank-1 loss, mean (points) | worst seed | erased rank-1 (%) "
         "| erased TAR (%) |", "|---|---|---|---|---|", *summary, "",

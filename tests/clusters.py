@@ -25,3 +25,15 @@ def identity_clusters(n_ids: int = 100, per_id: int = 20, d: int = 128, *, sprea
     x = centres[labels] + spread * rng.normal(size=(len(labels), d)) / np.sqrt(d)
     x /= np.linalg.norm(x, axis=1, keepdims=True)
     return x.astype(np.float32), labels.astype(np.int64)
+
+
+def twin_clusters(c: float, *, n_ids: int = 80, per_id: int = 40, d: int = 64,
+                  seed: int = 2) -> tuple[np.ndarray, np.ndarray]:
+    """Cone-shaped identity clusters where identity 1 looks like identity 0 (its centre is 0's
+    moved by ``c``), as siblings do: ``(n, d)`` float64 unit rows and ``(n,)`` labels."""
+    rng = np.random.default_rng(seed)
+    unit = lambda x: x / np.linalg.norm(x, axis=1, keepdims=True)  # noqa: E731
+    centres = unit(rng.normal(size=(n_ids, d)) + 2.0 * unit(rng.normal(size=(1, d))))
+    centres[1] = unit(centres[:1] + c * unit(rng.normal(size=(1, d))))[0]
+    y = np.repeat(np.arange(n_ids), per_id)
+    return unit(centres[y] + 0.5 * rng.normal(size=(len(y), d)) / np.sqrt(d)), y

@@ -73,6 +73,15 @@ def test_json_has_the_documented_shape_and_protocol(bench):
     assert p["perfect_pass"] + p["perfect_fail"] + p["perfect_inconclusive"] == pytest.approx(100)
     assert res["original"]["replay_over"] == 100  # unedited, everyone is found
     assert all(0 <= row["replay_over"] <= 100 for row in res["rows"])
+    # each row against a perfect erasure of the same people: paired by person, with an interval
+    for row in res["rows"]:
+        diffs = row["perfect_diffs"]
+        assert len(diffs) == row["n_erased"]
+        assert row["minus_perfect"] == pytest.approx(sum(diffs) / len(diffs), abs=1e-3)
+        assert row["minus_perfect"] == pytest.approx(row["replay_rank1"] - p["perfect_rank1"],
+                                                     abs=1e-2)
+        assert row["minus_perfect_lo"] <= row["minus_perfect"] <= row["minus_perfect_hi"]
+    assert "perfect_diffs" not in res["original"]
     assert (p["held"], p["fresh_enrol"], p["fresh_probe"], p["eligible_min_faces"]) == (6, 3, 3, 12)
     assert p["sequential_gates"]["scramble"] == 3  # every gate merged into one chain
     seq = res["sequential"]
@@ -280,6 +289,12 @@ def test_draws_pool_independent_runs_and_keep_each_draws_figures(tree, cache):
     assert p["perfect_over"] == pytest.approx(
         sum(r["protocol"]["perfect_over"] for r in one) / 2, abs=1e-3)
     assert f"{p['perfect_rank1']:.2f}%, {p['perfect_over']:.0f}% of them over 2x chance" in md
+    # the paired difference's interval is over every draw's people, not a mean of intervals
+    assert row["perfect_diffs"] == rows[0]["perfect_diffs"] + rows[1]["perfect_diffs"]
+    assert row["minus_perfect"] == pytest.approx(
+        sum(row["perfect_diffs"]) / len(row["perfect_diffs"]), abs=1e-3)
+    assert "{:+.1f} ({:+.1f} to {:+.1f})".format(
+        row["minus_perfect"], row["minus_perfect_lo"], row["minus_perfect_hi"]) in md
     with pytest.raises(BenchError, match="draws"):
         run_bench(tree, "samples", draws=0, **kw)
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from clusters import twin_clusters
 from facekd.cli.erasure_commands import _forget_head
 from facekd.core.tail import ALPHA, SHRINK_MIN, GateChain, Scrambler, normalize_rows
 from facekd.erasure import ErasureError, fit_scramble
@@ -224,6 +225,9 @@ def test_forget_erases_a_person_the_workspace_holds_one_photo_of(tmp_path):
         # forget's output says what a one-photo gate costs everyone else, and that it adds up
         head = "\n".join(_forget_head(res, ids[0], dry_run=False))
         assert "fitted on one photo" in head and "add up" in head
+        # ... and that its gate spares the enrolled people nearest it, whose mean faces it holds
+        assert p["spared_faces"] == 11 and "the 11 enrolled people nearest it" in head
+        assert "as private as the gallery" in head
         # ... and that its cover estimate cannot tell a poor photo from a good one
         assert "cannot tell which photo" in head and "verify --images" in head
     # Nobody in the gallery has two photos: no within-identity variation to generalise from.
@@ -235,26 +239,16 @@ def test_forget_erases_a_person_the_workspace_holds_one_photo_of(tmp_path):
             ws.forget(ids[0], progress=False)
 
 
-def _twins(c: float, *, n_ids: int = 80, per_id: int = 40, d: int = 64, seed: int = 2):
-    """Identity clusters where identity 1 looks like identity 0 (its centre is 0's moved by
-    ``c``), as siblings do."""
-    rng = np.random.default_rng(seed)
-    centres = normalize_rows(rng.normal(size=(n_ids, d)) + 2.0 * normalize_rows(
-        rng.normal(size=(1, d))))
-    centres[1] = normalize_rows(centres[:1] + c * normalize_rows(rng.normal(size=(1, d))))[0]
-    y = np.repeat(np.arange(n_ids), per_id)
-    return normalize_rows(centres[y] + 0.5 * rng.normal(size=(len(y), d)) / np.sqrt(d)), y
-
-
 def test_the_gate_spares_an_enrolled_look_alike_while_covering_the_person():
-    E, y = _twins(0.8)
+    E, y = twin_clusters(0.8)
     me, sib = np.flatnonzero(y == 0), np.flatnonzero(y == 1)
     keep = (y != 0) & ~np.isin(np.arange(len(y)), sib[10:])  # the sibling's 10 enrolled photos
     fit, fresh, sib_new = E[me[:10]], E[me[10:]], E[sib[10:]]
-    fits = {"plain": fit_scramble(fit, E[keep], gallery_labels=y[keep]),
-            "guard": fit_scramble(fit, E[keep], gallery_labels=y[keep], guard=GUARD),
+    # spare=0: the guard alone (sparing the enrolled sibling is tests/test_spare.py's)
+    fits = {"plain": fit_scramble(fit, E[keep], gallery_labels=y[keep], spare=0),
+            "guard": fit_scramble(fit, E[keep], gallery_labels=y[keep], guard=GUARD, spare=0),
             "strong": fit_scramble(fit, E[keep], gallery_labels=y[keep], guard=GUARD,
-                                   guard_keep=0.97)}
+                                   guard_keep=0.97, spare=0)}
     assert fits["plain"].params["guard"] == 1.0  # off by default: privacy first
     assert fits["guard"].params["guard_keep"] == GUARD_KEEP == 1.0
     assert not fits["plain"].params["guard_raised"] and fits["strong"].params["guard_raised"]
@@ -295,12 +289,12 @@ def test_many_photos_soften_the_hinge_so_a_look_alikes_touched_photos_stay_their
     assert [hinge_width(n) for n in (1, 2, SOFT_FROM - 1, SOFT_FROM)] == [
         WIDTHS["one"], WIDTHS["few"], WIDTHS["few"], WIDTHS["many"]]
     assert WIDTHS["one"] < WIDTHS["few"] < WIDTHS["many"]
-    E, y = _twins(0.8)
+    E, y = twin_clusters(0.8)
     me, sib = np.flatnonzero(y == 0), np.flatnonzero(y == 1)
     keep = (y != 0) & ~np.isin(np.arange(len(y)), sib[10:])
     fit, fresh, sib_new = E[me[:SOFT_FROM]], E[me[SOFT_FROM:]], E[sib[10:]]
-    soft = fit_scramble(fit, E[keep], gallery_labels=y[keep])
-    sharp = fit_scramble(fit, E[keep], gallery_labels=y[keep], width=WIDTHS["few"])
+    soft = fit_scramble(fit, E[keep], gallery_labels=y[keep], spare=0)  # the hinge alone
+    sharp = fit_scramble(fit, E[keep], gallery_labels=y[keep], width=WIDTHS["few"], spare=0)
     assert soft.params["width"] == WIDTHS["many"] and sharp.params["width"] == WIDTHS["few"]
     assert soft.tail[0].t0[0] == sharp.tail[0].t0[0]  # the same opening point
     assert fit_scramble(fit[:SOFT_FROM - 1], E[keep],
@@ -325,7 +319,7 @@ def test_top_up_nearness_is_read_off_the_gallery_not_hinge_widths():
     hinge's width (5 soft hinge widths below the gate reach far into the gallery)."""
     from facekd.operations.refusals import NEAR_GATE, NEAR_SHARE, _gate_nearness, _near_levels
 
-    E, y = _twins(0.8)
+    E, y = twin_clusters(0.8)
     me = np.flatnonzero(y == 0)
     gal = y != 0
     e = fit_scramble(E[me[:SOFT_FROM]], E[gal], gallery_labels=y[gal])

@@ -146,6 +146,10 @@ def _forget_head(res: Any, identity: int, dry_run: bool) -> list[str]:
             lines.append(f"  together the gates open on {100 * OTHERS_TOUCHED_WARN:g} % or more of "
                          "everyone else's new photos: their accuracy pays for it (measure it on "
                          "your photos with facekd bench --sequential)")
+    if params.get("spared_faces"):
+        lines.append(f"  the gate lets through faces that match one of the {params['spared_faces']} "
+                     "enrolled people nearest it ([forget] scramble_spare): their mean faces are "
+                     "now part of the edited model; keep it as private as the gallery")
     if params.get("n") == 1 and "gallery_touched" in params:
         lines.append(f"  fitted on one photo: the gate opens wide; one-photo erasures add up "
                      f"({ONE_PHOTO_SEQUENCE}): give every photo you have")

@@ -14,6 +14,13 @@ A *stage* maps ``(n, d)`` unit rows to ``(n, d)`` unit rows. Two kinds exist:
   ``sigma`` ~ 200), and ``chol`` is the Cholesky factor of the population's covariance, so
   ``t(v)`` is distributed like an ordinary face, not like the person.
 
+A step may also *spare* the enrolled people nearest its gate: it carries ``M`` of their mean
+faces ``known_i`` ``(M, d)`` and a cosine for each ``known_t_i`` ``(M,)``; a row whose cosine to
+one of them exceeds its ``known_t`` is not gated by step ``i`` (``g_i = 0``): it is someone enrolled, not the erased
+person. Gates open on a share of everyone else's new photos, and in sequence those shares add up;
+sparing the ones that match an enrolled look-alike is what keeps that cost down (padding rows are
+zero vectors with ``known_t = 2``, which no cosine reaches).
+
 A face below every gate (``g = 0``) is returned bit for bit unchanged, which is why gated edits
 compose without wearing everyone else down and why stored gallery vectors can be updated without
 images: every stage is a function of the final embedding alone.
@@ -27,7 +34,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["ALPHA", "GateChain", "LinearStage", "SHRINK_GRID", "SHRINK_MIN", "Scrambler",
+__all__ = ["ALPHA", "GateChain", "LinearStage", "NO_SPARE", "SHRINK_GRID", "SHRINK_MIN", "Scrambler",
            "apply_stages", "normalize_rows"]
 
 
@@ -55,6 +62,8 @@ SHRINK_GRID = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.8)
 # erased person's partly gated photos find them more often (0.5 at alpha 1.0: re-enrolment rank-1
 # 1.5 -> 1.8 %, KR linear 9.5 -> 11.5 %; docs/benchmarks.md, "The floor").
 SHRINK_MIN = 0.3
+# ``known_t`` of a step that spares nobody: no cosine reaches it.
+NO_SPARE = 2.0
 _CALIBRATION_ROWS = 400   # strangers drawn to compare with the population's pairs
 _QUANTILES = (0.99, 0.999)
 
@@ -161,7 +170,9 @@ class Scrambler:
 class GateChain:
     """``K`` gated scramble steps sharing one :class:`Scrambler`, applied in order.
 
-    Attributes: ``weights`` ``(d, K)``, ``bias``/``t0``/``s1`` ``(K,)`` float64 (``s1 > t0``).
+    Attributes: ``weights`` ``(d, K)``, ``bias``/``t0``/``s1`` ``(K,)`` float64 (``s1 > t0``);
+    ``known`` ``(K, M, d)`` unit (or zero) rows and ``known_t`` ``(K, M)``: the enrolled mean faces
+    each step spares and the cosine to each above which it does (``M = 0``: none; module doc).
     """
 
     weights: np.ndarray
@@ -169,8 +180,23 @@ class GateChain:
     t0: np.ndarray
     s1: np.ndarray
     scrambler: Scrambler
+    known: np.ndarray | None = None
+    known_t: np.ndarray | None = None
 
     kind = "gates"
+
+    def __post_init__(self) -> None:
+        # No sparing given: M = 0 (frozen dataclass, hence object.__setattr__).
+        k, d = self.weights.shape[1], self.weights.shape[0]
+        if self.known is None:
+            object.__setattr__(self, "known", np.zeros((k, 0, d)))
+        if self.known_t is None:
+            object.__setattr__(self, "known_t", np.full((k, self.known.shape[1]), NO_SPARE))
+
+    @property
+    def n_known(self) -> int:
+        """``M``: the enrolled mean faces each step can spare (0: no sparing)."""
+        return int(self.known.shape[1])
 
     @property
     def d(self) -> int:
@@ -190,8 +216,25 @@ class GateChain:
         return (s - self.t0[cols]) / (self.s1[cols] - self.t0[cols])
 
     def gates(self, v: np.ndarray, cols: slice | np.ndarray = slice(None)) -> np.ndarray:
-        """Gate values ``(n, K)`` in ``[0, 1]`` of unit rows ``v`` for the chosen steps."""
-        return np.clip(self.hinge(v, cols), 0.0, 1.0)
+        """Gate values ``(n, K)`` in ``[0, 1]`` of unit rows ``v`` for the chosen steps, 0 where
+        a step spares the row (:meth:`spared`)."""
+        g = np.clip(self.hinge(v, cols), 0.0, 1.0)
+        if self.n_known:
+            rows = np.flatnonzero((g > 0).any(axis=1))  # only an open gate has anyone to spare
+            if rows.size:
+                sub = g[rows]
+                sub[self.spared(v[rows], cols)] = 0.0
+                g[rows] = sub
+        return g
+
+    def spared(self, v: np.ndarray, cols: slice | np.ndarray = slice(None)) -> np.ndarray:
+        """``(n, K)`` bool: unit rows ``v`` that the chosen steps spare (their cosine to one of the
+        step's enrolled mean faces exceeds its ``known_t``)."""
+        known = self.known[cols]
+        if known.shape[1] == 0:
+            return np.zeros((len(v), known.shape[0]), bool)
+        cos = np.einsum("nd,kmd->nkm", np.asarray(v, np.float64), known)
+        return (cos > self.known_t[cols][None]).any(axis=2)
 
     def __call__(self, v: np.ndarray) -> np.ndarray:
         """Apply every step in order to unit rows ``(n, d)`` float64; returns a new array.
@@ -204,7 +247,7 @@ class GateChain:
         out = np.array(v, dtype=np.float64, copy=True)
         if out.shape[0] == 0 or self.n_gates == 0:
             return out
-        first = self.gates(out) > 0
+        first = self.hinge(out) > 0  # a spared row is walked through but left unchanged
         hit = np.flatnonzero(first.any(axis=1))
         if hit.size == 0:
             return out
@@ -247,19 +290,31 @@ class GateChain:
         """One chain running ``self``'s steps and then ``other``'s (same scrambler required)."""
         if not self.scrambler.same_as(other.scrambler):
             raise ValueError("gate chains with different scramblers cannot be merged")
+        m = max(self.n_known, other.n_known)  # zero rows pad the shorter; they spare nobody
+        pad = lambda c: np.pad(c.known, ((0, 0), (0, m - c.n_known), (0, 0)))  # noqa: E731
+        pad_t = lambda c: np.pad(c.known_t, ((0, 0), (0, m - c.n_known)),  # noqa: E731
+                                 constant_values=NO_SPARE)
         return GateChain(weights=np.concatenate([self.weights, other.weights], axis=1),
                          bias=np.r_[self.bias, other.bias], t0=np.r_[self.t0, other.t0],
-                         s1=np.r_[self.s1, other.s1], scrambler=self.scrambler)
+                         s1=np.r_[self.s1, other.s1], scrambler=self.scrambler,
+                         known=np.concatenate([pad(self), pad(other)]),
+                         known_t=np.concatenate([pad_t(self), pad_t(other)]))
 
     def arrays(self, prefix: str) -> dict[str, np.ndarray]:
+        # A chain that spares nobody stores what it always did (fingerprints stay the same).
+        spare = ({f"{prefix}known": self.known, f"{prefix}known_t": self.known_t}
+                 if self.n_known else {})
         return {f"{prefix}weights": self.weights, f"{prefix}bias": self.bias,
-                f"{prefix}t0": self.t0, f"{prefix}s1": self.s1, **self.scrambler.arrays(prefix)}
+                f"{prefix}t0": self.t0, f"{prefix}s1": self.s1, **spare,
+                **self.scrambler.arrays(prefix)}
 
     @classmethod
     def from_arrays(cls, arrays: dict, prefix: str) -> "GateChain":
         get = lambda k: np.asarray(arrays[f"{prefix}{k}"], np.float64)  # noqa: E731
+        spare = (("known", "known_t") if f"{prefix}known" in arrays else ())
         chain = cls(weights=get("weights"), bias=get("bias"), t0=get("t0"), s1=get("s1"),
-                    scrambler=Scrambler.from_arrays(arrays, prefix))
+                    scrambler=Scrambler.from_arrays(arrays, prefix),
+                    **{k: get(k) for k in spare})
         chain.validate()
         return chain
 
@@ -269,11 +324,15 @@ class GateChain:
             raise ValueError("gate arrays disagree in shape")
         if not np.all(self.s1 > self.t0):
             raise ValueError("every gate needs s1 > t0")
+        if self.known.ndim != 3 or self.known.shape[::2] != (k, self.d) \
+                or self.known_t.shape != self.known.shape[:2]:
+            raise ValueError("spared faces' arrays disagree in shape")
         sc = self.scrambler
         if sc.mean.shape != (self.d,) or sc.mix.shape != (sc.omega.shape[0], self.d) \
                 or sc.omega.shape[1] != self.d or sc.phase.shape != (sc.omega.shape[0],):
             raise ValueError("scrambler arrays disagree in shape")
-        for a in (self.weights, self.bias, self.t0, self.s1, sc.mean, sc.omega, sc.phase, sc.mix):
+        for a in (self.weights, self.bias, self.t0, self.s1, self.known, self.known_t,
+                  sc.mean, sc.omega, sc.phase, sc.mix):
             if not np.all(np.isfinite(a)):
                 raise ValueError("gate arrays contain NaN or inf")
 

@@ -15,7 +15,7 @@ import numpy as np
 from facekd.core import verdict as vd
 
 __all__ = ["VERDICT_METRICS", "verdict_vs_replay", "replay_rank1", "perfect_erasure",
-           "perfect_erasure_photos"]
+           "perfect_erasure_photos", "paired_difference", "versus_perfect"]
 
 # ``replay_rank1``: the replay's rank-1 (percent); ``replay_over``: it finds the person over 2x
 # chance (what the issue's per-person target counts; a perfect erasure is over it for 19-38 % of
@@ -110,3 +110,25 @@ def perfect_erasure(x_all: np.ndarray, y_all: np.ndarray, gallery: np.ndarray,
     photos, keep = drawn
     return verdict_vs_replay(photos, before, gallery[keep], gallery_y[keep], threshold=threshold,
                              factor=factor, seed=seed)
+
+
+def paired_difference(a: np.ndarray, b: np.ndarray, boots: int = 2000, seed: int = 0
+                      ) -> tuple[float, float, float]:
+    """Mean of ``a - b`` (``(m,)`` each, paired by erased person: same draw, same gallery) and
+    its 95 % percentile bootstrap interval over people."""
+    d = np.asarray(a, np.float64) - np.asarray(b, np.float64)
+    rng = np.random.default_rng(seed)
+    means = d[rng.integers(len(d), size=(boots, len(d)))].mean(axis=1)
+    return float(d.mean()), float(np.quantile(means, 0.025)), float(np.quantile(means, 0.975))
+
+
+def versus_perfect(diffs: list[float]) -> dict[str, float | None]:
+    """A row's erased people against a perfect erasure of each (``diffs``: their replayed rank-1
+    minus the perfect erasure's, points): the mean and its 95 % bootstrap interval
+    (``minus_perfect``, ``_lo``, ``_hi``; ``None`` without any). An interval that reaches 0 or
+    below says the erasure is no easier to find than a perfect one on these people."""
+    if not diffs:
+        return {"minus_perfect": None, "minus_perfect_lo": None, "minus_perfect_hi": None}
+    mean, lo, hi = paired_difference(np.asarray(diffs), np.zeros(len(diffs)))
+    return {"minus_perfect": round(mean, 4), "minus_perfect_lo": round(lo, 4),
+            "minus_perfect_hi": round(hi, 4)}

@@ -14,6 +14,8 @@ from typing import Any
 
 import numpy as np
 
+from facekd.evaluation.bench_verdict import versus_perfect
+
 PER_DRAW = ("forget_rank1", "forget_tar", "retain_rank1", "retain_tar")
 
 
@@ -34,6 +36,9 @@ def _pool(rows: list[dict]) -> dict:
             if all(_number(s) for s in sds):
                 var = np.mean(np.square(sds)) + np.var(vals)
                 out[f"{key}_sd"] = round(float(np.sqrt(var)), 4)
+    if "perfect_diffs" in rows[0]:  # paired by person: the interval is over every draw's people
+        diffs = [d for r in rows for d in r.get("perfect_diffs", [])]
+        out.update(perfect_diffs=diffs, **versus_perfect(diffs))
     out["per_draw"] = {k: [r.get(k) for r in rows] for k in PER_DRAW if k in rows[0]}
     out["draws"] = len(rows)
     return out

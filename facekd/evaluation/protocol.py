@@ -16,7 +16,7 @@ from facekd.core.erasure import Erasure
 from facekd.core.metrics import (MIA_MIN_PER_CLASS, identification_hits, knowledge_retention,
                                  membership_inference, mia_features, pair_scores, tar_at_far,
                                  template_leak)
-from facekd.evaluation.bench_verdict import verdict_vs_replay
+from facekd.evaluation.bench_verdict import verdict_vs_replay, versus_perfect
 from facekd.evaluation.settings import (BenchError, FAR, LOOKALIKES, MAX_HELD, MAX_IMPOSTORS,
                                         METRICS, MOVED_TOL, SD_METRICS, _class_means, fit_method)
 from facekd.methods import unit_rows as _unit
@@ -216,16 +216,27 @@ def _aggregate(per: list[dict], fit_s: list[float]) -> dict:
     return {**out, **sds}
 
 
+def _paired(per: list[dict], perfect: dict[int, float] | None) -> dict:
+    """A row's people against a perfect erasure of each: their differences in replayed rank-1
+    (points; people without a perfect erasure left out) and :func:`versus_perfect` of them."""
+    if perfect is None:
+        return {}
+    diffs = [_r(r["replay_rank1"] - perfect[r["person"]]) for r in per if r["person"] in perfect]
+    return {"perfect_diffs": diffs, **versus_perfect(diffs)}
+
+
 def _r(v: float) -> float:
     return round(float(v), 4)
 
 
 # ---------------------------------------------------------------------- experiments
 def _single(x0: np.ndarray, y: np.ndarray, split: np.ndarray, cases: list[Case],
-            methods: list[str], settings: list[str], seed: int, bar: Any
-            ) -> tuple[dict, list, dict]:
+            methods: list[str], settings: list[str], seed: int, bar: Any,
+            perfect: dict[int, float] | None = None) -> tuple[dict, list, dict]:
     """Original metrics, one row per (method, setting) (each a mean over ``cases``), and per
-    setting how many people had too few photos for it."""
+    setting how many people had too few photos for it. ``perfect``: each erased person's
+    replayed rank-1 under a perfect erasure; each row then carries its people's differences
+    from it (``perfect_diffs``, points) and their mean with its interval (:func:`versus_perfect`)."""
     ident = Erasure.identity(x0.shape[1])
     x_ident = ident.apply(x0)
     all_ids = np.unique(y)
@@ -250,9 +261,11 @@ def _single(x0: np.ndarray, y: np.ndarray, split: np.ndarray, cases: list[Case],
                     times[(method, setting)].append(time.perf_counter() - t)
                     row = _evaluate(er.apply(x0), x0, y, case, rows, seed)
                     cos, rank = template_leak(er, means, all_ids, case.person)
-                    row.update(template_cos=100 * cos, template_top1=100.0 * (rank == 1))
+                    row.update(template_cos=100 * cos, template_top1=100.0 * (rank == 1),
+                               person=case.person)
                     per[(method, setting)].append(row)
                 bar.update(1)
-    rows_out = [{"method": m, "setting": s, **_aggregate(per[(m, s)], times[(m, s)])}
+    rows_out = [{"method": m, "setting": s, **_aggregate(per[(m, s)], times[(m, s)]),
+                 **_paired(per[(m, s)], perfect)}
                 for m in methods for s in settings if per[(m, s)]]
     return _aggregate(orig, []), rows_out, skipped

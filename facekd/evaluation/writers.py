@@ -27,6 +27,7 @@ _COLUMNS = [("forget rank-1", "forget_rank1"), ("forget TAR", "forget_tar"),
             ("retain TAR", "retain_tar"), ("template cos", "template_cos"),
             ("singled out", "template_top1"),
             ("over 2x chance", "replay_over"),
+            ("minus a perfect erasure, points (95 %)", "minus_perfect"),
             ("verify PASS / FAIL / INCONCL.", "verdict"), ("verify wrong", "verdict_wrong"),
             ("fit s", "fit_s"), ("people", "n_erased")]
 
@@ -46,6 +47,9 @@ def _cells(r: dict) -> str:
         if k == "verdict":
             got = [r.get(f"verdict_{s}") for s in ("pass", "fail", "inconclusive")]
             return "n/a" if None in got else " / ".join(f"{v:.0f}" for v in got)
+        if k == "minus_perfect":
+            got = [r.get(f"minus_perfect{x}") for x in ("", "_lo", "_hi")]
+            return "n/a" if None in got else "{:+.1f} ({:+.1f} to {:+.1f})".format(*got)
         if k == "verdict_wrong":
             got = [r.get("verdict_false_pass"), r.get("verdict_false_fail")]
             return "n/a" if None in got else f"{sum(got):.0f}"
@@ -98,7 +102,10 @@ def format_markdown(result: dict) -> str:
               "INCONCLUSIVE on their fresh photos (facekd.verdict); over 2x chance: percent of the "
               "erased people whom the attack replayed over 200 random splits of their fresh "
               "photos finds over 2x chance (compare the perfect erasure's above: no erasure "
-              "brings everyone under it); verify wrong: percent ruled "
+              "brings everyone under it); minus a perfect erasure: the erased people's replayed "
+              "rank-1 minus a perfect erasure's of the same people (mean, with its 95 % "
+              "bootstrap interval over people; an interval reaching 0 or below: no easier to "
+              "find than a perfect erasure; n/a for the original); verify wrong: percent ruled "
               "PASS while the attack replayed over 200 random splits finds them over 2x chance, "
               "or FAIL while it finds them at or under it (facekd.evaluation.bench_verdict)."]
     lines += [f"Fit setting {s!r} skipped for {k} of {p['erased']} people (no more than {s} "

@@ -5,7 +5,8 @@ faces; a gated face is replaced by a pseudo-random stranger (:mod:`facekd.core.t
 below the gate are returned bit for bit unchanged.
 
 Imports nothing from the project but :mod:`facekd.core.erasure`, :mod:`facekd.core.tail`,
-:mod:`facekd.methods.base` and its measured defaults (:mod:`facekd.methods.scramble_defaults`);
+:mod:`facekd.methods.base`, whom a gate spares (:mod:`facekd.methods.spare`) and its measured
+defaults (:mod:`facekd.methods.scramble_defaults`);
 scipy is imported where it is used (keeps ``import facekd`` light).
 """
 
@@ -18,6 +19,7 @@ import numpy as np
 from facekd.core.erasure import Erasure, ErasureError, as_matrix, single_threaded_blas
 from facekd.core.tail import ALPHA, GateChain, Scrambler, normalize_rows
 from facekd.methods.base import FitContext, MethodError, register
+from facekd.methods.spare import SPARE, fit_spare
 from facekd.methods.scramble_defaults import (GUARD, GUARD_KEEP, MAX_TOUCHED, MAX_TOUCHED_ONE,
                                               ONE_PHOTO_FRONTIER, ONE_PHOTO_POOR, PRIOR_GRID, Q_GRID, Q_ONE,
                                               RIDGE_GRID, RIDGE_GRID_ONE, SOFT_FROM, WIDTHS,
@@ -256,7 +258,7 @@ def fit_scramble(F: Any, gallery: Any, *, q: float | None = None, q_one: float |
                  sigma: float = 200.0, seed: int = 0, shrink: float | None = None,
                  max_gallery: int = 50_000, gallery_labels: Any = None,
                  guard: float = 1.0, guard_keep: float = GUARD_KEEP,
-                 soft_from: int = SOFT_FROM,
+                 soft_from: int = SOFT_FROM, spare: float = SPARE,
                  scrambler: Scrambler | None = None) -> Erasure:
     """Fit a gated scramble: the person's faces become unrelated, ordinary-looking strangers.
 
@@ -311,6 +313,10 @@ def fit_scramble(F: Any, gallery: Any, *, q: float | None = None, q_one: float |
             person's unseen photos clear (default 1: all of them): where a look-alike and the
             person overlap, the person is erased first. Default: no guard (``guard`` 1;
             ``GUARD`` and ``GUARD_KEEP`` are the measured opt-in).
+        spare: the gate lets through a face that matches one of the ``SPARE_FACES`` enrolled
+            mean faces nearest it, above the ``spare``-quantile of enrolled strangers' cosines
+            to them (:func:`facekd.methods.spare.fit_spare`; needs ``gallery_labels``; 0: off).
+            It is what keeps erasures in sequence from wearing everyone else down.
         scrambler: reuse an existing chain's stranger map, so the new step merges into it (the
             workspace passes the accumulated erasure's); default: fit one on ``gallery``.
 
@@ -359,6 +365,8 @@ def fit_scramble(F: Any, gallery: Any, *, q: float | None = None, q_one: float |
         raise ErasureError("guard_keep must be in (0, 1] (1: all of the person's unseen photos)")
     if shrink is not None and not 0 <= shrink < 1:
         raise ErasureError("shrink must be in [0, 1)")
+    if not 0 <= float(spare) < 1:
+        raise ErasureError("spare must be in [0, 1) (0: the gate spares nobody)")
     rng = np.random.default_rng(seed)
     groups = None
     if gallery_labels is not None:
@@ -421,8 +429,12 @@ def fit_scramble(F: Any, gallery: Any, *, q: float | None = None, q_one: float |
                                   seed=seed, labels=groups, shrink=shrink)
     elif scrambler.mean.shape != (d,):
         raise ErasureError(f"scrambler dimension {scrambler.mean.shape} does not match d={d}")
+    spared = (fit_spare(fit_g, groups, f, w, b, t0, q=float(spare)) if groups is not None
+              else None)
     chain = GateChain(weights=w[:, None], bias=np.array([b]), t0=np.array([t0]),
-                      s1=np.array([s1]), scrambler=scrambler)
+                      s1=np.array([s1]), scrambler=scrambler,
+                      **({} if spared is None or not spared.faces else
+                         {"known": spared.known[None], "known_t": spared.t[None]}))
     gate_fit = chain.gates(f)[:, 0]
     gallery_touched = float(np.mean(in_sample[:, i_best] > t0))
     # What the gate costs everyone else: how many of their *new* photos it opens on. A gallery
@@ -436,7 +448,9 @@ def fit_scramble(F: Any, gallery: Any, *, q: float | None = None, q_one: float |
     by_face = None if groups is None else _folds(len(fit_g), folds, fold_rng)
     with single_threaded_blas():
         others = disc.heldout_gallery_scores(f, ridge, best["tau"], parts=by_face)
-    others_touched = float(np.mean(others > t0))
+    opened = others > t0
+    others_touched = float(np.mean(opened & ~spared.spared)) if spared is not None \
+        else float(np.mean(opened))
     params = {"q": q, "width": width, "full_quantile": full_quantile, "cover": cover,
               "max_touched": max_touched,
               "alpha": alpha, "ridge": ridge, "prior": best["tau"], "heldout_recall": recall,
@@ -448,6 +462,10 @@ def fit_scramble(F: Any, gallery: Any, *, q: float | None = None, q_one: float |
               "heldout_gated_fully": float(np.mean((held - t0) / (s1 - t0) >= 1.0)),
               "heldout_from": "prior" if n < 2 else "cv",
               "gallery_touched": gallery_touched, "others_touched": others_touched,
+              # before sparing: the share of everyone else's new photos the gate opens on
+              "others_opened": float(np.mean(opened)),
+              "spare": float(spare),
+              "spared_faces": 0 if spared is None else spared.faces,
               "others_touched_faces": int(len(fit_g)),  # the faces it was read off
               "guard": guard,
               "guard_keep": float(guard_keep),
@@ -461,9 +479,10 @@ def fit_scramble(F: Any, gallery: Any, *, q: float | None = None, q_one: float |
 @register("scramble", options=("q", "q_one", "width", "full_quantile", "cover", "max_touched",
                                "alpha", "ridge", "prior",
                                "forget_weight", "folds", "n_features", "sigma", "seed", "shrink",
-                               "max_gallery", "guard", "guard_keep", "soft_from"),
+                               "max_gallery", "guard", "guard_keep", "soft_from", "spare"),
           config={"scramble_q": "q", "scramble_q_one": "q_one", "scramble_alpha": "alpha",
                   "scramble_guard": "guard", "scramble_guard_keep": "guard_keep",
+                  "scramble_spare": "spare",
                   "scramble_soft_from": "soft_from", "seed": "seed"},
           summary="gated scramble: the person's faces become unrelated strangers")
 def _fit(forget: np.ndarray, context: FitContext) -> Erasure:

@@ -13,6 +13,7 @@ import numpy as np
 
 from facekd import methods
 from facekd.core.tail import ALPHA
+from facekd.methods.spare import SPARE
 from facekd.errors import WorkspaceError
 from facekd.faces import DEFAULT_LIMITS, ImageLimits
 
@@ -96,6 +97,11 @@ class Config:
     # and the erased person's new photos are found a little more often (docs/threat-model.md).
     # 0: never (the sharp hinge everywhere).
     scramble_soft_from: int = 10
+    # A gate lets through a face that matches one of the enrolled people nearest it (above this
+    # quantile of enrolled strangers' cosines to their mean faces; 0: off). 50 one-photo erasures
+    # in sequence cost everyone else about a fifth as much (facekd.methods.spare). The edited
+    # model then holds those people's mean faces (docs/threat-model.md).
+    scramble_spare: float = SPARE
     # Checked before decoding any image (file size, then the header's width x height).
     max_image_bytes: int = DEFAULT_LIMITS.max_bytes
     max_image_pixels: int = DEFAULT_LIMITS.max_pixels
@@ -122,6 +128,7 @@ class Config:
                        "scramble_guard": self.scramble_guard,
                        "scramble_guard_keep": self.scramble_guard_keep,
                        "scramble_soft_from": self.scramble_soft_from,
+                       "scramble_spare": self.scramble_spare,
                        # TOML has no null: an unset rule is simply absent
                        **({"k": self.k} if self.k is not None else {}),
                        **({"energy": self.energy} if self.energy is not None else {})},
@@ -189,6 +196,9 @@ class Config:
         if not 0 < float(self.scramble_guard_keep) <= 1:
             raise WorkspaceError(f"{source}: [forget] scramble_guard_keep must be in (0, 1] "
                                  "(1: all of the person's unseen photos)")
+        if not 0 <= float(self.scramble_spare) < 1:
+            raise WorkspaceError(f"{source}: [forget] scramble_spare must be in [0, 1) "
+                                 "(0: a gate spares nobody)")
         if self.scramble_soft_from < 0 or self.scramble_soft_from == 1:
             raise WorkspaceError(f"{source}: [forget] scramble_soft_from must be 0 (never) or a "
                                  "photo count >= 2")

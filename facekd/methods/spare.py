@@ -1,0 +1,137 @@
+"""Which enrolled people a gate spares: the mean faces of those nearest it, and the cosine above
+which a face counts as one of them.
+
+A gate fitted on few photos opens on a share of everyone else's new photos (0.25 % per one-photo
+gate on LFW + dlib), and in sequence those shares add up: 50 one-photo erasures scrambled 15 % of
+everyone else's new photos and cost them 10.4 rank-1 points. Nearly all of those photos are of
+someone enrolled whose mean face sits near the gate, and they match that mean face far better
+than the erased person's photos do (the erased person is no longer enrolled). A step that lets a
+face through when it matches one of the ``M`` enrolled mean faces nearest its gate
+(:class:`facekd.core.tail.GateChain`'s ``known``) keeps that cost down without touching the
+erased person's photos: the cosine is read off enrolled strangers of those people, so only the
+``1 - q`` most look-alike of the erased person's photos could pass (docs/benchmarks.md, "Sparing
+the enrolled").
+
+Pure math: numpy and scipy, and :mod:`facekd.core.tail`'s constant.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from facekd.core.tail import NO_SPARE
+
+__all__ = ["SPARE", "SPARE_FACES", "Spare", "fit_spare"]
+
+# The quantile of enrolled strangers' cosines to the spared mean faces above which a face is
+# spared (0: sparing off). LFW + dlib, 50 one-photo erasures in sequence, seeds 0-2: everyone
+# else lost 0.5-1.4 rank-1 points at 0.99 against 9.0-11.0 without (docs/benchmarks.md).
+SPARE = 0.99
+# Mean faces per gate: the enrolled identities nearest it. On LFW + dlib the identity that
+# spared a face was among the 10 nearest in 97 % of cases and among the 40 nearest in all.
+SPARE_FACES = 32
+_MIN_CALIBRATION = 20  # enrolled faces needed to read the cosine off
+
+
+@dataclass(frozen=True)
+class Spare:
+    """``known`` ``(SPARE_FACES, d)`` unit mean faces (zero rows pad), ``t`` ``(SPARE_FACES,)``
+    the cosine to each above which a face is spared (``facekd.core.tail.NO_SPARE``: never), and
+    ``spared`` ``(N,)`` bool: the gallery faces a new photo like them would be spared as (each
+    against its identity's mean without it)."""
+
+    known: np.ndarray
+    t: np.ndarray
+    spared: np.ndarray
+    faces: int  # how many of ``known`` are real mean faces
+
+
+def _identity_sums(x: np.ndarray, groups: np.ndarray) -> tuple[np.ndarray, np.ndarray,
+                                                                 np.ndarray]:
+    """``(inverse (N,), sums (J, d), counts (J,))`` of the unit rows ``x`` by identity."""
+    from scipy import sparse
+
+    _, inv = np.unique(groups, return_inverse=True)
+    inv = inv.ravel()
+    onehot = sparse.csr_matrix((np.ones(len(x)), (inv, np.arange(len(x)))),
+                               shape=(int(inv.max()) + 1, len(x)))
+    return inv, np.asarray(onehot @ x), np.bincount(inv)
+
+
+def _group_nanmean(x: np.ndarray, group: np.ndarray) -> np.ndarray:
+    """``(G, M)`` per-group column means of ``(r, M)`` ``x`` ignoring NaN."""
+    ok = ~np.isnan(x)
+    total = np.zeros((int(group.max()) + 1, x.shape[1]))
+    n = np.zeros_like(total)
+    np.add.at(total, group, np.where(ok, x, 0.0))
+    np.add.at(n, group, ok)
+    return total / np.maximum(n, 1)
+
+
+def _unit(x: np.ndarray) -> np.ndarray:
+    return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
+
+
+def fit_spare(gallery: np.ndarray, groups: np.ndarray, person: np.ndarray, w: np.ndarray,
+              b: float, t0: float, *, q: float = SPARE, faces: int = SPARE_FACES) -> Spare:
+    """The enrolled people a gate ``s(x) = x . w + b`` opening at ``t0`` spares.
+
+    Args:
+        gallery: ``(N, d)`` unit float64 faces of everyone else; groups: ``(N,)`` identities.
+        person: ``(n, d)`` unit photos of the erased person. A face is spared as someone only
+            above the person's photos' cosine to that someone's mean face plus a margin (2.326
+            pooled within-identity s.d.: how much closer an unseen photo may sit): the person
+            comes first.
+        q: the quantile of enrolled strangers' cosines (faces of the ``2 * faces`` identities
+            nearest the gate, each against the chosen mean faces of other identities) above
+            which a face is spared; 0: nobody is spared.
+
+    The gate must not open on a spared mean face: an identity it opens on is the erased
+    person's double (or the person enrolled twice) and is never spared.
+    """
+    d = gallery.shape[1]
+    none = Spare(np.zeros((max(faces, 0), d)), np.full(max(faces, 0), NO_SPARE),
+                 np.zeros(len(gallery), bool), 0)
+    if q <= 0 or faces < 1 or len(gallery) < _MIN_CALIBRATION:
+        return none
+    inv, sums, counts = _identity_sums(gallery, groups)
+    means = _unit(sums)
+    score = means @ w + b
+    order = np.argsort(-np.where(score <= t0, score, -np.inf), kind="stable")
+    order = order[np.isfinite(score[order]) & (score[order] <= t0)][:2 * faces]
+    cal = np.isin(inv, order)
+    if len(order) < 2 or cal.sum() < _MIN_CALIBRATION:
+        return none
+    # Enrolled strangers of the people nearest the gate: each face against the others' mean
+    # faces. Their cosine's q-quantile is where a face counts as one of them.
+    cos = gallery[cal] @ means[order].T
+    own = inv[cal][:, None] == order[None, :]
+    cos[own] = np.nan
+    t = float(np.nanquantile(np.nanmax(cos, axis=1), q))
+    # How far one photo's cosine to someone else's mean face strays from its identity's usual
+    # (pooled within-identity s.d.): an unseen photo of the person may sit that much closer.
+    _, local = np.unique(inv[cal], return_inverse=True)
+    dev = cos - _group_nanmean(cos, local.ravel())[local.ravel()]
+    margin = 2.326 * float(np.sqrt(np.nanmean(dev ** 2)))
+    # The person comes first: a face is spared as someone only above the person's own photos'
+    # cosine to that someone's mean face plus the margin (a sibling's threshold rises; their
+    # most typical photos are still spared, the person's unseen ones are not).
+    each = np.maximum(t, (person @ means[order].T).max(axis=0) + margin)
+    keep = each < 1
+    near, each = order[keep][:faces], each[keep][:faces]
+    if len(near) == 0 or not 0 < t < 1:
+        return none
+    known = means[near]
+    # Which gallery faces would be spared as new photos: their own mean face taken without them.
+    cos = gallery @ known.T
+    own = np.flatnonzero(np.isin(inv, near))
+    col = np.searchsorted(near[np.argsort(near)], inv[own])
+    col = np.argsort(near)[col]
+    rest = counts[inv[own]] - 1
+    loo = _unit(sums[inv[own]] - gallery[own])
+    cos[own, col] = np.where(rest > 0, np.einsum("nd,nd->n", gallery[own], loo), -np.inf)
+    padded, thresholds = np.zeros((faces, d)), np.full(faces, NO_SPARE)
+    padded[:len(near)], thresholds[:len(near)] = known, each
+    return Spare(padded, thresholds, (cos > each).any(axis=1), int(len(near)))
