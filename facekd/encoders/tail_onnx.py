@@ -2,7 +2,8 @@
 
 The tail is appended after the graph's single output, which keeps its name, dtype and batch axis:
 ``normalise -> MatMul(all gates), Add, ReduceMax, Greater -> If(some row gated: [per gate:
-MatMul, Add, Clip, (spared rows: MatMul, Sub, Relu, MatMul, Greater, Where), ReduceMax, Greater, If(MatMul, Add, Cos, MatMul, Add, normalise, blend,
+MatMul, Add, Clip, ReduceMax, Greater, If((spared rows: MatMul, Sub, Relu, MatMul, Greater,
+Where), MatMul, Add, Cos, MatMul, Add, normalise, blend,
 normalise | Identity)] | else: Identity) -> output``. Every node is named ``facekd_tail/...`` so that an fp16 conversion can keep
 the tail in float32 (:data:`TAIL_PREFIX`): the gate then opens exactly where the float64 reference
 opens it, and a scrambled face stays a pseudo-random stranger.
@@ -108,17 +109,18 @@ def _gate_steps(b: _Builder, v: str, chain) -> str:
         w = b.const("gate_w", (chain.weights[:, i] * inv)[:, None])
         c = b.const("gate_c", np.array([(chain.bias[i] - chain.t0[i]) * inv]))
         g = b.node("Clip", [b.node("Add", [b.node("MatMul", [v, w]), c]), zero, one])
-        if chain.n_known:
-            # spared: the row's cosine to one of the step's enrolled mean faces is above known_t
-            # (any of (n, M) positive, as a sum of ReLUs: no opset-dependent ReduceMax axes)
-            over = b.node("Relu", [b.node("Sub", [
-                b.node("MatMul", [v, b.const("known", chain.known[i].T)]),
-                b.const("known_t", chain.known_t[i])])])
-            ones = b.const("ones", np.ones((chain.n_known, 1)))
-            spared = b.node("Greater", [b.node("MatMul", [over, ones]), zero])
-            g = b.node("Where", [spared, zero, g])
+        known = (b.const("known", chain.known[i].T), b.const("known_t", chain.known_t[i]),
+                 b.const("ones", np.ones((chain.n_known, 1)))) if chain.n_known else None
 
-        def scramble(sb: _Builder, v: str = v, g: str = g) -> str:
+        def scramble(sb: _Builder, v: str = v, g: str = g, known=known) -> str:
+            if known is not None:
+                # Only where this gate opens on some row: a row is spared when its cosine to one
+                # of the step's enrolled mean faces is above its known_t (any of (n, M) positive,
+                # as a sum of ReLUs: no opset-dependent ReduceMax axes).
+                over = sb.node("Relu", [sb.node("Sub", [sb.node("MatMul", [v, known[0]]),
+                                                        known[1]])])
+                spared = sb.node("Greater", [sb.node("MatMul", [over, known[2]]), zero])
+                g = sb.node("Where", [spared, zero, g])
             u = sb.node("Cos", [sb.node("Add", [sb.node("MatMul", [v, omega_t]), phase])])
             t = sb.normalise(sb.node("Add", [sb.node("MatMul", [u, mix]), mean]))
             return sb.normalise(sb.node("Add", [v, sb.node("Mul", [g, sb.node("Sub", [t, v])])]))
