@@ -220,7 +220,7 @@ def run_demo(workspace: str | os.PathLike | None = None, *, identities: int = 20
     echo(f"receipt {fr.receipt['receipt_id']}: {fr.removed_faces} faces removed, {edit}")
     cost = fr.receipt["model"].get("others_touched")
     if cost is not None:  # what the gate costs everyone else (the fit's held-out estimate)
-        echo(f"everyone else: the gate opens on about {100 * cost:.2f} % of their new photos")
+        echo(f"everyone else: the gate changes about {100 * cost:.2f} % of their new photos")
 
     with Workspace.open(ws_dir) as ws:
         t = time.perf_counter()

@@ -320,7 +320,7 @@ def test_demo_runs_end_to_end_and_passes(tmp_path):
     assert m["after"]["tar@0.001_forget"] <= m["before"]["tar@0.001_forget"]
     assert "1042" not in json.dumps(m) and "1042" not in json.dumps(res["verify"])
     assert "forgetting identity 1042" in r.stderr  # --json: the narration goes to stderr
-    assert "everyone else: the gate opens on about" in r.stderr  # what it cost the others
+    assert "everyone else: the gate changes about" in r.stderr  # what it cost the others
 
 
 def test_sigkill_after_the_commit_keeps_the_deletion_and_check_restores_the_receipt_file(ws):

@@ -138,8 +138,11 @@ def _forget_head(res: Any, identity: int, dry_run: bool) -> list[str]:
         uncounted = model.get("others_touched_uncounted") or 0
         ci = model.get("others_touched_interval")
         ci = "" if not ci else f" (95% {100 * ci[0]:.2f}-{100 * ci[1]:.2f})"
-        lines.append(f"everyone else: the gate opens on about {100 * model['others_touched']:.2f} "
-                     f"%{ci} of their new photos (each may then fail to match its owner); with "
+        opened = params.get("others_opened")
+        spares = (f" (it opens on {100 * opened:.2f} % and lets through those that match "
+                  "someone enrolled)" if opened is not None and params.get("spared_faces") else "")
+        lines.append(f"everyone else: the gate changes about {100 * model['others_touched']:.2f} "
+                     f"%{ci} of their new photos{spares} (each may then fail to match its owner); with "
                      f"the earlier erasures about {100 * model['others_touched_total']:.2f} %"
                      + (f" (not counting {uncounted} older one(s))" if uncounted else ""))
         if model["others_touched_total"] >= OTHERS_TOUCHED_WARN:

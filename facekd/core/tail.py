@@ -16,10 +16,10 @@ A *stage* maps ``(n, d)`` unit rows to ``(n, d)`` unit rows. Two kinds exist:
 
 A step may also *spare* the enrolled people nearest its gate: it carries ``M`` of their mean
 faces ``known_i`` ``(M, d)`` and a cosine for each ``known_t_i`` ``(M,)``; a row whose cosine to
-one of them exceeds its ``known_t`` is not gated by step ``i`` (``g_i = 0``): it is someone enrolled, not the erased
-person. Gates open on a share of everyone else's new photos, and in sequence those shares add up;
-sparing the ones that match an enrolled look-alike is what keeps that cost down (padding rows are
-zero vectors with ``known_t = 2``, which no cosine reaches).
+one of them exceeds its ``known_t`` is not gated by step ``i`` (``g_i = 0``): it is someone
+enrolled, not the erased person. Gates open on a share of everyone else's new photos, and in
+sequence those shares add up; sparing the ones that match an enrolled look-alike is what keeps
+that cost down (padding rows are zero vectors with ``known_t = 2``, which no cosine reaches).
 
 A face below every gate (``g = 0``) is returned bit for bit unchanged, which is why gated edits
 compose without wearing everyone else down and why stored gallery vectors can be updated without
@@ -34,8 +34,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["ALPHA", "GateChain", "LinearStage", "NO_SPARE", "SHRINK_GRID", "SHRINK_MIN", "Scrambler",
-           "apply_stages", "normalize_rows"]
+__all__ = ["ALPHA", "GateChain", "LinearStage", "NO_SPARE", "SHRINK_GRID", "SHRINK_MIN",
+           "Scrambler", "apply_stages", "normalize_rows"]
 
 
 def normalize_rows(x: np.ndarray) -> np.ndarray:

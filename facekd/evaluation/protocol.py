@@ -236,7 +236,8 @@ def _single(x0: np.ndarray, y: np.ndarray, split: np.ndarray, cases: list[Case],
     """Original metrics, one row per (method, setting) (each a mean over ``cases``), and per
     setting how many people had too few photos for it. ``perfect``: each erased person's
     replayed rank-1 under a perfect erasure; each row then carries its people's differences
-    from it (``perfect_diffs``, points) and their mean with its interval (:func:`versus_perfect`)."""
+    from it (``perfect_diffs``, points) and their mean with its interval
+    (:func:`versus_perfect`)."""
     ident = Erasure.identity(x0.shape[1])
     x_ident = ident.apply(x0)
     all_ids = np.unique(y)

@@ -443,7 +443,8 @@ def fit_scramble(F: Any, gallery: Any, *, q: float | None = None, q_one: float |
     # calibration) overstates it 2-10x, in-sample understates it 1.5-4x. Summed over 50
     # erasures in sequence (LFW + dlib, five draws) this read 14.0 / 1.2 / 1.3 % with 1 / 3 /
     # all photos where the gates really opened on 15.0 / 1.7 / 1.6 % of everyone else's new
-    # photos and cost them 10.4 / 0.9 / 0.3 rank-1 points (docs/benchmarks.md).
+    # photos and cost them 10.4 / 0.9 / 0.3 rank-1 points (docs/benchmarks.md); with sparing,
+    # counted as below: 2.9 / 0.5 / 0.6 %, and 2.8 / 0.24 / 0.13 points lost.
     # (Without labels the discriminant's own parts are by face already.)
     by_face = None if groups is None else _folds(len(fit_g), folds, fold_rng)
     with single_threaded_blas():
