@@ -142,7 +142,8 @@ def _forget_head(res: Any, identity: int, dry_run: bool) -> list[str]:
         spares = (f" (it opens on {100 * opened:.2f} % and lets through those that match "
                   "someone enrolled)" if opened is not None and params.get("spared_faces") else "")
         lines.append(f"everyone else: the gate changes about {100 * model['others_touched']:.2f} "
-                     f"%{ci} of their new photos{spares} (each may then fail to match its owner); with "
+                     f"%{ci} of their new photos{spares} (each may then fail to match its "
+                     "owner); with "
                      f"the earlier erasures about {100 * model['others_touched_total']:.2f} %"
                      + (f" (not counting {uncounted} older one(s))" if uncounted else ""))
         if model["others_touched_total"] >= OTHERS_TOUCHED_WARN:
@@ -150,8 +151,8 @@ def _forget_head(res: Any, identity: int, dry_run: bool) -> list[str]:
                          "everyone else's new photos: their accuracy pays for it (measure it on "
                          "your photos with facekd bench --sequential)")
     if params.get("spared_faces"):
-        lines.append(f"  the gate lets through faces that match one of the {params['spared_faces']} "
-                     "enrolled people nearest it ([forget] scramble_spare): their mean faces are "
+        lines.append("  the gate lets through faces that match one of the "
+                     f"{params['spared_faces']} enrolled people nearest it ([forget] scramble_spare): their mean faces are "
                      "now part of the edited model; keep it as private as the gallery")
     if params.get("n") == 1 and "gallery_touched" in params:
         lines.append(f"  fitted on one photo: the gate opens wide; one-photo erasures add up "

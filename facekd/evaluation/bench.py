@@ -174,11 +174,12 @@ def run_bench(dataset: str | os.PathLike, encoder: str, *,
     # The same, person by person: each erased person's fresh photos replaced by as many
     # unrelated strangers' (bench_verdict.perfect_erasure), replayed over 200 splits.
     x_all = _unit(E_all)
-    by_person = {c.person: perfect_erasure(x_all, y_all, x0[c.gallery], y[c.gallery], c.person,
-                                           x0[c.fresh], seed=seed,
-                                           threshold=retained_tar(x0, y, c, seed)[1])
-                 for c in cases}
-    perfect = [r for r in by_person.values() if r is not None]
+    drawn = {c.person: perfect_erasure(x_all, y_all, x0[c.gallery], y[c.gallery], c.person,
+                                       x0[c.fresh], seed=seed,
+                                       threshold=retained_tar(x0, y, c, seed)[1])
+             for c in cases}
+    by_person = {p: r for p, r in drawn.items() if r is not None}  # those that could be drawn
+    perfect = list(by_person.values())
     total = len(cases) * (1 + len(names) * len(settings)) + (
         len(names) * len(seq.people) if seq else 0)
     t_eval = time.perf_counter()
@@ -187,7 +188,7 @@ def run_bench(dataset: str | os.PathLike, encoder: str, *,
             tqdm(total=total, unit="step", desc="bench", disable=not progress) as bar:
         original, rows, fit_skipped = _single(
             x0, y, split, cases, names, settings, seed, bar,
-            perfect={p: r["replay_rank1"] for p, r in by_person.items() if r is not None})
+            perfect={p: r["replay_rank1"] for p, r in by_person.items()})
         t_seq = time.perf_counter()
         seq_rows, apply_s, gates = [], {}, {}
         for m in names if seq else []:

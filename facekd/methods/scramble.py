@@ -429,12 +429,11 @@ def fit_scramble(F: Any, gallery: Any, *, q: float | None = None, q_one: float |
                                   seed=seed, labels=groups, shrink=shrink)
     elif scrambler.mean.shape != (d,):
         raise ErasureError(f"scrambler dimension {scrambler.mean.shape} does not match d={d}")
-    spared = (fit_spare(fit_g, groups, f, w, b, t0, q=float(spare)) if groups is not None
-              else None)
+    spared = fit_spare(fit_g, groups, f, w, b, t0, q=float(spare))
     chain = GateChain(weights=w[:, None], bias=np.array([b]), t0=np.array([t0]),
                       s1=np.array([s1]), scrambler=scrambler,
-                      **({} if spared is None or not spared.faces else
-                         {"known": spared.known[None], "known_t": spared.t[None]}))
+                      **({"known": spared.known[None], "known_t": spared.t[None]}
+                         if spared.faces else {}))
     gate_fit = chain.gates(f)[:, 0]
     gallery_touched = float(np.mean(in_sample[:, i_best] > t0))
     # What the gate costs everyone else: how many of their *new* photos it opens on. A gallery
@@ -450,8 +449,7 @@ def fit_scramble(F: Any, gallery: Any, *, q: float | None = None, q_one: float |
     with single_threaded_blas():
         others = disc.heldout_gallery_scores(f, ridge, best["tau"], parts=by_face)
     opened = others > t0
-    others_touched = float(np.mean(opened & ~spared.spared)) if spared is not None \
-        else float(np.mean(opened))
+    others_touched = float(np.mean(opened & ~spared.spared))
     params = {"q": q, "width": width, "full_quantile": full_quantile, "cover": cover,
               "max_touched": max_touched,
               "alpha": alpha, "ridge": ridge, "prior": best["tau"], "heldout_recall": recall,
@@ -466,7 +464,7 @@ def fit_scramble(F: Any, gallery: Any, *, q: float | None = None, q_one: float |
               # before sparing: the share of everyone else's new photos the gate opens on
               "others_opened": float(np.mean(opened)),
               "spare": float(spare),
-              "spared_faces": 0 if spared is None else spared.faces,
+              "spared_faces": spared.faces,
               "others_touched_faces": int(len(fit_g)),  # the faces it was read off
               "guard": guard,
               "guard_keep": float(guard_keep),

@@ -49,34 +49,36 @@ class Spare:
     faces: int  # how many of ``known`` are real mean faces
 
 
+def _group_sums(x: np.ndarray, group: np.ndarray) -> np.ndarray:
+    """``(G, ...)`` column sums of the rows of ``x`` by ``group`` ``(N,)`` (ints from 0)."""
+    from scipy import sparse
+
+    onehot = sparse.csr_matrix((np.ones(len(x)), (group, np.arange(len(x)))),
+                               shape=(int(group.max()) + 1, len(x)))
+    return np.asarray(onehot @ x)
+
+
 def _identity_sums(x: np.ndarray, groups: np.ndarray) -> tuple[np.ndarray, np.ndarray,
                                                                  np.ndarray]:
     """``(inverse (N,), sums (J, d), counts (J,))`` of the unit rows ``x`` by identity."""
-    from scipy import sparse
-
-    _, inv = np.unique(groups, return_inverse=True)
-    inv = inv.ravel()
-    onehot = sparse.csr_matrix((np.ones(len(x)), (inv, np.arange(len(x)))),
-                               shape=(int(inv.max()) + 1, len(x)))
-    return inv, np.asarray(onehot @ x), np.bincount(inv)
+    inv = np.unique(groups, return_inverse=True)[1].ravel()
+    return inv, _group_sums(x, inv), np.bincount(inv)
 
 
 def _group_nanmean(x: np.ndarray, group: np.ndarray) -> np.ndarray:
     """``(G, M)`` per-group column means of ``(r, M)`` ``x`` ignoring NaN."""
     ok = ~np.isnan(x)
-    total = np.zeros((int(group.max()) + 1, x.shape[1]))
-    n = np.zeros_like(total)
-    np.add.at(total, group, np.where(ok, x, 0.0))
-    np.add.at(n, group, ok)
-    return total / np.maximum(n, 1)
+    return _group_sums(np.where(ok, x, 0.0), group) / np.maximum(_group_sums(ok * 1.0, group), 1)
 
 
-def fit_spare(gallery: np.ndarray, groups: np.ndarray, person: np.ndarray, w: np.ndarray,
-              b: float, t0: float, *, q: float = SPARE, faces: int = SPARE_FACES) -> Spare:
+def fit_spare(gallery: np.ndarray, groups: np.ndarray | None, person: np.ndarray,
+              w: np.ndarray, b: float, t0: float, *, q: float = SPARE,
+              faces: int = SPARE_FACES) -> Spare:
     """The enrolled people a gate ``s(x) = x . w + b`` opening at ``t0`` spares.
 
     Args:
-        gallery: ``(N, d)`` unit float64 faces of everyone else; groups: ``(N,)`` identities.
+        gallery: ``(N, d)`` unit float64 faces of everyone else; groups: ``(N,)`` identities
+            (``None``: unknown, nobody is spared).
         person: ``(n, d)`` unit photos of the erased person. A face is spared as someone only
             above the person's photos' cosine to that someone's mean face plus a margin (2.326
             pooled within-identity s.d.: how much closer an unseen photo may sit): the person
@@ -91,13 +93,13 @@ def fit_spare(gallery: np.ndarray, groups: np.ndarray, person: np.ndarray, w: np
     d = gallery.shape[1]
     none = Spare(np.zeros((max(faces, 0), d)), np.full(max(faces, 0), NO_SPARE),
                  np.zeros(len(gallery), bool), 0)
-    if q <= 0 or faces < 1 or len(gallery) < _MIN_CALIBRATION:
+    if groups is None or q <= 0 or faces < 1 or len(gallery) < _MIN_CALIBRATION:
         return none
     inv, sums, counts = _identity_sums(gallery, groups)
     means = normalize_rows(sums)
     score = means @ w + b
-    order = np.argsort(-np.where(score <= t0, score, -np.inf), kind="stable")
-    order = order[np.isfinite(score[order]) & (score[order] <= t0)][:2 * faces]
+    below = np.flatnonzero(score <= t0)  # the gate opens on none of these mean faces
+    order = below[np.argsort(-score[below], kind="stable")][:2 * faces]
     cal = np.isin(inv, order)
     if len(order) < 2 or cal.sum() < _MIN_CALIBRATION:
         return none
@@ -123,9 +125,10 @@ def fit_spare(gallery: np.ndarray, groups: np.ndarray, person: np.ndarray, w: np
     known = means[near]
     # Which gallery faces would be spared as new photos: their own mean face taken without them.
     cos = gallery @ known.T
-    own = np.flatnonzero(np.isin(inv, near))
-    col = np.searchsorted(near[np.argsort(near)], inv[own])
-    col = np.argsort(near)[col]
+    column = np.full(len(means), -1)
+    column[near] = np.arange(len(near))
+    own = np.flatnonzero(column[inv] >= 0)
+    col = column[inv[own]]
     rest = counts[inv[own]] - 1
     loo = normalize_rows(sums[inv[own]] - gallery[own])
     cos[own, col] = np.where(rest > 0, np.einsum("nd,nd->n", gallery[own], loo), -np.inf)
