@@ -17,20 +17,24 @@ def test_others_touched_estimates_the_new_photos_a_one_photo_gate_opens_on():
     # 100 enrolled people: 6 photos each in the gallery, 6 new ones each (never fitted). A
     # one-photo gate opens wide; what it costs is on the enrolled people's *new* photos, which
     # the gallery faces it was fitted against understate (the fit pushed those below the gate).
+    # Each gate changes one or two of those ~600 photos (the rest it spares), so the shares are
+    # compared over 30 gates: over 10 they are a handful of faces.
     x, y = pose_clusters(100, 12, seed=1)
     enrol = np.tile(np.arange(12) < 6, 100)
-    est, real, in_sample = [], [], []
-    for person in range(10):
+    est, real, opened, in_sample = [], [], [], []
+    for person in range(30):
         me = y == person
         e = fit_scramble(x[me & enrol][:1], x[~me & enrol], gallery_labels=y[~me & enrol],
                          n_features=64, seed=person)
         real.append(np.mean(e.gate_levels(x[~me & ~enrol]) > 0))
+        opened.append(np.mean(e.tail[0].hinge(x[~me & ~enrol])[:, 0] > 0))  # before sparing
         est.append(e.params["others_touched"])
         in_sample.append(e.params["gallery_touched"])
     real_share, est_share = float(np.mean(real)), float(np.mean(est))
     assert real_share > 0  # the gates do open on some of everyone else's new photos
     assert real_share / 1.5 <= est_share <= 1.5 * real_share
-    assert np.mean(in_sample) < real_share / 2  # what the gallery alone would have said
+    # what the gallery alone would have said of the photos the gate opens on
+    assert np.mean(in_sample) < np.mean(opened) / 2
 
 
 def test_a_gate_fitted_without_labels_still_reports_what_it_costs_everyone_else():

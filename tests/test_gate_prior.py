@@ -14,7 +14,7 @@ from facekd.core.tail import ALPHA, SHRINK_MIN, GateChain, Scrambler, normalize_
 from facekd.erasure import ErasureError, fit_scramble
 from facekd.evaluation.bench import BenchError, parse_fit_photos
 from facekd.methods.prior import WithinPrior
-from facekd.methods.scramble import (GUARD, GUARD_KEEP, MAX_TOUCHED, MAX_TOUCHED_ONE, Q_GRID,
+from facekd.methods.scramble import (FEW_BELOW, GUARD, GUARD_KEEP, MAX_TOUCHED, MAX_TOUCHED_ONE, Q_GRID,
                                      Q_ONE, RIDGE_GRID,
                                      RIDGE_GRID_ONE, SOFT_FROM, WIDTHS, hinge_width,
                                      lookalike_floor)
@@ -287,21 +287,22 @@ def test_many_photos_soften_the_hinge_so_a_look_alikes_touched_photos_stay_their
     but a look-alike's photos just above it are moved less (still their owner's), and the
     person's new photos are erased as fully as under the sharp hinge."""
     assert [hinge_width(n) for n in (1, 2, SOFT_FROM - 1, SOFT_FROM)] == [
-        WIDTHS["one"], WIDTHS["few"], WIDTHS["few"], WIDTHS["many"]]
-    assert WIDTHS["one"] < WIDTHS["few"] < WIDTHS["many"]
+        WIDTHS["few"], WIDTHS["few"], WIDTHS["some"], WIDTHS["many"]]
+    assert hinge_width(FEW_BELOW - 1) == WIDTHS["few"] and hinge_width(FEW_BELOW) == WIDTHS["some"]
+    assert WIDTHS["few"] < WIDTHS["some"] < WIDTHS["many"]
     E, y = twin_clusters(0.8)
     me, sib = np.flatnonzero(y == 0), np.flatnonzero(y == 1)
     keep = (y != 0) & ~np.isin(np.arange(len(y)), sib[10:])
     fit, fresh, sib_new = E[me[:SOFT_FROM]], E[me[SOFT_FROM:]], E[sib[10:]]
     soft = fit_scramble(fit, E[keep], gallery_labels=y[keep], spare=0)  # the hinge alone
-    sharp = fit_scramble(fit, E[keep], gallery_labels=y[keep], width=WIDTHS["few"], spare=0)
-    assert soft.params["width"] == WIDTHS["many"] and sharp.params["width"] == WIDTHS["few"]
+    sharp = fit_scramble(fit, E[keep], gallery_labels=y[keep], width=WIDTHS["some"], spare=0)
+    assert soft.params["width"] == WIDTHS["many"] and sharp.params["width"] == WIDTHS["some"]
     assert soft.tail[0].t0[0] == sharp.tail[0].t0[0]  # the same opening point
     assert fit_scramble(fit[:SOFT_FROM - 1], E[keep],
-                        gallery_labels=y[keep]).params["width"] == WIDTHS["few"]
+                        gallery_labels=y[keep]).params["width"] == WIDTHS["some"]
     # [forget] scramble_soft_from = 0: the sharp hinge everywhere, as before
     assert fit_scramble(fit, E[keep], gallery_labels=y[keep],
-                        soft_from=0).params["width"] == WIDTHS["few"]
+                        soft_from=0).params["width"] == WIDTHS["some"]
     with pytest.raises(ErasureError, match="soft_from"):
         fit_scramble(fit, E[keep], gallery_labels=y[keep], soft_from=1)
     touched = sharp.tail[0].gates(sib_new)[:, 0] > 0

@@ -46,25 +46,47 @@ def test_a_sibling_is_spared_only_above_the_person_so_the_person_stays_erased(tw
     assert not spared.tail[0].spared(np.r_[fit, fresh]).any()
 
 
-def test_the_persons_own_photos_and_their_double_are_never_spared(twins):
+def test_a_one_photo_gate_spares_the_look_alike_it_opens_on_and_still_erases_the_person(twins):
+    """A one-photo gate opens wide, fully on the sibling's mean face: the sibling is still among
+    the faces it spares (above the person's own cosine), so their new photos pass, while the
+    person's new photos are erased exactly as without sparing."""
+    E, y, me, sib, keep = twins
+    fit, fresh, sib_new = E[me[:1]], E[me[10:]], E[sib[10:]]
+    spared = fit_scramble(fit, E[keep], gallery_labels=y[keep])
+    plain = fit_scramble(fit, E[keep], gallery_labels=y[keep], spare=0)
+    chain = spared.tail[0]
+    sibling = normalize_rows(E[sib[:10]].mean(axis=0, keepdims=True))[0]
+    assert chain.hinge(sibling[None])[0, 0] > 1  # the gate is fully open on the sibling
+    j = int(np.argmax(chain.known[0] @ sibling))
+    assert chain.known[0, j] @ sibling == pytest.approx(1.0)
+    assert chain.known_t[0, j] > float((fit @ sibling).max())
+    opened = plain.tail[0].gates(sib_new)[:, 0] > 0
+    assert opened.mean() >= 0.5  # without sparing the gate takes most of the sibling's photos
+    assert not (chain.gates(sib_new)[:, 0] > 0).any()
+    assert _cover(spared, fresh) == _cover(plain, fresh) >= 0.9
+    assert not chain.spared(np.r_[fit, fresh]).any()
+
+
+def test_the_persons_own_photos_are_never_spared_and_their_double_only_above_them(twins):
     E, y, me, _, keep = twins
-    # The person enrolled a second time under another name: the gate opens on that mean face,
-    # so it is not among those spared, and the person's photos stay erased.
+    # The person enrolled a second time under another name: spared, if at all, only above the
+    # person's own photos' cosine to that mean face plus the margin, so their photos stay erased.
     groups = np.where(np.isin(np.arange(len(y)), me[20:30]), 999, y)
     rows = keep | np.isin(np.arange(len(y)), me[20:30])
     fit, fresh = E[me[:3]], E[me[30:]]
     e = fit_scramble(fit, E[rows], gallery_labels=groups[rows])
     chain = e.tail[0]
     double = normalize_rows(E[me[20:30]].mean(axis=0, keepdims=True))
-    assert np.max(chain.known[0] @ double[0]) < 0.999
+    as_double = chain.known[0] @ double[0] > 0.999
+    assert np.all(chain.known_t[0][as_double] > (fit @ double[0]).max())
     assert not chain.spared(fit).any()
     # of the person's new photos only the most sibling-like few pass (1 - SPARE of strangers')
     assert chain.spared(fresh).mean() <= 0.1
     # fit_spare alone: its cosine clears every photo of the person it was given
-    w, b, t0 = chain.weights[:, 0], chain.bias[0], chain.t0[0]
-    s = fit_spare(E[rows], groups[rows], E[me], w, b, t0)
+    w, b = chain.weights[:, 0], chain.bias[0]
+    s = fit_spare(E[rows], groups[rows], E[me], w, b)
     assert np.all(s.t > (E[me] @ s.known.T).max(axis=0))
-    assert np.all(fit_spare(E[rows], groups[rows], fit, w, b, t0, q=0).t == NO_SPARE)
+    assert np.all(fit_spare(E[rows], groups[rows], fit, w, b, q=0).t == NO_SPARE)
 
 
 def test_gates_that_spare_compose_and_round_trip(twins):

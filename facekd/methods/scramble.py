@@ -20,13 +20,13 @@ from facekd.core.erasure import Erasure, ErasureError, as_matrix, single_threade
 from facekd.core.tail import ALPHA, GateChain, Scrambler, normalize_rows
 from facekd.methods.base import FitContext, MethodError, register
 from facekd.methods.spare import SPARE, fit_spare
-from facekd.methods.scramble_defaults import (GUARD, GUARD_KEEP, MAX_TOUCHED, MAX_TOUCHED_ONE,
-                                              ONE_PHOTO_FRONTIER, ONE_PHOTO_POOR, PRIOR_GRID, Q_GRID, Q_ONE,
-                                              RIDGE_GRID, RIDGE_GRID_ONE, SOFT_FROM, WIDTHS,
-                                              hinge_width)
+from facekd.methods.scramble_defaults import (FEW_BELOW, GUARD, GUARD_KEEP, MAX_TOUCHED,
+                                              MAX_TOUCHED_ONE, ONE_PHOTO_FRONTIER, ONE_PHOTO_POOR,
+                                              PRIOR_GRID, Q_GRID, Q_ONE, RIDGE_GRID,
+                                              RIDGE_GRID_ONE, SOFT_FROM, WIDTHS, hinge_width)
 
-__all__ = ["GUARD", "GUARD_KEEP", "MAX_TOUCHED", "MAX_TOUCHED_ONE", "ONE_PHOTO_FRONTIER",
-           "ONE_PHOTO_POOR", "PRIOR_GRID", "Q_GRID", "Q_ONE",
+__all__ = ["FEW_BELOW", "GUARD", "GUARD_KEEP", "MAX_TOUCHED", "MAX_TOUCHED_ONE",
+           "ONE_PHOTO_FRONTIER", "ONE_PHOTO_POOR", "PRIOR_GRID", "Q_GRID", "Q_ONE",
            "RIDGE_GRID", "RIDGE_GRID_ONE", "SOFT_FROM", "WIDTHS", "fit_scramble", "hinge_width",
            "lookalike_floor"]
 
@@ -291,8 +291,8 @@ def fit_scramble(F: Any, gallery: Any, *, q: float | None = None, q_one: float |
             one-photo gates open wide and add up over erasures in sequence, so an ID-photo
             gallery that erases many trades here between the erased and everyone else
             (``ONE_PHOTO_FRONTIER``).
-        width: the hinge (see above); default :func:`hinge_width`: 0.05 with one photo, 0.15
-            with 2 to ``soft_from - 1``, 0.5 from ``soft_from`` (default 10; 0: never) on.
+        width: the hinge (see above); default :func:`hinge_width`: 0.05 with 1-4 photos, 0.15
+            with 5 to ``soft_from - 1``, 0.5 from ``soft_from`` (default 10; 0: never) on.
         ridge: the discriminant's ridge; default: chosen from ``RIDGE_GRID`` (one photo:
             ``RIDGE_GRID_ONE``) by how many of the person's unseen photos (see above) clear the
             gate (few photos need a stronger ridge).
@@ -340,9 +340,10 @@ def fit_scramble(F: Any, gallery: Any, *, q: float | None = None, q_one: float |
     qs = ((float(q_one),) if q_one is not None and n < 2 else (float(q),) if q is not None
           else (0.9999,) if gallery_labels is None
           else tuple(x for x in Q_GRID if x <= Q_ONE) if n < 2 else Q_GRID)
-    # One photo's hinge is sharper: its spread (s_cv) is other people's, and a gate that opens
-    # halfway on a new photo leaves it findable; with more photos a softer hinge moves everyone
-    # else's borderline faces less, which adds up over erasures in sequence (WIDTHS).
+    # Few photos get a sharp hinge: their spread (s_cv) is read off a handful of photos (one
+    # photo: other people's), and a gate that opens halfway on a new photo leaves it findable;
+    # with many photos a softer hinge moves everyone else's borderline faces less, which adds up
+    # over erasures in sequence (WIDTHS).
     if float(soft_from) != int(soft_from) or int(soft_from) < 0 or int(soft_from) == 1:
         raise ErasureError("soft_from must be 0 (never) or a photo count >= 2")
     width = hinge_width(n, int(soft_from)) if width is None else float(width)
@@ -429,7 +430,7 @@ def fit_scramble(F: Any, gallery: Any, *, q: float | None = None, q_one: float |
                                   seed=seed, labels=groups, shrink=shrink)
     elif scrambler.mean.shape != (d,):
         raise ErasureError(f"scrambler dimension {scrambler.mean.shape} does not match d={d}")
-    spared = fit_spare(fit_g, groups, f, w, b, t0, q=float(spare))
+    spared = fit_spare(fit_g, groups, f, w, b, q=float(spare))
     chain = GateChain(weights=w[:, None], bias=np.array([b]), t0=np.array([t0]),
                       s1=np.array([s1]), scrambler=scrambler,
                       **({"known": spared.known[None], "known_t": spared.t[None]}
