@@ -14,10 +14,10 @@ from facekd.core.tail import ALPHA, SHRINK_MIN, GateChain, Scrambler, normalize_
 from facekd.erasure import ErasureError, fit_scramble
 from facekd.evaluation.bench import BenchError, parse_fit_photos
 from facekd.methods.prior import WithinPrior
-from facekd.methods.scramble import (FEW_BELOW, GUARD, GUARD_KEEP, MAX_TOUCHED, MAX_TOUCHED_ONE, Q_GRID,
-                                     Q_ONE, RIDGE_GRID,
-                                     RIDGE_GRID_ONE, SOFT_FROM, WIDTHS, hinge_width,
-                                     lookalike_floor)
+from facekd.methods.scramble import (FEW_BELOW, GUARD, GUARD_KEEP, MAX_TOUCHED, MAX_TOUCHED_ONE,
+                                     Q_FEW, Q_GRID, Q_ONE, RIDGE_GRID, RIDGE_GRID_ONE, SOFT_FROM,
+                                     WIDTHS, hinge_width, lookalike_floor, q_ladder)
+from facekd.methods.spare import SPARE, SPARE_FEW
 from facekd.operations.measure import coverage
 
 
@@ -153,6 +153,24 @@ def test_gate_opens_tightest_that_covers_and_widens_only_within_the_gallery_budg
     # A cover target met at the tightest quantile needs no wider gate.
     assert fit_scramble(fit, others, gallery_labels=oy, cover=0.0).params["q"] == Q_GRID[0]
     assert fit_scramble(fit, others, gallery_labels=oy, q=0.999).params["q"] == 0.999
+
+
+def test_two_to_four_photos_start_wider_and_spare_more_than_many(faces):
+    """2-4 photos cannot vouch for their own cover (cross-validating over three photos says
+    "all covered" for nearly everyone): their search starts at Q_FEW, not at the tightest
+    quantile, and their gates spare the enrolled from a lower quantile (SPARE_FEW)."""
+    E, y = faces
+    fit, _, others, oy = _person(E, y, 12, 8)
+    assert q_ladder(1)[0] == Q_ONE and q_ladder(FEW_BELOW)[0] == Q_GRID[0]
+    assert q_ladder(2) == q_ladder(FEW_BELOW - 1) == tuple(q for q in Q_GRID if q <= Q_FEW)
+    assert Q_ONE < Q_FEW < Q_GRID[0] and SPARE_FEW < SPARE
+    for n, q, spare in ((3, Q_FEW, SPARE_FEW), (FEW_BELOW, Q_GRID[0], SPARE)):
+        p = fit_scramble(fit[:n], others, gallery_labels=oy, cover=0.0, max_touched=0.0).params
+        assert (p["q"], p["spare"]) == (q, spare), n
+    one = fit_scramble(fit[:1], others, gallery_labels=oy).params  # one photo: as before
+    assert one["q"] <= Q_ONE and one["spare"] == SPARE
+    # An explicit setting wins over the default for any photo count.
+    assert fit_scramble(fit[:3], others, gallery_labels=oy, spare=0.5).params["spare"] == 0.5
 
 
 def test_scrambled_strangers_are_no_closer_to_each_other_than_distinct_people():

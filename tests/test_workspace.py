@@ -117,6 +117,9 @@ def test_config_round_trips_and_rejects_unknown_settings():
     assert Config.from_toml(Config(encoder="dlib").to_toml()).scramble_q_one is None  # "auto"
     assert Config.from_toml(Config(encoder="dlib", scramble_q_one=0.998).to_toml()) \
         .scramble_q_one == 0.998
+    assert Config.from_toml(Config(encoder="dlib").to_toml()).scramble_spare is None  # "auto"
+    assert Config.from_toml(Config(encoder="dlib", scramble_spare=0.0).to_toml()) \
+        .scramble_spare == 0.0
     bad = cfg.to_toml()
     bad["forget"]["colour"] = "red"
     with pytest.raises(WorkspaceError, match="colour"):

@@ -6,8 +6,7 @@ below the gate are returned bit for bit unchanged.
 
 Imports nothing from the project but :mod:`facekd.core.erasure`, :mod:`facekd.core.tail`,
 :mod:`facekd.methods.base`, whom a gate spares (:mod:`facekd.methods.spare`) and its measured
-defaults (:mod:`facekd.methods.scramble_defaults`);
-scipy is imported where it is used (keeps ``import facekd`` light).
+defaults (:mod:`facekd.methods.scramble_defaults`); scipy where it is used (a light import).
 """
 
 from __future__ import annotations
@@ -19,16 +18,17 @@ import numpy as np
 from facekd.core.erasure import Erasure, ErasureError, as_matrix, single_threaded_blas
 from facekd.core.tail import ALPHA, GateChain, Scrambler, normalize_rows
 from facekd.methods.base import FitContext, MethodError, register
-from facekd.methods.spare import SPARE, fit_spare
+from facekd.methods.spare import SPARE, SPARE_FEW, fit_spare
 from facekd.methods.scramble_defaults import (FEW_BELOW, GUARD, GUARD_KEEP, MAX_TOUCHED,
                                               MAX_TOUCHED_ONE, ONE_PHOTO_FRONTIER, ONE_PHOTO_POOR,
-                                              PRIOR_GRID, Q_GRID, Q_ONE, RIDGE_GRID,
-                                              RIDGE_GRID_ONE, SOFT_FROM, WIDTHS, hinge_width)
+                                              PRIOR_GRID, Q_FEW, Q_GRID, Q_ONE, RIDGE_GRID,
+                                              RIDGE_GRID_ONE, SOFT_FROM, WIDTHS, hinge_width,
+                                              q_ladder)
 
 __all__ = ["FEW_BELOW", "GUARD", "GUARD_KEEP", "MAX_TOUCHED", "MAX_TOUCHED_ONE",
-           "ONE_PHOTO_FRONTIER", "ONE_PHOTO_POOR", "PRIOR_GRID", "Q_GRID", "Q_ONE",
+           "ONE_PHOTO_FRONTIER", "ONE_PHOTO_POOR", "PRIOR_GRID", "Q_FEW", "Q_GRID", "Q_ONE",
            "RIDGE_GRID", "RIDGE_GRID_ONE", "SOFT_FROM", "WIDTHS", "fit_scramble", "hinge_width",
-           "lookalike_floor"]
+           "lookalike_floor", "q_ladder"]
 
 
 def _folds(n: int, folds: int, rng: np.random.Generator,
@@ -258,7 +258,7 @@ def fit_scramble(F: Any, gallery: Any, *, q: float | None = None, q_one: float |
                  sigma: float = 200.0, seed: int = 0, shrink: float | None = None,
                  max_gallery: int = 50_000, gallery_labels: Any = None,
                  guard: float = 1.0, guard_keep: float = GUARD_KEEP,
-                 soft_from: int = SOFT_FROM, spare: float = SPARE,
+                 soft_from: int = SOFT_FROM, spare: float | None = None,
                  scrambler: Scrambler | None = None) -> Erasure:
     """Fit a gated scramble: the person's faces become unrelated, ordinary-looking strangers.
 
@@ -273,15 +273,15 @@ def fit_scramble(F: Any, gallery: Any, *, q: float | None = None, q_one: float |
     person's photos the discriminant did not see: each known photo scored by a discriminant
     fitted without it, or, with one photo, held-out identities' new photos under their own
     one-photo gates. Default ``q`` with ``gallery_labels`` and 2+ photos: the tightest of
-    ``Q_GRID`` whose gate opens on ``cover`` of those unseen photos, widened only while it
-    touches at most ``max_touched`` of the gallery's faces; with one photo the widest of
-    ``Q_GRID`` from ``Q_ONE`` (0.995) on within that budget; 0.9999 without labels. A gated face
-    is replaced by ``t(x)``: a pseudo-random point like the population (gallery mean and
-    covariance, deviation scaled by ``alpha``; the covariance partly isotropic, more so on small
-    galleries, :meth:`Scrambler.fit`), so erased faces neither match one another nor stand out
-    (``alpha = 1``: as far from the crowd's centre as ordinary faces; larger: easier to spot,
-    harder to re-identify; the default 1.02 is the measured balance on LFW + dlib,
-    :data:`facekd.core.tail.ALPHA`).
+    :func:`q_ladder` (``Q_GRID``; from ``Q_FEW``, 0.999, with 2-4 photos) whose gate opens on
+    ``cover`` of those unseen photos, widened only while it touches at most ``max_touched`` of
+    the gallery's faces; with one photo the widest from ``Q_ONE`` (0.995) on within that budget;
+    0.9999 without labels. A gated face is replaced by ``t(x)``: a pseudo-random point like
+    the population (gallery mean and covariance, deviation scaled by ``alpha``; the covariance
+    partly isotropic, more so on small galleries, :meth:`Scrambler.fit`), so erased faces
+    neither match one another nor stand out (``alpha = 1``: as far from the crowd's centre as
+    ordinary faces; larger: easier to spot, harder to re-identify; the default 1.02 is the
+    measured balance on LFW + dlib, :data:`facekd.core.tail.ALPHA`).
 
     Args:
         F: ``(n, d)`` embeddings of the person (``n >= 1``; one photo needs ``gallery_labels``,
@@ -315,8 +315,8 @@ def fit_scramble(F: Any, gallery: Any, *, q: float | None = None, q_one: float |
             ``GUARD`` and ``GUARD_KEEP`` are the measured opt-in).
         spare: the gate lets through a face that matches one of the ``SPARE_FACES`` enrolled
             mean faces nearest it, above the ``spare``-quantile of enrolled strangers' cosines
-            to them (:func:`facekd.methods.spare.fit_spare`; needs ``gallery_labels``; 0: off).
-            It is what keeps erasures in sequence from wearing everyone else down.
+            to them (:func:`facekd.methods.spare.fit_spare`; needs ``gallery_labels``; 0: off;
+            default 0.99, 0.9 with 2-4 photos): erasures in sequence stay cheap for everyone else.
         scrambler: reuse an existing chain's stranger map, so the new step merges into it (the
             workspace passes the accumulated erasure's); default: fit one on ``gallery``.
 
@@ -338,8 +338,7 @@ def fit_scramble(F: Any, gallery: Any, *, q: float | None = None, q_one: float |
         raise ErasureError("fit_scramble needs at least 2 gallery embeddings of other people")
     # Calibrated by identity, a lower quantile gives the same protection.
     qs = ((float(q_one),) if q_one is not None and n < 2 else (float(q),) if q is not None
-          else (0.9999,) if gallery_labels is None
-          else tuple(x for x in Q_GRID if x <= Q_ONE) if n < 2 else Q_GRID)
+          else (0.9999,) if gallery_labels is None else q_ladder(n))
     # Few photos get a sharp hinge: their spread (s_cv) is read off a handful of photos (one
     # photo: other people's), and a gate that opens halfway on a new photo leaves it findable;
     # with many photos a softer hinge moves everyone else's borderline faces less, which adds up
@@ -366,6 +365,7 @@ def fit_scramble(F: Any, gallery: Any, *, q: float | None = None, q_one: float |
         raise ErasureError("guard_keep must be in (0, 1] (1: all of the person's unseen photos)")
     if shrink is not None and not 0 <= shrink < 1:
         raise ErasureError("shrink must be in [0, 1)")
+    spare = (SPARE_FEW if 2 <= n < FEW_BELOW else SPARE) if spare is None else spare
     if not 0 <= float(spare) < 1:
         raise ErasureError("spare must be in [0, 1) (0: the gate spares nobody)")
     rng = np.random.default_rng(seed)

@@ -28,11 +28,23 @@ Q_ONE = 0.995
 # The quantiles searched, tightest first: with 2+ photos the gate opens as little as it can while
 # covering ``cover`` of the person's unseen photos; with one, as wide as it may (from Q_ONE). It
 # widens only while it touches at most ``max_touched`` of the gallery's faces: a large gallery's
-# budget is spent at 0.9995 (with one photo, at Q_ONE), so erasures in sequence stay cheap there;
+# budget is spent at its first step (0.9995; Q_FEW, Q_ONE with fewer photos), so erasures in
+# sequence stay cheap there;
 # the gates of a gallery of tens of people touch none of its faces down to 0.95, and a look-alike
 # in it needs them that wide (LFW + dlib, 15 people, 3 photos: the worst person's re-enrolment
 # rank-1 from 44 % to 5 %, docs/benchmarks.md).
 Q_GRID = (0.9995, 0.999, 0.998, 0.995, 0.99, 0.98, 0.95)
+# Where 2-4 photos start the search (the tightest quantile they may get). Their cover estimate is
+# cross-validation over 2-4 photos, which says "all covered" for nearly everyone, so the search
+# stopped at the tightest quantile (47 of 60 gates fitted on 3 photos) and a real cover of 65-80
+# % left a few people findable at 10-35 %. LFW + dlib, each erased alone: `facekd bench`, 3
+# photos, forget rank-1 2.50 -> 1.67 %, TAR@1e-3 0.43 -> 0.31 %; five draws of 12 replayed over
+# 200 splits (a perfect erasure: 0.97 %) 2.24 -> 1.76 % (from 0.998: 0.98 %), 2 photos 3.73 ->
+# 3.31 %, FaceNet 3 photos 1.65 -> 0.83 %. What it costs: 50 erasures in sequence from 3 photos
+# cost everyone else 0.28 -> 0.47 points (with spare.SPARE_FEW; 0.60 without, 0.75 from 0.998),
+# FaceNet 0.41 -> 0.38 (seeds 0-2); the 50 erased, after all 50, were found at 1.7 instead of
+# 2.3 % (docs/benchmarks.md, "Tenth round").
+Q_FEW = 0.999
 # The budget (``max_touched``): with 2+ photos 1 face in 5,000, so 50 erasures in sequence stay
 # within 0.5 rank-1 point for everyone else. A one-photo gate gets 1 face in 500: in a gallery of
 # tens of people 2e-4 is a fraction of a face, so its gate stopped at the first face of anyone and
@@ -100,6 +112,14 @@ GUARD_KEEP = 1.0
 WIDTHS = {"few": 0.05, "some": 0.15, "many": 0.5}
 FEW_BELOW = 5
 SOFT_FROM = 10
+
+
+def q_ladder(n: int) -> tuple[float, ...]:
+    """The quantiles a labelled gallery's gate search walks for ``n`` photos, tightest first:
+    ``Q_GRID`` from ``Q_ONE`` with one photo, from ``Q_FEW`` with 2 to ``FEW_BELOW - 1``, all
+    of it with more."""
+    start = Q_ONE if n < 2 else Q_FEW if n < FEW_BELOW else Q_GRID[0]
+    return tuple(x for x in Q_GRID if x <= start)
 
 
 def hinge_width(n: int, soft_from: int = SOFT_FROM) -> float:

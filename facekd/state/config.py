@@ -13,7 +13,6 @@ import numpy as np
 
 from facekd import methods
 from facekd.core.tail import ALPHA
-from facekd.methods.spare import SPARE
 from facekd.errors import WorkspaceError
 from facekd.faces import DEFAULT_LIMITS, ImageLimits
 
@@ -74,9 +73,9 @@ class Config:
     max_tar: float = 0.05
     seed: int = 0
     # Gated scramble: the gate opens at this quantile of the gallery's discriminant scores (None,
-    # "auto" in the file: the tightest of 0.9995 ... 0.95 that covers the person's unseen photos
-    # with 2+ photos of them, the widest from 0.995 with one, within a budget of gallery faces
-    # touched; facekd.methods.scramble.Q_GRID / Q_ONE), and a
+    # "auto" in the file: the tightest of 0.9995 ... 0.95 (from 0.999 with 2-4 photos) that covers
+    # the person's unseen photos with 2+ photos of them, the widest from 0.995 with one, within a
+    # budget of gallery faces touched; facekd.methods.scramble.q_ladder), and a
     # scrambled face's deviation from the population mean is scaled by scramble_alpha.
     scramble_q: float | None = None
     # With one photo of the person, the gate opens above this quantile instead ("auto": the widest
@@ -99,9 +98,10 @@ class Config:
     scramble_soft_from: int = 10
     # A gate lets through a face that matches one of the enrolled people nearest it (above this
     # quantile of enrolled strangers' cosines to their mean faces; 0: off). 50 one-photo erasures
-    # in sequence cost everyone else about a fifth as much (facekd.methods.spare). The edited
+    # in sequence cost everyone else about a sixth as much (facekd.methods.spare). The edited
     # model then holds those people's mean faces (docs/threat-model.md).
-    scramble_spare: float = SPARE
+    # auto: 0.99, and 0.9 with 2-4 photos (facekd.methods.spare.SPARE_FEW).
+    scramble_spare: float | None = None
     # Checked before decoding any image (file size, then the header's width x height).
     max_image_bytes: int = DEFAULT_LIMITS.max_bytes
     max_image_pixels: int = DEFAULT_LIMITS.max_pixels
@@ -128,7 +128,8 @@ class Config:
                        "scramble_guard": self.scramble_guard,
                        "scramble_guard_keep": self.scramble_guard_keep,
                        "scramble_soft_from": self.scramble_soft_from,
-                       "scramble_spare": self.scramble_spare,
+                       "scramble_spare": ("auto" if self.scramble_spare is None
+                                          else self.scramble_spare),
                        # TOML has no null: an unset rule is simply absent
                        **({"k": self.k} if self.k is not None else {}),
                        **({"energy": self.energy} if self.energy is not None else {})},
@@ -196,8 +197,8 @@ class Config:
         if not 0 < float(self.scramble_guard_keep) <= 1:
             raise WorkspaceError(f"{source}: [forget] scramble_guard_keep must be in (0, 1] "
                                  "(1: all of the person's unseen photos)")
-        if not 0 <= float(self.scramble_spare) < 1:
-            raise WorkspaceError(f"{source}: [forget] scramble_spare must be in [0, 1) "
+        if self.scramble_spare is not None and not 0 <= float(self.scramble_spare) < 1:
+            raise WorkspaceError(f"{source}: [forget] scramble_spare must be auto or in [0, 1) "
                                  "(0: a gate spares nobody)")
         if self.scramble_soft_from < 0 or self.scramble_soft_from == 1:
             raise WorkspaceError(f"{source}: [forget] scramble_soft_from must be 0 (never) or a "
@@ -223,7 +224,7 @@ class Config:
 
 
 # Settings whose file value may be "auto" (None in Config: chosen per erasure or per gallery).
-AUTO_KEYS = ("match_threshold", "scramble_q", "scramble_q_one")
+AUTO_KEYS = ("match_threshold", "scramble_q", "scramble_q_one", "scramble_spare")
 _KINDS = {"str": (str,), "bool": (bool,), "int": (int,), "float": (int, float)}
 
 
