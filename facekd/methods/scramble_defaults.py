@@ -29,10 +29,9 @@ Q_ONE = 0.995
 # covering ``cover`` of the person's unseen photos; with one, as wide as it may (from Q_ONE). It
 # widens only while it touches at most ``max_touched`` of the gallery's faces: a large gallery's
 # budget is spent at its first step (0.9995; Q_FEW, Q_ONE with fewer photos), so erasures in
-# sequence stay cheap there;
-# the gates of a gallery of tens of people touch none of its faces down to 0.95, and a look-alike
-# in it needs them that wide (LFW + dlib, 15 people, 3 photos: the worst person's re-enrolment
-# rank-1 from 44 % to 5 %, docs/benchmarks.md).
+# sequence stay cheap there; the gates of a gallery of tens of people touch none of its faces down
+# to 0.95, and a look-alike in it needs them that wide (LFW + dlib, 15 people, 3 photos: the worst
+# person's re-enrolment rank-1 from 44 % to 5 %, docs/benchmarks.md).
 Q_GRID = (0.9995, 0.999, 0.998, 0.995, 0.99, 0.98, 0.95)
 # Where 2-4 photos start the search (the tightest quantile they may get). Their cover estimate is
 # cross-validation over 2-4 photos, which says "all covered" for nearly everyone, so the search
@@ -57,15 +56,15 @@ MAX_TOUCHED = 2e-4
 MAX_TOUCHED_ONE = 2e-3
 # What a one-photo gate trades (fit_scramble's ``q_one``, ``[forget] scramble_q_one``; None: the
 # default search): the erased person's fresh re-enrolment rank-1 (%, each erased alone) and the
-# rank-1 points everyone else loses after 50 one-photo erasures in sequence, with gates that
-# spare the enrolled (facekd.methods.spare). LFW + dlib, five draws (docs/benchmarks.md, "Sparing
-# the enrolled", "Ninth round" and "Tenth round", where `facekd bench` re-read the alone figures
-# of 0.997-0.999 with sparing: 0.2-0.3 point above the sixth round's). A one-photo gate is a one-shot verifier: to
-# cover the person's new photos it must open on a share of everyone else's (0.25 % per gate at
-# the default, 0.07 % at 0.998), and those shares add up; sparing lets most of them through
-# (before it: 10.4 / 5.9 / 3.5 / 1.7 points; sparing only the mean faces the gate does not open
-# on: 2.8 / 1.3 / 0.65 / 0.33). No setting meets issue 21's 5 % and 0.5 point at once; privacy
-# first, the default favours the erased.
+# rank-1 points everyone else loses after 50 one-photo erasures in sequence, with gates that spare
+# the enrolled (facekd.methods.spare). LFW + dlib, five draws (docs/benchmarks.md, "Sparing the
+# enrolled", "Ninth round" and "Tenth round", where `facekd bench` re-read the alone figures of
+# 0.997-0.999 with sparing: 0.2-0.3 point above the sixth round's). A one-photo gate is a one-shot
+# verifier: to cover the person's new photos it must open on a share of everyone else's (0.25 % per
+# gate at the default, 0.07 % at 0.998), and those shares add up; sparing lets most of them through
+# (before it: 10.4 / 5.9 / 3.5 / 1.7 points; sparing only the mean faces the gate does not open on:
+# 2.8 / 1.3 / 0.65 / 0.33). No setting meets issue 21's 5 % and 0.5 point at once; privacy first,
+# the default favours the erased.
 ONE_PHOTO_FRONTIER = {None: (3.2, 1.6), 0.997: (6.0, 0.9), 0.998: (7.7, 0.65),
                       0.999: (12.8, 0.33)}
 # How much a one-photo gate's cover hangs on the photo (benchmarks/bench_one_photo.py, LFW: 3
@@ -89,28 +88,27 @@ ONE_PHOTO_POOR = {"dlib": (5.4, 0.09), "facenet": (2.7, 0.11)}
 GUARD = 0.02
 GUARD_KEEP = 1.0
 # The hinge's default width (``s1 = t0 + width * (s_cv - t0)``) by how many photos the fit has:
-# fewer than FEW_BELOW, fewer than SOFT_FROM, or more. Everyone else's faces that a gate touches sit just above t0,
-# the person's unseen photos far above it: a softer hinge moves the former less (a face moved a
-# little is still its owner's) and the person's barely. But ``s_cv`` is read off the person's
-# unseen photos, a reliable quantile only with many of them. Measured on LFW + dlib
+# fewer than FEW_BELOW, fewer than SOFT_FROM, or more. Everyone else's faces that a gate touches sit
+# just above t0, the person's unseen photos far above it: a softer hinge moves the former less (a
+# face moved a little is still its owner's) and the person's barely. But ``s_cv`` is read off the
+# person's unseen photos, a reliable quantile only with many of them. Measured on LFW + dlib
 # (docs/benchmarks.md, "The soft hinge"): from 10 photos on, 0.5 instead of 0.15 cut what 50
 # erasures in sequence cost everyone else from 0.92 to 0.36 rank-1 points (5 seeds) and left the
-# erased within the real-stranger yardstick (re-enrolment rank-1 over 200 splits, full gallery:
-# 1.1 % at 10 photos either way, 1.1 -> 1.3 % with all); with 5 photos it let one person's new
-# photos be found at 7.5 % instead of 2.9 %, so fewer photos keep a sharp hinge. Since gates
-# spare the enrolled (facekd.methods.spare) the look-alikes a sharp hinge would move are mostly
-# let through, and 2-4 photos went from 0.15 to one photo's 0.05 (docs/benchmarks.md, "Ninth
-# round"): each erased alone (five draws of 12, re-enrolment rank-1 over 200 splits), fitted
-# on 2 / 3 photos 5.0 / 2.8 -> 3.7 / 2.2 % (dlib), on 3 photos 2.0 -> 1.7 % (FaceNet); 50 in
-# sequence from 3 photos cost everyone else 0.24 -> 0.28 points (dlib) and 0.43 -> 0.48
-# (FaceNet, seeds 0-1). From 5 photos on it gained little (dlib, 5 photos: 1.4 -> 1.3 %) and
-# cost the tiny encoder, whose identities overlap, 6 points after 1,000 erasures fitted on 8
-# photos each (everyone else's rank-1 67.0 -> 60.8 %), so 5-9 photos keep 0.15. Sharper still
-# (0.02) reached 2.0 % but cost FaceNet 0.52. With many photos, 0.3 instead of 0.5 found the
-# erased less often (`facekd bench`, dlib, all photos, five draws: 1.00 instead of 1.33 %,
-# where a perfect erasure reads 0.97 %) but 50 in sequence cost everyone else 0.24 instead of
-# 0.13 rank-1 points and 0.41 instead of 0.12 TAR points, 1.49 in one seed of five (FaceNet:
-# 0.34 instead of 0.21 rank-1); the erased were already as hard to find as after a perfect
+# erased within the real-stranger yardstick (re-enrolment rank-1 over 200 splits, full gallery: 1.1
+# % at 10 photos either way, 1.1 -> 1.3 % with all); with 5 photos it let one person's new photos be
+# found at 7.5 % instead of 2.9 %, so fewer photos keep a sharp hinge. Since gates spare the
+# enrolled (facekd.methods.spare) the look-alikes a sharp hinge would move are mostly let through,
+# and 2-4 photos went from 0.15 to one photo's 0.05 (docs/benchmarks.md, "Ninth round"): each erased
+# alone (five draws of 12, re-enrolment rank-1 over 200 splits), fitted on 2 / 3 photos 5.0 / 2.8 ->
+# 3.7 / 2.2 % (dlib), on 3 photos 2.0 -> 1.7 % (FaceNet); 50 in sequence from 3 photos cost everyone
+# else 0.24 -> 0.28 points (dlib) and 0.43 -> 0.48 (FaceNet, seeds 0-1). From 5 photos on it gained
+# little (dlib, 5 photos: 1.4 -> 1.3 %) and cost the tiny encoder, whose identities overlap, 6
+# points after 1,000 erasures fitted on 8 photos each (everyone else's rank-1 67.0 -> 60.8 %), so
+# 5-9 photos keep 0.15. Sharper still (0.02) reached 2.0 % but cost FaceNet 0.52. With many photos,
+# 0.3 instead of 0.5 found the erased less often (`facekd bench`, dlib, all photos, five draws: 1.00
+# instead of 1.33 %, where a perfect erasure reads 0.97 %) but 50 in sequence cost everyone else
+# 0.24 instead of 0.13 rank-1 points and 0.41 instead of 0.12 TAR points, 1.49 in one seed of five
+# (FaceNet: 0.34 instead of 0.21 rank-1); the erased were already as hard to find as after a perfect
 # erasure, so 0.5 stays (docs/benchmarks.md, "Tenth round").
 WIDTHS = {"few": 0.05, "some": 0.15, "many": 0.5}
 FEW_BELOW = 5

@@ -121,15 +121,13 @@ class Config:
                        "min_coverage": self.min_coverage,
                        "esc_t_lr": self.esc_t_lr, "esc_t_normalize_step": self.esc_t_normalize_step,
                        "seed": self.seed,
-                       "scramble_q": "auto" if self.scramble_q is None else self.scramble_q,
-                       "scramble_q_one": ("auto" if self.scramble_q_one is None
-                                          else self.scramble_q_one),
+                       "scramble_q": _or_auto(self.scramble_q),
+                       "scramble_q_one": _or_auto(self.scramble_q_one),
                        "scramble_alpha": self.scramble_alpha,
                        "scramble_guard": self.scramble_guard,
                        "scramble_guard_keep": self.scramble_guard_keep,
                        "scramble_soft_from": self.scramble_soft_from,
-                       "scramble_spare": ("auto" if self.scramble_spare is None
-                                          else self.scramble_spare),
+                       "scramble_spare": _or_auto(self.scramble_spare),
                        # TOML has no null: an unset rule is simply absent
                        **({"k": self.k} if self.k is not None else {}),
                        **({"energy": self.energy} if self.energy is not None else {})},
@@ -225,6 +223,11 @@ class Config:
 
 # Settings whose file value may be "auto" (None in Config: chosen per erasure or per gallery).
 AUTO_KEYS = ("match_threshold", "scramble_q", "scramble_q_one", "scramble_spare")
+
+
+def _or_auto(value: Any) -> Any:
+    """An AUTO_KEYS setting as the file holds it: "auto" for None (TOML has no null)."""
+    return "auto" if value is None else value
 _KINDS = {"str": (str,), "bool": (bool,), "int": (int,), "float": (int, float)}
 
 
