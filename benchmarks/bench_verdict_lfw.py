@@ -2,12 +2,15 @@
 ``bench:verdict-lfw`` section of docs/benchmarks.md.
 
     python benchmarks/bench_verdict_lfw.py [--seed 20261205] [--people 40] [--encoder dlib] [--no-write]
+    python benchmarks/bench_verdict_lfw.py --enrol 3 --erased-enrol 1   # an ID-photo-like gallery
 
 Built as a new user would: ``lfw_deepfunneled`` + dlib (or ``--encoder``, e.g. ``facenet:PATH``;
 its own ``bench:verdict-lfw-<name>`` section), ``people`` identities drawn with a seed
 the other benchmarks never use, up to 20 photos enrolled each; ``erase`` of them with >= 52
 photos are enrolled with 32 and keep 20 further photos back ("new photos": never enrolled,
-never fitted). They are erased one after another with the default method, each verified with its
+never fitted; ``--enrol`` / ``--erased-enrol`` change the 20 and the 32: a gallery of a few photos
+each, the erased fitted on one, is the common hard case, with its own ``bench:verdict-lfw-few-E-K``
+section). They are erased one after another with the default method, each verified with its
 20 new photos right after its erasure and again after the last one. One more such person is
 erased with ESC-T on a copy of the enrolled workspace (a leaky erasure verify must FAIL).
 
@@ -41,6 +44,7 @@ from _common import REPO, load_average, machine, versions, write_section
 
 FACES = Path(os.environ.get("FACEKD_FACES_DIR", REPO.parent / "shared" / "data" / "faces"))
 ENROL, ERASED_ENROL, NEW, SPLITS = 20, 32, 20, 200
+ESC_T_ENROL = ERASED_ENROL  # the ESC-T control keeps 32 photos whatever --erased-enrol says
 
 
 def _pick(dataset: Path, people: int, erase: int, seed: int):
@@ -57,8 +61,10 @@ def _pick(dataset: Path, people: int, erase: int, seed: int):
     return gallery, erased, esc_t, rest[people - erase - 1:][:60]
 
 
-def _tree(root: Path, gallery: list[Path], special: list[Path], seed: int):
-    """Symlink tree (ids 1000...) and each special person's folder of new photos."""
+def _tree(root: Path, gallery: list[Path], special: dict[Path, int], seed: int,
+          enrol: int = ENROL):
+    """Symlink tree (ids 1000...): ``enrol`` photos of each gallery person, ``special[folder]``
+    of each special person, who also gets a folder of NEW photos enrolled nowhere."""
     tree, new = root / "tree", {}
     rng = np.random.default_rng(seed)
     ids = {}
@@ -66,9 +72,12 @@ def _tree(root: Path, gallery: list[Path], special: list[Path], seed: int):
         ids[folder] = 1000 + i
         files = sorted(folder.glob("*.jpg"))
         files = [files[j] for j in rng.permutation(len(files))]
-        enrol = files[:ERASED_ENROL] if folder in special else files[:ENROL]
+        k = special.get(folder, enrol)
+        # New photos come after the first ERASED_ENROL, whatever is enrolled: the same new
+        # photos in every setting.
+        enrol_files = files[:k]
         (tree / str(ids[folder])).mkdir(parents=True)
-        for f in enrol:
+        for f in enrol_files:
             (tree / str(ids[folder]) / f.name).symlink_to(f.resolve())
         if folder in special:
             new[ids[folder]] = root / "new" / str(ids[folder])
@@ -140,8 +149,13 @@ def main() -> int:
     ap.add_argument("--people", type=int, default=40)
     ap.add_argument("--erase", type=int, default=3)
     ap.add_argument("--encoder", default="dlib", help="encoder spec, e.g. facenet:graph_final.pb")
+    ap.add_argument("--enrol", type=int, default=ENROL, help="photos enrolled per person (at most)")
+    ap.add_argument("--erased-enrol", type=int, default=ERASED_ENROL,
+                    help="photos enrolled of each erased person (what forget fits on)")
     ap.add_argument("--no-write", action="store_true")
     args = ap.parse_args()
+    if not 1 <= args.erased_enrol <= ERASED_ENROL or not 1 <= args.enrol:
+        ap.error(f"--erased-enrol must be 1-{ERASED_ENROL}, --enrol >= 1")
     from facekd.core.metrics import wilson_interval
     from facekd.workspace import Workspace
 
@@ -155,7 +169,8 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="facekd-verdict-lfw-") as tmp:
         root = Path(tmp)
         gallery, erased, esc_t, outsiders = _pick(dataset, args.people, args.erase, args.seed)
-        tree, new = _tree(root, gallery, erased + [esc_t], args.seed)
+        tree, new = _tree(root, gallery, {**{f: args.erased_enrol for f in erased},
+                                          esc_t: ESC_T_ENROL}, args.seed, args.enrol)
         ids = {f: 1000 + i for i, f in enumerate(gallery)}
         ws_dir, onnx_path = root / "ws", root / "edited.onnx"
         Workspace.init(ws_dir, args.encoder).close()
@@ -202,6 +217,10 @@ def main() -> int:
     name, _, path = args.encoder.partition(":")
     title = "" if name == "dlib" else f", encoder `{name}`"
     command = "" if args.encoder == "dlib" else f" --encoder {name}:{Path(path).name}"
+    few = (args.enrol, args.erased_enrol) != (ENROL, ERASED_ENROL)
+    if few:
+        command += f" --enrol {args.enrol} --erased-enrol {args.erased_enrol}"
+        title += f", {args.enrol} photos each, the erased fitted on {args.erased_enrol}"
     body = f"""## Is verify right? A {args.people}-person LFW workspace judged from outside{title} (`benchmarks/bench_verdict_lfw.py`)
 
 Machine: {machine()}; {versions('facekd', 'numpy', 'onnxruntime', 'dlib')}. 1-minute load average
@@ -209,8 +228,8 @@ Machine: {machine()}; {versions('facekd', 'numpy', 'onnxruntime', 'dlib')}. 1-mi
 Command: `python benchmarks/bench_verdict_lfw.py --seed {args.seed}{command}`.
 
 lfw_deepfunneled + {name}, {args.people} people drawn with seed {args.seed} ({enrolled.added} faces
-enrolled: up to {ENROL} photos each; the {len(erased)} erased and the ESC-T person {ERASED_ENROL}
-each, with {NEW} more photos of each kept back). The {len(erased)} are erased one after another
+enrolled: up to {args.enrol} photos each; the {len(erased)} erased {args.erased_enrol} each and the
+ESC-T person {ESC_T_ENROL}, with {NEW} more photos of each kept back). The {len(erased)} are erased one after another
 with the default gated scramble, and one more person with ESC-T on a copy of the enrolled
 workspace. The outside judge runs the exported edited ONNX with onnxruntime on the {NEW} new
 photos and replays the half-split attack over {SPLITS} random splits against the stored gallery
@@ -229,7 +248,8 @@ photos and replays the half-split attack over {SPLITS} random splits against the
 """
     print(body)
     if not args.no_write:
-        write_section("verdict-lfw" if name == "dlib" else f"verdict-lfw-{name}", body)
+        section = "verdict-lfw" if name == "dlib" else f"verdict-lfw-{name}"
+        write_section(section + (f"-few-{args.enrol}-{args.erased_enrol}" if few else ""), body)
     return 0
 
 

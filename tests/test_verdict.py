@@ -172,3 +172,39 @@ def test_the_forecast_names_the_fewest_photos_that_decide_at_the_same_rates():
 def test_an_undecidable_case_says_more_photos_would_not_settle_it():
     v = vd.combine([vd.judge("rank-1", 0.05, 10, 0.06)], None, 10, needed=None)
     assert v.status == vd.INCONCLUSIVE and "would not settle it" in v.reason
+
+
+def test_an_estimate_on_twice_chance_is_inconclusive_not_a_pass():
+    # An outside replay of the same photos over 200 random splits lands on either side of the
+    # cap: within the margin the ruling stays open, and says why.
+    on = vd.judge("rank-1", 0.05, 20, 0.3, interval=(0.003, 0.25), pass_cap=0.0526,
+                  pass_margin=0.008)
+    clear = vd.judge("rank-1", 0.04, 20, 0.3, interval=(0.003, 0.25), pass_cap=0.0526,
+                     pass_margin=0.008)
+    assert on.ruling == vd.INCONCLUSIVE and clear.ruling == vd.PASS
+    reason = vd.combine([on], None, 20).reason
+    assert "could land on either side" in reason and "2 x chance" in reason
+
+
+def test_replay_spread_is_the_spread_of_random_splits_rank1():
+    rng = np.random.default_rng(3)
+    beats = rng.random((16, 16)) < 0.08
+    np.fill_diagonal(beats, False)
+    rates = []
+    for _ in range(4000):  # a replay's splits, one at a time
+        order = rng.permutation(16)
+        enrol, probe = order[:8], order[8:]
+        rates.append(beats[np.ix_(probe, enrol)].any(axis=1).mean())
+    assert vd.replay_spread(beats, 8) == pytest.approx(np.std(rates), rel=0.1)
+    assert vd.replay_spread(np.zeros((16, 16), bool), 8) == 0.0  # nothing found: no spread
+
+
+def test_attack_figures_hold_a_pass_back_by_the_replays_noise():
+    g, y, mu = _gallery(40, 5)
+    p = _photos(np.random.default_rng(6), 20, mu, erased=True)
+    found = vd.strangers(g, y)
+    fig = vd.attack_figures(p, (p @ g.T).max(axis=1), found.odds, chance=1 / 41)[0]
+    beats = vd.beats_gallery(p, (p @ g.T).max(axis=1))
+    assert fig.pass_margin == pytest.approx(
+        vd.Z95 * vd.replay_spread(beats, 10) / np.sqrt(vd.REPLAY_SPLITS))
+    assert fig.ruling != vd.PASS or fig.estimate <= fig.pass_cap - fig.pass_margin
