@@ -16,7 +16,8 @@ from facekd.evaluation.bench import BenchError, parse_fit_photos
 from facekd.methods.prior import WithinPrior
 from facekd.methods.scramble import (FEW_BELOW, GUARD, GUARD_KEEP, MAX_TOUCHED, MAX_TOUCHED_ONE,
                                      Q_FEW, Q_GRID, Q_ONE, RIDGE_GRID, RIDGE_GRID_ONE, SOFT_FROM,
-                                     WIDTHS, hinge_width, lookalike_floor, q_ladder)
+                                     WALK_PEOPLE, WIDTHS, hinge_width, lookalike_floor, q_ladder,
+                                     walks_the_budget)
 from facekd.methods.spare import SPARE, SPARE_FEW
 from facekd.operations.measure import coverage
 
@@ -171,6 +172,27 @@ def test_two_to_four_photos_start_wider_and_spare_more_than_many(faces):
     assert one["q"] <= Q_ONE and one["spare"] == SPARE
     # An explicit setting wins over the default for any photo count.
     assert fit_scramble(fit[:3], others, gallery_labels=oy, spare=0.5).params["spare"] == 0.5
+
+
+def test_few_photos_in_a_gallery_of_tens_of_people_widen_as_far_as_the_budget_allows(faces):
+    """2-4 photos' cross-validated cover says "all covered"; in a gallery of tens of people the
+    search ignores it and widens within the budget, as one photo's does. A larger gallery, or 5+
+    photos, keep the estimate's stop."""
+    E, y = faces
+    assert walks_the_budget(1, 10 ** 6) and walks_the_budget(FEW_BELOW - 1, WALK_PEOPLE)
+    assert not walks_the_budget(2, WALK_PEOPLE + 1) and not walks_the_budget(FEW_BELOW, 10)
+    small = y < 40  # 40 people
+    fit, _, others, oy = _person(E[small], y[small], 12, 8)
+    # cover 0: the estimate says "covered" at the first step; the budget allows anything
+    q = lambda n, o, lab: fit_scramble(fit[:n], o, gallery_labels=lab, cover=0.0,  # noqa: E731
+                                       max_touched=1.0).params["q"]
+    assert q(3, others, oy) == Q_GRID[-1]
+    assert q(FEW_BELOW, others, oy) == Q_GRID[0]
+    _, _, many, my = _person(E, y, 12, 8)  # 99 people: the estimate's stop
+    assert q(3, many, my) == Q_FEW
+    # the budget still binds: touching no gallery face, the walk stops where one would be
+    tight = fit_scramble(fit[:3], others, gallery_labels=oy, cover=0.0, max_touched=0.0)
+    assert tight.params["gallery_touched"] == 0.0
 
 
 def test_scrambled_strangers_are_no_closer_to_each_other_than_distinct_people():

@@ -22,13 +22,13 @@ from facekd.methods.spare import SPARE, SPARE_FEW, fit_spare
 from facekd.methods.scramble_defaults import (FEW_BELOW, GUARD, GUARD_KEEP, MAX_TOUCHED,
                                               MAX_TOUCHED_ONE, ONE_PHOTO_FRONTIER, ONE_PHOTO_POOR,
                                               PRIOR_GRID, Q_FEW, Q_GRID, Q_ONE, RIDGE_GRID,
-                                              RIDGE_GRID_ONE, SOFT_FROM, WIDTHS, hinge_width,
-                                              q_ladder)
+                                              RIDGE_GRID_ONE, SOFT_FROM, WALK_PEOPLE, WIDTHS,
+                                              hinge_width, q_ladder, walks_the_budget)
 
 __all__ = ["FEW_BELOW", "GUARD", "GUARD_KEEP", "MAX_TOUCHED", "MAX_TOUCHED_ONE",
            "ONE_PHOTO_FRONTIER", "ONE_PHOTO_POOR", "PRIOR_GRID", "Q_FEW", "Q_GRID", "Q_ONE",
-           "RIDGE_GRID", "RIDGE_GRID_ONE", "SOFT_FROM", "WIDTHS", "fit_scramble", "hinge_width",
-           "lookalike_floor", "q_ladder"]
+           "RIDGE_GRID", "RIDGE_GRID_ONE", "SOFT_FROM", "WALK_PEOPLE", "WIDTHS", "fit_scramble",
+           "hinge_width", "lookalike_floor", "q_ladder", "walks_the_budget"]
 
 
 def _folds(n: int, folds: int, rng: np.random.Generator,
@@ -402,14 +402,14 @@ def fit_scramble(F: Any, gallery: Any, *, q: float | None = None, q_one: float |
         fits = [_gate_fit(disc, fitted[i], in_sample[:, i], f, r, t, qs, forget_parts, pairs,
                           groups, guard, float(guard_keep))
                 for i, (r, t) in enumerate(grid)]
-    # The tightest gate that covers ``cover`` of the unseen photos (one photo: the widest, its
-    # cover estimate is blind to an atypical photo), widened only within the gallery budget; and
-    # the (ridge, prior) whose unseen photos clear it best (ties: margin).
+    # The tightest gate that covers ``cover`` of the unseen photos (walks_the_budget: the widest),
+    # widened only within the gallery budget; the (ridge, prior) whose unseen photos clear it best.
     def best_at(j: int) -> int:
         return max(range(len(fits)), key=lambda i: (fits[i]["recall"][j], fits[i]["margin"]))
 
+    walk = walks_the_budget(n, len(np.unique(groups)) if groups is not None else len(g))
     j = 0
-    while (n < 2 or fits[best_at(j)]["recall"][j] < cover) and j + 1 < len(qs):
+    while (walk or fits[best_at(j)]["recall"][j] < cover) and j + 1 < len(qs):
         i = best_at(j + 1)
         if np.mean(in_sample[:, i] > fits[i]["t0"][j + 1]) > max_touched:
             break
