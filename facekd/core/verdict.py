@@ -25,7 +25,7 @@ the same photos over ``REPLAY_SPLITS`` random splits strays from the exact avera
 (:func:`replay_spread`, ``Z95`` of its standard errors). Without that margin an estimate on the
 cap passed: LFW + dlib, 40 people 3 photos each, one erased from one photo, verify said PASS at
 5.26 % against 2 x chance 5.26 % and the replay over 200 splits read 5.5 % (docs/benchmarks.md,
-"few photos each"). Near the bound the ruling is INCONCLUSIVE.
+"Eleventh round"). Near the bound the ruling is INCONCLUSIVE.
 
 **Uncertainty.** Photos of one person are not independent trials of each other. Pair figures
 (``rank-1, 1 enrolled``, the genuine-pair TAR) get a Wilson interval over their pairs divided by
@@ -266,7 +266,8 @@ def judge(name: str, estimate: float, n: float, bound: float, *, unit: str = "ph
 
     The interval is the Wilson one over ``n`` unless given. FAIL when it lies wholly above the
     bound; PASS when wholly at or under it (and, with ``pass_cap``, the estimate is at most
-    ``pass_cap - pass_margin``); otherwise INCONCLUSIVE. Values within 1e-12 of a bound count as on it.
+    ``pass_cap - pass_margin``); otherwise INCONCLUSIVE. Values within 1e-12 of a bound count as
+    on it.
     """
     if interval is None:
         interval = wilson_interval(float(estimate) * n, int(round(n)), z=z) if n >= 1 \
