@@ -188,6 +188,9 @@ def test_few_photos_in_a_gallery_of_tens_of_people_widen_as_far_as_the_budget_al
                                        max_touched=1.0).params["q"]
     assert q(3, others, oy) == Q_GRID[-1]
     assert q(FEW_BELOW, others, oy) == Q_GRID[0]
+    # the receipt records it
+    assert fit_scramble(fit[:3], others, gallery_labels=oy).params["walked"] is True
+    assert fit_scramble(fit[:FEW_BELOW], others, gallery_labels=oy).params["walked"] is False
     _, _, many, my = _person(E, y, 12, 8)  # 99 people: the estimate's stop
     assert q(3, many, my) == Q_FEW
     # the budget still binds: touching no gallery face, the walk stops where one would be
