@@ -123,8 +123,8 @@ SOFT_FROM = 10
 # LFW + dlib, each erased alone (`facekd bench`, five draws of 12; docs/benchmarks.md, "Eleventh
 # round"): 3 photos, 40 people 2.50 -> 1.67 %, 15 people 4.00 -> 1.67 % (over 2x chance 13.3 -> 6.7
 # and 8.3 -> 1.7 % of them; a perfect erasure leaves 33 and 20 % over), everyone else unchanged;
-# 40 LFW people enrolled with 3 photos each, one erased from 3: the replay found them at 26 %,
-# now 0 %. On the full gallery (158 people) it helped alone too (1.67 -> 1.50 %), but 50
+# 40 LFW people enrolled with 3 photos each, one erased from 3: the outside replay found them at
+# 33 %, now 3 %. On the full gallery (158 people) it helped alone too (1.67 -> 1.50 %), but 50
 # erasures in sequence cost everyone else 0.60 instead of 0.47 rank-1 points (2 photos: 0.58
 # instead of 0.41), so a larger gallery keeps the estimate's stop.
 WALK_PEOPLE = 64
