@@ -156,11 +156,12 @@ def test_gate_opens_tightest_that_covers_and_widens_only_within_the_gallery_budg
     assert fit_scramble(fit, others, gallery_labels=oy, q=0.999).params["q"] == 0.999
 
 
-def test_two_to_four_photos_start_wider_and_spare_more_than_many(faces):
+def test_two_to_four_photos_start_wider_and_spare_more_than_many():
     """2-4 photos cannot vouch for their own cover (cross-validating over three photos says
     "all covered" for nearly everyone): their search starts at Q_FEW, not at the tightest
-    quantile, and their gates spare the enrolled from a lower quantile (SPARE_FEW)."""
-    E, y = faces
+    quantile, and their gates spare the enrolled from a lower quantile (SPARE_FEW). (A gallery
+    of more than WALK_PEOPLE people: a smaller one walks the budget instead.)"""
+    E, y = pose_clusters(140, 12, seed=1)
     fit, _, others, oy = _person(E, y, 12, 8)
     assert q_ladder(1)[0] == Q_ONE and q_ladder(FEW_BELOW)[0] == Q_GRID[0]
     assert q_ladder(2) == q_ladder(FEW_BELOW - 1) == tuple(q for q in Q_GRID if q <= Q_FEW)
@@ -191,8 +192,9 @@ def test_few_photos_in_a_gallery_of_tens_of_people_widen_as_far_as_the_budget_al
     # the receipt records it
     assert fit_scramble(fit[:3], others, gallery_labels=oy).params["walked"] is True
     assert fit_scramble(fit[:FEW_BELOW], others, gallery_labels=oy).params["walked"] is False
-    _, _, many, my = _person(E, y, 12, 8)  # 99 people: the estimate's stop
-    assert q(3, many, my) == Q_FEW
+    E_all, y_all = pose_clusters(140, 12, seed=1)
+    _, _, many, my = _person(E_all, y_all, 12, 8)  # 139 people: the estimate's stop
+    assert len(np.unique(my)) > WALK_PEOPLE and q(3, many, my) == Q_FEW
     # the budget still binds: touching no gallery face, the walk stops where one would be
     tight = fit_scramble(fit[:3], others, gallery_labels=oy, cover=0.0, max_touched=0.0)
     assert tight.params["gallery_touched"] == 0.0
