@@ -37,15 +37,21 @@ def pose_clusters(n_ids: int, per_id: int, d: int = 48, *, pose_scale: float = 0
 
 
 @pytest.fixture(scope="module")
-def faces():
+def crowd():
+    """140 people x 12 photos: ``faces`` and ``strangers`` split them."""
+    return pose_clusters(140, 12, seed=1)
+
+
+@pytest.fixture(scope="module")
+def faces(crowd):
     """100 enrolled people x 12 photos; ``strangers``: 40 more people no gate was fitted with."""
-    E, y = pose_clusters(140, 12, seed=1)
+    E, y = crowd
     return E[y < 100], y[y < 100]
 
 
 @pytest.fixture(scope="module")
-def strangers():
-    E, y = pose_clusters(140, 12, seed=1)
+def strangers(crowd):
+    E, y = crowd
     return E[y >= 100]
 
 
@@ -156,12 +162,12 @@ def test_gate_opens_tightest_that_covers_and_widens_only_within_the_gallery_budg
     assert fit_scramble(fit, others, gallery_labels=oy, q=0.999).params["q"] == 0.999
 
 
-def test_two_to_four_photos_start_wider_and_spare_more_than_many():
+def test_two_to_four_photos_start_wider_and_spare_more_than_many(crowd):
     """2-4 photos cannot vouch for their own cover (cross-validating over three photos says
     "all covered" for nearly everyone): their search starts at Q_FEW, not at the tightest
     quantile, and their gates spare the enrolled from a lower quantile (SPARE_FEW). (A gallery
     of more than WALK_PEOPLE people: a smaller one walks the budget instead.)"""
-    E, y = pose_clusters(140, 12, seed=1)
+    E, y = crowd
     fit, _, others, oy = _person(E, y, 12, 8)
     assert q_ladder(1)[0] == Q_ONE and q_ladder(FEW_BELOW)[0] == Q_GRID[0]
     assert q_ladder(2) == q_ladder(FEW_BELOW - 1) == tuple(q for q in Q_GRID if q <= Q_FEW)
@@ -175,7 +181,7 @@ def test_two_to_four_photos_start_wider_and_spare_more_than_many():
     assert fit_scramble(fit[:3], others, gallery_labels=oy, spare=0.5).params["spare"] == 0.5
 
 
-def test_few_photos_in_a_gallery_of_tens_of_people_widen_as_far_as_the_budget_allows(faces):
+def test_few_photos_in_a_gallery_of_tens_of_people_widen_as_far_as_the_budget_allows(faces, crowd):
     """2-4 photos' cross-validated cover says "all covered"; in a gallery of tens of people the
     search ignores it and widens within the budget, as one photo's does. A larger gallery, or 5+
     photos, keep the estimate's stop."""
@@ -192,8 +198,7 @@ def test_few_photos_in_a_gallery_of_tens_of_people_widen_as_far_as_the_budget_al
     # the receipt records it
     assert fit_scramble(fit[:3], others, gallery_labels=oy).params["walked"] is True
     assert fit_scramble(fit[:FEW_BELOW], others, gallery_labels=oy).params["walked"] is False
-    E_all, y_all = pose_clusters(140, 12, seed=1)
-    _, _, many, my = _person(E_all, y_all, 12, 8)  # 139 people: the estimate's stop
+    _, _, many, my = _person(*crowd, 12, 8)  # 139 people: the estimate's stop
     assert len(np.unique(my)) > WALK_PEOPLE and q(3, many, my) == Q_FEW
     # the budget still binds: touching no gallery face, the walk stops where one would be
     tight = fit_scramble(fit[:3], others, gallery_labels=oy, cover=0.0, max_touched=0.0)

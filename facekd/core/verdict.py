@@ -446,21 +446,19 @@ def combine(after: list[Figure], before: list[Figure] | None, photos: int, *,
     capped = [f for f in open_ if f.high <= f.bound + 1e-12]
     if capped:  # under the strangers' bound, yet not clearly under the plain factor x chance
         f = capped[0]
+        head = (f"{f.name} {_pct(f.estimate)} is under the bound {_pct(f.bound)} that unrelated "
+                "strangers' photos set in this gallery, but ")
         if f.pass_cap is not None and f.estimate <= f.pass_cap + 1e-12:
-            return Verdict(INCONCLUSIVE, f"{f.name} {_pct(f.estimate)} is under the bound "
-                                         f"{_pct(f.bound)} that unrelated strangers' photos set "
-                                         f"in this gallery, but within {_pct(f.pass_margin)} "
-                                         f"of {_pct(f.pass_cap)} (2 x chance): an outside "
-                                         f"replay over {REPLAY_SPLITS} random splits of these "
-                                         "photos could land on either side of it; more photos, "
-                                         "or a larger gallery, would decide it",
-                           after, before)
-        return Verdict(INCONCLUSIVE, f"{f.name} {_pct(f.estimate)} is under the bound "
-                                     f"{_pct(f.bound)} that unrelated strangers' photos set in "
-                                     f"this gallery, but above {_pct(f.pass_cap)} (2 x chance): "
-                                     "with this many photos against this few identities the "
-                                     "attack cannot tell the person from strangers; verify "
-                                     "with fewer photos or against a larger gallery",
+            return Verdict(INCONCLUSIVE, head + f"within {_pct(f.pass_margin)} of "
+                                                f"{_pct(f.pass_cap)} (2 x chance): an outside "
+                                                f"replay over {REPLAY_SPLITS} random splits of "
+                                                "these photos could land on either side of it; "
+                                                "more photos, or a larger gallery, would decide "
+                                                "it", after, before)
+        return Verdict(INCONCLUSIVE, head + f"above {_pct(f.pass_cap)} (2 x chance): with this "
+                                            "many photos against this few identities the attack "
+                                            "cannot tell the person from strangers; verify with "
+                                            "fewer photos or against a larger gallery",
                        after, before)
     f = open_[0]
     more = (f"; about {needed} photos at the same rates would settle it" if needed else

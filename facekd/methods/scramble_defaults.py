@@ -117,9 +117,9 @@ SOFT_FROM = 10
 
 # Where 2-4 photos' search ignores its cover estimate and widens as far as the gallery budget
 # allows, as one photo's does: a gallery of at most WALK_PEOPLE people. Their cross-validated
-# cover says "all covered"
-# (3 photos scored by gates fitted on the others) and the search stopped at Q_FEW, while a gallery
-# of tens of people touches none of its faces far wider and a look-alike in it needs that width.
+# cover says "all covered" (3 photos scored by gates fitted on the others) and the search stopped
+# at Q_FEW, while a gallery of tens of people touches none of its faces far wider and a look-alike
+# in it needs that width.
 # LFW + dlib, each erased alone (`facekd bench`, five draws of 12; docs/benchmarks.md, "Eleventh
 # round"): 3 photos, 40 people 2.50 -> 1.67 %, 15 people 4.00 -> 1.67 % (over 2x chance 13.3 -> 6.7
 # and 8.3 -> 1.7 % of them; a perfect erasure leaves 33 and 20 % over), everyone else unchanged;
