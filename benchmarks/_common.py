@@ -131,3 +131,45 @@ def write_section(name: str, text: str) -> Path:
             new = old.rstrip() + "\n\n" + block + "\n"
         write_atomic(doc, new.encode("utf-8"))
     return doc
+
+
+def unit_embeddings(dataset: str | os.PathLike, encoder: str):
+    """``(x, y)``: every usable face of ``dataset`` embedded by the ``encoder`` spec (cached under
+    ``$FACEKD_CACHE``), ``x`` ``(n, d)`` unit float32 rows, ``y`` ``(n,)`` identities."""
+    import numpy as np
+
+    from facekd.encoders import load_encoder
+    from facekd.evaluation import bench
+
+    E, y, _ = bench._usable(bench.embed_dataset(dataset, load_encoder(encoder)))
+    return bench._unit(E).astype(np.float32), y
+
+
+def encoder_spec(encoder: str) -> tuple[str, str]:
+    """``(name, spec)`` of an ``--encoder`` spec, the spec naming the weights' file, not this
+    machine's path (for the command line a section prints)."""
+    name, colon, path = encoder.partition(":")
+    return name, f"{name}{colon}{Path(path).name}"
+
+
+def embedding_args(doc: str, faces: Path) -> "argparse.ArgumentParser":
+    """A parser with ``--dataset`` (default ``faces / "lfw_150px"``), ``--encoder`` (dlib) and
+    ``--no-write`` (print, leave docs alone), described by ``doc``'s first line."""
+    import argparse
+
+    ap = argparse.ArgumentParser(description=doc.split("\n")[0])
+    ap.add_argument("--dataset", default=str(faces / "lfw_150px"))
+    ap.add_argument("--encoder", default="dlib")
+    ap.add_argument("--no-write", action="store_true", help="print, leave docs alone")
+    return ap
+
+
+def section_head(title: str, load0: float, t0: float, command: str) -> str:
+    """A section's heading and its machine line: the machine, numpy / scipy / dlib versions, the
+    load average at ``load0`` and now, the wall time since ``t0`` (``time.perf_counter()``) and
+    the ``command`` that wrote it."""
+    import time
+
+    return (f"{title}\n\nMachine: {machine()}; {versions('numpy', 'scipy', 'dlib')}. 1-minute load "
+            f"average {load0:.1f} before, {load_average():.1f} after; wall "
+            f"{time.perf_counter() - t0:.0f} s. Command: `{command}`.")

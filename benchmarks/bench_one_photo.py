@@ -16,7 +16,6 @@ make of the photo itself (its mean cosine to its 10 nearest faces of other peopl
 
 from __future__ import annotations
 
-import argparse
 import os
 import time
 from pathlib import Path
@@ -24,10 +23,9 @@ from pathlib import Path
 import numpy as np
 from threadpoolctl import threadpool_limits
 
-from _common import REPO, load_average, machine, versions, write_section
+from _common import (REPO, embedding_args, encoder_spec, load_average, section_head,
+                     unit_embeddings, write_section)
 
-from facekd.encoders import load_encoder
-from facekd.evaluation import bench as B
 from facekd.methods.scramble import fit_scramble
 
 FACES = Path(os.environ.get("FACEKD_FACES_DIR", REPO.parent / "shared" / "data" / "faces"))
@@ -67,29 +65,23 @@ def table(encoder: str, rows: np.ndarray, identities: int) -> str:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--dataset", default=str(FACES / "lfw_150px"))
-    ap.add_argument("--encoder", default="dlib")
+    ap = embedding_args(__doc__, FACES)
     ap.add_argument("--min-photos", type=int, default=20)
     ap.add_argument("--photos", type=int, default=3, help="single photos fitted per identity")
     ap.add_argument("--seed", type=int, default=7)
-    ap.add_argument("--no-write", action="store_true", help="print, leave docs alone")
     a = ap.parse_args()
     load0, t0 = load_average(), time.perf_counter()
-    E, y, _ = B._usable(B.embed_dataset(a.dataset, load_encoder(a.encoder)))
-    x = B._unit(E).astype(np.float32)
+    x, y = unit_embeddings(a.dataset, a.encoder)
     with threadpool_limits(limits=1, user_api="blas"):
         rows = photo_rows(x, y, a.min_photos, a.photos, a.seed)
     ids, counts = np.unique(y, return_counts=True)
-    name, colon, path = a.encoder.partition(":")
-    spec = f"{name}{colon}{Path(path).name}"  # the weights' file name, not this machine's path
-    text = "\n".join([
+    name, spec = encoder_spec(a.encoder)
+    head = section_head(
         f"### Which single photo makes a good gate? ({Path(a.dataset).name} + `{name}`, "
-        "`benchmarks/bench_one_photo.py`)", "",
-        f"Machine: {machine()}; {versions('numpy', 'scipy', 'dlib')}. 1-minute load average "
-        f"{load0:.1f} before, {load_average():.1f} after; wall {time.perf_counter() - t0:.0f} s. "
-        f"Command: `python benchmarks/bench_one_photo.py --encoder {spec} --min-photos "
-        f"{a.min_photos} --photos {a.photos} --seed {a.seed}`.", "",
+        "`benchmarks/bench_one_photo.py`)", load0, t0,
+        f"python benchmarks/bench_one_photo.py --encoder {spec} --min-photos {a.min_photos} "
+        f"--photos {a.photos} --seed {a.seed}")
+    text = "\n".join([head, "",
         table(name, rows, int(np.sum(counts >= a.min_photos)))])
     print(f"wrote {write_section('one-photo-' + name, text)}" if not a.no_write else text)
 

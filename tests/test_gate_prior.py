@@ -280,13 +280,6 @@ def test_forget_erases_a_person_the_workspace_holds_one_photo_of(tmp_path):
         assert "as private as the gallery" in head
         # ... and that its cover estimate cannot tell a poor photo from a good one
         assert "cannot tell which photo" in head and "verify --images" in head
-    # Nobody in the gallery has two photos: no within-identity variation to generalise from.
-    single = write_tree(tmp_path / "single", ids[:6], 1, seed=1)
-    Workspace.init(tmp_path / "ws1", "samples", aligned=True).close()
-    with Workspace.open(tmp_path / "ws1", writable=True) as ws:
-        ws.enroll(single, progress=False)
-        with pytest.raises(WorkspaceError, match="within-identity prior"):
-            ws.forget(ids[0], progress=False)
 
 
 def test_the_gate_spares_an_enrolled_look_alike_while_covering_the_person():

@@ -133,6 +133,8 @@ def _forget_head(res: Any, identity: int, dry_run: bool) -> list[str]:
             what = (f"{cov['covered']} of {cov['faces']} "
                     f"{'held-out' if cov['held_out'] else 'seen'} photos{ci}: {cov['criterion']}")
         lines.append(f"coverage {cov['share']:.2f} ({what}); floor {cov['floor']:.2f}")
+    elif cov is not None and cov.get("criterion"):
+        lines.append(f"coverage {cov['criterion']}")
     params, model = r.get("params") or {}, r.get("model") or {}
     if "others_touched" in model:
         uncounted = model.get("others_touched_uncounted") or 0

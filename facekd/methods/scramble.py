@@ -21,9 +21,9 @@ from facekd.methods.base import FitContext, MethodError, register
 from facekd.methods.spare import SPARE, SPARE_FEW, fit_spare
 from facekd.methods.scramble_defaults import (FEW_BELOW, GUARD, GUARD_KEEP, MAX_TOUCHED,
                                               MAX_TOUCHED_ONE, ONE_PHOTO_FRONTIER, ONE_PHOTO_POOR,
-                                              PRIOR_GRID, Q_FEW, Q_GRID, Q_ONE, RIDGE_GRID,
-                                              RIDGE_GRID_ONE, SOFT_FROM, WALK_PEOPLE, WIDTHS,
-                                              hinge_width, q_ladder, walks_the_budget)
+                                              PRIOR_GRID, Q_FEW, Q_GRID, Q_ONE, RIDGE_BLIND,
+                                              RIDGE_GRID, RIDGE_GRID_ONE, SOFT_FROM, WALK_PEOPLE,
+                                              WIDTHS, hinge_width, q_ladder, walks_the_budget)
 
 __all__ = ["FEW_BELOW", "GUARD", "GUARD_KEEP", "MAX_TOUCHED", "MAX_TOUCHED_ONE",
            "ONE_PHOTO_FRONTIER", "ONE_PHOTO_POOR", "PRIOR_GRID", "Q_FEW", "Q_GRID", "Q_ONE",
@@ -284,8 +284,10 @@ def fit_scramble(F: Any, gallery: Any, *, q: float | None = None, q_one: float |
     measured balance on LFW + dlib, :data:`facekd.core.tail.ALPHA`).
 
     Args:
-        F: ``(n, d)`` embeddings of the person (``n >= 1``; one photo needs ``gallery_labels``,
-            the prior is what it generalises from), in the space the erasure applies to.
+        F: ``(n, d)`` embeddings of the person (``n >= 1``; one photo needs ``gallery_labels``:
+            the prior is what it generalises from, and where nobody has two photos it gets the
+            plain ridge gate, ``RIDGE_BLIND``, its cover unknown, ``heldout_from`` ``"none"``),
+            in the space the erasure applies to.
         gallery: ``(N, d)`` embeddings of everyone else (what the deployment holds).
         q_one: with one photo, this quantile instead (fixed: neither ``q`` nor the search):
             one-photo gates open wide and add up over erasures in sequence, so an ID-photo
@@ -294,8 +296,7 @@ def fit_scramble(F: Any, gallery: Any, *, q: float | None = None, q_one: float |
         width: the hinge (see above); default :func:`hinge_width`: 0.05 with 1-4 photos, 0.15
             with 5 to ``soft_from - 1``, 0.5 from ``soft_from`` (default 10; 0: never) on.
         ridge: the discriminant's ridge; default: chosen from ``RIDGE_GRID`` (one photo:
-            ``RIDGE_GRID_ONE``) by how many of the person's unseen photos (see above) clear the
-            gate (few photos need a stronger ridge).
+            ``RIDGE_GRID_ONE``) by how many of the person's unseen photos clear the gate.
         prior: strength of the within-identity prior (0: none, the plain ridge gate); default:
             chosen from ``PRIOR_GRID`` with the ridge. Needs ``gallery_labels``.
         cover, max_touched: the default ``q`` search (see above): the share of the person's
@@ -381,11 +382,13 @@ def fit_scramble(F: Any, gallery: Any, *, q: float | None = None, q_one: float |
     # The prior costs a second O(N d^2) pass: skipped where it is switched off.
     within = (None if groups is None or (prior == 0 and n >= 2)
               else WithinPrior.fit(fit_g, groups, seed=seed))
-    if within is None and (n < 2 or (prior or 0) > 0):
+    if (within is None and (prior or 0) > 0) or (n < 2 and groups is None):
         raise ErasureError("fit_scramble needs at least 2 embeddings of the person, or "
-                           "gallery_labels with 2 or more faces of 2 or more people (the "
-                           "within-identity prior one photo generalises from)")
-    ridges = (RIDGE_GRID_ONE if n < 2 else RIDGE_GRID) if ridge is None else (float(ridge),)
+                           "gallery_labels (the within-identity prior one photo generalises "
+                           "from; a prior needs 2 or more faces of 2 or more people)")
+    blind = n < 2 and within is None  # an ID-photo gallery: no pair to learn or estimate from
+    ridges = (float(ridge),) if ridge is not None else (RIDGE_BLIND,) if blind else \
+        RIDGE_GRID_ONE if n < 2 else RIDGE_GRID
     taus = (0.0,) if within is None else PRIOR_GRID if prior is None else (float(prior),)
     grid = [(r, t) for t in taus for r in ridges]
     fold_rng = np.random.default_rng(seed)  # the same parts for every ridge
@@ -406,7 +409,6 @@ def fit_scramble(F: Any, gallery: Any, *, q: float | None = None, q_one: float |
     # widened only within the gallery budget; the (ridge, prior) whose unseen photos clear it best.
     def best_at(j: int) -> int:
         return max(range(len(fits)), key=lambda i: (fits[i]["recall"][j], fits[i]["margin"]))
-
     walk = walks_the_budget(n, len(np.unique(groups)) if groups is not None else len(g))
     j = 0
     while (walk or fits[best_at(j)]["recall"][j] < cover) and j + 1 < len(qs):
@@ -452,15 +454,14 @@ def fit_scramble(F: Any, gallery: Any, *, q: float | None = None, q_one: float |
     opened = others > t0
     others_touched = float(np.mean(opened & ~spared.spared))
     params = {"q": q, "width": width, "full_quantile": full_quantile, "cover": cover,
-              "max_touched": max_touched,
-              "alpha": alpha, "ridge": ridge, "prior": best["tau"], "heldout_recall": recall,
-              "forget_weight": forget_weight,
-              "n_features": int(scrambler.omega.shape[0]),
+              "max_touched": max_touched, "alpha": alpha, "ridge": ridge, "prior": best["tau"],
+              "heldout_recall": None if blind else recall,  # None: unknown
+              "forget_weight": forget_weight, "n_features": int(scrambler.omega.shape[0]),
               "sigma": sigma, "seed": seed, "n": n, "gallery": int(len(g)),
               "separable": bool(separable),
               "fit_gated_fully": float(np.mean(gate_fit >= 1.0)),
-              "heldout_gated_fully": float(np.mean((held - t0) / (s1 - t0) >= 1.0)),
-              "heldout_from": "prior" if n < 2 else "cv",
+              "heldout_gated_fully": None if blind else float(np.mean(held >= s1)),
+              "heldout_from": "none" if blind else "prior" if n < 2 else "cv",
               "gallery_touched": gallery_touched, "others_touched": others_touched,
               # before sparing: the share of everyone else's new photos the gate opens on
               "others_opened": float(np.mean(opened)),

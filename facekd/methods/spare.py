@@ -41,6 +41,14 @@ SPARE_FEW = 0.9
 # spared a face was among the 10 nearest in 97 % of cases and among the 40 nearest in all.
 SPARE_FACES = 32
 _MIN_CALIBRATION = 20  # enrolled faces needed to read the cosine off
+# Where nobody near the gate has two photos (an ID-photo gallery), the within-identity s.d. of a
+# photo's cosine to other people's mean faces is taken as this share of the s.d. of the
+# strangers' cosines. Measured near one-photo gates (the 64 identities it scores highest, 5
+# photos each, 12 gates): 0.32-0.38 on LFW + dlib, 0.37-0.45 FaceNet, 0.41-0.46 the tiny
+# encoder; the top of that range, so the margin errs on the erased person's side. With a margin
+# of 0 an ID-photo gallery's gates spared 6-8 % of the person's new photos as look-alikes (LFW,
+# 62 people, one photo each; docs/benchmarks.md, "ID-photo galleries").
+BLIND_RATIO = 0.45
 
 
 @dataclass(frozen=True)
@@ -121,9 +129,14 @@ def fit_spare(gallery: np.ndarray, groups: np.ndarray | None, person: np.ndarray
     t = float(np.nanquantile(np.nanmax(cos, axis=1), q))
     # How far one photo's cosine to someone else's mean face strays from its identity's usual
     # (pooled within-identity s.d.): an unseen photo of the person may sit that much closer.
-    _, local = np.unique(inv[cal], return_inverse=True)
-    dev = cos - _group_nanmean(cos, local.ravel())[local.ravel()]
-    margin = 2.326 * float(np.sqrt(np.nanmean(dev ** 2)))
+    local = np.unique(inv[cal], return_inverse=True)[1].ravel()
+    multi = np.bincount(local)[local] >= 2  # a lone photo's deviation from itself is no spread
+    if multi.any():
+        dev = (cos - _group_nanmean(cos, local)[local])[multi]
+        within = float(np.sqrt(np.nanmean(dev ** 2)))
+    else:  # an ID-photo gallery: the spread from the strangers' (BLIND_RATIO)
+        within = BLIND_RATIO * float(np.nanstd(cos))
+    margin = 2.326 * within
     # The person comes first: a face is spared as someone only above the person's own photos'
     # cosine to that someone's mean face plus the margin (a sibling's threshold rises; their
     # most typical photos are still spared, the person's unseen ones are not).

@@ -66,6 +66,9 @@ def erasure_report(all_vecs: np.ndarray, labels: np.ndarray, identity: int,
         all_vecs, labels = all_vecs[keep], labels[keep]
         sampled = (f"; measured on the erased identity and a seeded sample of "
                    f"{REPORT_MAX_IDENTITIES} of the {len(others)} other identities")
+    if not _someone_else_has_two(labels, identity):
+        return _unmeasured(labels, identity, config), UNMEASURED, {
+            "share": None, "covered": 0, "faces": 0, "held_out": False}
     split = split_enrol_probe(labels, seed=config.seed)
     one_face = (labels == identity).sum() == 1
     if one_face:
@@ -99,6 +102,27 @@ def erasure_report(all_vecs: np.ndarray, labels: np.ndarray, identity: int,
         raise WorkspaceError(f"cannot measure this erasure: {exc}") from None
     probes = all_vecs[~split & (labels == identity)]
     return report, protocol, moved_share(twin, probes, held_out=twin is not committed)
+
+
+# An ID-photo gallery: nobody else has a second stored face to search for.
+UNMEASURED = ("nothing measured on stored faces: nobody else in the gallery has two, so no "
+              "stored face can be searched for (verify --images measures the erasure on new "
+              "photos; facekd bench measures everyone else's accuracy on photos you hold)")
+
+
+def _someone_else_has_two(labels: np.ndarray, identity: int) -> bool:
+    return bool(np.any(np.unique(labels[labels != identity], return_counts=True)[1] >= 2))
+
+
+def _unmeasured(labels: np.ndarray, identity: int, config: Config) -> Any:
+    """An empty :class:`~facekd.core.metrics.ErasureReport` (no figure, no probe) for a gallery
+    where nothing can be measured on stored faces."""
+    from facekd.core.metrics import ErasureReport
+
+    people = len(np.unique(labels))
+    return ErasureReport(before={}, after={}, chance_rank1=1.0 / people,
+                         forget_labels=[int(identity)], fars=[float(config.far)],
+                         counts={"identities": people, "forget_probe": 0}, thresholds={})
 
 
 def moved_share(erasure: Erasure, faces: np.ndarray, *, held_out: bool) -> dict:
@@ -143,6 +167,11 @@ def coverage(step: Erasure, moved: dict, floor: float) -> dict:
             # A share of a few photos is coarse: 3 of 3 is anything from 0.44 to 1 at 95 %.
             out.update(interval=list(wilson_interval(share * n, n)), from_others=False,
                        criterion="gate fully open, each photo scored by a gate fitted without it")
+    elif params.get("heldout_from") == "none":
+        out = {"share": None, "covered": 0, "faces": int(params.get("n") or 0),
+               "held_out": False, "from_others": False,
+               "criterion": "not estimated: one photo, and nobody in the gallery has two to "
+                            "learn how a person's photos vary; verify --images measures it"}
     else:
         out = {**moved, "criterion": f"edited embedding below cosine {MOVED_COSINE:g} to the "
                                      "original (the measured twin on the person's probe half)"}
