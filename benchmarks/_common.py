@@ -173,3 +173,11 @@ def section_head(title: str, load0: float, t0: float, command: str) -> str:
     return (f"{title}\n\nMachine: {machine()}; {versions('numpy', 'scipy', 'dlib')}. 1-minute load "
             f"average {load0:.1f} before, {load_average():.1f} after; wall "
             f"{time.perf_counter() - t0:.0f} s. Command: `{command}`.")
+
+
+def publish(section: str, title: str, command: str, note: str, body: str, *, load0: float,
+            t0: float, no_write: bool) -> None:
+    """Write ``bench:section`` (:func:`section_head`'s heading and machine line, then ``note`` and
+    ``body``), or print it with ``no_write``."""
+    text = f"{section_head(title, load0, t0, command)} {note}".rstrip() + f"\n\n{body}"
+    print(text if no_write else f"wrote {write_section(section, text)}")

@@ -29,8 +29,7 @@ from pathlib import Path
 import numpy as np
 from threadpoolctl import threadpool_limits
 
-from _common import (REPO, embedding_args, encoder_spec, load_average, section_head,
-                     unit_embeddings, write_section)
+from _common import REPO, embedding_args, encoder_spec, load_average, publish, unit_embeddings
 
 from facekd.methods.scramble import fit_scramble
 
@@ -126,17 +125,13 @@ def main() -> None:
     with threadpool_limits(limits=1, user_api="blas"):
         results = {p: run(x, y, p, a.draws, a.erase, a.seed) for p in sizes}
     name, spec = encoder_spec(a.encoder)
-    head = section_head(
-        f"## An ID-photo gallery ({Path(a.dataset).name} + `{name}`, "
-        "`benchmarks/bench_id_gallery.py`)", load0, t0,
-        f"python benchmarks/bench_id_gallery.py --encoder {spec} --people {a.people} "
-        f"--draws {a.draws} --erase {a.erase} --seed {a.seed}")
-    text = "\n".join([
-        f"{head} Everyone enrolled with one photo; each erased person alone, from that photo; "
-        f"{NEW} new photos each, never fitted; rank-1 replayed over {SPLITS} half splits; MATCH "
-        f"at FPIR {FPIR:g}.", "",
-        table(name, results)])
-    print(f"wrote {write_section('id-gallery-' + name, text)}" if not a.no_write else text)
+    publish(f"id-gallery-{name}", f"## An ID-photo gallery ({Path(a.dataset).name} + `{name}`, "
+            "`benchmarks/bench_id_gallery.py`)",
+            f"python benchmarks/bench_id_gallery.py --encoder {spec} --people {a.people} "
+            f"--draws {a.draws} --erase {a.erase} --seed {a.seed}",
+            f"Everyone enrolled with one photo; each erased person alone, from that photo; {NEW} "
+            f"new photos each, never fitted; rank-1 replayed over {SPLITS} half splits; MATCH at "
+            f"FPIR {FPIR:g}.", table(name, results), load0=load0, t0=t0, no_write=a.no_write)
 
 
 if __name__ == "__main__":

@@ -23,8 +23,7 @@ from pathlib import Path
 import numpy as np
 from threadpoolctl import threadpool_limits
 
-from _common import (REPO, embedding_args, encoder_spec, load_average, section_head,
-                     unit_embeddings, write_section)
+from _common import REPO, embedding_args, encoder_spec, load_average, publish, unit_embeddings
 
 from facekd.methods.scramble import fit_scramble
 
@@ -76,14 +75,12 @@ def main() -> None:
         rows = photo_rows(x, y, a.min_photos, a.photos, a.seed)
     ids, counts = np.unique(y, return_counts=True)
     name, spec = encoder_spec(a.encoder)
-    head = section_head(
-        f"### Which single photo makes a good gate? ({Path(a.dataset).name} + `{name}`, "
-        "`benchmarks/bench_one_photo.py`)", load0, t0,
-        f"python benchmarks/bench_one_photo.py --encoder {spec} --min-photos {a.min_photos} "
-        f"--photos {a.photos} --seed {a.seed}")
-    text = "\n".join([head, "",
-        table(name, rows, int(np.sum(counts >= a.min_photos)))])
-    print(f"wrote {write_section('one-photo-' + name, text)}" if not a.no_write else text)
+    publish(f"one-photo-{name}", f"### Which single photo makes a good gate? "
+            f"({Path(a.dataset).name} + `{name}`, `benchmarks/bench_one_photo.py`)",
+            f"python benchmarks/bench_one_photo.py --encoder {spec} --min-photos {a.min_photos} "
+            f"--photos {a.photos} --seed {a.seed}", "",
+            table(name, rows, int(np.sum(counts >= a.min_photos))), load0=load0, t0=t0,
+            no_write=a.no_write)
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ from math import comb
 import numpy as np
 import pytest
 
+from clusters import identity_clusters
 from facekd.core import verdict as vd
 
 D, FACES, WITHIN = 32, 5, 0.45
@@ -208,3 +209,36 @@ def test_attack_figures_hold_a_pass_back_by_the_replays_noise():
     assert fig.pass_margin == pytest.approx(
         vd.Z95 * vd.replay_spread(beats, 10) / np.sqrt(vd.REPLAY_SPLITS))
     assert fig.ruling != vd.PASS or fig.estimate <= fig.pass_cap - fig.pass_margin
+
+
+def _fpir_alone_and_with_tail(found: vd.Strangers, monkeypatch) -> tuple[float, float]:
+    with_tail = vd.fpir_threshold(found, 0.01)
+    monkeypatch.setattr(vd, "TAIL_EXCEEDANCES", 0)  # the quantile alone, as before
+    alone = vd.fpir_threshold(found, 0.01)
+    monkeypatch.undo()
+    return alone, with_tail
+
+
+def test_a_small_gallerys_match_threshold_holds_the_fpir_it_promises(monkeypatch):
+    # 15 or 40 people enrolled with one photo: their highest stranger score is about the 94th /
+    # 97.5th percentile, so the quantile alone let 7 / 3.5 % of never-enrolled people MATCH.
+    E, y = identity_clusters(440, 2, d=64, spread=0.35, seed=5)
+    first = np.r_[True, y[1:] != y[:-1]]
+    for people in (15, 40):
+        rates = []
+        for seed in range(10):
+            gallery = np.random.default_rng(seed).choice(440, people, replace=False)
+            keep = first & np.isin(y, gallery)
+            best = (E[~np.isin(y, gallery)] @ E[keep].T).max(axis=1)
+            alone, tail = _fpir_alone_and_with_tail(vd.strangers(E[keep], y[keep]), monkeypatch)
+            assert tail >= alone
+            rates.append((np.mean(best > alone), np.mean(best > tail)))
+        alone_rate, tail_rate = np.mean(rates, axis=0)
+        assert alone_rate > 0.02 and tail_rate <= 0.012
+
+
+def test_a_gallery_large_enough_to_read_the_quantile_keeps_it_unchanged(monkeypatch):
+    E, y = identity_clusters(300, 4, d=64, seed=6)
+    found = vd.strangers(E, y, max_probes=1200)  # 12 faces expected above the 1 % quantile
+    alone, tail = _fpir_alone_and_with_tail(found, monkeypatch)
+    assert alone == tail

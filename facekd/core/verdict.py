@@ -39,7 +39,7 @@ that find each other is). A figure FAILs
 when its interval lies wholly above its bound, PASSes when wholly at or under it, and is
 INCONCLUSIVE otherwise (:func:`judge`).
 
-Pure math: numpy and :func:`facekd.core.metrics.wilson_interval` only.
+Pure math: numpy, scipy's Student t and :func:`facekd.core.metrics.wilson_interval` only.
 """
 
 from __future__ import annotations
@@ -57,6 +57,14 @@ __all__ = ["PASS", "FAIL", "INCONCLUSIVE", "REPLAY_SPLITS", "Figure", "Verdict",
 
 PASS, FAIL, INCONCLUSIVE = "PASS", "FAIL", "INCONCLUSIVE"
 Z95 = 1.959964
+# fpir_threshold reads the quantile off the gallery's own scores only where this many of them
+# are expected above it; below (fewer than 1,000 sampled faces at FPIR 1 %) a normal tail is
+# fitted too. LFW, galleries of 15-100 people with 1 or 3 photos each, 10 draws, FPIR 1 %
+# (benchmarks/bench_fpir.py): never-enrolled people's photos labelled MATCH 0.8-20.6 % (dlib) and
+# 0.7-9.6 % (FaceNet) on average with the quantile alone, 0.6-1.7 % (15 people with one photo
+# each: 4.6 %) and 0.3-0.6 % with the tail; enrolled people found above it lost up to 21 (dlib)
+# and 29 (FaceNet) points (docs/benchmarks.md, "MATCH in small galleries").
+TAIL_EXCEEDANCES = 10
 # The random splits an outside replay of the attack averages (issue 20's judge, facekd bench's
 # and benchmarks/bench_verdict_lfw.py's): a PASS's estimate must clear 2 x chance by more than
 # such a replay could stray from the exact average. More splits stray less: the margin holds for
@@ -177,15 +185,28 @@ def fpir_threshold(found: Strangers, fpir: float, *, level: float = 0.9, boots: 
     on a gallery of tens of people it hangs on which few look-alike pairs the gallery happens to
     hold. So the identities are resampled (bootstrap, ``boots`` times) and the ``level``
     quantile of the resampled thresholds is taken: an upper confidence bound, so that the
-    threshold errs towards fewer false MATCHes. ``None`` without sampled faces.
+    threshold errs towards fewer false MATCHes. Where the sample holds fewer than
+    ``TAIL_EXCEEDANCES`` scores above that quantile it cannot be read off them (40 faces: the
+    highest is about the 97.5th percentile), so each resample also fits a normal tail to the
+    scores (a prediction bound over the ``m`` identities: Student's t with ``m - 1`` degrees of
+    freedom) and keeps the higher of the two. ``None`` without sampled faces.
     """
+    from scipy.stats import t as student
+
     if found.best.size == 0:
         return None
     ids, inv = np.unique(found.labels, return_inverse=True)
     parts = [found.best[inv == k] for k in range(len(ids))]
     rng = np.random.default_rng(seed)
-    draws = [np.quantile(np.concatenate([parts[k] for k in rng.integers(len(ids), size=len(ids))]),
-                         1.0 - fpir, method="higher") for _ in range(boots)]
+    # The normal prediction bound for one more score from m identities' (Student's t).
+    m = max(len(ids), 3)
+    z = (float(student.ppf(1.0 - fpir, m - 1) * np.sqrt(1.0 + 1.0 / m))
+         if found.best.size * fpir < TAIL_EXCEEDANCES else None)
+    draws = []
+    for _ in range(boots):
+        s = np.concatenate([parts[k] for k in rng.integers(len(ids), size=len(ids))])
+        t = np.quantile(s, 1.0 - fpir, method="higher")
+        draws.append(t if z is None else max(t, s.mean() + z * s.std()))
     return float(np.quantile(draws, level))
 
 
