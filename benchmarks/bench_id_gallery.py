@@ -31,7 +31,8 @@ from threadpoolctl import threadpool_limits
 
 from _common import REPO, embedding_args, encoder_spec, load_average, publish, unit_embeddings
 
-from facekd.methods.scramble import fit_scramble
+from facekd.core.erasure import Erasure
+from facekd.evaluation.settings import fit_method
 
 FACES = Path(os.environ.get("FACEKD_FACES_DIR", REPO.parent / "shared" / "data" / "faces"))
 NEW, SPLITS, FPIR = 20, 50, 0.01
@@ -49,11 +50,11 @@ def _replay(person: np.ndarray, gallery: np.ndarray, rng: np.random.Generator) -
 
 
 def erase_one(x: np.ndarray, y: np.ndarray, enrolled: dict, person: int, outsiders: np.ndarray,
-              rng: np.random.Generator) -> dict:
+              rng: np.random.Generator, method: str = "scramble") -> dict:
     """One person erased from their one enrolled photo; every figure above (fractions)."""
     others = np.array([i for i in enrolled if i != person])
     g_rows = np.array([enrolled[i] for i in others])
-    e = fit_scramble(x[[enrolled[person]]], x[g_rows], gallery_labels=others)
+    e = fit_method(method, x[[enrolled[person]]], x[g_rows], others, Erasure.identity(x.shape[1]))
     assert e.params["heldout_from"] == "none"
     apply = lambda v: e.apply(v).astype(np.float64)  # noqa: E731
     fresh = rng.choice(np.setdiff1d(np.flatnonzero(y == person), [enrolled[person]]), NEW,
@@ -79,7 +80,8 @@ def erase_one(x: np.ndarray, y: np.ndarray, enrolled: dict, person: int, outside
             "chance": 1.0 / (len(others) + 1)}
 
 
-def run(x: np.ndarray, y: np.ndarray, people: int, draws: int, erase: int, seed: int) -> list:
+def run(x: np.ndarray, y: np.ndarray, people: int, draws: int, erase: int, seed: int,
+        method: str = "scramble") -> list:
     ids, counts = np.unique(y, return_counts=True)
     pool = ids[counts >= NEW + 1]
     rows = []
@@ -89,8 +91,64 @@ def run(x: np.ndarray, y: np.ndarray, people: int, draws: int, erase: int, seed:
         enrolled = {int(i): int(rng.choice(np.flatnonzero(y == i))) for i in gallery}
         outsiders = np.setdiff1d(ids, gallery)
         for person in rng.choice(gallery, erase, replace=False):
-            rows.append(erase_one(x, y, enrolled, int(person), outsiders, rng))
+            rows.append(erase_one(x, y, enrolled, int(person), outsiders, rng, method))
     return rows
+
+
+def run_sequence(x: np.ndarray, y: np.ndarray, people: int, erase: int, draws: int,
+                 seed: int, method: str = "scramble") -> list:
+    """``erase`` people of a ``people``-person ID-photo gallery erased one after another, each
+    from their one photo against the gallery as the earlier erasures left it (the steps
+    composed, as a workspace does): per draw, everyone else's rank-1 points lost and the erased
+    people's replayed rank-1 after all of them (fractions)."""
+    ids, counts = np.unique(y, return_counts=True)
+    pool = ids[counts >= NEW + 1]
+    out = []
+    for draw in range(draws):
+        rng = np.random.default_rng([seed, draw, people, erase])
+        gallery = rng.choice(pool, min(people, len(pool)), replace=False)
+        enrolled = np.array([rng.choice(np.flatnonzero(y == i)) for i in gallery])
+        erased = gallery[:erase]  # the draw's order is already random
+        composite = Erasure.identity(x.shape[1])
+        for k, person in enumerate(erased):
+            alive = np.isin(gallery, erased[k + 1:]) | ~np.isin(gallery, erased)
+            xe = composite.apply(x[enrolled])
+            composite = composite.then(fit_method(method, xe[[k]], xe[alive],
+                                                  gallery[alive], composite))
+        never = ~np.isin(gallery, erased)
+        g0 = x[enrolled[never]].astype(np.float64)
+        g1 = composite.apply(x[enrolled[never]]).astype(np.float64)
+        others = gallery[never]
+        probes = np.setdiff1d(np.flatnonzero(np.isin(y, others)), enrolled)
+        probes = probes[rng.permutation(len(probes))[:3000]]
+
+        def rank1(p: np.ndarray, g: np.ndarray) -> float:
+            return float(np.mean(others[(p @ g.T).argmax(axis=1)] == y[probes]))
+
+        lost = rank1(x[probes].astype(np.float64), g0) - rank1(
+            composite.apply(x[probes]).astype(np.float64), g1)
+        found = [_replay(composite.apply(x[rng.choice(np.setdiff1d(np.flatnonzero(y == p),
+                                                                  enrolled), NEW,
+                                                       replace=False)]).astype(np.float64),
+                         g1, rng) for p in erased]
+        outsiders = rng.choice(np.setdiff1d(ids, gallery), NEW, replace=False)
+        strangers = np.array([rng.choice(np.flatnonzero(y == i)) for i in outsiders])
+        out.append({"lost": lost, "rank1": float(np.mean(found)),
+                    "perfect": _replay(x[strangers].astype(np.float64), g0, rng),
+                    "chance": 1.0 / (len(others) + 1)})
+    return out
+
+
+def sequence_line(seq: list[int] | None, rows: list | None) -> str:
+    if not rows:
+        return ""
+    col = {k: 100 * np.array([r[k] for r in rows]) for k in rows[0]}
+    return (f"\n\nIn sequence: {seq[1]} of {seq[0]} people erased one after another, each from "
+            f"their one photo, {len(rows)} draws. Everyone else's rank-1 lost "
+            f"**{col['lost'].mean():.2f}** points on average (worst draw {col['lost'].max():.2f}); "
+            f"the erased, after all {seq[1]}, found at {col['rank1'].mean():.1f} % (replayed; a "
+            f"perfect erasure in the {seq[0] - seq[1]}-person gallery left: "
+            f"{col['perfect'].mean():.1f} %).")
 
 
 def table(name: str, results: dict) -> str:
@@ -118,12 +176,16 @@ def main() -> None:
     ap.add_argument("--draws", type=int, default=5)
     ap.add_argument("--erase", type=int, default=6, help="people erased (each alone) per draw")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--sequence", default="62:20",
+                    help="PEOPLE:ERASED, erased one after another (empty: none)")
     a = ap.parse_args()
     load0, t0 = load_average(), time.perf_counter()
     x, y = unit_embeddings(a.dataset, a.encoder)
     sizes = [int(p) for p in a.people.split(",")]
     with threadpool_limits(limits=1, user_api="blas"):
         results = {p: run(x, y, p, a.draws, a.erase, a.seed) for p in sizes}
+        seq = ([int(v) for v in a.sequence.split(":")] if a.sequence else None)
+        chained = run_sequence(x, y, seq[0], seq[1], a.draws, a.seed) if seq else None
     name, spec = encoder_spec(a.encoder)
     publish(f"id-gallery-{name}", f"## An ID-photo gallery ({Path(a.dataset).name} + `{name}`, "
             "`benchmarks/bench_id_gallery.py`)",
@@ -131,7 +193,8 @@ def main() -> None:
             f"--draws {a.draws} --erase {a.erase} --seed {a.seed}",
             f"Everyone enrolled with one photo; each erased person alone, from that photo; {NEW} "
             f"new photos each, never fitted; rank-1 replayed over {SPLITS} half splits; MATCH at "
-            f"FPIR {FPIR:g}.", table(name, results), load0=load0, t0=t0, no_write=a.no_write)
+            f"FPIR {FPIR:g}.", table(name, results) + sequence_line(seq, chained), load0=load0,
+            t0=t0, no_write=a.no_write)
 
 
 if __name__ == "__main__":

@@ -337,7 +337,7 @@ def test_sigkill_after_the_commit_keeps_the_deletion_and_check_restores_the_rece
 # ------------------------------------------------------------------ docs/cli.md against real output
 _SHAPES = {
     "search": [r"\S+  \(match threshold -?\d\.\d{3}, one-to-(many, FPIR|one, FAR)\)",
-               r" +-?\d+  [+-]\d\.\d{3}(  (MATCH|     )  ?.*)?"],
+               r" +-?\d+  [+-]\d\.\d{3}(  (MATCH|     )  ?.*)?", r"note: .+"],
     "verify": [r"one-to-many MATCH threshold \d\.\d{3} \(FPIR \d+\.\d%\); one-to-one \d\.\d{3} "
                r"\(FAR [\d.e-]+\)",
                r"  image \d+ +best +\d+  score [+-]\d\.\d{3}  (MATCH|no match)"

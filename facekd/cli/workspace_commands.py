@@ -169,6 +169,8 @@ def search(workspace: Path, as_json: bool, image: Path, k: int, identity: int | 
         for m in res["matches"]:
             lines.append(f"  {m['identity']:>10}  {m['score']:+.3f}  "
                          f"{'MATCH' if m['match'] else '     '}  {printable(m['name'] or '')}")
+        if res.get("threshold_note"):
+            lines.append(f"note: {res['threshold_note']}")
         return "\n".join(lines)
 
     _emit(as_json, res, text)

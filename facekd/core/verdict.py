@@ -58,8 +58,9 @@ __all__ = ["PASS", "FAIL", "INCONCLUSIVE", "REPLAY_SPLITS", "Figure", "Verdict",
 PASS, FAIL, INCONCLUSIVE = "PASS", "FAIL", "INCONCLUSIVE"
 Z95 = 1.959964
 # fpir_threshold reads the quantile off the gallery's own scores only where this many of them
-# are expected above it; below (fewer than 1,000 sampled faces at FPIR 1 %) a normal tail is
-# fitted too. LFW, galleries of 15-100 people with 1 or 3 photos each, 10 draws, FPIR 1 %
+# are expected above it; below (fewer than 1,000 sampled faces at FPIR 1 %: a gallery that small,
+# or one of over 200,000 faces, of which measure.gallery_strangers samples fewer) a normal tail
+# is fitted too. LFW, galleries of 15-100 people with 1 or 3 photos each, 10 draws, FPIR 1 %
 # (benchmarks/bench_fpir.py): never-enrolled people's photos labelled MATCH 0.8-20.6 % (dlib) and
 # 0.7-9.6 % (FaceNet) on average with the quantile alone, 0.6-1.7 % (15 people with one photo
 # each: 4.6 %) and 0.3-0.6 % with the tail; enrolled people found above it lost up to 21 (dlib)

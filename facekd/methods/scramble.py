@@ -285,9 +285,8 @@ def fit_scramble(F: Any, gallery: Any, *, q: float | None = None, q_one: float |
 
     Args:
         F: ``(n, d)`` embeddings of the person (``n >= 1``; one photo needs ``gallery_labels``:
-            the prior is what it generalises from, and where nobody has two photos it gets the
-            plain ridge gate, ``RIDGE_BLIND``, its cover unknown, ``heldout_from`` ``"none"``),
-            in the space the erasure applies to.
+            the prior is what it generalises from; where nobody has two photos, the plain ridge
+            gate ``RIDGE_BLIND`` at ``Q_ONE``, cover unknown, ``heldout_from`` ``"none"``).
         gallery: ``(N, d)`` embeddings of everyone else (what the deployment holds).
         q_one: with one photo, this quantile instead (fixed: neither ``q`` nor the search):
             one-photo gates open wide and add up over erasures in sequence, so an ID-photo
@@ -387,6 +386,7 @@ def fit_scramble(F: Any, gallery: Any, *, q: float | None = None, q_one: float |
                            "gallery_labels (the within-identity prior one photo generalises "
                            "from; a prior needs 2 or more faces of 2 or more people)")
     blind = n < 2 and within is None  # an ID-photo gallery: no pair to learn or estimate from
+    qs = qs[:1] if blind else qs  # no walk: a budget is not read off single photos (RIDGE_BLIND)
     ridges = (float(ridge),) if ridge is not None else (RIDGE_BLIND,) if blind else \
         RIDGE_GRID_ONE if n < 2 else RIDGE_GRID
     taus = (0.0,) if within is None else PRIOR_GRID if prior is None else (float(prior),)

@@ -18,11 +18,13 @@ RIDGE_GRID = (1e-4, 1e-3, 1e-2, 1e-1)  # fit_scramble's choices when ridge=None
 # chose 0.1 there, and keep it.
 RIDGE_GRID_ONE = RIDGE_GRID[:3]
 # One photo where nobody in the gallery has two (an ID-photo gallery): no within-identity prior
-# and no pair of photos to choose a ridge by, so this one. LFW, one photo of each of 40 / 62
-# people, one erased from its photo (5 draws of 6), re-enrolment rank-1 with 1e-3 -> 1e-2: dlib
-# 12.7 -> 15.0 / 9.7 -> 12.0 %, FaceNet 10.3 -> 10.0 / 17.7 -> 13.0 % (a perfect erasure: dlib
-# 18.3 / 10.0, FaceNet 15.7 / 12.0); everyone else's rank-1 lost 0.12 / 0.21 -> 0.04 / 0.13
-# point on dlib and 0.40 / 0.60 -> 0.28 / 0.28 on FaceNet, within 0.3 only here
+# and no pair of photos to choose a ridge by, so this one, and no walk: the gate opens at Q_ONE.
+# A budget read off single photos let gates widen until they met someone's one photo; that cost
+# everyone else little alone but added up (LFW, 62 people with one photo each, 20 erased one
+# after another, 5 draws: rank-1 lost 1.49 points on dlib, 4.70 on FaceNet; at Q_ONE 0.18 and
+# 0.68), while each erased alone was found at 10.3 -> 13.1 % (dlib) and 7.4 -> 8.0 % (FaceNet),
+# against 11.4 / 12.0 % after a perfect erasure. Ridge at Q_ONE, re-enrolment rank-1 alone with
+# 1e-3 / 1e-2 / 1e-1: dlib 13.2 / 13.1 / 26.2 %, FaceNet 15.4 / 8.0 / 9.4 %
 # (docs/benchmarks.md, "ID-photo galleries").
 RIDGE_BLIND = 1e-2
 # fit_scramble's within-prior strengths when prior=None (0: the plain ridge gate).

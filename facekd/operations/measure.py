@@ -22,7 +22,8 @@ from facekd.state.config import Config
 __all__ = ["REPORT_MAX_IDENTITIES", "KR_MAX_IDENTITIES", "RETAIN_SAMPLE", "MOVED_COSINE",
            "erasure_report", "moved_share", "coverage", "top_up_coverage",
            "score_histograms", "template_leak", "identity_means", "gallery_stats",
-           "match_threshold", "gallery_strangers", "identification_threshold", "forget_verdict"]
+           "match_threshold", "gallery_strangers", "identification_threshold", "threshold_note",
+           "forget_verdict"]
 
 REPORT_MAX_IDENTITIES = 300  # forget's before/after report: the erased one + a sample
 # ... of which the knowledge-retention probes use this many others: the one-vs-rest weak probe
@@ -357,6 +358,20 @@ def identification_threshold(gallery: Any, config: Config, found: Any = None,
 
     found = gallery_strangers(gallery, config, cache) if found is None else found
     return fpir_threshold(found, config.fpir, seed=config.seed)
+
+
+def threshold_note(found: Any, config: Config) -> str | None:
+    """One line when the one-to-many MATCH threshold had to be extrapolated: fewer sampled faces
+    than :data:`facekd.core.verdict.TAIL_EXCEEDANCES` lie above its FPIR quantile."""
+    from facekd.core.verdict import TAIL_EXCEEDANCES
+
+    faces = int(found.best.size)
+    if not faces or faces * float(config.fpir) >= TAIL_EXCEEDANCES:
+        return None
+    return (f"the one-to-many MATCH threshold is extrapolated from {faces} stored faces (a normal "
+            f"tail): too few to read FPIR {100 * float(config.fpir):g} % off; in galleries of a "
+            "few dozen faces more strangers may MATCH (LFW, 15 people with one photo each: "
+            "4.6 % at FPIR 1 %; docs/benchmarks.md, \"MATCH in small galleries\")")
 
 
 def forget_verdict(report: Any, config: Config) -> dict:

@@ -13,7 +13,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from facekd.errors import WorkspaceError
-from facekd.operations.measure import identification_threshold, match_threshold
+from facekd.operations.measure import (gallery_strangers, identification_threshold,
+                                       match_threshold, threshold_note)
 from facekd.state.config import as_identity
 
 if TYPE_CHECKING:
@@ -50,9 +51,11 @@ def search(ws: "WorkspaceState", image: str | os.PathLike, *, k: int = 5,
     if len(vecs) == 0:
         why = "; ".join(str(reason).removeprefix(f"{p}: ") for p, reason in skipped)
         raise WorkspaceError(f"{path.name}: no usable face ({why or 'none found'})")
+    note = None
     if identity is None:
-        thr, kind = identification_threshold(ws.gallery, ws.config,
-                                             cache=ws.root / CACHE_DIR), "fpir"
+        found = gallery_strangers(ws.gallery, ws.config, ws.root / CACHE_DIR)
+        thr, kind = identification_threshold(ws.gallery, ws.config, found), "fpir"
+        note = threshold_note(found, ws.config)
     else:
         thr, kind = match_threshold(ws.gallery, ws.config), "far"
     if identity is None:
@@ -64,7 +67,8 @@ def search(ws: "WorkspaceState", image: str | os.PathLike, *, k: int = 5,
         matches = [SimpleNamespace(identity=identity, face_id=fids[i], score=scores[i])
                    for i in best]
     names = {i.identity: i.name for i in ws.gallery.identities()}
-    return {"image": path.name, "threshold": thr, "threshold_kind": kind, "matches": [
+    return {"image": path.name, "threshold": thr, "threshold_kind": kind,
+            "threshold_note": note, "matches": [
         {"identity": int(m.identity), "name": names.get(m.identity), "face_id": int(m.face_id),
          "score": float(m.score), "match": bool(thr is not None and m.score > thr)}
         for m in matches]}

@@ -25,7 +25,8 @@ import numpy as np
 from facekd.core import verdict as vd
 from facekd.errors import WorkspaceError
 from facekd.faces.photos import embed_images_with, list_images
-from facekd.operations.measure import gallery_stats, gallery_strangers, identification_threshold
+from facekd.operations.measure import (gallery_stats, gallery_strangers, identification_threshold,
+                                       threshold_note)
 from facekd.state.config import as_identity
 from facekd.state.workspace import VERIFICATIONS_KEY
 
@@ -111,6 +112,9 @@ def verify(ws: "WorkspaceState", identity: int, *, images: str | os.PathLike | N
 
     found = gallery_strangers(ws.gallery, cfg, ws.root / CACHE_DIR)
     res.id_threshold = identification_threshold(ws.gallery, cfg, found)
+    note = threshold_note(found, cfg)
+    if note:
+        res.notes.append(note)
     gate = _gate_openings(ws, before)
     best_after = _best(ws, after)
     best_before = _best(ws, before)
