@@ -96,9 +96,9 @@ def test_forget_in_an_id_photo_gallery_commits_says_cover_unknown_and_a_top_up_w
         checked = ws.verify(ids[0], images=fresh, progress=False).to_dict()
         before = checked["erased_photos"]
         # 29 stored faces cannot show where 1 % of strangers score: verify and search say so.
-        assert any("extrapolated from 29 stored faces" in n for n in checked["notes"])
+        assert any("from 29 sampled stored faces" in n for n in checked["notes"])
         found = ws.search(sorted(fresh.iterdir())[0])
-        assert "extrapolated from 29 stored faces" in found["threshold_note"]
+        assert "from 29 sampled stored faces" in found["threshold_note"]
         assert before["erased"] + len(before["not_erased"]) == 12
         # ... and a top-up with more photos of the person widens the erasure to them.
         top = ws.forget(ids[0], images=later, progress=False)

@@ -457,10 +457,10 @@ def fit_scramble(F: Any, gallery: Any, *, q: float | None = None, q_one: float |
               "max_touched": max_touched, "alpha": alpha, "ridge": ridge, "prior": best["tau"],
               "heldout_recall": None if blind else recall,  # None: unknown
               "forget_weight": forget_weight, "n_features": int(scrambler.omega.shape[0]),
-              "sigma": sigma, "seed": seed, "n": n, "gallery": int(len(g)),
-              "separable": bool(separable),
+              "sigma": sigma, "seed": seed, "n": n, "gallery": len(g), "separable": bool(separable),
               "fit_gated_fully": float(np.mean(gate_fit >= 1.0)),
-              "heldout_gated_fully": None if blind else float(np.mean(held >= s1)),
+              "heldout_gated_fully": None if blind else float(np.mean((held - t0) / (s1 - t0)
+                                                                     >= 1.0)),
               "heldout_from": "none" if blind else "prior" if n < 2 else "cv",
               "gallery_touched": gallery_touched, "others_touched": others_touched,
               # before sparing: the share of everyone else's new photos the gate opens on

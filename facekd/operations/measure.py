@@ -368,10 +368,10 @@ def threshold_note(found: Any, config: Config) -> str | None:
     faces = int(found.best.size)
     if not faces or faces * float(config.fpir) >= TAIL_EXCEEDANCES:
         return None
-    return (f"the one-to-many MATCH threshold is extrapolated from {faces} stored faces (a normal "
-            f"tail): too few to read FPIR {100 * float(config.fpir):g} % off; in galleries of a "
-            "few dozen faces more strangers may MATCH (LFW, 15 people with one photo each: "
-            "4.6 % at FPIR 1 %; docs/benchmarks.md, \"MATCH in small galleries\")")
+    return (f"the one-to-many MATCH threshold is extrapolated (a normal tail) from {faces} "
+            f"sampled stored faces, too few to read FPIR {100 * float(config.fpir):g} % off; in "
+            "galleries of a few dozen faces more strangers may MATCH (LFW, 15 people with one "
+            "photo each: 4.6 % at FPIR 1 %; docs/benchmarks.md, \"MATCH in small galleries\")")
 
 
 def forget_verdict(report: Any, config: Config) -> dict:
