@@ -49,6 +49,35 @@ def _replay(person: np.ndarray, gallery: np.ndarray, rng: np.random.Generator) -
     return float(np.mean(hits))
 
 
+def _one_each(y: np.ndarray, people: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """``(len(people),)`` rows: one seeded photo of each of ``people``."""
+    return np.array([rng.choice(np.flatnonzero(y == i)) for i in people])
+
+
+def _draw(y: np.ndarray, people: int, rng: np.random.Generator
+          ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(ids, gallery, enrolled)``: every identity, ``people`` of those with ``NEW + 1`` or more
+    photos, and the row of the one photo each is enrolled with."""
+    ids, counts = np.unique(y, return_counts=True)
+    pool = ids[counts >= NEW + 1]
+    gallery = rng.choice(pool, min(people, len(pool)), replace=False)
+    return ids, gallery, _one_each(y, gallery, rng)
+
+
+def _rank1_lost(x: np.ndarray, y: np.ndarray, others: np.ndarray, rows: np.ndarray,
+                erasure: Erasure, rng: np.random.Generator) -> float:
+    """Everyone else's rank-1 lost (a fraction): up to 3,000 of ``others``' photos searched
+    against their one enrolled photo each (``rows``), before and after ``erasure``."""
+    probes = np.setdiff1d(np.flatnonzero(np.isin(y, others)), rows)
+    probes = probes[rng.permutation(len(probes))[:3000]]
+
+    def rank1(edit: Erasure) -> float:
+        g, p = (edit.apply(x[r]).astype(np.float64) for r in (rows, probes))
+        return float(np.mean(others[(p @ g.T).argmax(axis=1)] == y[probes]))
+
+    return rank1(Erasure.identity(x.shape[1])) - rank1(erasure)
+
+
 def erase_one(x: np.ndarray, y: np.ndarray, enrolled: dict, person: int, outsiders: np.ndarray,
               rng: np.random.Generator, method: str = "scramble") -> dict:
     """One person erased from their one enrolled photo; every figure above (fractions)."""
@@ -60,38 +89,29 @@ def erase_one(x: np.ndarray, y: np.ndarray, enrolled: dict, person: int, outside
     fresh = rng.choice(np.setdiff1d(np.flatnonzero(y == person), [enrolled[person]]), NEW,
                        replace=False)
     g0, g1, f1 = x[g_rows].astype(np.float64), apply(x[g_rows]), apply(x[fresh])
-    strangers = np.array([rng.choice(np.flatnonzero(y == i))
-                          for i in rng.choice(outsiders, NEW, replace=False)])
+    strangers = _one_each(y, rng.choice(outsiders, NEW, replace=False), rng)
     nev = x[np.isin(y, outsiders)]
     nev = apply(nev[rng.permutation(len(nev))[:1000]])
     threshold = np.quantile((nev @ g1.T).max(axis=1), 1 - FPIR)
-    probes = np.setdiff1d(np.flatnonzero(np.isin(y, others)), g_rows)
-    probes = probes[rng.permutation(len(probes))[:3000]]
-
-    def rank1(p: np.ndarray, g: np.ndarray) -> float:
-        return float(np.mean(others[(p @ g.T).argmax(axis=1)] == y[probes]))
-
+    lost = _rank1_lost(x, y, others, g_rows, e, rng)
     return {"rank1": _replay(f1, g1, rng),
             "before": _replay(x[fresh].astype(np.float64), g0, rng),
             "perfect": _replay(x[strangers].astype(np.float64), g0, rng),
             "gated": float(np.mean(e.tail[0].gates(x[fresh].astype(np.float64))[:, 0] >= 1)),
             "match": float(np.mean((f1 @ g1.T).max(axis=1) > threshold)),
-            "lost": rank1(x[probes].astype(np.float64), g0) - rank1(apply(x[probes]), g1),
-            "chance": 1.0 / (len(others) + 1)}
+            "lost": lost, "chance": 1.0 / (len(others) + 1)}
 
 
 def run(x: np.ndarray, y: np.ndarray, people: int, draws: int, erase: int, seed: int,
         method: str = "scramble") -> list:
-    ids, counts = np.unique(y, return_counts=True)
-    pool = ids[counts >= NEW + 1]
     rows = []
     for draw in range(draws):
         rng = np.random.default_rng([seed, draw, people])
-        gallery = rng.choice(pool, min(people, len(pool)), replace=False)
-        enrolled = {int(i): int(rng.choice(np.flatnonzero(y == i))) for i in gallery}
+        ids, gallery, enrolled = _draw(y, people, rng)
+        by_person = dict(zip(gallery.tolist(), enrolled.tolist()))
         outsiders = np.setdiff1d(ids, gallery)
         for person in rng.choice(gallery, erase, replace=False):
-            rows.append(erase_one(x, y, enrolled, int(person), outsiders, rng, method))
+            rows.append(erase_one(x, y, by_person, int(person), outsiders, rng, method))
     return rows
 
 
@@ -101,13 +121,10 @@ def run_sequence(x: np.ndarray, y: np.ndarray, people: int, erase: int, draws: i
     from their one photo against the gallery as the earlier erasures left it (the steps
     composed, as a workspace does): per draw, everyone else's rank-1 points lost and the erased
     people's replayed rank-1 after all of them (fractions)."""
-    ids, counts = np.unique(y, return_counts=True)
-    pool = ids[counts >= NEW + 1]
     out = []
     for draw in range(draws):
         rng = np.random.default_rng([seed, draw, people, erase])
-        gallery = rng.choice(pool, min(people, len(pool)), replace=False)
-        enrolled = np.array([rng.choice(np.flatnonzero(y == i)) for i in gallery])
+        ids, gallery, enrolled = _draw(y, people, rng)
         erased = gallery[:erase]  # the draw's order is already random
         composite = Erasure.identity(x.shape[1])
         for k, person in enumerate(erased):
@@ -119,20 +136,12 @@ def run_sequence(x: np.ndarray, y: np.ndarray, people: int, erase: int, draws: i
         g0 = x[enrolled[never]].astype(np.float64)
         g1 = composite.apply(x[enrolled[never]]).astype(np.float64)
         others = gallery[never]
-        probes = np.setdiff1d(np.flatnonzero(np.isin(y, others)), enrolled)
-        probes = probes[rng.permutation(len(probes))[:3000]]
-
-        def rank1(p: np.ndarray, g: np.ndarray) -> float:
-            return float(np.mean(others[(p @ g.T).argmax(axis=1)] == y[probes]))
-
-        lost = rank1(x[probes].astype(np.float64), g0) - rank1(
-            composite.apply(x[probes]).astype(np.float64), g1)
+        lost = _rank1_lost(x, y, others, enrolled[never], composite, rng)
         found = [_replay(composite.apply(x[rng.choice(np.setdiff1d(np.flatnonzero(y == p),
                                                                   enrolled), NEW,
                                                        replace=False)]).astype(np.float64),
                          g1, rng) for p in erased]
-        outsiders = rng.choice(np.setdiff1d(ids, gallery), NEW, replace=False)
-        strangers = np.array([rng.choice(np.flatnonzero(y == i)) for i in outsiders])
+        strangers = _one_each(y, rng.choice(np.setdiff1d(ids, gallery), NEW, replace=False), rng)
         out.append({"lost": lost, "rank1": float(np.mean(found)),
                     "perfect": _replay(x[strangers].astype(np.float64), g0, rng),
                     "chance": 1.0 / (len(others) + 1)})
@@ -190,7 +199,7 @@ def main() -> None:
     publish(f"id-gallery-{name}", f"## An ID-photo gallery ({Path(a.dataset).name} + `{name}`, "
             "`benchmarks/bench_id_gallery.py`)",
             f"python benchmarks/bench_id_gallery.py --encoder {spec} --people {a.people} "
-            f"--draws {a.draws} --erase {a.erase} --seed {a.seed}",
+            f"--draws {a.draws} --erase {a.erase} --seed {a.seed} --sequence '{a.sequence}'",
             f"Everyone enrolled with one photo; each erased person alone, from that photo; {NEW} "
             f"new photos each, never fitted; rank-1 replayed over {SPLITS} half splits; MATCH at "
             f"FPIR {FPIR:g}.", table(name, results) + sequence_line(seq, chained), load0=load0,

@@ -13,7 +13,7 @@ import pytest
 from clusters import identity_clusters
 from facekd.erasure import fit_scramble
 from facekd.methods.prior import WithinPrior
-from facekd.methods.scramble_defaults import RIDGE_BLIND
+from facekd.methods.scramble_defaults import Q_ONE, RIDGE_BLIND
 from facekd.methods.spare import BLIND_RATIO, fit_spare
 
 
@@ -34,6 +34,7 @@ def test_one_photo_in_a_gallery_of_single_photos_fits_the_plain_gate_and_covers_
     e = fit_scramble(E[me[:1]], g, gallery_labels=gy)
     p = e.params
     assert p["heldout_from"] == "none" and p["prior"] == 0.0 and p["ridge"] == RIDGE_BLIND
+    assert p["q"] == Q_ONE and p["walked"] is False  # no walk down the ladder
     # No pair of photos to estimate the cover from: unknown, never a made-up 1.0.
     assert p["heldout_recall"] is None and p["heldout_gated_fully"] is None
     fresh = e.tail[0].gates(E[me[1:]])[:, 0]

@@ -465,7 +465,7 @@ def fit_scramble(F: Any, gallery: Any, *, q: float | None = None, q_one: float |
               "gallery_touched": gallery_touched, "others_touched": others_touched,
               # before sparing: the share of everyone else's new photos the gate opens on
               "others_opened": float(np.mean(opened)),
-              "spare": float(spare), "walked": bool(walk),  # walks_the_budget
+              "spare": float(spare), "walked": walk and len(qs) > 1,  # walks_the_budget
               "spared_faces": spared.faces,
               "others_touched_faces": int(len(fit_g)),  # the faces it was read off
               "guard": guard,

@@ -68,8 +68,8 @@ def erasure_report(all_vecs: np.ndarray, labels: np.ndarray, identity: int,
         sampled = (f"; measured on the erased identity and a seeded sample of "
                    f"{REPORT_MAX_IDENTITIES} of the {len(others)} other identities")
     if not _someone_else_has_two(labels, identity):
-        return _unmeasured(labels, identity, config), UNMEASURED, {
-            "share": None, "covered": 0, "faces": 0, "held_out": False}
+        return (_unmeasured(labels, identity, config), UNMEASURED,
+                moved_share(committed, all_vecs[:0], held_out=False))
     split = split_enrol_probe(labels, seed=config.seed)
     one_face = (labels == identity).sum() == 1
     if one_face:
