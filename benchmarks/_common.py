@@ -152,15 +152,20 @@ def encoder_spec(encoder: str) -> tuple[str, str]:
     return name, f"{name}{colon}{Path(path).name}"
 
 
-def embedding_args(doc: str, faces: Path) -> "argparse.ArgumentParser":
+def embedding_args(doc: str, faces: Path, *,
+                   draws: int | None = None) -> "argparse.ArgumentParser":
     """A parser with ``--dataset`` (default ``faces / "lfw_150px"``), ``--encoder`` (dlib) and
-    ``--no-write`` (print, leave docs alone), described by ``doc``'s first line."""
+    ``--no-write`` (print, leave docs alone), described by ``doc``'s first line; with ``draws``,
+    also ``--draws`` (that default) and ``--seed`` (0)."""
     import argparse
 
     ap = argparse.ArgumentParser(description=doc.split("\n")[0])
     ap.add_argument("--dataset", default=str(faces / "lfw_150px"))
     ap.add_argument("--encoder", default="dlib")
     ap.add_argument("--no-write", action="store_true", help="print, leave docs alone")
+    if draws is not None:
+        ap.add_argument("--draws", type=int, default=draws)
+        ap.add_argument("--seed", type=int, default=0)
     return ap
 
 

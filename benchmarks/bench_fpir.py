@@ -75,11 +75,9 @@ def table(name: str, cells: dict) -> str:
 
 
 def main() -> None:
-    ap = embedding_args(__doc__, FACES)
+    ap = embedding_args(__doc__, FACES, draws=10)
     ap.add_argument("--people", default="15,40,62,100", help="gallery sizes, comma-separated")
     ap.add_argument("--photos", default="1,3", help="photos enrolled per person")
-    ap.add_argument("--draws", type=int, default=10)
-    ap.add_argument("--seed", type=int, default=0)
     a = ap.parse_args()
     load0, t0 = load_average(), time.perf_counter()
     x, y = unit_embeddings(a.dataset, a.encoder)

@@ -46,7 +46,7 @@ from facekd.evaluation import bench as B
 from facekd.evaluation.bench_verdict import (paired_difference, perfect_erasure_photos,
                                            verdict_vs_replay)
 from facekd.evaluation.protocol import retained_tar
-from facekd.methods import scramble
+from facekd.methods import scramble_defaults
 from facekd.methods.scramble import fit_scramble
 from facekd.state.config import Config
 
@@ -150,10 +150,10 @@ def main() -> None:
     if base != "scramble":
         ap.error("--method: the gate cover is the gated scramble's (scramble[:KEY=NUMBER...])")
     if a.one_photo_ridges:
-        scramble.RIDGE_GRID_ONE = tuple(float(r) for r in a.one_photo_ridges.split(","))
+        scramble_defaults.RIDGE_GRID_ONE = tuple(float(r) for r in a.one_photo_ridges.split(","))
     seeds = [int(s) for s in a.seeds.split(",")]
     E0, y0, _ = B._usable(B.embed_dataset(a.dataset, load_encoder(a.encoder)))
-    print(f"seeds {seeds}; one-photo ridges {scramble.RIDGE_GRID_ONE}")
+    print(f"seeds {seeds}; one-photo ridges {scramble_defaults.RIDGE_GRID_ONE}")
     print("| people | fit photos | real cover (min) | estimated cover | others' faces touched "
           "| q chosen (median) | forget rank-1, 200 splits: mean (worst person; worst draw) "
           "| over 2x chance (of them refused) | minus a perfect erasure, points (95 %) |")

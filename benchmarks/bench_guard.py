@@ -8,7 +8,7 @@ fresh photos; facekd.evaluation.bench internals): 50 people erased one after ano
 gated scramble, each fitted on all their non-fresh photos (or K of them: `--fit K`) against
 everyone not yet erased. Reported: everyone else's rank-1 and TAR@1e-3 before and after, and the
 50 erased people's fresh re-enrolment rank-1 and TAR under the final composite, with the guard at
-its measured setting (``facekd.methods.scramble.GUARD``, ``GUARD_KEEP``), without, and with
+its measured setting (``facekd.methods.scramble_defaults.GUARD``, ``GUARD_KEEP``), without, and with
 ``guard_keep`` 0.97, and the default without sparing (``scramble:spare=0``; or ``--methods``'
 settings). Writes ``bench:guard`` (with those four settings and all photos only).
 """
@@ -27,7 +27,7 @@ from _common import REPO, load_average, machine, versions, write_section
 
 from facekd.encoders import load_encoder
 from facekd.evaluation import bench as B
-from facekd.methods.scramble import GUARD
+from facekd.methods.scramble_defaults import GUARD
 from facekd.progress import tqdm
 
 FACES = Path(os.environ.get("FACEKD_FACES_DIR", REPO.parent / "shared" / "data" / "faces"))

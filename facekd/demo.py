@@ -137,9 +137,11 @@ def _table(report: dict, verify: dict) -> str:
     def pct(v: float | None) -> str:
         return "   n/a" if v is None else f"{v:6.1f}"
 
-    lines = [f"{'':<32} {'before':>6} {'after':>6}"]
+    # The person's stored faces (enrol half against probe half): new photos are verify's.
+    lines = ["forget's own measurement, on the gallery's stored faces (percent):",
+             f"{'':<32} {'before':>6} {'after':>6}"]
     for label, key in _ROWS:
-        if key in before:
+        if key in before and (before[key], after.get(key)) != (None, None):
             lines.append(f"{label:<32} {pct(before[key])} {pct(after.get(key))}")
     lines.append(f"chance rank-1: {100 * report['chance_rank1']:.2f}%")
     a = verify.get("attack")
@@ -218,6 +220,10 @@ def run_demo(workspace: str | os.PathLike | None = None, *, identities: int = 20
             if fr.receipt["method"] == "scramble" else
             f"method {fr.receipt['method']}, {fr.receipt['model']['k_added']} direction(s) erased")
     echo(f"receipt {fr.receipt['receipt_id']}: {fr.removed_faces} faces removed, {edit}")
+    from facekd.operations.measure import coverage_text
+
+    if (line := coverage_text(fr.coverage)) is not None:  # why some new photos may escape
+        echo(line)
     cost = fr.receipt["model"].get("others_touched")
     if cost is not None:  # what the gate costs everyone else (the fit's held-out estimate)
         echo(f"everyone else: the gate changes about {100 * cost:.2f} % of their new photos")
@@ -237,7 +243,8 @@ def run_demo(workspace: str | os.PathLike | None = None, *, identities: int = 20
     verify.pop("images", None)  # per-file rows are for the verify command, not the summary
     summary = {"workspace": str(ws_dir), "identity_hash": fr.receipt["identity_hash"],
                "receipt_id": fr.receipt["receipt_id"], "metrics": fr.receipt["metrics"],
-               "verify": verify, "onnx": export.to_dict() if hasattr(export, "to_dict") else str(onnx_path),
+               "coverage": fr.coverage, "verify": verify,
+               "onnx": export.to_dict() if hasattr(export, "to_dict") else str(onnx_path),
                "timings_s": {key: round(v, 2) for key, v in timings.items()}}
     echo("")
     echo(_table(fr.receipt["metrics"], verify))

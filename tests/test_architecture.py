@@ -35,7 +35,7 @@ ALLOWED = {
     "facekd.methods.scramble": {"facekd.core.erasure", "facekd.methods.base", "facekd.methods.prior",
                                 "facekd.core.tail", "facekd.methods.scramble_defaults",
                                 "facekd.methods.spare"},
-    "facekd.methods.spare": {"facekd.core.tail"},
+    "facekd.methods.spare": {"facekd.core.tail", "facekd.methods.scramble_defaults"},
     "facekd.methods.scramble_defaults": set(),
     "facekd.onnx.graph": {"facekd.errors", "facekd.fileio"},
     "facekd.onnx.providers": {"facekd.errors"},

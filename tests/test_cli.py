@@ -309,7 +309,7 @@ def test_search_lists_best_matches(ws, held):
 
 
 @pytest.mark.slow
-def test_demo_runs_end_to_end_and_passes(tmp_path):
+def test_demo_runs_end_to_end_and_says_what_its_gate_covers(tmp_path):
     r = facekd("demo", "--workspace", tmp_path / "demo", "--identities", 50, "--images", 8, "--json",
                timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
@@ -321,6 +321,11 @@ def test_demo_runs_end_to_end_and_passes(tmp_path):
     assert "1042" not in json.dumps(m) and "1042" not in json.dumps(res["verify"])
     assert "forgetting identity 1042" in r.stderr  # --json: the narration goes to stderr
     assert "everyone else: the gate changes about" in r.stderr  # what it cost the others
+    cov = res["coverage"]  # held out: why some of the verify photos may escape the gate
+    assert 0 < cov["faces"] and cov["covered"] == round(cov["share"] * cov["faces"])
+    assert f"coverage {cov['share']:.2f} ({cov['covered']} of {cov['faces']} held-out" in r.stderr
+    assert "forget's own measurement, on the gallery's stored faces" in r.stderr
+    assert "MIA accuracy" not in r.stderr  # a row with nothing measured is left out
 
 
 def test_sigkill_after_the_commit_keeps_the_deletion_and_check_restores_the_receipt_file(ws):

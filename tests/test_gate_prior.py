@@ -14,11 +14,12 @@ from facekd.core.tail import ALPHA, SHRINK_MIN, GateChain, Scrambler, normalize_
 from facekd.erasure import ErasureError, fit_scramble
 from facekd.evaluation.bench import BenchError, parse_fit_photos
 from facekd.methods.prior import WithinPrior
-from facekd.methods.scramble import (FEW_BELOW, GUARD, GUARD_KEEP, MAX_TOUCHED, MAX_TOUCHED_ONE,
-                                     Q_FEW, Q_GRID, Q_ONE, RIDGE_GRID, RIDGE_GRID_ONE, SOFT_FROM,
-                                     WALK_PEOPLE, WIDTHS, hinge_width, lookalike_floor, q_ladder,
-                                     walks_the_budget)
-from facekd.methods.spare import SPARE, SPARE_FEW
+from facekd.methods.scramble import lookalike_floor
+from facekd.methods.scramble_defaults import (FEW_BELOW, GUARD, GUARD_KEEP, MAX_TOUCHED,
+                                              MAX_TOUCHED_ONE, Q_FEW, Q_GRID, Q_ONE, RIDGE_GRID,
+                                              RIDGE_GRID_ONE, SOFT_FROM, SPARE, SPARE_FEW,
+                                              WALK_PEOPLE, WIDTHS, hinge_width, q_ladder,
+                                              walks_the_budget)
 from facekd.operations.measure import coverage
 
 
@@ -377,3 +378,52 @@ def test_top_up_nearness_is_read_off_the_gallery_not_hinge_widths():
     # in soft hinge widths, 5 below the gate would have let 4x as much of the gallery in
     assert np.mean(_gate_nearness(e, E[gal])[:, 0] > -NEAR_GATE) > 3 * NEAR_SHARE
     assert _near_levels(e, E[gal][:1])[0] == -NEAR_GATE  # too small a gallery: hinge widths
+
+
+def test_photo_count_rules_are_read_in_one_place():
+    """The budget, ridges and spare quantile each gate on ``n`` photos gets come from
+    scramble_defaults' functions, which is what fit_scramble records."""
+    from facekd.methods.scramble_defaults import (RIDGE_BLIND, budget, ridge_grid,
+                                                  spare_quantile)
+
+    assert budget(1) == MAX_TOUCHED_ONE and budget(2) == budget(40) == MAX_TOUCHED
+    assert ridge_grid(1) == RIDGE_GRID_ONE and ridge_grid(3) == RIDGE_GRID
+    assert ridge_grid(1, blind=True) == (RIDGE_BLIND,)
+    assert spare_quantile(1) == spare_quantile(FEW_BELOW) == SPARE
+    assert all(spare_quantile(n) == SPARE_FEW for n in range(2, FEW_BELOW))
+
+
+def _heavy_gallery(rng: np.random.Generator, d: int = 24, singles: int = 40, heavy: int = 60):
+    """Unit faces: ``singles`` people with one photo each and one person with ``heavy``."""
+    centres = normalize_rows(rng.normal(size=(singles + 1, d)))
+    x = np.r_[centres[:singles] + 0.15 * rng.normal(size=(singles, d)),
+              centres[singles] + 0.15 * rng.normal(size=(heavy, d))]
+    return normalize_rows(x), np.r_[np.arange(singles), np.full(heavy, singles)]
+
+
+def test_a_capped_stranger_map_is_not_pulled_toward_a_heavily_enrolled_person():
+    """Read face by face, one person holding most of the gallery's faces pulls the strangers
+    the scramble draws toward them; counting each identity at most ``cap`` typical identities
+    does not. With nobody above the cap the map is the same as face by face."""
+    x, labels = _heavy_gallery(np.random.default_rng(0))
+    probes = normalize_rows(np.random.default_rng(1).normal(size=(400, x.shape[1])))
+
+    def as_heavy(m: Scrambler) -> float:  # share of strangers whose best match is the heavy one
+        return float(np.mean(labels[(m(probes) @ x.T).argmax(axis=1)] == labels[-1]))
+
+    faces, capped = Scrambler.fit(x, labels=labels), Scrambler.fit(x, labels=labels, cap=4)
+    assert as_heavy(capped) < 0.5 * as_heavy(faces)
+    assert Scrambler.fit(x, labels=labels, cap=None).same_as(faces)
+    even = np.repeat(np.arange(20), 5)
+    y = normalize_rows(np.random.default_rng(2).normal(size=(100, 24)))
+    a, b = Scrambler.fit(y, labels=even), Scrambler.fit(y, labels=even, cap=4)
+    assert np.allclose(a.mean, b.mean) and np.allclose(a.mix, b.mix)
+
+
+def test_stranger_cap_zero_is_face_by_face_and_a_negative_one_is_refused(faces):
+    x, y = faces
+    fit, others, labels = x[y == 0][:3], x[y != 0], y[y != 0]
+    off = fit_scramble(fit, others, gallery_labels=labels, stranger_cap=0).tail[0].scrambler
+    assert off.same_as(fit_scramble(fit, others, gallery_labels=labels).tail[0].scrambler)
+    with pytest.raises(ErasureError, match="stranger_cap"):
+        fit_scramble(fit, others, gallery_labels=labels, stranger_cap=-1)

@@ -46,6 +46,7 @@ def test_builtin_methods_are_registered_with_their_settings():
                                               "scramble_guard": "guard",
                                               "scramble_guard_keep": "guard_keep",
                                               "scramble_spare": "spare",
+                                              "scramble_stranger_cap": "stranger_cap",
                                               "scramble_soft_from": "soft_from", "seed": "seed"}
     with pytest.raises(methods.MethodError, match="unknown method 'nosuch'; use one of esc"):
         methods.get("nosuch")

@@ -110,6 +110,8 @@ def forget(workspace: Path, as_json: bool, identity: int | None, name: str | Non
 def _forget_head(res: Any, identity: int, dry_run: bool) -> list[str]:
     """forget's first lines: what was (or would be) done, the top-up's photo counts, the held-out
     coverage against its floor, and a refusal a dry run would meet."""
+    from facekd.operations.measure import coverage_text
+
     r, top = res.receipt, res.top_up
     verb = "topped up" if res.kind == "top-up" else "erased"
     if dry_run:
@@ -124,17 +126,8 @@ def _forget_head(res: Any, identity: int, dry_run: bool) -> list[str]:
                      f"erased, {top['escaped']} escaped, {top['newly_covered']} of them now "
                      "scrambled fully")
     cov = res.coverage
-    if cov is not None and cov.get("share") is not None:
-        if cov.get("from_others"):
-            what = cov["criterion"]
-        else:
-            lo_hi = cov.get("interval")
-            ci = "" if not lo_hi else f", 95% {lo_hi[0]:.2f}-{lo_hi[1]:.2f}"
-            what = (f"{cov['covered']} of {cov['faces']} "
-                    f"{'held-out' if cov['held_out'] else 'seen'} photos{ci}: {cov['criterion']}")
-        lines.append(f"coverage {cov['share']:.2f} ({what}); floor {cov['floor']:.2f}")
-    elif cov is not None and cov.get("criterion"):
-        lines.append(f"coverage {cov['criterion']}")
+    if (line := coverage_text(cov)) is not None:
+        lines.append(line)
     params, model = r.get("params") or {}, r.get("model") or {}
     if "others_touched" in model:
         uncounted = model.get("others_touched_uncounted") or 0

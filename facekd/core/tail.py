@@ -38,6 +38,13 @@ __all__ = ["ALPHA", "GateChain", "LinearStage", "NO_SPARE", "SHRINK_GRID", "SHRI
            "Scrambler", "apply_stages", "normalize_rows"]
 
 
+def _identity_weights(labels: np.ndarray, cap: float) -> np.ndarray:
+    """``(N,)`` face weights under which no identity counts more than ``cap`` times the median
+    identity's faces."""
+    _, inv, counts = np.unique(labels, return_inverse=True, return_counts=True)
+    return np.minimum(1.0, cap * float(np.median(counts)) / counts)[inv.ravel()]
+
+
 def normalize_rows(x: np.ndarray) -> np.ndarray:
     """Rows scaled to unit L2 norm (float64 in, float64 out; zero rows stay zero)."""
     return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
@@ -101,7 +108,7 @@ class Scrambler:
     @classmethod
     def fit(cls, population: np.ndarray, *, n_features: int = 512, sigma: float = 200.0,
             alpha: float = 1.0, seed: int = 0, labels: np.ndarray | None = None,
-            shrink: float | None = None) -> "Scrambler":
+            shrink: float | None = None, cap: float | None = None) -> "Scrambler":
         """Fit to ``population`` ``(N, d)`` unit embeddings of ordinary faces (the gallery).
 
         ``shrink``: share of the population covariance replaced by its isotropic average (trace
@@ -119,8 +126,14 @@ class Scrambler:
         phase = rng.uniform(0.0, 2.0 * np.pi, n_features)
         # E[cos^2] = 1/2, so N(0, 2/D) weights give each output coordinate unit variance.
         w = rng.normal(size=(d, n_features)) * np.sqrt(2.0 / n_features)
-        mean = x.mean(axis=0)
-        cov = np.cov((x - mean).T, bias=True) if len(x) > 1 else np.zeros((d, d))
+        if cap is None or labels is None:
+            mean = x.mean(axis=0)
+            cov = np.cov((x - mean).T, bias=True) if len(x) > 1 else np.zeros((d, d))
+        else:
+            wt = _identity_weights(np.asarray(labels).ravel(), float(cap))
+            wt = wt / wt.sum()
+            mean = wt @ x
+            cov = ((x - mean).T * wt) @ (x - mean)
         # A small ridge keeps the factor defined for galleries smaller than d.
         ridge = 1e-6 + 1e-3 * float(np.trace(cov)) / d
         iso = float(np.trace(cov)) / d * np.eye(d)

@@ -18,17 +18,12 @@ import numpy as np
 from facekd.core.erasure import Erasure, ErasureError, as_matrix, single_threaded_blas
 from facekd.core.tail import ALPHA, GateChain, Scrambler, normalize_rows
 from facekd.methods.base import FitContext, MethodError, register
-from facekd.methods.spare import SPARE, SPARE_FEW, fit_spare
-from facekd.methods.scramble_defaults import (FEW_BELOW, GUARD, GUARD_KEEP, MAX_TOUCHED,
-                                              MAX_TOUCHED_ONE, ONE_PHOTO_FRONTIER, ONE_PHOTO_POOR,
-                                              PRIOR_GRID, Q_FEW, Q_GRID, Q_ONE, RIDGE_BLIND,
-                                              RIDGE_GRID, RIDGE_GRID_ONE, SOFT_FROM, WALK_PEOPLE,
-                                              WIDTHS, hinge_width, q_ladder, walks_the_budget)
+from facekd.methods.spare import fit_spare
+from facekd.methods.scramble_defaults import (GUARD_KEEP, PRIOR_GRID, SOFT_FROM, budget,
+                                              hinge_width, q_ladder, ridge_grid, spare_quantile,
+                                              walks_the_budget)
 
-__all__ = ["FEW_BELOW", "GUARD", "GUARD_KEEP", "MAX_TOUCHED", "MAX_TOUCHED_ONE",
-           "ONE_PHOTO_FRONTIER", "ONE_PHOTO_POOR", "PRIOR_GRID", "Q_FEW", "Q_GRID", "Q_ONE",
-           "RIDGE_GRID", "RIDGE_GRID_ONE", "SOFT_FROM", "WALK_PEOPLE", "WIDTHS", "fit_scramble",
-           "hinge_width", "lookalike_floor", "q_ladder", "walks_the_budget"]
+__all__ = ["fit_scramble", "lookalike_floor"]
 
 
 def _folds(n: int, folds: int, rng: np.random.Generator,
@@ -259,6 +254,7 @@ def fit_scramble(F: Any, gallery: Any, *, q: float | None = None, q_one: float |
                  max_gallery: int = 50_000, gallery_labels: Any = None,
                  guard: float = 1.0, guard_keep: float = GUARD_KEEP,
                  soft_from: int = SOFT_FROM, spare: float | None = None,
+                 stranger_cap: float | None = None,
                  scrambler: Scrambler | None = None) -> Erasure:
     """Fit a gated scramble: the person's faces become unrelated, ordinary-looking strangers.
 
@@ -317,6 +313,10 @@ def fit_scramble(F: Any, gallery: Any, *, q: float | None = None, q_one: float |
             mean faces nearest it, above the ``spare``-quantile of enrolled strangers' cosines
             to them (:func:`facekd.methods.spare.fit_spare`; needs ``gallery_labels``; 0: off;
             default 0.99, 0.9 with 2-4 photos): erasures in sequence stay cheap for everyone else.
+        stranger_cap: the stranger map counts each identity's faces at most this many times the
+            median identity's (:meth:`Scrambler.fit`'s ``cap``; needs ``gallery_labels``; None
+            or 0: face by face). Opt-in: measured, it is not the default (docs/benchmarks.md,
+            "Thirteenth round").
         scrambler: reuse an existing chain's stranger map, so the new step merges into it (the
             workspace passes the accumulated erasure's); default: fit one on ``gallery``.
 
@@ -339,15 +339,11 @@ def fit_scramble(F: Any, gallery: Any, *, q: float | None = None, q_one: float |
     # Calibrated by identity, a lower quantile gives the same protection.
     qs = ((float(q_one),) if q_one is not None and n < 2 else (float(q),) if q is not None
           else (0.9999,) if gallery_labels is None else q_ladder(n))
-    # Few photos get a sharp hinge: their spread (s_cv) is read off a handful of photos (one
-    # photo: other people's), and a gate that opens halfway on a new photo leaves it findable;
-    # with many photos a softer hinge moves everyone else's borderline faces less, which adds up
-    # over erasures in sequence (WIDTHS).
+    # Few photos get a sharp hinge, many a soft one (why: scramble_defaults.WIDTHS).
     if float(soft_from) != int(soft_from) or int(soft_from) < 0 or int(soft_from) == 1:
         raise ErasureError("soft_from must be 0 (never) or a photo count >= 2")
     width = hinge_width(n, int(soft_from)) if width is None else float(width)
-    if max_touched is None:
-        max_touched = MAX_TOUCHED_ONE if n < 2 else MAX_TOUCHED
+    max_touched = budget(n) if max_touched is None else max_touched
     guard = float(guard)
     if not all(0.0 < x < 1.0 for x in qs + ((q_one,) if q_one is not None else ())) \
             or not 0.0 < width <= 1.0 \
@@ -355,8 +351,10 @@ def fit_scramble(F: Any, gallery: Any, *, q: float | None = None, q_one: float |
             or not 0.0 <= max_touched <= 1.0:
         raise ErasureError("q and q_one must be in (0, 1), width in (0, 1], full_quantile and "
                            "cover in [0, 1]")
-    if not alpha > 0 or (ridge is not None and not ridge > 0) or not 0.0 < forget_weight < 1.0:
-        raise ErasureError("alpha and ridge must be positive, forget_weight in (0, 1)")
+    if not alpha > 0 or (ridge is not None and not ridge > 0) or not 0.0 < forget_weight < 1.0 \
+            or (stranger_cap is not None and not stranger_cap >= 0):
+        raise ErasureError("alpha and ridge must be positive, stranger_cap >= 0, forget_weight "
+                           "in (0, 1)")
     if prior is not None and not prior >= 0:
         raise ErasureError("prior must be >= 0")
     if not 0 < guard <= 1:
@@ -365,7 +363,7 @@ def fit_scramble(F: Any, gallery: Any, *, q: float | None = None, q_one: float |
         raise ErasureError("guard_keep must be in (0, 1] (1: all of the person's unseen photos)")
     if shrink is not None and not 0 <= shrink < 1:
         raise ErasureError("shrink must be in [0, 1)")
-    spare = (SPARE_FEW if 2 <= n < FEW_BELOW else SPARE) if spare is None else spare
+    spare = spare_quantile(n) if spare is None else spare
     if not 0 <= float(spare) < 1:
         raise ErasureError("spare must be in [0, 1) (0: the gate spares nobody)")
     rng = np.random.default_rng(seed)
@@ -387,8 +385,7 @@ def fit_scramble(F: Any, gallery: Any, *, q: float | None = None, q_one: float |
                            "from; a prior needs 2 or more faces of 2 or more people)")
     blind = n < 2 and within is None  # an ID-photo gallery: no pair to learn or estimate from
     qs = qs[:1] if blind else qs  # no walk: a budget is not read off single photos (RIDGE_BLIND)
-    ridges = (float(ridge),) if ridge is not None else (RIDGE_BLIND,) if blind else \
-        RIDGE_GRID_ONE if n < 2 else RIDGE_GRID
+    ridges = (float(ridge),) if ridge is not None else ridge_grid(n, blind)
     taus = (0.0,) if within is None else PRIOR_GRID if prior is None else (float(prior),)
     grid = [(r, t) for t in taus for r in ridges]
     fold_rng = np.random.default_rng(seed)  # the same parts for every ridge
@@ -429,7 +426,7 @@ def fit_scramble(F: Any, gallery: Any, *, q: float | None = None, q_one: float |
         # gallery up to max_gallery faces): a 50k-face estimate of a d x d covariance is exact to
         # well under the spread of the strangers it shapes.
         scrambler = Scrambler.fit(fit_g, n_features=n_features, sigma=sigma, alpha=alpha,
-                                  seed=seed, labels=groups, shrink=shrink)
+                                  seed=seed, labels=groups, shrink=shrink, cap=stranger_cap or None)
     elif scrambler.mean.shape != (d,):
         raise ErasureError(f"scrambler dimension {scrambler.mean.shape} does not match d={d}")
     spared = fit_spare(fit_g, groups, f, w, b, q=float(spare))
@@ -480,10 +477,11 @@ def fit_scramble(F: Any, gallery: Any, *, q: float | None = None, q_one: float |
 @register("scramble", options=("q", "q_one", "width", "full_quantile", "cover", "max_touched",
                                "alpha", "ridge", "prior",
                                "forget_weight", "folds", "n_features", "sigma", "seed", "shrink",
-                               "max_gallery", "guard", "guard_keep", "soft_from", "spare"),
+                               "max_gallery", "guard", "guard_keep", "soft_from", "spare",
+                               "stranger_cap"),
           config={"scramble_q": "q", "scramble_q_one": "q_one", "scramble_alpha": "alpha",
                   "scramble_guard": "guard", "scramble_guard_keep": "guard_keep",
-                  "scramble_spare": "spare",
+                  "scramble_spare": "spare", "scramble_stranger_cap": "stranger_cap",
                   "scramble_soft_from": "soft_from", "seed": "seed"},
           summary="gated scramble: the person's faces become unrelated strangers")
 def _fit(forget: np.ndarray, context: FitContext) -> Erasure:

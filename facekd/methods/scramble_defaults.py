@@ -1,5 +1,8 @@
 """The gated scramble's measured defaults: the grids its fit searches, the gallery budget, the
-hinge widths and the look-alike guard's opt-in setting, each with what chose it.
+hinge widths, whom a gate spares and the look-alike guard's opt-in setting, each with what chose
+it. What the number of the person's photos sets lives here too (:func:`q_ladder`,
+:func:`ridge_grid`, :func:`budget`, :func:`hinge_width`, :func:`spare_quantile`,
+:func:`walks_the_budget`), so the photo-count rules are read in one place.
 
 Pure: imports nothing (numbers and one rule, shared by :mod:`facekd.methods.scramble` and
 anything that reports on it). Every number here was picked on LFW + dlib by ``facekd bench`` and
@@ -125,6 +128,18 @@ FEW_BELOW = 5
 SOFT_FROM = 10
 
 
+# The quantile of enrolled strangers' cosines to the spared mean faces above which a face is
+# spared (0: sparing off). LFW + dlib, 50 erasures in sequence, five seeds: everyone else lost
+# 1.6 / 0.28 / 0.13 rank-1 points with 1 / 3 / all photos against 10.4 / 0.88 / 0.27 without,
+# and the erased were found about as often (docs/benchmarks.md, "Sparing the enrolled" and
+# "Ninth round"; 2.8 with one photo while the mean faces a gate opens on were left out).
+SPARE = 0.99
+# With 2-4 photos (their search starts wider, at scramble_defaults.Q_FEW): 0.9. Their wider gates
+# open on more look-alikes, and the person's own photos, more than one, hold the margin: 50
+# erasures from 3 photos cost everyone else 0.47 instead of 0.60 points (LFW + dlib, five seeds)
+# and left the erased alone as findable (1.76 % either way). With one photo 0.9 saved 0.3 point
+# but let the 50 erased be found after all 50 at 4.1 instead of 3.3 %, so one photo keeps 0.99.
+SPARE_FEW = 0.9
 # Where 2-4 photos' search ignores its cover estimate and widens as far as the gallery budget
 # allows, as one photo's does: a gallery of at most WALK_PEOPLE people. Their cross-validated
 # cover says "all covered" (3 photos scored by gates fitted on the others) and the search stopped
@@ -163,3 +178,21 @@ def hinge_width(n: int, soft_from: int = SOFT_FROM) -> float:
     if soft_from and n >= soft_from:
         return WIDTHS["many"]
     return WIDTHS["few" if n < FEW_BELOW else "some"]
+
+
+def ridge_grid(n: int, blind: bool = False) -> tuple[float, ...]:
+    """The ridges a gate fitted on ``n`` photos chooses from: ``RIDGE_GRID``, ``RIDGE_GRID_ONE``
+    with one photo, only ``RIDGE_BLIND`` where nobody has two photos (``blind``)."""
+    return (RIDGE_BLIND,) if blind else RIDGE_GRID_ONE if n < 2 else RIDGE_GRID
+
+
+def budget(n: int) -> float:
+    """The most of the gallery's faces a widening gate on ``n`` photos may touch
+    (``max_touched``): ``MAX_TOUCHED_ONE`` with one photo, else ``MAX_TOUCHED``."""
+    return MAX_TOUCHED_ONE if n < 2 else MAX_TOUCHED
+
+
+def spare_quantile(n: int) -> float:
+    """The quantile from which a gate on ``n`` photos spares the enrolled: ``SPARE_FEW`` with 2
+    to ``FEW_BELOW - 1`` photos, else ``SPARE``."""
+    return SPARE_FEW if 2 <= n < FEW_BELOW else SPARE

@@ -12,7 +12,8 @@ erased person's photos: the cosine is read off enrolled strangers of those peopl
 never below the erased person's own photos' cosine to that mean face plus a margin for photos not
 yet seen (docs/benchmarks.md, "Sparing the enrolled").
 
-Pure math: numpy and scipy, and two names from :mod:`facekd.core.tail`.
+Pure math: numpy and scipy, two names from :mod:`facekd.core.tail` and the sparing quantiles
+from :mod:`facekd.methods.scramble_defaults`.
 """
 
 from __future__ import annotations
@@ -22,21 +23,10 @@ from dataclasses import dataclass
 import numpy as np
 
 from facekd.core.tail import NO_SPARE, normalize_rows
+from facekd.methods.scramble_defaults import SPARE, SPARE_FEW
 
 __all__ = ["SPARE", "SPARE_FACES", "SPARE_FEW", "Spare", "fit_spare"]
 
-# The quantile of enrolled strangers' cosines to the spared mean faces above which a face is
-# spared (0: sparing off). LFW + dlib, 50 erasures in sequence, five seeds: everyone else lost
-# 1.6 / 0.28 / 0.13 rank-1 points with 1 / 3 / all photos against 10.4 / 0.88 / 0.27 without,
-# and the erased were found about as often (docs/benchmarks.md, "Sparing the enrolled" and
-# "Ninth round"; 2.8 with one photo while the mean faces a gate opens on were left out).
-SPARE = 0.99
-# With 2-4 photos (their search starts wider, at scramble_defaults.Q_FEW): 0.9. Their wider gates
-# open on more look-alikes, and the person's own photos, more than one, hold the margin: 50
-# erasures from 3 photos cost everyone else 0.47 instead of 0.60 points (LFW + dlib, five seeds)
-# and left the erased alone as findable (1.76 % either way). With one photo 0.9 saved 0.3 point
-# but let the 50 erased be found after all 50 at 4.1 instead of 3.3 %, so one photo keeps 0.99.
-SPARE_FEW = 0.9
 # Mean faces per gate: the enrolled identities it scores highest. On LFW + dlib the identity that
 # spared a face was among the 10 nearest in 97 % of cases and among the 40 nearest in all.
 SPARE_FACES = 32

@@ -183,6 +183,22 @@ def coverage(step: Erasure, moved: dict, floor: float) -> dict:
             "look_alike_guard": bool(params.get("guard_raised", False))}
 
 
+def coverage_text(cov: dict | None) -> str | None:
+    """One line for :func:`coverage`'s figure (forget and the demo print it), or ``None``."""
+    if cov is None:
+        return None
+    if cov.get("share") is None:
+        return f"coverage {cov['criterion']}" if cov.get("criterion") else None
+    if cov.get("from_others"):
+        what = cov["criterion"]
+    else:
+        lo_hi = cov.get("interval")
+        ci = "" if not lo_hi else f", 95% {lo_hi[0]:.2f}-{lo_hi[1]:.2f}"
+        what = (f"{cov['covered']} of {cov['faces']} "
+                f"{'held-out' if cov['held_out'] else 'seen'} photos{ci}: {cov['criterion']}")
+    return f"coverage {cov['share']:.2f} ({what}); floor {cov['floor']:.2f}"
+
+
 def top_up_coverage(step: dict, counts: dict, in_sample: int) -> dict:
     """The held-out coverage of an erasure widened by a top-up, over all the photos given.
 

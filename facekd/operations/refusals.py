@@ -35,7 +35,7 @@ def _coverage_refusal(cov: dict) -> str | None:
 
 # A request photo "comes near" a gate when it scores above all but NEAR_SHARE of the enrolled
 # faces under it. Counted in the gallery's own scores, not in hinge widths: a gate fitted on
-# many photos has a hinge 3x softer (facekd.methods.scramble.WIDTHS), and 5 of its widths
+# many photos has a hinge 3x softer (facekd.methods.scramble_defaults.WIDTHS), and 5 of its widths
 # reached down to 45 % of other people's 5-photo folders (LFW + dlib) against 4 % at the old
 # widths; the top 1 % of the gallery is where 5 of the old widths reached (1.1 % of faces).
 NEAR_SHARE = 0.01

@@ -75,7 +75,7 @@ class Config:
     # Gated scramble: the gate opens at this quantile of the gallery's discriminant scores (None,
     # "auto" in the file: the tightest of 0.9995 ... 0.95 (from 0.999 with 2-4 photos) that covers
     # the person's unseen photos with 2+ photos of them, the widest from 0.995 with one, within a
-    # budget of gallery faces touched; facekd.methods.scramble.q_ladder), and a
+    # budget of gallery faces touched; facekd.methods.scramble_defaults.q_ladder), and a
     # scrambled face's deviation from the population mean is scaled by scramble_alpha.
     scramble_q: float | None = None
     # With one photo of the person, the gate opens above this quantile instead ("auto": the widest
@@ -87,7 +87,7 @@ class Config:
     # The look-alike guard: a gate opens on at most this share of any one enrolled identity's new
     # photos (1: no guard, the default), never lifted above the score that scramble_guard_keep of
     # the person's own unseen photos clear. Off by default: measured, it can leave more of the
-    # erased person's new photos findable (facekd.methods.scramble.GUARD, docs/threat-model.md);
+    # erased person's new photos findable (scramble_defaults.GUARD, docs/threat-model.md);
     # 0.02 is the measured opt-in.
     scramble_guard: float = 1.0
     scramble_guard_keep: float = 1.0
@@ -100,8 +100,16 @@ class Config:
     # quantile of enrolled strangers' cosines to their mean faces; 0: off). 50 one-photo erasures
     # in sequence cost everyone else about a sixth as much (facekd.methods.spare). The edited
     # model then holds those people's mean faces (docs/threat-model.md).
-    # auto: 0.99, and 0.9 with 2-4 photos (facekd.methods.spare.SPARE_FEW).
+    # auto: 0.99, and 0.9 with 2-4 photos (facekd.methods.scramble_defaults.SPARE_FEW).
     scramble_spare: float | None = None
+    # The stranger map counts each identity's faces at most this many times the median
+    # identity's (0: face by face, the default). Read when the map is fitted, at the workspace's
+    # first erasure: later ones reuse it. One person enrolled with far more photos than the rest
+    # pulls the map toward them, and the erased people's new photos get labelled MATCH as that
+    # person (LFW, 40 people with one photo and one with 32: 9.4 % dlib, 10.4 % FaceNet, at
+    # FPIR 1 %; with 4: 1.5 / 1.0 %). On LFW's own galleries 4 made the erased easier to spot
+    # and a little easier to find (docs/benchmarks.md, "Thirteenth round"), so it is opt-in.
+    scramble_stranger_cap: float = 0.0
     # Checked before decoding any image (file size, then the header's width x height).
     max_image_bytes: int = DEFAULT_LIMITS.max_bytes
     max_image_pixels: int = DEFAULT_LIMITS.max_pixels
@@ -128,6 +136,7 @@ class Config:
                        "scramble_guard_keep": self.scramble_guard_keep,
                        "scramble_soft_from": self.scramble_soft_from,
                        "scramble_spare": _or_auto(self.scramble_spare),
+                       "scramble_stranger_cap": self.scramble_stranger_cap,
                        # TOML has no null: an unset rule is simply absent
                        **({"k": self.k} if self.k is not None else {}),
                        **({"energy": self.energy} if self.energy is not None else {})},
@@ -198,6 +207,9 @@ class Config:
         if self.scramble_spare is not None and not 0 <= float(self.scramble_spare) < 1:
             raise WorkspaceError(f"{source}: [forget] scramble_spare must be auto or in [0, 1) "
                                  "(0: a gate spares nobody)")
+        if not float(self.scramble_stranger_cap) >= 0:
+            raise WorkspaceError(f"{source}: [forget] scramble_stranger_cap must be >= 0 (0: the "
+                                 "stranger map reads the gallery face by face)")
         if self.scramble_soft_from < 0 or self.scramble_soft_from == 1:
             raise WorkspaceError(f"{source}: [forget] scramble_soft_from must be 0 (never) or a "
                                  "photo count >= 2")
