@@ -423,7 +423,11 @@ def test_a_capped_stranger_map_is_not_pulled_toward_a_heavily_enrolled_person():
 def test_stranger_cap_zero_is_face_by_face_and_a_negative_one_is_refused(faces):
     x, y = faces
     fit, others, labels = x[y == 0][:3], x[y != 0], y[y != 0]
-    off = fit_scramble(fit, others, gallery_labels=labels, stranger_cap=0).tail[0].scrambler
-    assert off.same_as(fit_scramble(fit, others, gallery_labels=labels).tail[0].scrambler)
+    off = fit_scramble(fit, others, gallery_labels=labels, stranger_cap=0)
+    default = fit_scramble(fit, others, gallery_labels=labels)
+    assert off.tail[0].scrambler.same_as(default.tail[0].scrambler)
+    assert off.params["stranger_cap"] is None is default.params["stranger_cap"]
+    assert fit_scramble(fit, others, gallery_labels=labels,
+                        stranger_cap=4).params["stranger_cap"] == 4
     with pytest.raises(ErasureError, match="stranger_cap"):
         fit_scramble(fit, others, gallery_labels=labels, stranger_cap=-1)

@@ -465,7 +465,7 @@ def fit_scramble(F: Any, gallery: Any, *, q: float | None = None, q_one: float |
               "spare": float(spare), "walked": walk and len(qs) > 1,  # walks_the_budget
               "spared_faces": spared.faces,
               "others_touched_faces": int(len(fit_g)),  # the faces it was read off
-              "guard": guard,
+              "guard": guard, "stranger_cap": stranger_cap or None,  # as given, like alpha
               "guard_keep": float(guard_keep),
               # the look-alike guard, not the quantile, set the threshold: an enrolled identity
               # looks enough like the person that the gate stopped short of them
