@@ -118,7 +118,12 @@ class Scrambler:
         re-enrolled photos would find each other first). Default (None): the smallest of
         ``SHRINK_GRID`` from ``SHRINK_MIN`` on whose strangers' pairwise cosines stay at or below
         those of distinct people of ``population`` (``labels`` ``(N,)``; without, of all its
-        pairs) at the 99th and the 99.9th percentile, read at scale ``min(alpha, ALPHA)``."""
+        pairs) at the 99th and the 99.9th percentile, read at scale ``min(alpha, ALPHA)``.
+
+        ``cap`` (with ``labels``): each identity's faces count at most ``cap`` times the median
+        identity's in the mean and covariance, so one heavily enrolled person does not pull the
+        strangers toward them (None: face by face, the default; ``fit_scramble``'s
+        ``stranger_cap``)."""
         x = np.asarray(population, dtype=np.float64)
         d = x.shape[1]
         rng = np.random.default_rng(seed)

@@ -4,7 +4,7 @@ it. What the number of the person's photos sets lives here too (:func:`q_ladder`
 :func:`ridge_grid`, :func:`budget`, :func:`hinge_width`, :func:`spare_quantile`,
 :func:`walks_the_budget`), so the photo-count rules are read in one place.
 
-Pure: imports nothing (numbers and one rule, shared by :mod:`facekd.methods.scramble` and
+Pure: imports nothing (numbers and the rules above, shared by :mod:`facekd.methods.scramble` and
 anything that reports on it). Every number here was picked on LFW + dlib by ``facekd bench`` and
 ``benchmarks/``; docs/benchmarks.md holds the runs.
 """
@@ -134,12 +134,13 @@ SOFT_FROM = 10
 # and the erased were found about as often (docs/benchmarks.md, "Sparing the enrolled" and
 # "Ninth round"; 2.8 with one photo while the mean faces a gate opens on were left out).
 SPARE = 0.99
-# With 2-4 photos (their search starts wider, at scramble_defaults.Q_FEW): 0.9. Their wider gates
+# With 2-4 photos (their search starts wider, at Q_FEW): 0.9. Their wider gates
 # open on more look-alikes, and the person's own photos, more than one, hold the margin: 50
 # erasures from 3 photos cost everyone else 0.47 instead of 0.60 points (LFW + dlib, five seeds)
 # and left the erased alone as findable (1.76 % either way). With one photo 0.9 saved 0.3 point
 # but let the 50 erased be found after all 50 at 4.1 instead of 3.3 %, so one photo keeps 0.99.
 SPARE_FEW = 0.9
+
 # Where 2-4 photos' search ignores its cover estimate and widens as far as the gallery budget
 # allows, as one photo's does: a gallery of at most WALK_PEOPLE people. Their cross-validated
 # cover says "all covered" (3 photos scored by gates fitted on the others) and the search stopped
