@@ -51,7 +51,7 @@ import numpy as np
 from facekd.core.metrics import wilson_interval
 
 __all__ = ["PASS", "FAIL", "INCONCLUSIVE", "REPLAY_SPLITS", "Figure", "Verdict", "Strangers",
-           "beats_gallery", "fpir_threshold", "replay_spread",
+           "beats_gallery", "fpir_threshold", "tail_extrapolated", "replay_spread",
            "split_hit_rates", "pair_share", "strangers", "stranger_baseline", "judge",
            "attack_figures", "photos_to_decide", "combine"]
 
@@ -178,6 +178,12 @@ class Strangers:
     labels: np.ndarray  # (p,) the identity each sampled face belongs to
 
 
+def tail_extrapolated(faces: int, fpir: float) -> bool:
+    """Whether :func:`fpir_threshold` fits a normal tail to ``faces`` sampled scores: fewer than
+    ``TAIL_EXCEEDANCES`` of them are expected above the ``1 - fpir`` quantile."""
+    return faces * fpir < TAIL_EXCEEDANCES
+
+
 def fpir_threshold(found: Strangers, fpir: float, *, level: float = 0.9, boots: int = 200,
                    seed: int = 0) -> float | None:
     """The one-to-many MATCH threshold for a false-positive identification rate ``fpir``.
@@ -202,7 +208,7 @@ def fpir_threshold(found: Strangers, fpir: float, *, level: float = 0.9, boots: 
     # The normal prediction bound for one more score from m identities' (Student's t).
     m = max(len(ids), 3)
     z = (float(student.ppf(1.0 - fpir, m - 1) * np.sqrt(1.0 + 1.0 / m))
-         if found.best.size * fpir < TAIL_EXCEEDANCES else None)
+         if tail_extrapolated(found.best.size, fpir) else None)
     draws = []
     for _ in range(boots):
         s = np.concatenate([parts[k] for k in rng.integers(len(ids), size=len(ids))])

@@ -377,12 +377,12 @@ def identification_threshold(gallery: Any, config: Config, found: Any = None,
 
 
 def threshold_note(found: Any, config: Config) -> str | None:
-    """One line when the one-to-many MATCH threshold had to be extrapolated: fewer sampled faces
-    than :data:`facekd.core.verdict.TAIL_EXCEEDANCES` lie above its FPIR quantile."""
-    from facekd.core.verdict import TAIL_EXCEEDANCES
+    """One line when the one-to-many MATCH threshold had to be extrapolated
+    (:func:`facekd.core.verdict.tail_extrapolated`)."""
+    from facekd.core.verdict import tail_extrapolated
 
     faces = int(found.best.size)
-    if not faces or faces * float(config.fpir) >= TAIL_EXCEEDANCES:
+    if not faces or not tail_extrapolated(faces, float(config.fpir)):
         return None
     return (f"the one-to-many MATCH threshold is extrapolated (a normal tail) from {faces} "
             f"sampled stored faces, too few to read FPIR {100 * float(config.fpir):g} % off; in "
