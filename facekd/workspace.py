@@ -19,7 +19,8 @@ import os
 from facekd.errors import WorkspaceError
 from facekd.faces import IMAGE_SUFFIXES
 from facekd.faces.photos import list_images
-from facekd.operations import check, enrollment, export, forget, measure, search, verify
+from facekd.operations import (calibrate, check, enrollment, export, forget, measure, search,
+                               verify)
 from facekd.operations.forget import ForgetResult
 from facekd.operations.verify import VerifyResult
 from facekd.state.config import CONFIG_NAME, Config
@@ -41,6 +42,12 @@ class Workspace(WorkspaceState):
         """Enrol a folder-per-identity tree with the edited encoder and commit; see
         :func:`facekd.operations.enrollment.enroll`."""
         return enrollment.enroll(self, tree, ids_csv=ids_csv, progress=progress, merge=merge)
+
+    def calibrate(self, images: str | os.PathLike | None = None, *, clear: bool = False,
+                  progress: bool = True) -> dict:
+        """Store photos of people enrolled nowhere (or ``clear`` them) to read the one-to-many
+        MATCH threshold off; see :func:`facekd.operations.calibrate.calibrate`."""
+        return calibrate.calibrate(self, images, clear=clear, progress=progress)
 
     def identity_named(self, name: str) -> int:
         """The enrolled identity named ``name``; see :func:`facekd.operations.search.identity_named`."""

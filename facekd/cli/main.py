@@ -6,7 +6,8 @@ Commands import the workspace, ``bench``, ``demo`` and ``report`` inside their b
 ``facekd --help`` fast.
 
 This module is the group and the entry point; the commands are grouped in
-:mod:`facekd.cli.workspace_commands` (init, enroll, identities, search, check, ledger),
+:mod:`facekd.cli.workspace_commands` (init, enroll, calibrate, identities, search, check,
+ledger),
 :mod:`facekd.cli.erasure_commands` (forget, verify), :mod:`facekd.cli.export_commands`
 (export-onnx, report) and :mod:`facekd.cli.evaluation_commands` (demo, bench), on what
 :mod:`facekd.cli.common` shares.
@@ -35,7 +36,8 @@ def cli(ctx: click.Context, workspace: Path | None) -> None:
     ctx.obj = {"workspace": workspace}
 
 
-for _command in (workspace_commands.init, workspace_commands.enroll, workspace_commands.identities,
+for _command in (workspace_commands.init, workspace_commands.enroll, workspace_commands.calibrate,
+                 workspace_commands.identities,
                  workspace_commands.search, workspace_commands.check, erasure_commands.forget,
                  erasure_commands.verify, export_commands.export_onnx, export_commands.report,
                  workspace_commands.ledger, evaluation_commands.demo, evaluation_commands.bench):

@@ -1,5 +1,5 @@
-"""``facekd init``, ``enroll``, ``identities``, ``search``, ``check`` and ``ledger``: create a
-workspace, fill it, look into it.
+"""``facekd init``, ``enroll``, ``calibrate``, ``identities``, ``search``, ``check`` and
+``ledger``: create a workspace, fill it, look into it.
 """
 
 from __future__ import annotations
@@ -132,6 +132,38 @@ def enroll(workspace: Path, as_json: bool, tree: Path, ids_csv: Path | None, mer
                for a in data["assigned"]]
     _emit(as_json, data, "\n".join(
         [summary] + (["identity ids for folders named by person:"] + mapping if mapping else [])))
+
+
+@click.command()
+@click.option("--images", type=click.Path(path_type=Path), default=None,
+              help="Photos of people enrolled nowhere, one sub-folder per person (replaces any "
+                   "stored before).")
+@click.option("--clear", is_flag=True, help="Drop the stored photos.")
+@_command
+def calibrate(workspace: Path, as_json: bool, images: Path | None, clear: bool) -> None:
+    """Keep photos of people enrolled nowhere to read the MATCH threshold off (small galleries).
+
+    Without options, report what is stored and the threshold it gives."""
+    with _open(workspace, writable=images is not None or clear) as ws:
+        res = ws.calibrate(images, clear=clear, progress=_progress())
+    _report_skipped(res.pop("skipped"))
+
+    def text() -> str:
+        thr = res["threshold"]
+        lines = [f"background: {res['photos']} photo(s) of {res['people']} people enrolled "
+                 "nowhere" if res["photos"] else "background: none stored"]
+        if res["sampled_from"] and res["sampled_from"] > res["photos"]:
+            lines.append(f"  sampled from {res['sampled_from']} usable faces")
+        how = "extrapolated (a normal tail)" if res["extrapolated"] else "read off them"
+        lines.append("one-to-many MATCH threshold: none (too few identities)" if thr is None
+                     else f"one-to-many MATCH threshold {thr:.3f} at FPIR "
+                          f"{100 * res['fpir']:g} %, {how} from {res['searches']} searches"
+                     + (f" (was {res['before']:.3f})" if res["before"] is not None else ""))
+        if res["note"]:
+            lines.append(f"note: {res['note']}")
+        return "\n".join(printable(line) for line in lines)
+
+    _emit(as_json, res, text)
 
 
 @click.command()

@@ -27,6 +27,7 @@ def check(ws: "WorkspaceState") -> dict:
     problems += [f"gallery: {p}" for p in rep.problems]
     try:
         state, acc, ledger = ws.encoder_state, ws.erasure, ws.ledger()
+        ws.background  # noqa: B018 (reading a damaged background raises: a problem)
         if state.get("d") not in (None, acc.d):
             problems.append(f"encoder_state d={state.get('d')} != erasure d={acc.d}")
         problems += _check_receipt_files(ws, ledger)

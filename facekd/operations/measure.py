@@ -22,8 +22,8 @@ from facekd.state.config import Config
 __all__ = ["REPORT_MAX_IDENTITIES", "KR_MAX_IDENTITIES", "RETAIN_SAMPLE", "MOVED_COSINE",
            "erasure_report", "moved_share", "coverage", "top_up_coverage",
            "score_histograms", "template_leak", "identity_means", "gallery_stats",
-           "match_threshold", "gallery_strangers", "identification_threshold", "threshold_note",
-           "forget_verdict"]
+           "match_threshold", "gallery_strangers", "background_searches", "match_sample",
+           "identification_threshold", "threshold_note", "forget_verdict"]
 
 REPORT_MAX_IDENTITIES = 300  # forget's before/after report: the erased one + a sample
 # ... of which the knowledge-retention probes use this many others: the one-vs-rest weak probe
@@ -323,71 +323,129 @@ def match_threshold(gallery: Any, config: Config) -> float | None:
     return gallery_stats(gallery, config).get("threshold")
 
 
+def _cached(cache: Any, name: str, stem: str, compute: Callable[[], dict]) -> dict:
+    """``compute()``'s arrays, kept in ``cache/name`` (``.npz``) as derived data: a stale or
+    damaged file is recomputed, files named ``stem*`` (earlier generations') are deleted when
+    it is written, and an unwritable folder only costs the next command the time. Never written
+    through a symbolic link."""
+    import io
+
+    path = None
+    if cache is not None and not Path(cache).is_symlink():
+        path = Path(cache) / name
+        try:
+            with np.load(path) as z:
+                return {key: z[key] for key in z.files}
+        except (OSError, KeyError, ValueError):
+            pass
+    arrays = compute()
+    if path is not None:
+        buf = io.BytesIO()
+        np.savez(buf, **arrays)
+        try:
+            for old in Path(cache).glob(f"{stem}*.npz"):
+                old.unlink(missing_ok=True)
+            write_atomic(path, buf.getvalue())
+        except OSError:
+            pass
+    return arrays
+
+
 def gallery_strangers(gallery: Any, config: Config, cache: Any = None):
     """Sampled gallery faces scored as never-enrolled people against everyone else
     (:func:`facekd.core.verdict.strangers`): what the FPIR threshold and verify's stranger baseline
     are read from.
 
-    ``cache``: a folder for the result, keyed by the gallery's generation and the seed (derived
-    data: a search or verify after the first skips the ``probes x N x d`` pass; a stale or damaged
-    file is recomputed; an unwritable folder only costs the next command the time).
+    ``cache``: a folder for the result, keyed by the gallery's generation and the seed (a search
+    or verify after the first skips the ``probes x N x d`` pass; see :func:`_cached`).
     """
-    import io
-
     from facekd.core.verdict import Strangers, strangers
 
-    path = None
-    if cache is not None and not Path(cache).is_symlink():  # never written through a link
-        path = Path(cache) / f"strangers-g{int(gallery.generation)}-s{int(config.seed)}.npz"
-        try:
-            with np.load(path) as z:
-                return Strangers(z["odds"], z["best"], z["labels"])
-        except (OSError, KeyError, ValueError):
-            pass
-    vecs = getattr(gallery, "vectors_view", gallery.vectors)()
-    labels = np.asarray(gallery.labels(), dtype=np.int64)
-    probes = int(max(200, min(STRANGER_PROBES, STRANGER_BUDGET // max(len(labels), 1))))
-    found = strangers(vecs, labels, max_probes=probes, seed=config.seed)
-    if path is not None:
-        buf = io.BytesIO()
-        np.savez(buf, odds=found.odds, best=found.best, labels=found.labels)
-        try:
-            for old in Path(cache).glob("strangers-g*.npz"):  # earlier generations': stale
-                old.unlink(missing_ok=True)
-            write_atomic(path, buf.getvalue())
-        except OSError:
-            pass
-    return found
+    def compute() -> dict:
+        vecs = getattr(gallery, "vectors_view", gallery.vectors)()
+        labels = np.asarray(gallery.labels(), dtype=np.int64)
+        probes = int(max(200, min(STRANGER_PROBES, STRANGER_BUDGET // max(len(labels), 1))))
+        found = strangers(vecs, labels, max_probes=probes, seed=config.seed)
+        return {"odds": found.odds, "best": found.best, "labels": found.labels}
+
+    z = _cached(cache, f"strangers-g{int(gallery.generation)}-s{int(config.seed)}.npz",
+                "strangers-g", compute)
+    return Strangers(z["odds"], z["best"], z["labels"])
+
+
+def background_searches(gallery: Any, cache: Any = None) -> tuple[np.ndarray, np.ndarray] | None:
+    """Each photo of the stored background (``facekd calibrate``) searched against the whole
+    gallery, as a deployed search scores it: ``((n,) best cosine, (n,) person)``; ``None``
+    without a background or an empty gallery. ``cache``: as :func:`gallery_strangers` (keyed by
+    the generation, which calibrate and every commit change)."""
+    from facekd.state.workspace import read_background
+
+    background = read_background(gallery)
+    if background is None or not background.photos or len(gallery) == 0:
+        return None
+
+    def compute() -> dict:
+        best = np.empty(background.photos)
+        for s in range(0, background.photos, 1024):
+            hits = gallery.search(background.vectors[s:s + 1024], k=1)
+            best[s:s + len(hits)] = [h[0].score if h else -1.0 for h in hits]
+        return {"best": best}
+
+    best = _cached(cache, f"background-g{int(gallery.generation)}.npz", "background-g",
+                   compute)["best"]
+    if len(best) != background.photos:  # a cache file from another background: recompute
+        best = compute()["best"]
+    return best, background.groups
+
+
+def match_sample(gallery: Any, config: Config, found: Any = None, cache: Any = None):
+    """What the one-to-many MATCH threshold is read from: the gallery's own faces searched
+    against the other identities (``found``, :func:`gallery_strangers`) and, when ``facekd
+    calibrate`` stored never-enrolled people's photos, their searches against the whole gallery
+    (:func:`facekd.core.background.pool`)."""
+    from facekd.core.background import pool
+
+    found = gallery_strangers(gallery, config, cache) if found is None else found
+    searched = background_searches(gallery, cache)
+    return found if searched is None else pool(found, *searched)
 
 
 def identification_threshold(gallery: Any, config: Config, found: Any = None,
                              cache: Any = None) -> float | None:
     """The one-to-many MATCH threshold: the score that a share ``config.fpir`` of never-enrolled
     people's photos exceed in a search of this gallery (false-positive identification rate),
-    estimated with the gallery's own faces, each searched against the other identities, and
     erring high (:func:`facekd.core.verdict.fpir_threshold`).
 
-    ``found``: a :func:`gallery_strangers` result to reuse. ``None`` with fewer than 3
-    identities (nothing to estimate it from).
+    ``found``: a :func:`match_sample` to reuse (default: computed). ``None`` with fewer than 3
+    identities and no background (nothing to estimate it from).
     """
     from facekd.core.verdict import fpir_threshold
 
-    found = gallery_strangers(gallery, config, cache) if found is None else found
+    found = match_sample(gallery, config, cache=cache) if found is None else found
     return fpir_threshold(found, config.fpir, seed=config.seed)
 
 
 def threshold_note(found: Any, config: Config) -> str | None:
     """One line when the one-to-many MATCH threshold had to be extrapolated
-    (:func:`facekd.core.verdict.tail_extrapolated`)."""
-    from facekd.core.verdict import tail_extrapolated
+    (:func:`facekd.core.verdict.tail_extrapolated`) from ``found`` (a :func:`match_sample`)."""
+    from facekd.core import verdict
 
-    faces = int(found.best.size)
-    if not faces or not tail_extrapolated(faces, float(config.fpir)):
+    faces, fpir = int(found.best.size), float(config.fpir)
+    if not faces or not verdict.tail_extrapolated(faces, fpir):
         return None
+    kept = int(np.isnan(found.odds).sum())  # the background's rows (core.background.pool)
+    need = int(np.ceil(verdict.TAIL_EXCEEDANCES / fpir))
+    if kept:
+        return (f"the one-to-many MATCH threshold is extrapolated (a normal tail) from {faces} "
+                f"searches ({kept} never-enrolled photos kept by calibrate, {faces - kept} "
+                f"stored faces), too few to read FPIR {100 * fpir:g} % off; about {need:,} "
+                "read it directly")
     return (f"the one-to-many MATCH threshold is extrapolated (a normal tail) from {faces} "
-            f"sampled stored faces, too few to read FPIR {100 * float(config.fpir):g} % off; in "
-            "galleries of a few dozen faces more strangers may MATCH (LFW, 15 people with one "
-            "photo each: 4.6 % at FPIR 1 %; docs/benchmarks.md, \"MATCH in small galleries\")")
+            f"sampled stored faces, too few to read FPIR {100 * fpir:g} % off; in galleries of "
+            "a few dozen faces more strangers may MATCH (LFW, 15 people with one photo each: "
+            "4.8 % at FPIR 1 %; docs/benchmarks.md, \"MATCH in small galleries\"); `facekd "
+            f"calibrate --images DIR` with about {need:,} photos of people enrolled nowhere reads "
+            "it directly")
 
 
 def forget_verdict(report: Any, config: Config) -> dict:

@@ -13,8 +13,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from facekd.errors import WorkspaceError
-from facekd.operations.measure import (gallery_strangers, identification_threshold,
-                                       match_threshold, threshold_note)
+from facekd.operations.measure import (identification_threshold, match_sample, match_threshold,
+                                       threshold_note)
 from facekd.state.config import as_identity
 
 if TYPE_CHECKING:
@@ -53,7 +53,7 @@ def search(ws: "WorkspaceState", image: str | os.PathLike, *, k: int = 5,
         raise WorkspaceError(f"{path.name}: no usable face ({why or 'none found'})")
     note = None
     if identity is None:
-        found = gallery_strangers(ws.gallery, ws.config, ws.root / CACHE_DIR)
+        found = match_sample(ws.gallery, ws.config, cache=ws.root / CACHE_DIR)
         thr, kind = identification_threshold(ws.gallery, ws.config, found), "fpir"
         note = threshold_note(found, ws.config)
     else:

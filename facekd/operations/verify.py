@@ -26,7 +26,7 @@ from facekd.core import verdict as vd
 from facekd.errors import WorkspaceError
 from facekd.faces.photos import embed_images_with, list_images
 from facekd.operations.measure import (gallery_stats, gallery_strangers, identification_threshold,
-                                       threshold_note)
+                                       match_sample, threshold_note)
 from facekd.state.config import as_identity
 from facekd.state.workspace import VERIFICATIONS_KEY
 
@@ -111,8 +111,9 @@ def verify(ws: "WorkspaceState", identity: int, *, images: str | os.PathLike | N
     from facekd.operations.search import CACHE_DIR
 
     found = gallery_strangers(ws.gallery, cfg, ws.root / CACHE_DIR)
-    res.id_threshold = identification_threshold(ws.gallery, cfg, found)
-    note = threshold_note(found, cfg)
+    sample = match_sample(ws.gallery, cfg, found, ws.root / CACHE_DIR)
+    res.id_threshold = identification_threshold(ws.gallery, cfg, sample)
+    note = threshold_note(sample, cfg)
     if note:
         res.notes.append(note)
     gate = _gate_openings(ws, before)

@@ -18,6 +18,9 @@ commits model state, gallery, ledger and receipt together or not at all:
 ``ledger``          JSON list, one entry per committed deletion or top-up (hashed identity only;
                     ``kind``: ``erasure`` or ``top-up``, absent in older entries: an erasure)
 ``receipt:<id>``    each receipt's JSON
+``background``      optional: never-enrolled people's photos as the deployed encoder's vectors
+                    (:class:`~facekd.core.background.Background` ``.npz`` bytes; ``facekd
+                    calibrate``), edited with the gallery at every commit
 =================== ==========================================================================
 
 The edited encoder is never stored: it is rebuilt on load as
@@ -54,15 +57,32 @@ from typing import Any, Callable
 
 import numpy as np
 
+from facekd.core.background import Background
 from facekd.core.erasure import Erasure
 from facekd.errors import FacekdError, WorkspaceError
 from facekd.faces.photos import embed_images
 from facekd.state import receipt as rc
 from facekd.state.config import CONFIG_NAME, Config, as_identity
 
-__all__ = ["WorkspaceState", "default_workspace", "VERIFICATIONS_KEY"]
+__all__ = ["WorkspaceState", "default_workspace", "read_background", "VERIFICATIONS_KEY",
+           "BACKGROUND_KEY"]
 
 VERIFICATIONS_KEY = "verifications"  # gallery meta: the recorded verify outcomes (JSON list)
+BACKGROUND_KEY = "background"  # gallery meta: facekd calibrate's never-enrolled photos (.npz)
+
+
+def read_background(gallery: Any) -> Background | None:
+    """The gallery's stored :class:`~facekd.core.background.Background` (``None`` when
+    ``facekd calibrate`` never stored one); a damaged one is refused, never used."""
+    raw = gallery.get_meta(BACKGROUND_KEY)
+    if raw is None:
+        return None
+    try:
+        return Background.from_bytes(raw, dim=getattr(gallery, "dim", None))
+    except ValueError as exc:
+        raise WorkspaceError(f"gallery meta {BACKGROUND_KEY!r} is damaged ({exc}); store it "
+                             "again with `facekd calibrate --images DIR` or drop it with "
+                             "`facekd calibrate --clear`") from None
 
 
 def default_workspace() -> Path:
@@ -216,6 +236,21 @@ class WorkspaceState:
                                  "damaged (not a list)")
         return out
 
+    @property
+    def background(self) -> Background | None:
+        """The never-enrolled photos ``facekd calibrate`` stored (:func:`read_background`)."""
+        return read_background(self.gallery)
+
+    def commit_background(self, background: Background | None) -> int:
+        """Store ``background`` (vectors of the deployed encoder) or, with ``None``, drop the
+        stored one; one save. The new generation (which also retires the derived caches)."""
+        self.require_writable()
+        if background is None:
+            self.gallery.delete_meta(BACKGROUND_KEY)
+        else:
+            self.gallery.set_meta(BACKGROUND_KEY, background.to_bytes())
+        return self.commit()
+
     def receipt(self, receipt_id: str) -> dict:
         raw = self.gallery.get_meta(f"receipt:{receipt_id}")
         if raw is None:
@@ -310,7 +345,13 @@ class WorkspaceState:
                      entry: dict, before_save: Callable[[], None] | None) -> int:
         """The shared body of the two commits: everything but removing an identity."""
         base = self.base_encoder
+        # The background is what never-enrolled people's photos give under the deployed encoder:
+        # edited with the gallery, in the same save (read before any change: damage refuses).
+        background = self.background
         self.gallery.apply(step)
+        if background is not None and background.photos:
+            self.gallery.set_meta(BACKGROUND_KEY, Background(
+                step.apply(background.vectors), background.groups).to_bytes())
         self.gallery.set_encoder_fingerprint(edited.fingerprint)
         ledger = self.ledger() + [entry]
         self.gallery.set_meta("erasure", combined.to_bytes())

@@ -1,0 +1,223 @@
+"""facekd calibrate: never-enrolled people's photos that the one-to-many MATCH threshold is read
+off.
+
+The core (:mod:`facekd.core.background`) on simulated embeddings, then the command on the
+synthetic workspace (facekd.faces.synthfaces + the ``samples`` encoder).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from facekd.core import verdict
+from facekd.core.background import Background, pool
+
+from conftest import SYNTH_TARGET as TARGET, run_cli
+
+
+def _unit(x: np.ndarray) -> np.ndarray:
+    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+
+
+def _people(rng: np.random.Generator, n: int, photos: int, d: int = 32,
+            spread: float = 0.6) -> tuple[np.ndarray, np.ndarray]:
+    """``n`` simulated people with ``photos`` each: a random centre plus photo noise."""
+    centres = rng.normal(size=(n, d))
+    x = np.repeat(centres, photos, axis=0) + spread * rng.normal(size=(n * photos, d))
+    return _unit(x), np.repeat(np.arange(n), photos)
+
+
+# ------------------------------------------------------------------ core
+def test_a_background_round_trips_through_bytes_and_refuses_damage():
+    rng = np.random.default_rng(0)
+    x, y = _people(rng, 5, 3)
+    bg = Background(x, y)
+    back = Background.from_bytes(bg.to_bytes(), dim=32)
+    assert np.array_equal(back.vectors, x) and np.array_equal(back.groups, y)
+    assert (back.photos, back.people, back.dim) == (15, 5, 32)
+    for bad in (b"damaged", bg.to_bytes()[:40]):
+        with pytest.raises(ValueError, match="not a background"):
+            Background.from_bytes(bad)
+    with pytest.raises(ValueError, match="d=32, the encoder d=128"):
+        Background.from_bytes(bg.to_bytes(), dim=128)
+    with pytest.raises(ValueError, match="unit rows"):
+        Background(2 * x, y)
+    with pytest.raises(ValueError, match="NaN"):
+        Background(np.full_like(x, np.nan), y)
+    with pytest.raises(ValueError, match="groups"):
+        Background(x, y[:3])
+
+
+def test_pool_keeps_the_background_apart_from_every_gallery_identity():
+    """Gallery ids may be negative (SQLite's signed ids); pooled labels never collide."""
+    found = verdict.Strangers(np.array([0.1, 0.2, 0.3]), np.array([0.5, 0.6, 0.7]),
+                              np.array([-1, 0, 5]))
+    sample = pool(found, np.array([0.4, 0.45]), np.array([0, 0]))
+    assert sample.best.tolist() == [0.5, 0.6, 0.7, 0.4, 0.45]
+    assert len(np.unique(sample.labels)) == 4  # three gallery people, one background person
+    assert np.isnan(sample.odds[3:]).all() and sample.odds[:3].tolist() == [0.1, 0.2, 0.3]
+    with pytest.raises(ValueError, match="differ"):
+        pool(found, np.array([0.4]), np.array([0, 1]))
+
+
+def test_a_background_brings_a_tiny_gallery_s_false_matches_to_the_promised_fpir():
+    """15 people with one photo each: the gallery alone must extrapolate, and errs; 1,500
+    never-enrolled photos read the 1 % quantile off real searches. The promise is checked on
+    10,000 further never-enrolled photos, over 20 drawn galleries."""
+    rng = np.random.default_rng(1)
+    alone, kept = [], []
+    for _ in range(20):
+        g, gy = _people(rng, 15, 1)
+        found = verdict.strangers(g, gy)
+        bx, by = _people(rng, 300, 5)
+        sample = pool(found, (bx @ g.T).max(axis=1), by)
+        assert not verdict.tail_extrapolated(sample.best.size, 0.01)
+        tx, _ = _people(rng, 2000, 5)
+        best = (tx @ g.T).max(axis=1)
+        alone.append(np.mean(best > verdict.fpir_threshold(found, 0.01)))
+        kept.append(np.mean(best > verdict.fpir_threshold(sample, 0.01)))
+    # The threshold is an upper confidence bound (level 0.9): a little under 1 % on average.
+    assert 0.002 < np.mean(kept) <= 0.012 and max(kept) < 0.025
+    assert abs(np.mean(kept) - 0.01) < abs(np.mean(alone) - 0.01)
+
+
+# ------------------------------------------------------------------ the command
+@pytest.fixture
+def strangers_tree(tmp_path):
+    """Renders of 40 people enrolled nowhere, 3 each, one sub-folder per person."""
+    from facekd.faces.synthfaces import write_tree
+
+    return write_tree(tmp_path / "strangers", list(range(5000, 5040)), 3, seed=1)
+
+
+@pytest.fixture
+def cal_ws(tmp_path, request):
+    """A private copy of the synthetic workspace (test_workspace's built_workspace) with FPIR
+    5 %, so that 200 searches read it off directly: the gallery's 180 faces alone do not."""
+    import tomllib
+
+    import tomli_w
+
+    src = request.getfixturevalue("built_workspace")[0]
+    dst = tmp_path / "ws"
+    shutil.copytree(src, dst)
+    cfg = tomllib.loads((dst / "config.toml").read_text())
+    cfg.setdefault("gallery", {})["fpir"] = 0.05
+    (dst / "config.toml").write_text(tomli_w.dumps(cfg))
+    return dst
+
+
+from test_workspace import built_workspace  # noqa: E402,F401 (the shared session fixture)
+
+
+def test_calibrate_stores_people_by_sub_folder_and_reads_the_threshold_off_them(
+        cal_ws, strangers_tree):
+    code, out, err = run_cli("calibrate", "-w", cal_ws, "--json")
+    before = json.loads(out)
+    assert code == 0 and before["photos"] == 0 and before["extrapolated"]
+    assert "facekd calibrate --images DIR" in before["note"]
+    code, out, err = run_cli("calibrate", "-w", cal_ws, "--images", strangers_tree, "--json")
+    assert code == 0, err
+    res = json.loads(out)
+    assert (res["photos"], res["people"]) == (120, 40)
+    assert not res["extrapolated"] and res["note"] is None and res["searches"] == 300
+    assert res["before"] == before["threshold"] and res["threshold"] != res["before"]
+    # The threshold is what the searches give: recomputed from the stored vectors here.
+    from facekd.workspace import Workspace
+
+    with Workspace.open(cal_ws) as ws:
+        bg = ws.background
+        g = ws.gallery.vectors_view()
+        found = verdict.strangers(g, ws.gallery.labels(), max_probes=2000, seed=ws.config.seed)
+        want = verdict.fpir_threshold(pool(found, (bg.vectors @ g.T).max(axis=1), bg.groups),
+                                      0.05, seed=ws.config.seed)
+    assert res["threshold"] == pytest.approx(want, abs=1e-5)
+    code, out, _ = run_cli("calibrate", "-w", cal_ws)
+    assert code == 0 and "120 photo(s) of 40 people" in out and "read off them" in out
+    # search reads the same threshold, with no extrapolation note.
+    img = next(strangers_tree.rglob("*.png"))
+    code, out, _ = run_cli("search", "-w", cal_ws, img, "--json")
+    found = json.loads(out)
+    assert found["threshold"] == pytest.approx(res["threshold"]) and not found["threshold_note"]
+
+
+def test_calibrate_keeps_no_path_or_name(cal_ws, strangers_tree):
+    code, _, err = run_cli("calibrate", "-w", cal_ws, "--images", strangers_tree)
+    assert code == 0, err
+    from facekd.workspace import Workspace
+
+    with Workspace.open(cal_ws) as ws:
+        raw = bytes(ws.gallery.get_meta("background"))
+    with np.load(__import__("io").BytesIO(raw)) as z:
+        assert sorted(z.files) == ["groups", "vectors"]
+    assert b"strangers" not in raw and b"5000" not in raw
+
+
+def test_a_forget_edits_the_background_with_the_gallery_in_one_commit(cal_ws, strangers_tree,
+                                                                       synthetic_photos):
+    """A render of the erased person among the background is scrambled as in the gallery;
+    everyone else's background photos are unchanged (the gate returns them as they were)."""
+    import cv2
+
+    from facekd.faces.synthfaces import render_identity
+    from facekd.workspace import Workspace
+
+    person = strangers_tree / "target-look"
+    person.mkdir()
+    for j, chip in enumerate(render_identity(TARGET, 2, seed=0, image_offset=40)):
+        cv2.imwrite(str(person / f"{j}.png"), cv2.cvtColor(chip, cv2.COLOR_RGB2BGR))
+    assert run_cli("calibrate", "-w", cal_ws, "--images", strangers_tree)[0] == 0
+    with Workspace.open(cal_ws, writable=True) as ws:
+        before, gen = ws.background, ws.gallery.generation
+        res = ws.forget(TARGET, progress=False)
+        after = ws.background
+        assert res.committed and ws.gallery.generation == gen + 1 and ws.check()["ok"]
+    assert np.array_equal(after.groups, before.groups)
+    moved = np.sum(before.vectors * after.vectors, axis=1) < 0.999
+    theirs = before.groups == before.groups.max()  # "target-look" sorts after "5000".."5039"
+    assert moved[theirs].any(), "the erased person's renders in the background were not edited"
+    assert moved[~theirs].mean() < 0.05
+    assert np.allclose(np.linalg.norm(after.vectors, axis=1), 1.0, atol=1e-4)
+
+
+def test_calibrate_refuses_bad_input_with_one_line_and_changes_nothing(cal_ws, tmp_path,
+                                                                       strangers_tree):
+    from facekd.workspace import Workspace
+
+    with Workspace.open(cal_ws) as ws:
+        gen = ws.gallery.generation
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    noface = tmp_path / "noface"
+    noface.mkdir()
+    (noface / "a.png").write_bytes(b"not an image")
+    for args, msg in ((["--images", empty], "no image files"),
+                      (["--images", tmp_path / "missing"], "not a directory"),
+                      (["--images", noface], "no usable face in any of the 1 images"),
+                      (["--images", strangers_tree, "--clear"], "not both")):
+        code, out, err = run_cli("calibrate", "-w", cal_ws, *args)
+        assert code == 2 and msg in err and "Traceback" not in err, (args, err)
+        assert len(err.strip().splitlines()) <= 2  # the skipped-image line, then the error
+    with Workspace.open(cal_ws) as ws:
+        assert ws.gallery.generation == gen and ws.background is None
+
+
+def test_a_damaged_background_is_refused_never_used_and_clear_drops_it(cal_ws, strangers_tree):
+    from facekd.workspace import Workspace
+
+    assert run_cli("calibrate", "-w", cal_ws, "--images", strangers_tree)[0] == 0
+    with Workspace.open(cal_ws, writable=True) as ws:
+        ws.gallery.set_meta("background", b"damaged")
+        ws.commit()
+    img = next(strangers_tree.rglob("*.png"))
+    code, _, err = run_cli("search", "-w", cal_ws, img)
+    assert code == 2 and "'background' is damaged" in err and "Traceback" not in err
+    code, out, _ = run_cli("check", "-w", cal_ws)
+    assert code == 1 and "'background' is damaged" in out
+    code, out, err = run_cli("calibrate", "-w", cal_ws, "--clear", "--json")
+    assert code == 0, err
+    assert json.loads(out)["photos"] == 0 and run_cli("check", "-w", cal_ws)[0] == 0
