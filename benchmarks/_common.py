@@ -152,11 +152,13 @@ def encoder_spec(encoder: str) -> tuple[str, str]:
     return name, f"{name}{colon}{Path(path).name}"
 
 
-def embedding_args(doc: str, faces: Path, *,
-                   draws: int | None = None) -> "argparse.ArgumentParser":
+def embedding_args(doc: str, faces: Path, *, draws: int | None = None,
+                   people: str | None = None,
+                   photos: str | None = None) -> "argparse.ArgumentParser":
     """A parser with ``--dataset`` (default ``faces / "lfw_150px"``), ``--encoder`` (dlib) and
     ``--no-write`` (print, leave docs alone), described by ``doc``'s first line; with ``draws``,
-    also ``--draws`` (that default) and ``--seed`` (0)."""
+    also ``--draws`` (that default) and ``--seed`` (0); with ``people`` / ``photos``, those
+    comma-separated lists of gallery sizes / photos enrolled per person (those defaults)."""
     import argparse
 
     ap = argparse.ArgumentParser(description=doc.split("\n")[0])
@@ -166,6 +168,10 @@ def embedding_args(doc: str, faces: Path, *,
     if draws is not None:
         ap.add_argument("--draws", type=int, default=draws)
         ap.add_argument("--seed", type=int, default=0)
+    if people is not None:
+        ap.add_argument("--people", default=people, help="gallery sizes, comma-separated")
+    if photos is not None:
+        ap.add_argument("--photos", default=photos, help="photos enrolled per person")
     return ap
 
 

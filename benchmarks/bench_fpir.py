@@ -94,9 +94,7 @@ def table(name: str, cells: dict, sizes: list[int]) -> str:
 
 
 def main() -> None:
-    ap = embedding_args(__doc__, FACES, draws=10)
-    ap.add_argument("--people", default="15,40,62,100", help="gallery sizes, comma-separated")
-    ap.add_argument("--photos", default="1,3", help="photos enrolled per person")
+    ap = embedding_args(__doc__, FACES, draws=10, people="15,40,62,100", photos="1,3")
     ap.add_argument("--background", default="300,1000",
                     help="background sizes (never-enrolled photos kept for calibration)")
     a = ap.parse_args()

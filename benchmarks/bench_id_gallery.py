@@ -180,8 +180,7 @@ def table(name: str, results: dict) -> str:
 
 
 def main() -> None:
-    ap = embedding_args(__doc__, FACES, draws=5)
-    ap.add_argument("--people", default="40,62", help="gallery sizes, comma-separated")
+    ap = embedding_args(__doc__, FACES, draws=5, people="40,62")
     ap.add_argument("--erase", type=int, default=6, help="people erased (each alone) per draw")
     ap.add_argument("--sequence", default="62:20",
                     help="PEOPLE:ERASED, erased one after another (empty: none)")

@@ -221,3 +221,85 @@ def test_a_damaged_background_is_refused_never_used_and_clear_drops_it(cal_ws, s
     code, out, err = run_cli("calibrate", "-w", cal_ws, "--clear", "--json")
     assert code == 0, err
     assert json.loads(out)["photos"] == 0 and run_cli("check", "-w", cal_ws)[0] == 0
+
+
+# ------------------------------------------------------------------ the gate and the background
+def _three_photo_case(seed: int):
+    """15 simulated people with 3 photos each, a person erased from 3, 300 people enrolled
+    nowhere kept (900 photos), 300 more playing people enrolled later, 20 new photos of the
+    person."""
+    rng = np.random.default_rng(seed)
+    g, gy = _people(rng, 15, 3)
+    centre = rng.normal(size=32)
+    fit = _unit(centre + 0.6 * rng.normal(size=(3, 32)))
+    new = _unit(centre + 0.6 * rng.normal(size=(20, 32)))
+    bx, by = _people(rng, 300, 3)
+    later, _ = _people(rng, 300, 3)
+    return g, gy, fit, new, bx, by, later
+
+
+def _changed(erasure, x: np.ndarray) -> float:
+    return float(np.mean(np.sum(erasure.apply(x) * x, axis=1) < 0.999))
+
+
+def test_a_background_keeps_a_three_photo_gate_off_people_enrolled_later():
+    """In a gallery of 15 people the gate walks down the quantile ladder (its budget is read off
+    the enrolled, whom it spares) and opens on a few percent of people enrolled after it; kept
+    photos of people enrolled nowhere hold it off them, and the person stays covered."""
+    from facekd.methods.scramble import fit_scramble
+
+    without, kept = [], []
+    for seed in range(3):
+        g, gy, fit, new, bx, by, later = _three_photo_case(seed)
+        plain = fit_scramble(fit, g, gallery_labels=gy)
+        guarded = fit_scramble(fit, g, gallery_labels=gy, background=bx, background_labels=by)
+        # a few look like the person (above the gallery's FAR 1e-3 cosine): left out
+        assert plain.params["background"] == 0 and 880 <= guarded.params["background"] <= 900
+        without.append(_changed(plain, later))
+        kept.append(_changed(guarded, later))
+        assert _changed(guarded, new) >= _changed(plain, new) - 0.05
+        # forget's estimate for people enrolled later tracks what the gate does to them
+        for e, real in ((plain, without[-1]), (guarded, kept[-1])):
+            assert abs(e.params["strangers_touched"] - real) < 0.03
+    assert np.mean(without) > 0.02 and np.mean(kept) < 0.005
+
+
+def test_photos_of_the_person_kept_by_mistake_do_not_hold_the_gate_off_them():
+    from facekd.methods.scramble import fit_scramble
+
+    g, gy, fit, new, bx, by, _ = _three_photo_case(0)
+    clean = fit_scramble(fit, g, gallery_labels=gy, background=bx, background_labels=by)
+    mixed = fit_scramble(fit, g, gallery_labels=gy, background=np.vstack([bx, new[:5]]),
+                         background_labels=np.r_[by, np.full(5, 10_000)])
+    assert mixed.params["background"] == clean.params["background"]
+    assert _changed(mixed, new[5:]) == _changed(clean, new[5:]) > 0.9
+
+
+def test_one_photo_and_an_empty_background_fit_as_without_one():
+    from facekd.erasure import ErasureError
+    from facekd.methods.scramble import fit_scramble
+
+    g, gy, fit, _, bx, by, _ = _three_photo_case(0)
+    for photos, bg in ((fit[:1], bx), (fit, None)):
+        a = fit_scramble(photos, g, gallery_labels=gy)
+        b = fit_scramble(photos, g, gallery_labels=gy, background=bg, background_labels=by)
+        sa, sb = a.tail[0].arrays("t"), b.tail[0].arrays("t")
+        assert all(np.array_equal(sa[k], sb[k]) for k in sa) and b.params["background"] == 0
+    with pytest.raises(ErasureError, match="needs gallery_labels"):
+        fit_scramble(fit, g, background=bx)
+    with pytest.raises(ErasureError, match="background_labels: expected 900"):
+        fit_scramble(fit, g, gallery_labels=gy, background=bx, background_labels=by[:5])
+
+
+def test_forget_fits_against_the_stored_background_and_says_what_later_people_pay(
+        cal_ws, strangers_tree):
+    code, out, err = run_cli("forget", "-w", cal_ws, "--identity", TARGET, "--dry-run",
+                             "--json")
+    assert code == 0, err
+    plain = json.loads(out)["receipt"]["params"]
+    assert plain["background"] == 0 and 0 <= plain["strangers_touched"] <= 1
+    assert run_cli("calibrate", "-w", cal_ws, "--images", strangers_tree)[0] == 0
+    code, out, err = run_cli("forget", "-w", cal_ws, "--identity", TARGET)
+    assert code == 0, err
+    assert "people enrolled later: no gate spares them" in out
+    assert "120 of them photos kept by calibrate" in out

@@ -33,6 +33,30 @@ ONE_PHOTO_GAMBLE = (f"the cover hangs on the photo: on LFW {_POOR[0]:g} % of sin
 # rank-1 point), one-photo erasures pass 2 % after about 8 (about 1.7 points by then);
 # docs/benchmarks.md, "One photo: the erased person or everyone else".
 OTHERS_TOUCHED_WARN = 0.02
+# From this estimated share on, forget suggests a background (calibrate): LFW + dlib, a gate fitted
+# on 3 photos among 15 people opened on 4-7 % of later-enrolled people's photos and cost them 8.9
+# rank-1 points; with 1,000 photos kept, 0.4 (docs/benchmarks.md, "Fourteenth round").
+LATER_TOUCHED_NOTE = 0.01
+
+
+def _later_text(params: dict) -> str:
+    """forget's line for people enrolled after it: no gate spares them (its estimate, and what
+    keeps it down)."""
+    from facekd.core.metrics import wilson_interval
+
+    share, kept = float(params["strangers_touched"]), int(params.get("background") or 0)
+    n = int(params.get("strangers_touched_faces") or 0)
+    ci = "" if not n else "(95% {:.2f}-{:.2f}) ".format(
+        *(100 * v for v in wilson_interval(share * n, n)))
+    line = (f"people enrolled later: no gate spares them; this one opens on about "
+            f"{100 * share:.2f} % {ci}of their photos (estimated from {n} faces of identities "
+            "it never saw")
+    if kept:
+        return line + f", {kept} of them photos kept by calibrate)"
+    if share >= LATER_TOUCHED_NOTE:
+        return line + ("); photos of people enrolled nowhere keep the gate off them: `facekd "
+                       "calibrate --images DIR` before the next erasure")
+    return line + ")"
 
 
 # ------------------------------------------------------------------------------ forget
@@ -145,6 +169,8 @@ def _forget_head(res: Any, identity: int, dry_run: bool) -> list[str]:
             lines.append(f"  together the gates open on {100 * OTHERS_TOUCHED_WARN:g} % or more of "
                          "everyone else's new photos: their accuracy pays for it (measure it on "
                          "your photos with facekd bench --sequential)")
+    if params.get("strangers_touched") is not None:
+        lines.append(_later_text(params))
     if params.get("spared_faces"):
         lines.append("  the gate lets through faces that match one of the "
                      f"{params['spared_faces']} enrolled people nearest it ([forget] scramble_spare): their mean faces are "

@@ -44,6 +44,9 @@ class FitContext:
         person: ``(m, d)`` the person's own gallery faces when the caller holds them (the
             workspace does; ``None``: the forget set stands for them).
         identity: the person's label in ``gallery_labels``' numbering, when the caller knows it.
+        background: faces of people enrolled nowhere (``facekd calibrate``), in the same space:
+            a :class:`facekd.core.background.Background` (``vectors`` ``(M, d)``, ``groups``
+            ``(M,)``); ``None``: none stored. A gated method keeps its gate off them.
     """
 
     gallery: np.ndarray
@@ -52,6 +55,7 @@ class FitContext:
     options: Mapping[str, Any] = field(default_factory=dict)
     person: np.ndarray | None = None
     identity: int | None = None
+    background: Any = None
 
 
 def unit_rows(x: np.ndarray) -> np.ndarray:

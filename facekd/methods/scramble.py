@@ -5,8 +5,9 @@ faces; a gated face is replaced by a pseudo-random stranger (:mod:`facekd.core.t
 below the gate are returned bit for bit unchanged.
 
 Imports nothing from the project but :mod:`facekd.core.erasure`, :mod:`facekd.core.tail`,
-:mod:`facekd.methods.base`, whom a gate spares (:mod:`facekd.methods.spare`) and its measured
-defaults (:mod:`facekd.methods.scramble_defaults`); scipy where it is used (a light import).
+:mod:`facekd.methods.base`, its discriminant (:mod:`facekd.methods.discriminant`), whom a gate
+spares (:mod:`facekd.methods.spare`) and its measured defaults
+(:mod:`facekd.methods.scramble_defaults`); scipy where it is used (a light import).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import numpy as np
 from facekd.core.erasure import Erasure, ErasureError, as_matrix, single_threaded_blas
 from facekd.core.tail import ALPHA, GateChain, Scrambler, normalize_rows
 from facekd.methods.base import FitContext, MethodError, register
+from facekd.methods.discriminant import RidgeDiscriminant, folds as _folds, scores as _scores
 from facekd.methods.spare import fit_spare
 from facekd.methods.scramble_defaults import (GUARD_KEEP, PRIOR_GRID, SOFT_FROM, budget,
                                               hinge_width, q_ladder, ridge_grid, spare_quantile,
@@ -25,145 +27,39 @@ from facekd.methods.scramble_defaults import (GUARD_KEEP, PRIOR_GRID, SOFT_FROM,
 
 __all__ = ["fit_scramble", "lookalike_floor"]
 
+# fit_scramble leaves out background photos above this quantile of the gallery's impostor
+# cosines against one of the person's photos: the one-to-one FAR 1e-3 of the workspace's default.
+LOOKS_LIKE = 1 - 1e-3
 
-def _folds(n: int, folds: int, rng: np.random.Generator,
-           groups: np.ndarray | None = None) -> list[np.ndarray]:
-    """Cross-validation parts of ``n`` rows: random rows, or whole groups when ``groups`` labels
-    them (an identity's faces are never split across parts)."""
+
+def _with_background(f: np.ndarray, fit_g: np.ndarray, groups: np.ndarray | None,
+                     background: Any, labels: Any
+                     ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
+    """``(negatives, their identities, background rows)``: the gallery sample ``fit_g`` with the
+    background's unit rows after it, and identities numbered apart (the gallery's ``0..k-1``,
+    the background's people from ``k``). Without a background: ``(fit_g, groups, None)``.
+
+    A background photo that scores above the gallery's impostor quantile ``LOOKS_LIKE`` against
+    one of the person's photos ``f`` is left out: it shows the person (a photo of someone
+    enrolled, kept by mistake) or a look-alike the gate must stay free to open on."""
+    if background is None:
+        return fit_g, groups, None
+    bg = normalize_rows(as_matrix(background, "background embeddings",
+                                  d=fit_g.shape[1]).astype(np.float64))
     if groups is None:
-        return np.array_split(rng.permutation(n), min(folds, n))
-    uniq, inv = np.unique(groups, return_inverse=True)
-    return [np.flatnonzero(np.isin(inv, chunk))
-            for chunk in np.array_split(rng.permutation(len(uniq)), min(folds, len(uniq)))]
-
-
-class _RidgeDiscriminant:
-    """Weighted ridge least squares ``x . w + b`` ~ 1 on the person's faces, ~ 0 on the gallery,
-    each class carrying its share of the weight whatever its size.
-
-    With a within-identity covariance ``within`` ``(d, d)`` and a strength ``tau > 0``, each of
-    the person's photos counts as a cloud of covariance ``tau * within`` around it (the normal
-    equations gain ``forget_weight * tau * within``): one photo then stands for the person's
-    other photos too, and directions in which anyone's photos vary stop separating the person
-    from the gallery (tau -> inf: the within-class LDA direction).
-
-    The gallery's half of the normal equations, and each gallery cross-validation part's share of
-    it, are computed once and serve every ridge and every fold: they are the ``O(N d^2)`` work."""
-
-    def __init__(self, gallery: np.ndarray, parts: list[np.ndarray], *,
-                 forget_weight: float, within: np.ndarray | None = None) -> None:
-        self.ga = np.c_[gallery, np.ones(len(gallery))]
-        self.wg = (1 - forget_weight) / len(gallery)
-        self.base = self.wg * (self.ga.T @ self.ga)
-        self.parts = parts
-        self.part_grams = [self.wg * (self.ga[p].T @ self.ga[p]) for p in parts]
-        self.forget_weight = forget_weight
-        d1 = self.ga.shape[1]
-        self.within = np.zeros((d1, d1))
-        if within is not None:
-            self.within[:-1, :-1] = forget_weight * within
-
-    def fit(self, forget: np.ndarray, ridge: float, tau: float = 0.0, *,
-            less: np.ndarray | None = None) -> tuple[np.ndarray, float]:
-        """``(w (d,), b)`` fitted on ``forget`` and the gallery, without the gallery faces whose
-        share of the normal equations is ``less`` (a part's entry of ``part_grams``)."""
-        fa = np.c_[forget, np.ones(len(forget))]
-        wf = self.forget_weight / len(forget)
-        gram = (self.base + ridge * np.eye(self.ga.shape[1])) + wf * (fa.T @ fa)
-        if tau:
-            gram = gram + tau * self.within
-        if less is not None:
-            gram = gram - less
-        sol = np.linalg.solve(gram, wf * fa.sum(axis=0))
-        return sol[:-1], float(sol[-1])
-
-    def heldout_gallery_scores(self, forget: np.ndarray, ridge: float, tau: float = 0.0,
-                               parts: list[np.ndarray] | None = None) -> np.ndarray:
-        """Each gallery face scored by a discriminant fitted without its part (without its whole
-        identity when the parts are by identity): how an unseen ordinary face scores (in-sample
-        scores are optimistic, most of all on small galleries). ``parts``: other parts than the
-        ones the discriminant was built with (their share of the normal equations is computed
-        here: one more ``O(N d^2)`` pass)."""
-        grams = (self.part_grams if parts is None else
-                 [self.wg * (self.ga[p].T @ self.ga[p]) for p in parts])
-        scores = np.empty(len(self.ga))
-        for part, gram in zip(self.parts if parts is None else parts, grams):
-            w, b = self.fit(forget, ridge, tau, less=gram)
-            scores[part] = self.ga[part, :-1] @ w + b
-        return scores
-
-    def one_photo_z(self, pairs: np.ndarray, groups: np.ndarray | None, ridge: float,
-                    tau: float, max_rows: int = 2000) -> np.ndarray:
-        """``(P,)`` how a one-photo gate scores a new photo, in held-out gallery standard scores.
-
-        For each gallery pair ``(a, b)`` (two photos of one identity, rows of the gallery): the
-        discriminant fitted on photo ``a`` alone against the gallery without ``a``'s part (its
-        identity, when parts are by identity), scoring ``b``, as ``(s(b) - mean) / sd`` over that
-        part's faces of other identities (``groups`` ``(N,)``; at most ``max_rows`` of them).
-        Each fit is a rank-one update of its part's inverse normal equations, so P pairs cost
-        ``folds`` inversions and ``O(P d (d + max_rows))``."""
-        owner = np.empty(len(self.ga), np.int64)
-        for i, part in enumerate(self.parts):
-            owner[part] = i
-        z = np.full(len(pairs), np.nan)
-        eye = ridge * np.eye(self.ga.shape[1])
-        for i, part in enumerate(self.parts):
-            mine = np.flatnonzero(owner[pairs[:, 0]] == i)
-            if not len(mine) or len(part) < 3:
-                continue
-            inv = np.linalg.inv(self.base - self.part_grams[i] + eye + tau * self.within)
-            fa, fb = self.ga[pairs[mine, 0]], self.ga[pairs[mine, 1]]
-            mfa = fa @ inv  # inv is symmetric
-            sol = self.forget_weight * mfa / (1 + self.forget_weight
-                                              * np.einsum("ij,ij->i", fa, mfa))[:, None]
-            # Ordinary faces no fit saw: the part's other identities. A part holding one
-            # identity (a gallery of a few people) has none: then a sample of the whole gallery.
-            mean, sd = self._others_stats(part, sol, pairs[mine, 0], groups, max_rows)
-            z[mine] = (np.einsum("ij,ij->i", fb, sol) - mean) / np.maximum(sd, 1e-12)
-        return z[np.isfinite(z)]
-
-    def _others_stats(self, part: np.ndarray, sol: np.ndarray, owners: np.ndarray,
-                      groups: np.ndarray | None, max_rows: int) -> tuple[np.ndarray, np.ndarray]:
-        """Mean and s.d. ``(P,)`` of the scores under discriminants ``sol`` ``(P, d + 1)`` of the
-        part's faces not of identity ``groups[owners]`` (a sample of the whole gallery for the
-        columns the part leaves fewer than 2 of)."""
-        def stats(rows: np.ndarray, cols: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-            rows = rows[:: max(1, len(rows) // max_rows)]
-            mask = (None if groups is None
-                    else groups[rows][:, None] != groups[owners[cols]][None, :])
-            return _nan_stats(self.ga[rows] @ sol[cols].T, mask)
-
-        mean, sd = stats(part, np.arange(len(sol)))
-        bad = np.flatnonzero(~np.isfinite(mean))
-        if len(bad):
-            mean[bad], sd[bad] = stats(np.arange(len(self.ga)), bad)
-        return mean, sd
-
-
-def _nan_stats(scores: np.ndarray, mask: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
-    """Column mean and s.d. of ``scores`` ``(rows, P)`` over the rows ``mask`` keeps (NaN where
-    a column keeps fewer than 2)."""
-    if mask is not None:
-        scores = np.where(mask, scores, np.nan)
-    kept = np.sum(np.isfinite(scores), axis=0)
-    ok = kept >= 2
-    mean, sd = np.full(scores.shape[1], np.nan), np.full(scores.shape[1], np.nan)
-    mean[ok] = np.nanmean(scores[:, ok], axis=0)
-    sd[ok] = np.nanstd(scores[:, ok], axis=0)
-    return mean, sd
-
-
-def _scores(g: np.ndarray, w: np.ndarray, b: np.ndarray, block: int = 65_536) -> np.ndarray:
-    """``(N, R)`` float64 scores ``normalize(g) @ w + b`` of the ``(N, d)`` gallery (any float
-    dtype) under ``R`` discriminants ``w`` (d, R), ``b`` (R,), computed in float64 blocks (no
-    float64 copy of the whole gallery)."""
-    out = np.empty((len(g), w.shape[1]))
-    for i in range(0, len(g), block):
-        x = g[i:i + block].astype(np.float64)
-        # (x @ w) / |x| rather than (x / |x|) @ w: no normalised copy of the block
-        norms = np.maximum(np.sqrt(np.einsum("ij,ij->i", x, x)), 1e-12)
-        out[i:i + block] = (x @ w) / norms[:, None] + b
-    return out
+        raise ErasureError("a background needs gallery_labels (both are calibrated by identity)")
+    people = np.arange(len(bg)) if labels is None else np.asarray(labels).ravel()
+    if people.shape != (len(bg),):
+        raise ErasureError(f"background_labels: expected {len(bg)} labels, got {people.shape}")
+    ids, own = np.unique(groups, return_inverse=True)
+    sample = np.random.default_rng(0).permutation(len(fit_g))[:2000]
+    sim = fit_g[sample] @ fit_g[sample].T
+    impostor = sim[groups[sample][:, None] != groups[sample][None, :]]
+    if impostor.size:
+        mine = (bg @ f.T).max(axis=1) > np.quantile(impostor, LOOKS_LIKE)
+        bg, people = bg[~mine], people[~mine]
+    theirs = np.unique(people, return_inverse=True)[1]
+    return (np.vstack([fit_g, bg]), np.r_[own.ravel(), len(ids) + theirs.ravel()], bg)
 
 
 def lookalike_floor(heldout: np.ndarray, groups: np.ndarray, share: float) -> float:
@@ -187,7 +83,7 @@ def lookalike_floor(heldout: np.ndarray, groups: np.ndarray, share: float) -> fl
     return float(np.max(m + ndtri(1.0 - share) * sw * np.sqrt(1.0 + 1.0 / cnt)))
 
 
-def _gate_fit(disc: _RidgeDiscriminant, fitted: tuple[np.ndarray, float], in_sample: np.ndarray,
+def _gate_fit(disc: RidgeDiscriminant, fitted: tuple[np.ndarray, float], in_sample: np.ndarray,
               f: np.ndarray, ridge: float, tau: float, qs: tuple[float, ...],
               forget_parts: list[np.ndarray], pairs: np.ndarray | None,
               groups: np.ndarray | None, guard: float, keep: float) -> dict:
@@ -198,7 +94,7 @@ def _gate_fit(disc: _RidgeDiscriminant, fitted: tuple[np.ndarray, float], in_sam
 
     ``held``: cross-validated scores of the person's photos (each scored by a discriminant fitted
     without it) when there are 2 or more; with one photo, held-out identities' new photos under
-    their own one-photo gates (:meth:`_RidgeDiscriminant.one_photo_z`, pairs of gallery rows
+    their own one-photo gates (:meth:`RidgeDiscriminant.one_photo_z`, pairs of gallery rows
     ``pairs`` ``(P, 2)`` from :class:`~facekd.methods.prior.WithinPrior`), on this gate's scale.
     """
     from scipy.special import ndtri
@@ -238,7 +134,7 @@ def _gate_fit(disc: _RidgeDiscriminant, fitted: tuple[np.ndarray, float], in_sam
                     float(np.quantile(held, 1.0 - keep)))
     t0 = [float(max(np.quantile(heldout_g, q), np.quantile(in_sample, q),
                     heldout_g.mean() + ndtri(q) * heldout_g.std(), floor)) for q in qs]
-    return {"w": w, "b": b, "t0": t0, "held": held, "ridge": ridge, "tau": tau,
+    return {"w": w, "b": b, "t0": t0, "held": held, "ridge": ridge, "tau": tau, "unseen": heldout_g,
             "recall": [float(np.mean(held > t)) for t in t0], "floor": floor,
             "margin": float((np.quantile(held, 0.25) - t0[0]) / max(heldout_g.std(), 1e-12))}
 
@@ -255,7 +151,8 @@ def fit_scramble(F: Any, gallery: Any, *, q: float | None = None, q_one: float |
                  guard: float = 1.0, guard_keep: float = GUARD_KEEP,
                  soft_from: int = SOFT_FROM, spare: float | None = None,
                  stranger_cap: float | None = None,
-                 scrambler: Scrambler | None = None) -> Erasure:
+                 scrambler: Scrambler | None = None, background: Any = None,
+                 background_labels: Any = None) -> Erasure:
     """Fit a gated scramble: the person's faces become unrelated, ordinary-looking strangers.
 
     A ridge discriminant ``s(x)`` is fitted to be 1 on the person's faces ``F`` and 0 on the
@@ -319,6 +216,16 @@ def fit_scramble(F: Any, gallery: Any, *, q: float | None = None, q_one: float |
             "Thirteenth round").
         scrambler: reuse an existing chain's stranger map, so the new step merges into it (the
             workspace passes the accumulated erasure's); default: fit one on ``gallery``.
+        background: ``(M, d)`` faces of people enrolled nowhere (``facekd calibrate``), with
+            ``background_labels`` ``(M,)`` the person each shows (default: each its own): more
+            people the gate must not open on. They join the discriminant's other class, the
+            threshold's calibration (by identity), the look-alike guard and the budget a wider
+            gate may touch; not the sparing (they are not enrolled), the stranger map or
+            ``others_touched``. Needs ``gallery_labels``; ignored with one photo, where it
+            measured worse for the erased and for everyone else. A gallery of tens of people
+            holds too few strangers: a gate fitted on 3 photos among 15 LFW people opened on
+            6.6 % of never-enrolled people's photos without, 0.3 % with 1,000
+            (docs/benchmarks.md, "Fourteenth round").
 
     Returns:
         An :class:`Erasure` whose linear part is the identity and whose tail is one gate. Faces
@@ -376,6 +283,10 @@ def fit_scramble(F: Any, gallery: Any, *, q: float | None = None, q_one: float |
                                                                      replace=False)
     fit_g = normalize_rows(g[pick].astype(np.float64))
     groups = None if groups is None else groups[pick]
+    # One photo: measured worse with a background (LFW + dlib, 15 / 40 / 62 people: everyone
+    # else lost 0.0 -> 1.3 points at 15, the erased found 13.7 -> 18.6 % at 40), so left out.
+    neg, neg_groups, bg = _with_background(f, fit_g, groups, background if n >= 2 else None,
+                                           background_labels)
     # The prior costs a second O(N d^2) pass: skipped where it is switched off.
     within = (None if groups is None or (prior == 0 and n >= 2)
               else WithinPrior.fit(fit_g, groups, seed=seed))
@@ -389,18 +300,19 @@ def fit_scramble(F: Any, gallery: Any, *, q: float | None = None, q_one: float |
     taus = (0.0,) if within is None else PRIOR_GRID if prior is None else (float(prior),)
     grid = [(r, t) for t in taus for r in ridges]
     fold_rng = np.random.default_rng(seed)  # the same parts for every ridge
-    gallery_parts = _folds(len(fit_g), folds, fold_rng, groups)
+    gallery_parts = _folds(len(neg), folds, fold_rng, neg_groups)
     forget_parts = _folds(n, folds, fold_rng)
     pairs = None if within is None else within.pairs
     with single_threaded_blas():
-        disc = _RidgeDiscriminant(fit_g, gallery_parts, forget_weight=forget_weight,
+        disc = RidgeDiscriminant(neg, gallery_parts, forget_weight=forget_weight,
                                   within=None if within is None else within.within)
         fitted = [disc.fit(f, r, t) for r, t in grid]
         # One pass over the whole gallery scores it under every discriminant.
-        in_sample = _scores(g, np.stack([w for w, _ in fitted], axis=1),
+        in_sample = _scores(g if bg is None else np.vstack([g, bg]),
+                            np.stack([w for w, _ in fitted], axis=1),
                             np.array([b for _, b in fitted]))
         fits = [_gate_fit(disc, fitted[i], in_sample[:, i], f, r, t, qs, forget_parts, pairs,
-                          groups, guard, float(guard_keep))
+                          neg_groups, guard, float(guard_keep))
                 for i, (r, t) in enumerate(grid)]
     # The tightest gate that covers ``cover`` of the unseen photos (walks_the_budget: the widest),
     # widened only within the gallery budget; the (ridge, prior) whose unseen photos clear it best.
@@ -435,7 +347,7 @@ def fit_scramble(F: Any, gallery: Any, *, q: float | None = None, q_one: float |
                       **({"known": spared.known[None], "known_t": spared.t[None]}
                          if spared.faces else {}))
     gate_fit = chain.gates(f)[:, 0]
-    gallery_touched = float(np.mean(in_sample[:, i_best] > t0))
+    gallery_touched = float(np.mean(in_sample[:len(g), i_best] > t0))
     # What the gate costs everyone else: how many of their *new* photos it opens on. A gallery
     # face scored without itself (its identity's other photos still in the fit) stands for a new
     # photo of an enrolled person. Scored without its whole identity (the threshold's
@@ -445,9 +357,9 @@ def fit_scramble(F: Any, gallery: Any, *, q: float | None = None, q_one: float |
     # photos and cost them 10.4 / 0.9 / 0.3 rank-1 points (docs/benchmarks.md); with sparing,
     # counted as below: 2.9 / 0.5 / 0.6 %, and 2.8 / 0.24 / 0.13 points lost.
     # (Without labels the discriminant's own parts are by face already.)
-    by_face = None if groups is None else _folds(len(fit_g), folds, fold_rng)
+    by_face = None if groups is None else _folds(len(neg), folds, fold_rng)
     with single_threaded_blas():
-        others = disc.heldout_gallery_scores(f, ridge, best["tau"], parts=by_face)
+        others = disc.heldout_gallery_scores(f, ridge, best["tau"], parts=by_face)[:len(fit_g)]
     opened = others > t0
     others_touched = float(np.mean(opened & ~spared.spared))
     params = {"q": q, "width": width, "full_quantile": full_quantile, "cover": cover,
@@ -465,6 +377,12 @@ def fit_scramble(F: Any, gallery: Any, *, q: float | None = None, q_one: float |
               "spare": float(spare), "walked": walk and len(qs) > 1,  # walks_the_budget
               "spared_faces": spared.faces,
               "others_touched_faces": int(len(fit_g)),  # the faces it was read off
+              # People enrolled later are spared by no gate: their photos score as the faces of
+              # identities the discriminant never saw (the gallery's, each held out, and the
+              # background's), which is what t0 was read off; so the walk's lower quantiles show.
+              "strangers_touched": float(np.mean(best["unseen"] > t0)),
+              "strangers_touched_faces": int(len(best["unseen"])),
+              "background": 0 if bg is None else int(len(bg)),
               "guard": guard, "stranger_cap": stranger_cap or None,  # as given, like alpha
               "guard_keep": float(guard_keep),
               # the look-alike guard, not the quantile, set the threshold: an enrolled identity
@@ -472,6 +390,14 @@ def fit_scramble(F: Any, gallery: Any, *, q: float | None = None, q_one: float |
               "guard_raised": bool(best["floor"] >= t0)}
     return Erasure(method="esc", d=d, basis=np.zeros((d, 0)), params=params,
                    history=[{"method": "scramble", "params": params}], tail=[chain])
+
+
+def _background(context: FitContext) -> dict:
+    """fit_scramble's ``background`` arguments from the context (none when it holds none)."""
+    bg = context.background
+    if bg is None or not len(bg.vectors):
+        return {}
+    return {"background": bg.vectors, "background_labels": bg.groups}
 
 
 @register("scramble", options=("q", "q_one", "width", "full_quantile", "cover", "max_touched",
@@ -491,7 +417,8 @@ def _fit(forget: np.ndarray, context: FitContext) -> Erasure:
     # Later gates reuse the chain's stranger map, so the chain stays one object (one gate product).
     try:
         return fit_scramble(forget, context.gallery, gallery_labels=context.gallery_labels,
-                            scrambler=context.previous.scrambler, **context.options)
+                            scrambler=context.previous.scrambler, **_background(context),
+                            **context.options)
     except MethodError:
         raise
     except ErasureError as exc:  # e.g. one photo in a gallery where nobody has two

@@ -162,7 +162,8 @@ def _forget(ws: "WorkspaceState", identity: int, method: str, rule: tuple, image
     m, options = _method(ws, method, rule)
     others = labels != identity
     context = methods.FitContext(all_vecs[others], labels[others], acc, options,
-                                 person=all_vecs[~others], identity=identity)
+                                 person=all_vecs[~others], identity=identity,
+                                 background=ws.background)
 
     def fit(F: np.ndarray) -> Erasure:  # also refits the measured twin (measure.erasure_report)
         return m.fit(F, context)
@@ -376,7 +377,7 @@ def _top_up(ws: "WorkspaceState", identity: int, method: str, rule: tuple, image
     # Everyone now enrolled is "everyone else"; the chain's stranger map is reused through
     # context.previous, so a further gate joins the same chain.
     context = methods.FitContext(all_vecs, labels, acc, options, person=escaped,
-                                 identity=identity)
+                                 identity=identity, background=ws.background)
 
     def fit(F: np.ndarray) -> Erasure:
         return m.fit(F, context)
