@@ -303,3 +303,29 @@ def test_forget_fits_against_the_stored_background_and_says_what_later_people_pa
     assert code == 0, err
     assert "people enrolled later: no gate spares them" in out
     assert "120 of them photos kept by calibrate" in out
+
+
+def test_a_top_up_in_a_calibrated_workspace_fits_against_the_background(cal_ws, strangers_tree,
+                                                                        tmp_path):
+    """forget --images on an erased person widens the erasure; the further gate is fitted
+    against the stored background as the first was."""
+    from conftest import FEW_PHOTOS_PERSON, SYNTH_IMAGES, write_renders
+
+    from facekd.workspace import Workspace
+
+    assert run_cli("calibrate", "-w", cal_ws, "--images", strangers_tree)[0] == 0
+    with Workspace.open(cal_ws, writable=True) as ws:
+        v = np.asarray(ws.gallery.vectors(FEW_PHOTOS_PERSON))
+        ws.gallery.remove(FEW_PHOTOS_PERSON)
+        ws.gallery.add(v[:3], np.full(3, FEW_PHOTOS_PERSON))
+        ws.commit()
+        with pytest.warns(RuntimeWarning):  # it may cover too little: --force commits it
+            first = ws.forget(FEW_PHOTOS_PERSON, progress=False, force=True)
+        assert first.receipt["params"]["background"] > 0
+    more = write_renders(tmp_path / "more", FEW_PHOTOS_PERSON, 12, 3 * SYNTH_IMAGES)
+    with Workspace.open(cal_ws, writable=True) as ws:
+        res = ws.forget(FEW_PHOTOS_PERSON, images=more, progress=False, force=True)
+        assert ws.check()["ok"]
+    # the first gate, fitted on 3 renders, misses most new ones: a further gate is fitted
+    assert res.kind == "top-up" and res.committed and res.top_up["escaped"] >= 2
+    assert res.receipt["params"]["background"] > 0

@@ -33,9 +33,10 @@ ONE_PHOTO_GAMBLE = (f"the cover hangs on the photo: on LFW {_POOR[0]:g} % of sin
 # rank-1 point), one-photo erasures pass 2 % after about 8 (about 1.7 points by then);
 # docs/benchmarks.md, "One photo: the erased person or everyone else".
 OTHERS_TOUCHED_WARN = 0.02
-# From this estimated share on, forget suggests a background (calibrate): LFW + dlib, a gate fitted
-# on 3 photos among 15 people opened on 4-7 % of later-enrolled people's photos and cost them 8.9
-# rank-1 points; with 1,000 photos kept, 0.4 (docs/benchmarks.md, "Fourteenth round").
+# From this estimated share on, forget suggests a background (calibrate): LFW + dlib, gates fitted
+# on 3 photos among 15 people read 4.8 % and cost people enrolled later 5.5 rank-1 points on
+# average (8.5-28.1 through a workspace); with 1,000 photos kept, 0.5 % and 0.7 points
+# (docs/benchmarks.md, "Fourteenth round").
 LATER_TOUCHED_NOTE = 0.01
 
 
