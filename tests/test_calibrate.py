@@ -329,3 +329,19 @@ def test_a_top_up_in_a_calibrated_workspace_fits_against_the_background(cal_ws, 
     # the first gate, fitted on 3 renders, misses most new ones: a further gate is fitted
     assert res.kind == "top-up" and res.committed and res.top_up["escaped"] >= 2
     assert res.receipt["params"]["background"] > 0
+
+
+def test_forget_suggests_calibrate_when_a_gate_widened_or_reads_high_without_a_background():
+    """The estimate reads 0 % on galleries where people enrolled later still lost 10-22 points
+    (docs/benchmarks.md, "Fourteenth round"): a gate that widened is reason enough."""
+    from facekd.cli.erasure_commands import _later_text
+
+    base = {"strangers_touched": 0.0, "strangers_touched_faces": 42, "n": 3, "background": 0}
+    widened = _later_text(base | {"q": 0.95})
+    assert "the gate widened to q 0.95" in widened and "calibrate --images DIR" in widened
+    assert "(95% 0.00-8.38)" in widened
+    assert "calibrate" not in _later_text(base | {"q": 0.999})
+    assert "calibrate --images" not in _later_text(base | {"q": 0.95, "n": 1})
+    assert "calibrate --images" in _later_text(base | {"q": 0.999, "strangers_touched": 0.02})
+    kept = _later_text(base | {"q": 0.998, "background": 900})
+    assert "900 of them photos kept by calibrate" in kept and "--images" not in kept

@@ -33,11 +33,13 @@ ONE_PHOTO_GAMBLE = (f"the cover hangs on the photo: on LFW {_POOR[0]:g} % of sin
 # rank-1 point), one-photo erasures pass 2 % after about 8 (about 1.7 points by then);
 # docs/benchmarks.md, "One photo: the erased person or everyone else".
 OTHERS_TOUCHED_WARN = 0.02
-# From this estimated share on, forget suggests a background (calibrate): LFW + dlib, gates fitted
-# on 3 photos among 15 people read 4.8 % and cost people enrolled later 5.5 rank-1 points on
-# average (8.5-28.1 through a workspace); with 1,000 photos kept, 0.5 % and 0.7 points
+# forget suggests a background (calibrate) from this estimated share on, or when a gate on 2+ photos
+# widened below WIDENED: LFW + dlib, gates fitted on 3 photos among 15 people read 4.8 % and cost
+# people enrolled later 5.5 rank-1 points on average; through a workspace (q 0.95 in 8 of 8 draws)
+# 13.0 points, where the estimate read 0.0 % twice; with 1,000 photos kept, 0.5 % and 0.7 points
 # (docs/benchmarks.md, "Fourteenth round").
 LATER_TOUCHED_NOTE = 0.01
+WIDENED = 0.999
 
 
 def _later_text(params: dict) -> str:
@@ -54,9 +56,12 @@ def _later_text(params: dict) -> str:
             "it never saw")
     if kept:
         return line + f", {kept} of them photos kept by calibrate)"
-    if share >= LATER_TOUCHED_NOTE:
-        return line + ("); photos of people enrolled nowhere keep the gate off them: `facekd "
-                       "calibrate --images DIR` before the next erasure")
+    q = float(params.get("q", 1.0))
+    widened = int(params.get("n") or 0) >= 2 and q < WIDENED
+    if share >= LATER_TOUCHED_NOTE or widened:
+        why = f"; the gate widened to q {q:g}" if widened else ""
+        return line + (f"{why}); photos of people enrolled nowhere keep gates off them: `facekd "
+                       "calibrate --images DIR` before the next erasure (docs/cli.md)")
     return line + ")"
 
 
