@@ -1,4 +1,4 @@
-"""People enrolled after an erasure, through a real workspace: init, enrol, calibrate, forget, enrol.
+"""People enrolled after an erasure, through a real workspace: init, enrol, calibrate, forget.
 
     FACEKD_CACHE=... python benchmarks/bench_later_workspace.py [--dataset DIR] [--encoder dlib]
         [--people 15] [--photos 3] [--background 1000] [--seeds 0,1,2,3,4,5,6,7] [--no-write]
@@ -135,8 +135,9 @@ def main() -> None:
             f"--photos {a.photos} --background {a.background} --seeds {a.seeds}",
             f"{a.people} people enrolled with {a.photos} photos each, one forgotten from them; "
             f"the people enrolled later: half of the identities not enrolled, one photo enrolled, "
-            f"up to {PROBES} searched; rank-1 of their searches. \"forced\": forget refused the gate "
-            "for too little held-out cover and --force committed it.", table(rows, a.background),
+            f"up to {PROBES} searched; rank-1 of their searches. \"forced\": forget refused the "
+            "gate for too little held-out cover and --force committed it.",
+            table(rows, a.background),
             load0=load0, t0=t0, no_write=a.no_write)
 
 
