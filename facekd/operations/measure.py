@@ -435,17 +435,15 @@ def threshold_note(found: Any, config: Config) -> str | None:
         return None
     kept = int(np.isnan(found.odds).sum())  # the background's rows (core.background.pool)
     need = int(np.ceil(verdict.TAIL_EXCEEDANCES / fpir))
+    head = f"the one-to-many MATCH threshold is extrapolated (a normal tail) from {faces} "
+    few = f"too few to read FPIR {100 * fpir:g} % off"
     if kept:
-        return (f"the one-to-many MATCH threshold is extrapolated (a normal tail) from {faces} "
-                f"searches ({kept} never-enrolled photos kept by calibrate, {faces - kept} "
-                f"stored faces), too few to read FPIR {100 * fpir:g} % off; about {need:,} "
-                "read it directly")
-    return (f"the one-to-many MATCH threshold is extrapolated (a normal tail) from {faces} "
-            f"sampled stored faces, too few to read FPIR {100 * fpir:g} % off; in galleries of "
-            "a few dozen faces more strangers may MATCH (LFW, 15 people with one photo each: "
-            "4.8 % at FPIR 1 %; docs/benchmarks.md, \"MATCH in small galleries\"); `facekd "
-            f"calibrate --images DIR` with about {need:,} photos of people enrolled nowhere reads "
-            "it directly")
+        return (head + f"searches ({kept} never-enrolled photos kept by calibrate, "
+                f"{faces - kept} stored faces), {few}; about {need:,} read it directly")
+    return (head + f"sampled stored faces, {few}; in galleries of a few dozen faces more "
+            "strangers may MATCH (LFW, 15 people with one photo each: 4.8 % at FPIR 1 %; "
+            "docs/benchmarks.md, \"MATCH in small galleries\"); `facekd calibrate --images DIR` "
+            f"with about {need:,} photos of people enrolled nowhere reads it directly")
 
 
 def forget_verdict(report: Any, config: Config) -> dict:
