@@ -16,7 +16,11 @@ of the erased person's 20 new photos the gate changes, their re-enrolment rank-1
 photos enrolled, averaged over every split: :func:`facekd.core.verdict.split_hit_rates`),
 everyone else's rank-1 lost (their other photos, at most 10, against the edited gallery), the
 rank-1 lost by people enrolled later, and forget's own estimate of the share of their photos
-the gate opens on (``params["strangers_touched"]``). Writes ``bench:later-ENCODER``.
+the gate opens on (``params["strangers_touched"]``), with the share of their photos it changes
+and how often that is above the top of forget's interval (counted by identity,
+:func:`facekd.operations.costs.later_bound`; and by face, as before) or below its lower end; and
+for everyone enrolled, forget's figure (``others_touched``) against the share of their new photos
+the gate changes. Writes ``bench:later-ENCODER``.
 """
 
 from __future__ import annotations
@@ -30,12 +34,14 @@ import numpy as np
 from _common import REPO, embedding_args, encoder_spec, load_average, publish, unit_embeddings
 
 from facekd.core import verdict
+from facekd.core.metrics import wilson_interval
 from facekd.methods.scramble import fit_scramble
+from facekd.operations.costs import gate_costs, later_bound
 
 FACES = Path(os.environ.get("FACEKD_FACES_DIR", REPO.parent / "shared" / "data" / "faces"))
 FRESH, ERASED, OWN, BG_PER_PERSON, LATER_PER_PERSON = 20, 3, 10, 20, 10
 MOVED = 0.999  # a photo the edit changes: cosine to itself below this
-FIGURES = ("cover", "rank1", "lost", "later", "estimate")
+FIGURES = ("cover", "rank1", "lost", "later", "estimate", "opened")
 
 
 def _rank1(gallery: np.ndarray, labels: np.ndarray, probes: np.ndarray,
@@ -75,21 +81,52 @@ def one_draw(x: np.ndarray, y: np.ndarray, people: int, photos: int, size: int,
             e = fit_scramble(x[order[p][:photos]], G, gallery_labels=GY, **extra)
             s, ge = e.apply(fresh).astype(np.float64), e.apply(G)
             lx = e.apply(x[later])
+            people_seen, costs = e.params["strangers_touched_people"], gate_costs([], e)
             row[arm] = {
                 "cover": float(np.mean(np.sum(s * fresh, axis=1) < MOVED)),
                 "rank1": float(verdict.split_hit_rates(s, (s @ ge.T).max(axis=1)).mean()),
                 "lost": r_own - _rank1(ge, GY, e.apply(x[own]), y[own]),
                 "later": r_later - _rank1(np.vstack([ge, lx[first]]), np.r_[GY, y[later[first]]],
                                           lx[~first], y[later[~first]]),
-                "estimate": float(e.params["strangers_touched"])}
+                "estimate": float(e.params["strangers_touched"]),
+                # the share of their photos it changes, against the top of forget's interval
+                # counted by identity (what forget prints) and by face (before)
+                "opened": float(np.mean(np.sum(lx * x[later], axis=1) < MOVED)),
+                "bound": later_bound(e.params),
+                "by_face": later_bound({**e.params, "strangers_touched_people": None}),
+                "low": wilson_interval(e.params["strangers_touched"] * people_seen,
+                                       people_seen)[0],
+                # everyone enrolled: forget's figure, its interval, and their new photos changed
+                "own_changed": float(np.mean(np.sum(e.apply(x[own]) * x[own], axis=1) < MOVED)),
+                **{k: costs[k] for k in ("others_touched", "others_touched_interval")}}
         out.append(row)
     return out
+
+
+def _over(rows: list[dict], arm: str) -> str:
+    """``"k (f) of n"``: erasures whose share changed is above forget's bound (by face)."""
+    k = sum(r[arm]["opened"] > r[arm]["bound"] for r in rows)
+    f = sum(r[arm]["opened"] > r[arm]["by_face"] for r in rows)
+    return f"{k} ({f}) of {len(rows)}"
+
+
+def _below(r: dict) -> bool:
+    return r["opened"] < r["low"]
+
+
+def _above_others(r: dict) -> bool:
+    return r["own_changed"] > r["others_touched_interval"][1]
+
+
+def _count(rows: list[dict], arm: str, test) -> str:
+    return f"{sum(test(r[arm]) for r in rows)} of {len(rows)}"
 
 
 def table(name: str, cells: dict, size: int) -> str:
     out = [f"| encoder | people x photos | erased: changed / rank-1, without -> with {size} "
            "background photos | everyone enrolled: rank-1 lost | enrolled later: rank-1 lost "
-           "| forget's estimate for them (share opened) |", "|---|---|---|---|---|---|"]
+           "| forget's estimate for them (share opened) | share it changes: mean / above forget's "
+           "bound (by face before) |", "|---|---|---|---|---|---|---|"]
     for (people, photos), rows in cells.items():
         m = {a: {f: 100 * np.mean([r[a][f] for r in rows]) for f in FIGURES}
              for a in ("without", "background")}
@@ -97,7 +134,22 @@ def table(name: str, cells: dict, size: int) -> str:
         out.append(f"| {name} | {people} x {photos} | {w['cover']:.1f} / {w['rank1']:.1f} -> "
                    f"{b['cover']:.1f} / {b['rank1']:.1f} % | {w['lost']:.2f} -> {b['lost']:.2f} "
                    f"| **{w['later']:.2f} -> {b['later']:.2f}** | {w['estimate']:.2f} -> "
-                   f"{b['estimate']:.2f} % |")
+                   f"{b['estimate']:.2f} % | {w['opened']:.2f} / {_over(rows, 'without')} -> "
+                   f"{b['opened']:.2f} / {_over(rows, 'background')} |")
+    every = [r for rows in cells.values() for r in rows]
+    out.append(f"\nThe share changed was above forget's bound (counted by identity) in "
+               f"{_over(every, 'without')} erasures without a background, "
+               f"{_over(every, 'background')} with one (in brackets: above the interval counted "
+               "by face, which forget printed before). It was below the lower end counted by "
+               f"identity (forget does not print it) in {_count(every, 'without', _below)} and "
+               f"{_count(every, 'background', _below)}.")
+    ot, changed = (100 * np.mean([r[a][k] for r in every for a in ("without", "background")])
+                   for k in ("others_touched", "own_changed"))
+    out.append(f"\nEveryone enrolled: forget's figure for them (`others_touched`) read {ot:.2f} % "
+               f"on average where the gates changed {changed:.2f} % of their new photos; the "
+               f"share changed was above the top of its interval in "
+               f"{_count(every, 'without', _above_others)} erasures without a background and "
+               f"{_count(every, 'background', _above_others)} with one.")
     return "\n".join(out)
 
 

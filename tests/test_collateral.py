@@ -43,7 +43,8 @@ def test_a_gate_fitted_without_labels_still_reports_what_it_costs_everyone_else(
     assert 0.0 <= e.params["others_touched"] <= 1.0
 
 
-def test_forget_and_the_ledger_sum_what_the_gates_cost_everyone_else(tmp_path):
+def test_forget_and_the_ledger_sum_what_the_gates_cost_everyone_else_and_people_enrolled_later(
+        tmp_path):
     from conftest import run_cli
 
     from facekd.faces.synthfaces import write_tree
@@ -52,22 +53,29 @@ def test_forget_and_the_ledger_sum_what_the_gates_cost_everyone_else(tmp_path):
     ids = list(range(3000, 3016))
     tree = write_tree(tmp_path / "tree", ids, 4, seed=0)
     Workspace.init(tmp_path / "ws", "samples", aligned=True).close()
-    shares = []
+    shares, later = [], []
     with Workspace.open(tmp_path / "ws", writable=True) as ws:
         ws.enroll(tree, progress=False)
         for person in ids[:2]:
             res = ws.forget(person, progress=False)
             model = res.receipt["model"]
             shares.append(model["others_touched"])
+            later.append(model["strangers_touched"])
+            # people enrolled later meet every gate: the ledger sums theirs too
+            assert model["strangers_touched_total"] == pytest.approx(sum(later))
+            assert model["strangers_touched"] <= model["strangers_touched_bound"]
             assert model["others_touched"] == ws.erasure.history[-1]["params"]["others_touched"]
             assert model["others_touched_total"] == pytest.approx(sum(shares))
             assert model["others_touched_uncounted"] == 0
             lo, hi = model["others_touched_interval"]  # read off the ~60 gallery faces
             assert lo <= model["others_touched"] <= hi and hi > 0.02
         assert [e["others_touched"] for e in ws.ledger()] == shares
+        assert [e["strangers_touched"] for e in ws.ledger()] == later
         head = "\n".join(_forget_head(res, ids[1], dry_run=False))
         assert f"with the earlier erasures about {100 * sum(shares):.2f} %" in head
         assert f"% (95% {100 * lo:.2f}-{100 * hi:.2f}) of their new photos" in head
+        line = next(t for t in head.splitlines() if t.startswith("people enrolled later"))
+        assert later[0] > 0 and f"with the earlier erasures about {100 * sum(later):.2f} %" in line
         # A ledger entry committed before the figure existed is said to be left out.
         old = ws.ledger()
         del old[0]["others_touched"]
@@ -76,6 +84,9 @@ def test_forget_and_the_ledger_sum_what_the_gates_cost_everyone_else(tmp_path):
     code, out, _ = run_cli("ledger", "-w", tmp_path / "ws")
     assert code == 0
     assert f"all 1 together about {100 * shares[1]:.2f}%, not counting 1 older gate(s)" in out
+    assert f"later: the share of the photos of people enrolled later (no gate spares them) a " \
+        f"gate opens on (each may then fail to match its owner); all 2 together about " \
+        f"{100 * sum(later):.2f}%" in out
     with Workspace.open(tmp_path / "ws", writable=True) as ws:
         model = ws.forget(ids[2], progress=False, dry_run=True).receipt["model"]
         assert model["others_touched_uncounted"] == 1

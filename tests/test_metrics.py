@@ -65,6 +65,19 @@ def test_knowledge_retention_probes_converge_and_recognise_separable_identities(
         assert getattr(kr, f"{name}_forget") == 1.0 and getattr(kr, f"{name}_retain") == 1.0
 
 
+def test_knowledge_retention_on_one_photo_per_person_prints_no_sklearn_warning():
+    """More identities than half the faces (a gallery of 1-3 photos each) made sklearn warn
+    that the labels look like regression targets; forget printed that to the operator."""
+    import warnings
+
+    E, y = identity_clusters(30, 2, 32, seed=3)  # sklearn warns from 21 samples on
+    train = np.r_[True, np.diff(y) != 0]  # each identity's first photo
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        kr = knowledge_retention(E[train], y[train], E[~train], y[~train], [4])
+    assert kr.linear_retain == 1.0 and kr.linear_forget == 1.0
+
+
 def test_membership_inference_is_chance_for_same_scores_and_perfect_for_separated():
     rng = np.random.default_rng(0)
     same = membership_inference(rng.normal(size=400), rng.normal(size=600))

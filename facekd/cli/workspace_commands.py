@@ -238,30 +238,37 @@ def ledger(workspace: Path, as_json: bool, receipt_id: str | None) -> None:
         entries = ws.ledger()
     _emit(as_json, entries, lambda: "\n".join(
         [f"{'receipt':<22} {'identity hash':<18} {'kind':<8} {'method':<8} {'edit':<11} "
-         f"{'others':<8} created"]
+         f"{'others':<8} {'later':<8} created"]
         + [f"{e['receipt_id']:<22} {e['identity_hash'][:16]:<18} {e.get('kind', 'erasure'):<8} "
-           f"{e['method']:<8} {_edit_size(e):<11} {_others(e):<8} {e['created']}"
+           f"{e['method']:<8} {_edit_size(e):<11} {_others(e):<8} "
+           f"{_others(e, 'strangers_touched'):<8} {e['created']}"
            + ("  (forced)" if e.get("forced") else "") for e in entries]
         + _others_total(entries)) if entries
         else "no deletions yet")
 
 
-def _others(entry: dict) -> str:
-    """A gated entry's share of everyone else's new photos its gate opens on (``-``: not gated,
-    or committed before facekd measured it)."""
-    share = entry.get("others_touched")
+def _others(entry: dict, key: str = "others_touched") -> str:
+    """A gated entry's share of everyone else's new photos its gate opens on (``key``
+    ``"strangers_touched"``: of people enrolled later's; ``-``: not gated, or committed before
+    facekd measured it)."""
+    share = entry.get(key)
     return "-" if share is None else f"{100 * share:.2f}%"
 
 
 def _others_total(entries: list[dict]) -> list[str]:
-    """The ledger's closing line: what its gates together cost everyone else (summed: gates seldom
-    open on the same photo)."""
-    total, counted, missing = ledger_others_touched(entries)
-    if not counted:
-        return []
-    return [f"others: the share of everyone else's new photos a gate opens on (each may then fail "
-            f"to match its owner); all {counted} together about {100 * total:.2f}%"
-            + (f", not counting {missing} older gate(s)" if missing else "")]
+    """The ledger's closing lines: what its gates together cost everyone else, and people enrolled
+    later, who meet every gate (summed: gates seldom open on the same photo)."""
+    lines = []
+    for key, label, whose in (("others_touched", "others", "everyone else's new photos"),
+                              ("strangers_touched", "later", "the photos of people enrolled "
+                                                             "later (no gate spares them)")):
+        total, counted, missing = ledger_others_touched(entries, key)
+        if counted:
+            lines.append(f"{label}: the share of {whose} a gate opens on (each may "
+                         f"then fail to match its owner); all {counted} together about "
+                         f"{100 * total:.2f}%" + (f", not counting {missing} older gate(s)"
+                                                  if missing else ""))
+    return lines
 
 
 def _edit_size(entry: dict) -> str:

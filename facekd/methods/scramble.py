@@ -262,6 +262,7 @@ def fit_scramble(F: Any, gallery: Any, *, q: float | None = None, q_one: float |
             or (stranger_cap is not None and not stranger_cap >= 0):
         raise ErasureError("alpha and ridge must be positive, stranger_cap >= 0, forget_weight "
                            "in (0, 1)")
+    stranger_cap = stranger_cap or None  # 0: face by face, as None
     if prior is not None and not prior >= 0:
         raise ErasureError("prior must be >= 0")
     if not 0 < guard <= 1:
@@ -338,7 +339,7 @@ def fit_scramble(F: Any, gallery: Any, *, q: float | None = None, q_one: float |
         # gallery up to max_gallery faces): a 50k-face estimate of a d x d covariance is exact to
         # well under the spread of the strangers it shapes.
         scrambler = Scrambler.fit(fit_g, n_features=n_features, sigma=sigma, alpha=alpha,
-                                  seed=seed, labels=groups, shrink=shrink, cap=stranger_cap or None)
+                                  seed=seed, labels=groups, shrink=shrink, cap=stranger_cap)
     elif scrambler.mean.shape != (d,):
         raise ErasureError(f"scrambler dimension {scrambler.mean.shape} does not match d={d}")
     spared = fit_spare(fit_g, groups, f, w, b, q=float(spare))
@@ -382,8 +383,11 @@ def fit_scramble(F: Any, gallery: Any, *, q: float | None = None, q_one: float |
               # background's), which is what t0 was read off; so the walk's lower quantiles show.
               "strangers_touched": float(np.mean(best["unseen"] > t0)),
               "strangers_touched_faces": int(len(best["unseen"])),
+              # a gate opens on people more than on photos: their bound counts these
+              "strangers_touched_people": None if neg_groups is None
+              else int(len(np.unique(neg_groups))),
               "background": 0 if bg is None else int(len(bg)),
-              "guard": guard, "stranger_cap": stranger_cap or None,  # as given, like alpha
+              "guard": guard, "stranger_cap": stranger_cap,  # None: face by face
               "guard_keep": float(guard_keep),
               # the look-alike guard, not the quantile, set the threshold: an enrolled identity
               # looks enough like the person that the gate stopped short of them

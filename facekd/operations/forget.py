@@ -40,6 +40,7 @@ from facekd.core.erasure import Erasure, ErasureError
 from facekd.errors import WorkspaceError
 from facekd.faces.photos import list_images, normalize
 from facekd.operations import measure
+from facekd.operations.costs import gate_costs
 from facekd.operations.refusals import _check_top_up_photos, _coverage_refusal
 from facekd.state import receipt as rc
 from facekd.state.config import as_identity
@@ -216,29 +217,6 @@ def _method(ws: "WorkspaceState", method: str, rule: tuple) -> tuple[methods.Met
     return m, options
 
 
-def others_touched(ledger: list[dict], new: Erasure) -> dict:
-    """What a gated step costs everyone else, alone and with the ledger's earlier steps: the share
-    of their new photos its gate opens on (``params["others_touched"]``, held out by face, with
-    its 95 % Wilson interval over the faces it was read off), and the sum over the ledger's
-    entries and this step (gates seldom open on the same photo).
-    ``others_touched_uncounted``: earlier gated entries that carry no figure (committed before
-    facekd measured it). ``{}`` for a step that is not gated."""
-    from facekd.core.metrics import wilson_interval
-
-    params = new.params or {}
-    share = params.get("others_touched")
-    if share is None:
-        return {}
-    earlier, _, uncounted = rc.ledger_others_touched(ledger)
-    n = int(params.get("others_touched_faces") or 0)
-    return {"others_touched": float(share),
-            # a share of the n gallery faces it was read off: on a gallery of tens of people,
-            # "none" can still mean a few percent
-            "others_touched_interval": list(wilson_interval(share * n, n)) if n else None,
-            "others_touched_total": float(share) + earlier,
-            "others_touched_uncounted": uncounted}
-
-
 def _fit_step(m: methods.Method, fit: Callable[[np.ndarray], Erasure], F: np.ndarray) -> Erasure:
     """``fit(F)`` for ``F`` ``(n, d)``; a setting the method refuses, or a fitted step it refuses
     to commit (it would change nothing), becomes a WorkspaceError."""
@@ -292,7 +270,7 @@ def _finish(ws: "WorkspaceState", identity: int, step: _Step, *, kind: str, top_
                # directions: an ESC step after a gate sits in the tail, not in the basis
                "k_added": step.new.directions, "k_total": step.combined.directions,
                "gates_total": step.combined.n_gates, "deletions_total": len(ledger) + 1,
-               "template_leak": step.leak, **others_touched(ledger, step.new)},
+               "template_leak": step.leak, **gate_costs(ledger, step.new)},
         generation_before=gen_before, generation_after=gen_after,
         metrics={**step.report.to_dict(), "protocol": step.protocol}, histograms=step.hists,
         timings=timings, n_vectors=step.n_vectors, n_images=step.n_images,
@@ -317,8 +295,8 @@ def _commit(ws: "WorkspaceState", identity: int, step: _Step, receipt: dict, new
              "kind": result.kind, "method": step.method, "k": step.new.k,
              "gates": step.new.n_gates, "generation_before": gen_before,
              "generation_after": gen_after, "created": receipt["created"],
-             **({"others_touched": receipt["model"]["others_touched"]}
-                if "others_touched" in receipt["model"] else {}),
+             **{k: receipt["model"][k] for k in ("others_touched", "strangers_touched")
+                if k in receipt["model"]},
              **({"forced": True} if result.forced else {})}
     hook = lambda: pause("before-save")  # noqa: E731
     if result.kind == "top-up":

@@ -155,10 +155,12 @@ def find_leaks(receipt: dict, identity: int, names: Iterable[str] = ()) -> list[
     return found
 
 
-def ledger_others_touched(entries: Iterable[dict]) -> tuple[float, int, int]:
+def ledger_others_touched(entries: Iterable[dict], key: str = "others_touched"
+                          ) -> tuple[float, int, int]:
     """``(total, counted, uncounted)`` over ledger ``entries``: the sum of their gates' shares of
-    everyone else's new photos (``others_touched``; gates seldom open on the same photo), how many
-    entries carry one, and how many gated entries do not (committed before facekd measured it)."""
+    everyone else's new photos (``others_touched``; gates seldom open on the same photo; with
+    ``key="strangers_touched"``, of the photos of people enrolled later), how many entries carry
+    one, and how many gated entries do not (committed before facekd measured it)."""
     gated = [e for e in entries if e.get("gates")]
-    shares = [float(e["others_touched"]) for e in gated if e.get("others_touched") is not None]
+    shares = [float(e[key]) for e in gated if e.get(key) is not None]
     return float(sum(shares)), len(shares), len(gated) - len(shares)
