@@ -173,6 +173,8 @@ def test_the_forecast_names_the_fewest_photos_that_decide_at_the_same_rates():
 def test_an_undecidable_case_says_more_photos_would_not_settle_it():
     v = vd.combine([vd.judge("rank-1", 0.05, 10, 0.06)], None, 10, needed=None)
     assert v.status == vd.INCONCLUSIVE and "would not settle it" in v.reason
+    one = vd.combine([vd.judge("rank-1", 0.0, 1, 0.13)], None, 1)  # forget's one held-back photo
+    assert one.reason.startswith("1 photo cannot decide: rank-1 0.0% [0.0%, ")
 
 
 def test_an_estimate_on_twice_chance_is_inconclusive_not_a_pass():

@@ -491,9 +491,9 @@ def combine(after: list[Figure], before: list[Figure] | None, photos: int, *,
     f = open_[0]
     more = (f"; about {needed} photos at the same rates would settle it" if needed else
             "; more photos at these rates would not settle it against this gallery")
-    return Verdict(INCONCLUSIVE, f"{photos} photos cannot decide: {f.name} {_pct(f.estimate)} "
-                                 f"[{_pct(f.low)}, {_pct(f.high)}] straddles the bound "
-                                 f"{_pct(f.bound)}{more}", after, before, photos_needed=needed)
+    return Verdict(INCONCLUSIVE, f"{photos} photo{'s' * (photos != 1)} cannot decide: {f.name} "
+                                 f"{_pct(f.estimate)} [{_pct(f.low)}, {_pct(f.high)}] straddles "
+                                 f"the bound {_pct(f.bound)}{more}", after, before, needed)
 
 
 def _pct(v: float) -> str:
