@@ -362,6 +362,11 @@ def test_forget_suggests_calibrate_when_a_gate_widened_or_reads_high_without_a_b
     summed = text(base | {"q": 0.999, "strangers_touched": 0.02}, 0.1,
                   strangers_touched_total=0.05, strangers_touched_uncounted=1)
     assert "never saw; with the earlier erasures about 5.00 %, not counting 1 older)" in summed
+    first = text(base | {"q": 0.999, "strangers_touched": 0.02}, 0.1, strangers_touched_total=0.02,
+                 strangers_touched_uncounted=0)
+    older = text(base | {"q": 0.999, "strangers_touched": 0.02}, 0.1, strangers_touched_total=0.02,
+                 strangers_touched_uncounted=2)  # gates committed before the figure existed
+    assert "earlier" not in first and "about 2.00 %, not counting 2 older)" in older
     kept = text(base | {"q": 0.998, "background": 900, "strangers_touched_people": 80}, 0.01)
     assert "900 of them photos kept by calibrate" in kept and "--images" not in kept
     assert "42 faces of 80 people" in kept

@@ -55,9 +55,8 @@ def _later_text(params: dict, model: dict) -> str:
     of = f"{n} faces of {people} people" if people else f"{n} faces of people"
     line = (f"people enrolled later: no gate spares them; this one opens on about "
             f"{100 * share:.2f} % of their photos ({top}read off {of} it never saw")
-    total = model.get("strangers_touched_total")
-    if total is not None and total > share:
-        uncounted = model.get("strangers_touched_uncounted") or 0
+    total, uncounted = (model.get(f"strangers_touched_{k}") for k in ("total", "uncounted"))
+    if total is not None and (total > share or uncounted):
         line = (f"{line}; with the earlier erasures about {100 * total:.2f} %"
                 + (f", not counting {uncounted} older" if uncounted else ""))
     if kept:
