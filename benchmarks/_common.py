@@ -152,6 +152,18 @@ def encoder_spec(encoder: str) -> tuple[str, str]:
     return name, f"{name}{colon}{Path(path).name}"
 
 
+# A photo an edit changes: its unit embedding's cosine to itself before the edit below this.
+MOVED = 0.999
+
+
+def changed_share(edited: "np.ndarray", original: "np.ndarray") -> float:
+    """The share of rows of ``original`` ``(n, d)`` unit embeddings that ``edited`` (the same
+    rows after an erasure) changed: cosine below ``MOVED``."""
+    import numpy as np
+
+    return float(np.mean(np.sum(edited * original, axis=1) < MOVED))
+
+
 def embedding_args(doc: str, faces: Path, *, draws: int | None = None,
                    people: str | None = None,
                    photos: str | None = None) -> "argparse.ArgumentParser":

@@ -31,7 +31,8 @@ from pathlib import Path
 
 import numpy as np
 
-from _common import REPO, embedding_args, encoder_spec, load_average, publish, unit_embeddings
+from _common import (REPO, changed_share, embedding_args, encoder_spec, load_average, publish,
+                     unit_embeddings)
 
 from facekd.core import verdict
 from facekd.core.metrics import wilson_interval
@@ -40,7 +41,6 @@ from facekd.operations.costs import gate_costs, later_bound
 
 FACES = Path(os.environ.get("FACEKD_FACES_DIR", REPO.parent / "shared" / "data" / "faces"))
 FRESH, ERASED, OWN, BG_PER_PERSON, LATER_PER_PERSON = 20, 3, 10, 20, 10
-MOVED = 0.999  # a photo the edit changes: cosine to itself below this
 FIGURES = ("cover", "rank1", "lost", "later", "estimate", "opened")
 
 
@@ -80,24 +80,24 @@ def one_draw(x: np.ndarray, y: np.ndarray, people: int, photos: int, size: int,
                                                              "background_labels": y[bg]})):
             e = fit_scramble(x[order[p][:photos]], G, gallery_labels=GY, **extra)
             s, ge = e.apply(fresh).astype(np.float64), e.apply(G)
-            lx = e.apply(x[later])
+            lx, ox = e.apply(x[later]), e.apply(x[own])
             people_seen, costs = e.params["strangers_touched_people"], gate_costs([], e)
             row[arm] = {
-                "cover": float(np.mean(np.sum(s * fresh, axis=1) < MOVED)),
+                "cover": changed_share(s, fresh),
                 "rank1": float(verdict.split_hit_rates(s, (s @ ge.T).max(axis=1)).mean()),
-                "lost": r_own - _rank1(ge, GY, e.apply(x[own]), y[own]),
+                "lost": r_own - _rank1(ge, GY, ox, y[own]),
                 "later": r_later - _rank1(np.vstack([ge, lx[first]]), np.r_[GY, y[later[first]]],
                                           lx[~first], y[later[~first]]),
                 "estimate": float(e.params["strangers_touched"]),
                 # the share of their photos it changes, against the top of forget's interval
                 # counted by identity (what forget prints) and by face (before)
-                "opened": float(np.mean(np.sum(lx * x[later], axis=1) < MOVED)),
+                "opened": changed_share(lx, x[later]),
                 "bound": later_bound(e.params),
                 "by_face": later_bound({**e.params, "strangers_touched_people": None}),
                 "low": wilson_interval(e.params["strangers_touched"] * people_seen,
                                        people_seen)[0],
                 # everyone enrolled: forget's figure, its interval, and their new photos changed
-                "own_changed": float(np.mean(np.sum(e.apply(x[own]) * x[own], axis=1) < MOVED)),
+                "own_changed": changed_share(ox, x[own]),
                 **{k: costs[k] for k in ("others_touched", "others_touched_interval")}}
         out.append(row)
     return out

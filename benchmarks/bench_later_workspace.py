@@ -30,13 +30,12 @@ from pathlib import Path
 
 import numpy as np
 
-from _common import REPO, embedding_args, encoder_spec, load_average, publish
+from _common import REPO, changed_share, embedding_args, encoder_spec, load_average, publish
 
 from facekd.workspace import Workspace
 
 FACES = Path(os.environ.get("FACEKD_FACES_DIR", REPO.parent / "shared" / "data" / "faces"))
 PER_BACKGROUND, PROBES, FRESH = 14, 9, 20
-MOVED = 0.999  # a photo the edit changes: cosine to itself below this
 
 
 def _link(folder: Path, dataset: Path, people: list[str], lo: int, hi: int,
@@ -104,9 +103,8 @@ def one_seed(dataset: Path, encoder: str, people: int, photos: int, size: int, s
             ws.enroll(base / "later", progress=False)
             out[f"rank1_{arm}"] = _later_rank1(ws, out["vectors"], out["truth"])
             if arm != "none":  # the share of their searches the deployed encoder changes
-                v = out["vectors"]
-                out[arm]["changed"] = float(np.mean(np.sum(ws.erasure.apply(v) * v, axis=1)
-                                                    < MOVED))
+                out[arm]["changed"] = changed_share(ws.erasure.apply(out["vectors"]),
+                                                    out["vectors"])
     out["probes"] = len(out.pop("truth"))
     out.pop("vectors")
     return out
