@@ -18,6 +18,8 @@ from pathlib import Path
 
 from filelock import FileLock
 
+# A photo an edit changes: its cosine to itself before the edit below 0.999 (as in facekd bench).
+from facekd.evaluation.later import changed_share  # noqa: F401
 from facekd.fileio import write_atomic
 
 __all__ = ["DOC", "REPO", "load_average", "machine", "versions", "write_section"]
@@ -152,16 +154,6 @@ def encoder_spec(encoder: str) -> tuple[str, str]:
     return name, f"{name}{colon}{Path(path).name}"
 
 
-# A photo an edit changes: its unit embedding's cosine to itself before the edit below this.
-MOVED = 0.999
-
-
-def changed_share(edited: "np.ndarray", original: "np.ndarray") -> float:
-    """The share of rows of ``original`` ``(n, d)`` unit embeddings that ``edited`` (the same
-    rows after an erasure) changed: cosine below ``MOVED``."""
-    import numpy as np
-
-    return float(np.mean(np.sum(edited * original, axis=1) < MOVED))
 
 
 def embedding_args(doc: str, faces: Path, *, draws: int | None = None,
@@ -204,3 +196,27 @@ def publish(section: str, title: str, command: str, note: str, body: str, *, loa
     ``body``), or print it with ``no_write``."""
     text = f"{section_head(title, load0, t0, command)} {note}".rstrip() + f"\n\n{body}"
     print(text if no_write else f"wrote {write_section(section, text)}")
+
+
+BG_PER_PERSON = 20  # photos of each background person, at most
+
+
+def halves(root: Path, out: Path, size: int) -> tuple[Path, Path]:
+    """``(dataset, background)``: ``root``'s identities halved, every other one in name order,
+    as folder trees of symbolic links under ``out`` (the photos are read in place, never copied):
+    the background gets at most ``BG_PER_PERSON`` photos of each of its people and ``size`` in
+    all (what ``facekd calibrate`` would store), the dataset everyone else with all their
+    photos."""
+    from facekd.evaluation.dataset import identity_folders
+
+    ds, bg, kept = out / "dataset", out / "background", 0
+    for i, folder in enumerate(identity_folders(root)):
+        photos = sorted(f for f in folder.iterdir() if f.is_file())
+        into = bg if i % 2 == 1 and kept < size else ds
+        if into is bg:
+            photos = photos[:min(BG_PER_PERSON, size - kept)]
+            kept += len(photos)
+        (into / folder.name).mkdir(parents=True)
+        for f in photos:
+            (into / folder.name / f.name).symlink_to(f.resolve())
+    return ds, bg

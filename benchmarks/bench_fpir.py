@@ -24,12 +24,13 @@ from pathlib import Path
 
 import numpy as np
 
-from _common import REPO, embedding_args, encoder_spec, load_average, publish, unit_embeddings
+from _common import (BG_PER_PERSON, REPO, embedding_args, encoder_spec, load_average, publish,
+                     unit_embeddings)
 
 from facekd.core import background, verdict
 
 FACES = Path(os.environ.get("FACEKD_FACES_DIR", REPO.parent / "shared" / "data" / "faces"))
-FPIR, OUTSIDE, PER_PERSON, BG_PER_PERSON = 0.01, 1500, 10, 20
+FPIR, OUTSIDE, PER_PERSON = 0.01, 1500, 10
 
 
 def one_gallery(x: np.ndarray, y: np.ndarray, people: int, photos: int, sizes: list[int],

@@ -12,7 +12,7 @@ import click
 from facekd import methods
 from facekd.cli.common import (EXIT_INCONCLUSIVE, EXIT_OK, EXIT_VERIFY_FAILED, IDENTITY,
                                _MethodChoice, _command, _emit, _fail, _open, _progress, _who)
-from facekd.methods.scramble_defaults import ONE_PHOTO_FRONTIER, ONE_PHOTO_POOR
+from facekd.methods.scramble_defaults import ONE_PHOTO_FRONTIER, ONE_PHOTO_POOR, Q_ONE
 
 # Said wherever a one-photo erasure is committed: each such gate opens wide, and they add up;
 # the trade an operator can make instead (measured: ONE_PHOTO_FRONTIER).
@@ -62,9 +62,12 @@ def _later_text(params: dict, model: dict) -> str:
     if kept:
         return line + f"; {kept} of them photos kept by calibrate)"
     q, few = float(params.get("q", 1.0)), int(params.get("n") or 0) >= 2
-    widened = few and q < WIDENED
-    # a one-photo gate is fitted without a background (fit_scramble): nothing to suggest
-    if few and (share >= LATER_TOUCHED_NOTE or widened or (bound or 0) >= LATER_BOUND_NOTE):
+    # one photo: its gate starts at Q_ONE; an ID-photo gallery's plain gate (nobody has two
+    # photos, "heldout_from" "none") measured the same with a background: nothing to suggest
+    one = not few and params.get("heldout_from") == "prior"
+    widened = (few and q < WIDENED) or (one and q < Q_ONE)
+    if (few or one) and (share >= LATER_TOUCHED_NOTE or widened
+                         or (bound or 0) >= LATER_BOUND_NOTE):
         why = f"; the gate widened to q {q:g}" if widened else ""
         return line + (f"{why}); photos of people enrolled nowhere keep gates off them: `facekd "
                        "calibrate --images DIR` before the next erasure (docs/cli.md)")

@@ -71,7 +71,13 @@ def demo(workspace: Path | None, n_ids: int, n_images: int, dataset: Path | None
               help="Fit on all non-fresh photos and/or only K of them: all | 10 | 1,2,3,5,all.")
 @click.option("--gallery-people", type=click.IntRange(3, None), default=None,
               help="A small workspace: only N identities take part (the erased people and a "
-                   "seeded draw of others); default: all.")
+                   "seeded draw of others); default: all. The identities left out play people "
+                   "enrolled after the erasure: what it costs them.")
+@click.option("--background", type=click.Path(path_type=Path), default=None, metavar="DIR",
+              help="Photos of people enrolled nowhere, a folder per person (what 'facekd "
+                   "calibrate' stores): gated methods fit against them, as forget does after "
+                   "calibrate. Dataset identities with a background folder of the same name "
+                   "stay out of the workspace.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--draws", type=click.IntRange(1, None), default=1, show_default=True,
               help="Run the protocol N times (seeds SEED, SEED+1, ...: new people, split and "
@@ -82,8 +88,8 @@ def demo(workspace: Path | None, n_ids: int, n_images: int, dataset: Path | None
               help="Embedding cache root (default $FACEKD_CACHE or ~/.cache/facekd).")
 @click.option("--json", "as_json", is_flag=True, help="Print only JSON on stdout.")
 def bench(dataset: Path, encoder: str, methods: str, erase: int, sequential: int,
-          fit_photos: str, gallery_people: int | None, seed: int, draws: int, out_dir: Path,
-          cache: Path | None, as_json: bool) -> None:
+          fit_photos: str, gallery_people: int | None, background: Path | None, seed: int,
+          draws: int, out_dir: Path, cache: Path | None, as_json: bool) -> None:
     """Benchmark erasure methods on your own photos: forget, retain, attacks, sequential."""
     from facekd.evaluation.bench import format_markdown, run_bench, write_outputs
 
@@ -91,7 +97,7 @@ def bench(dataset: Path, encoder: str, methods: str, erase: int, sequential: int
     try:
         res = run_bench(dataset, encoder, methods=methods, erase=erase, sequential=sequential,
                         fit_photos=fit_photos, gallery_people=gallery_people, seed=seed,
-                        draws=draws, cache=cache, progress=_progress(),
+                        draws=draws, background=background, cache=cache, progress=_progress(),
                         echo=log)
         paths = write_outputs(res, out_dir)
     except _user_errors() as exc:

@@ -45,7 +45,8 @@ from facekd.core import verdict as vd
 from facekd.core.metrics import MIA_MIN_PER_CLASS, split_enrol_probe
 from facekd.core.separation import bench_check
 from facekd.evaluation.bench_verdict import perfect_erasure
-from facekd.evaluation.dataset import _scan, _usable, embed_dataset
+from facekd.evaluation.dataset import _scan, _usable, embed_background, embed_dataset
+from facekd.evaluation.later import Later
 from facekd.evaluation.protocol import _draw, _make_case, _r, _single, retained_tar
 from facekd.evaluation.sequential import _sequential, checkpoints
 from facekd.evaluation.settings import (BenchError, ESC_P, FAR, LOOKALIKES, MAX_IMPOSTORS,
@@ -88,6 +89,7 @@ def run_bench(dataset: str | os.PathLike, encoder: str, *,
               methods: str | Iterable[str] | None = None, erase: int = 12,
               sequential: int = 20, fit_photos: str | Iterable[str] = ("all", "10"), seed: int = 0,
               gallery_people: int | None = None, draws: int = 1,
+              background: str | os.PathLike | None = None,
               cache: str | os.PathLike | None = None, progress: bool = False,
               echo: Callable[[str], None] | None = None) -> dict:
     """Run the benchmark; returns the JSON-ready result (numbers in percent, see the CLI help).
@@ -99,7 +101,14 @@ def run_bench(dataset: str | os.PathLike, encoder: str, *,
             erasure). sequential: people erased one after another per method (0 = off).
         fit_photos: ``"all"`` and/or ``"K"`` (only K of the person's non-fresh photos).
         gallery_people: a small workspace: only this many identities take part (the erased people,
-            drawn as usual, and a seeded draw of others); chance rank-1 is then 1 / N.
+            drawn as usual, and a seeded draw of others); chance rank-1 is then 1 / N. The
+            identities left outside play people enrolled after the erasure
+            (:mod:`facekd.evaluation.later`): what it costs them, and whether forget's figure
+            for them holds.
+        background: a folder-per-person tree of photos of people enrolled nowhere (what
+            ``facekd calibrate`` stores): gated methods fit against them as forget does after
+            calibrate. Dataset identities with a background folder of the same name are left
+            out of the workspace.
         draws: run the whole protocol this many times, seeds ``seed``, ``seed + 1``, ...: each
             draws the erased people, the small gallery's others, the split and the fresh photos
             afresh; the result is pooled over them (:func:`facekd.evaluation.draws.pool_draws`).
@@ -117,8 +126,9 @@ def run_bench(dataset: str | os.PathLike, encoder: str, *,
             say(f"draw {i + 1} of {draws} (seed {seed + i})")
             results.append(run_bench(dataset, encoder, methods=methods, erase=erase,
                                      sequential=sequential, fit_photos=fit_photos,
-                                     seed=seed + i, gallery_people=gallery_people, cache=cache,
-                                     progress=progress, echo=echo))
+                                     seed=seed + i, gallery_people=gallery_people,
+                                     background=background, cache=cache, progress=progress,
+                                     echo=echo))
         return pool_draws(results)
     from threadpoolctl import threadpool_limits
     from facekd.progress import tqdm
@@ -133,11 +143,21 @@ def run_bench(dataset: str | os.PathLike, encoder: str, *,
         raise BenchError("--gallery-people must be >= 3")
     root = Path(dataset).expanduser()
     _scan(root)  # a bad directory fails before the (slow) encoder load
+    if background is not None:
+        _scan(Path(background).expanduser(), "background")
     t0 = time.perf_counter()
     enc = load_encoder(encoder)
     emb = embed_dataset(root, enc, cache=cache, progress=progress)
     say(f"embeddings: cache {emb.info['cache']} ({emb.info['cache_path']})")
     E, y, dropped = _usable(emb)
+    bg, shared = (None, np.zeros(0, np.int64)) if background is None else embed_background(
+        background, enc, root, cache=cache, progress=progress)
+    left_out = int(np.isin(np.unique(y), shared).sum())
+    if bg is not None:
+        say(f"background: {bg.photos} photos of {len(np.unique(bg.groups))} people enrolled "
+            f"nowhere; {left_out} dataset identities have a background folder of the same name "
+            "and stay out of the workspace")
+        E, y = E[~np.isin(y, shared)], y[~np.isin(y, shared)]
     ids, counts = np.unique(y, return_counts=True)
     if len(ids) < 3:
         raise BenchError(f"{root}: {len(ids)} identities with >= {MIN_FACES} usable faces; "
@@ -155,6 +175,12 @@ def run_bench(dataset: str | os.PathLike, encoder: str, *,
         E, y, ids, counts = _small_gallery(E, y, single.people, int(gallery_people), seed)
         count = dict(zip(ids.tolist(), counts.tolist()))
         say(f"small gallery: {len(ids)} identities ({len(E)} faces), the erased among them")
+    # Who is left outside the workspace plays people enrolled after the erasure.
+    later = (Later.draw(E_all, y_all, np.setdiff1d(np.unique(y_all), ids), seed) if small
+             else None)
+    if later is not None:
+        say(f"people enrolled later: {later.people} from outside the workspace, "
+            f"{int((~later.first).sum())} searches")
     seq = (_draw(count, min(int(sequential), len(ids) - 2), np.random.default_rng([seed, 1]))
            if sequential else None)
 
@@ -188,11 +214,13 @@ def run_bench(dataset: str | os.PathLike, encoder: str, *,
             tqdm(total=total, unit="step", desc="bench", disable=not progress) as bar:
         original, rows, fit_skipped = _single(
             x0, y, split, cases, names, settings, seed, bar,
-            perfect={p: r["replay_rank1"] for p, r in by_person.items()})
+            perfect={p: r["replay_rank1"] for p, r in by_person.items()}, later=later,
+            background=bg)
         t_seq = time.perf_counter()
         seq_rows, apply_s, gates = [], {}, {}
         for m in names if seq else []:
-            r, apply_s[m], gates[m] = _sequential(x0, y, split, seq.people, seq.held, m, seed, bar)
+            r, apply_s[m], gates[m] = _sequential(x0, y, split, seq.people, seq.held, m, seed, bar,
+                                                  later=later, background=bg)
             seq_rows += r
     t_end = time.perf_counter()
     protocol = {
@@ -201,6 +229,11 @@ def run_bench(dataset: str | os.PathLike, encoder: str, *,
         "fallback_images": n_fallback, "min_faces": MIN_FACES, "dim": int(E.shape[1]),
         "seed": int(seed), "methods": names, "fit_photos": settings,
         "gallery_people": int(len(ids)) if small else None,
+        "later_people": later.people if later is not None else 0,
+        "later_searches": int((~later.first).sum()) if later is not None else 0,
+        "background_photos": bg.photos if bg is not None else 0,
+        "background_people": int(len(np.unique(bg.groups))) if bg is not None else 0,
+        "background_left_out": left_out,
         "fit_photos_skipped": fit_skipped,
         "erase_requested": int(erase), "erased": int(len(single.people)),
         "held": single.held, "fresh_enrol": single.held // 2,

@@ -43,13 +43,18 @@ class Embedded:
     info: dict
 
 
-def _scan(root: Path) -> tuple[list[Path], list[int], int]:
+def identity_folders(root: Path) -> list[Path]:
+    """The identity folders of a folder-per-identity tree, in label order (sorted by name)."""
+    return sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+def _scan(root: Path, what: str = "dataset") -> tuple[list[Path], list[int], int]:
     """Image files of a folder-per-identity tree: ``(files, folder index per file, folders)``."""
     from facekd.faces import IMAGE_SUFFIXES
 
     if not root.is_dir():
-        raise BenchError(f"{root}: no such dataset directory")
-    folders = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+        raise BenchError(f"{root}: no such {what} directory")
+    folders = identity_folders(root)
     files, owner = [], []
     for i, folder in enumerate(folders):
         for f in sorted(folder.iterdir()):
@@ -153,3 +158,27 @@ def _usable(emb: Embedded) -> tuple[np.ndarray, np.ndarray, int]:
     dropped = emb.info["folders"] - len(keep_ids)
     keep = np.isin(emb.labels, keep_ids)
     return emb.E[keep], emb.labels[keep], dropped
+
+
+def embed_background(root: str | os.PathLike, encoder: Any, dataset: Path, *,
+                     cache: str | os.PathLike | None = None, progress: bool = False
+                     ) -> tuple[Any, np.ndarray]:
+    """``facekd bench --background DIR``: photos of people enrolled nowhere (what ``facekd
+    calibrate`` stores), a folder per person, embedded as the dataset is (cached).
+
+    Returns ``(background, shared)``: a :class:`facekd.core.background.Background` of unit rows
+    (any number of faces per person), and the labels of ``dataset``'s identities whose folder
+    name is also a background folder's: one person cannot be enrolled and enrolled nowhere, so
+    the bench leaves them out of the workspace."""
+    from facekd.core.background import Background
+
+    root = Path(root).expanduser()
+    _scan(root, "background")
+    emb = embed_dataset(root, encoder, cache=cache, progress=progress)
+    if not len(emb.E):
+        raise BenchError(f"{root}: no usable face among the background's photos")
+    x = emb.E / np.maximum(np.linalg.norm(emb.E, axis=1, keepdims=True), 1e-12)
+    people = np.unique(emb.labels, return_inverse=True)[1].astype(np.int64)
+    theirs = {p.name for p in identity_folders(root)}
+    shared = [i for i, p in enumerate(identity_folders(dataset)) if p.name in theirs]
+    return Background(x.astype(np.float32), people), np.asarray(shared, np.int64)

@@ -30,6 +30,8 @@ def _pool(rows: list[dict]) -> dict:
         vals = [r.get(key) for r in rows]
         if key.endswith("_sd") or not _number(first) or not all(_number(v) for v in vals):
             continue
+        if key != "n_erased" and isinstance(first, int) and all(v == first for v in vals):
+            continue  # a count the same in every draw (a row's key, ``erased``): kept an int
         out[key] = sum(vals) if key == "n_erased" else round(float(np.mean(vals)), 4)
         if f"{key}_sd" in rows[0]:
             sds = [r.get(f"{key}_sd") for r in rows]

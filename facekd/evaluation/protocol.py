@@ -17,6 +17,7 @@ from facekd.core.metrics import (MIA_MIN_PER_CLASS, identification_hits, knowled
                                  membership_inference, mia_features, pair_scores, tar_at_far,
                                  template_leak)
 from facekd.evaluation.bench_verdict import verdict_vs_replay, versus_perfect
+from facekd.evaluation.later import Later, later_figures
 from facekd.evaluation.settings import (BenchError, FAR, LOOKALIKES, MAX_HELD, MAX_IMPOSTORS,
                                         METRICS, MOVED_TOL, SD_METRICS, _class_means, fit_method)
 from facekd.methods import unit_rows as _unit
@@ -229,15 +230,27 @@ def _r(v: float) -> float:
     return round(float(v), 4)
 
 
+def _later(later: Later | None, er: Erasure, x0: np.ndarray, x: np.ndarray, y: np.ndarray,
+           case: Case) -> dict:
+    """:func:`later_figures` of one erasure ``er`` (``x``: the dataset under it), against the
+    gallery of everyone else in ``case``; ``{}`` without people enrolled later."""
+    if later is None:
+        return {}
+    return later_figures(later, er, x0[case.gallery], x[case.gallery], y[case.gallery])
+
+
 # ---------------------------------------------------------------------- experiments
 def _single(x0: np.ndarray, y: np.ndarray, split: np.ndarray, cases: list[Case],
             methods: list[str], settings: list[str], seed: int, bar: Any,
-            perfect: dict[int, float] | None = None) -> tuple[dict, list, dict]:
+            perfect: dict[int, float] | None = None, later: Later | None = None,
+            background: Any = None) -> tuple[dict, list, dict]:
     """Original metrics, one row per (method, setting) (each a mean over ``cases``), and per
     setting how many people had too few photos for it. ``perfect``: each erased person's
     replayed rank-1 under a perfect erasure; each row then carries its people's differences
     from it (``perfect_diffs``, points) and their mean with its interval
-    (:func:`versus_perfect`)."""
+    (:func:`versus_perfect`). ``later``: people enrolled after each erasure; each row then
+    carries what it cost them (:func:`later_figures`). ``background``: people enrolled nowhere
+    the methods fit against (:func:`fit_method`)."""
     ident = Erasure.identity(x0.shape[1])
     x_ident = ident.apply(x0)
     all_ids = np.unique(y)
@@ -249,7 +262,8 @@ def _single(x0: np.ndarray, y: np.ndarray, split: np.ndarray, cases: list[Case],
     skipped = {s: sum(_fit_rows(c.pool, s) is None for c in cases) for s in settings}
     for case in cases:
         bar.set_postfix_str("original")
-        orig.append(_evaluate(x_ident, x0, y, case, case.pool, seed))
+        orig.append(_evaluate(x_ident, x0, y, case, case.pool, seed)
+                    | _later(later, ident, x0, x_ident, y, case))
         bar.update(1)
         gallery = x0[case.gallery]
         for method in methods:
@@ -258,9 +272,12 @@ def _single(x0: np.ndarray, y: np.ndarray, split: np.ndarray, cases: list[Case],
                 rows = _fit_rows(case.pool, setting)
                 if rows is not None:
                     t = time.perf_counter()
-                    er = fit_method(method, x0[rows], gallery, y[case.gallery], ident)
+                    er = fit_method(method, x0[rows], gallery, y[case.gallery], ident,
+                                    background)
                     times[(method, setting)].append(time.perf_counter() - t)
-                    row = _evaluate(er.apply(x0), x0, y, case, rows, seed)
+                    xe = er.apply(x0)
+                    row = _evaluate(xe, x0, y, case, rows, seed) | _later(later, er, x0, xe, y,
+                                                                           case)
                     cos, rank = template_leak(er, means, all_ids, case.person)
                     row.update(template_cos=100 * cos, template_top1=100.0 * (rank == 1),
                                person=case.person)

@@ -5,7 +5,7 @@ photo settings ``all`` / ``10``).
 
 from __future__ import annotations
 
-from typing import Iterable
+from typing import Any, Iterable
 
 import numpy as np
 
@@ -13,6 +13,7 @@ from facekd import methods as registry
 from facekd.core.erasure import Erasure
 from facekd.errors import FacekdError
 from facekd.evaluation.bench_verdict import VERDICT_METRICS
+from facekd.evaluation.later import LATER_METRICS
 from facekd.methods import unit_rows as _unit
 
 
@@ -25,7 +26,7 @@ LOOKALIKES = 5
 MOVED_TOL = 1e-4         # an edited unit embedding further than this from the original "moved"
 METRICS = ("forget_rank1", "forget_tar", "kr_linear", "kr_knn", "mia", "detect_auc",
            "detect_auc_trained", "lookalike_fp", "false_match", "retain_rank1", "retain_tar",
-           "template_cos", "template_top1", *VERDICT_METRICS)
+           "template_cos", "template_top1", *VERDICT_METRICS, *LATER_METRICS)
 SD_METRICS = ("forget_rank1", "forget_tar", "kr_linear", "kr_knn", "mia", "retain_rank1",
               "retain_tar")
 
@@ -61,12 +62,14 @@ def _split_method(name: str) -> tuple[str, dict[str, float]]:
 
 
 def fit_method(name: str, forget: np.ndarray, gallery: np.ndarray, gallery_y: np.ndarray,
-               previous: Erasure) -> Erasure:
+               previous: Erasure, background: Any = None) -> Erasure:
     """Fit the registry method ``name`` (with any ``:key=value`` settings) on the person's fit
     photos ``forget`` ``(f, d)``, against everyone else's enrolment faces ``gallery`` ``(g, d)``
-    labelled ``gallery_y`` ``(g,)``; all in the space ``previous`` already edited."""
+    labelled ``gallery_y`` ``(g,)``; all in the space ``previous`` already edited, as is
+    ``background`` (a :class:`facekd.core.background.Background` of people enrolled nowhere, what
+    ``facekd calibrate`` stores; None: none)."""
     base, kw = _split_method(name)
-    context = registry.FitContext(gallery, gallery_y, previous, kw)
+    context = registry.FitContext(gallery, gallery_y, previous, kw, background=background)
     try:
         return registry.get(base).fit(forget, context)
     except registry.MethodError as exc:

@@ -81,7 +81,13 @@ def format_markdown(result: dict) -> str:
                 if p.get("perfect_rank1") is not None else "")
              + f". Embeddings: cache {p['cache']}."
              + (f" Small gallery: {p['gallery_people']} identities take part."
-                if p.get("gallery_people") else ""),
+                if p.get("gallery_people") else "")
+             + (f" Background (people enrolled nowhere, what `facekd calibrate` stores): "
+                f"{p['background_photos']} photos of {p['background_people']} people, "
+                "fitted against by gated methods"
+                + (f"; {p['background_left_out']} dataset identities with a background folder "
+                   "of the same name left out" if p.get("background_left_out") else "") + "."
+                if p.get("background_photos") else ""),
              *bench_banner(result), "",
              f"## Single erasure ({p['erased']} people{draws}, each erased alone; {p['held']} "
              f"fresh photos each: {p['fresh_enrol']} re-enrolled, {p['fresh_probe']} probes)", "",
@@ -113,15 +119,24 @@ def format_markdown(result: dict) -> str:
     if n > 1:
         lines += _draw_notes(result)
     lines.append("")
+    lines += _later_table(result)
     if result["sequential"]:
+        later = p.get("later_people", 0) > 0
         lines += [f"## Sequential erasure ({p['sequential']} people, one after another; "
                   f"{p['sequential_held']} fresh photos each)", "",
                   "| method | erased | retain rank-1 | retain TAR | forget rank-1 | forget TAR "
-                  "| gates' estimate |", "|---|---|---|---|---|---|---|"]
+                  "| gates' estimate |" + (" enrolled later: rank-1 lost, points | photos changed "
+                                           "| gates' estimate for them |" if later else ""),
+                  "|---|---|---|---|---|---|---|" + ("---|---|---|" if later else "")]
         for r in result["sequential"]:
             lines.append(f"| {r['method']} | {r['erased']} | {_fmt(r['retain_rank1'])} | "
                          f"{_fmt(r['retain_tar'])} | {_fmt(r['forget_rank1'])} | "
-                         f"{_fmt(r['forget_tar'])} | {_fmt(r.get('others_touched'))} |")
+                         f"{_fmt(r['forget_tar'])} | {_fmt(r.get('others_touched'))} |"
+                         + (" " + " | ".join(_fmt(r.get(k), spec=".2f" if k == "later_lost"
+                                                  else ".1f")
+                                             for k in ("later_lost", "later_changed",
+                                                       "later_estimate")) + " |"
+                            if later else ""))
         apply = ", ".join(f"{m} {v * 1e3:.1f} ms" for m, v in p["sequential_apply_s"].items())
         lines += ["", f"Retained = people never erased. Forget numbers (last row per method): "
                   "every erased person's fresh photos under the final composite. Gates' "
@@ -132,6 +147,39 @@ def format_markdown(result: dict) -> str:
                   f"the final composite on the {p['sequential_gallery_rows']}-row gallery: "
                   f"{apply}.", ""]
     return "\n".join(lines)
+
+
+def _later_table(result: dict) -> list[str]:
+    """The single-erasure rows' cost to people enrolled after the erasure (``--gallery-people``
+    leaves people outside the workspace to play them), and what forget says of it."""
+    p = result["protocol"]
+    if not p.get("later_people"):
+        return ["People enrolled after an erasure (no gate spares them): not measured, every "
+                "identity is enrolled; `--gallery-people N` leaves the others to play them.", ""]
+    out = [f"## People enrolled later ({p['later_people']} from outside the workspace: one photo "
+           f"enrolled after the erasure, {p['later_searches']} searches)", "",
+           "| method | fit photos | their rank-1 | rank-1 lost, points | photos changed "
+           "| forget's estimate | its 95 % top | changed above the top |",
+           "|---|---|---|---|---|---|---|---|"]
+    o = result["original"]
+    out.append(f"| original | - | {_fmt(o.get('later_rank1'))} | - | - | - | - | - |")
+    for r in result["rows"]:
+        out.append(f"| {r['method']} | {r['setting']} | " + " | ".join(
+            _fmt(r.get(k), spec=".2f" if k == "later_lost" else ".1f")
+            for k in ("later_rank1", "later_lost", "later_changed", "later_estimate",
+                      "later_bound", "later_over")) + " |")
+    out += ["", "Percent. Each erased person's erasure alone; the people enrolled later search "
+            "the edited gallery of everyone else with their one enrolled photo added. Photos "
+            "changed: cosine to the original below 0.999. Forget's estimate and its top: what "
+            "`facekd forget` prints for them (the share of their photos the gate opens on, and "
+            "the top of its 95 % interval counted over the people it was read off); changed "
+            "above the top: percent of erasures where the share changed exceeded it (a 95 % "
+            "top should be exceeded in at most a few). n/a: the method has no gate and states "
+            "no figure. No gate spares them: in LFW galleries of tens of people this cost was "
+            "far larger than everyone enrolled's (docs/benchmarks.md); photos of people "
+            "enrolled nowhere (`--background DIR`, `facekd calibrate` in a workspace) keep "
+            "gates off them.", ""]
+    return out
 
 
 def _draw_notes(result: dict) -> list[str]:

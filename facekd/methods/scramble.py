@@ -86,7 +86,8 @@ def lookalike_floor(heldout: np.ndarray, groups: np.ndarray, share: float) -> fl
 def _gate_fit(disc: RidgeDiscriminant, fitted: tuple[np.ndarray, float], in_sample: np.ndarray,
               f: np.ndarray, ridge: float, tau: float, qs: tuple[float, ...],
               forget_parts: list[np.ndarray], pairs: np.ndarray | None,
-              groups: np.ndarray | None, guard: float, keep: float) -> dict:
+              groups: np.ndarray | None, guard: float, keep: float,
+              bg_scores: np.ndarray | None = None) -> dict:
     """One (ridge, prior) pair's discriminant ``(w, b)``, its gate threshold for each quantile
     in ``qs`` (``t0``, a list) and the scores of photos of the person it did not see (``held``),
     with how many of them clear each threshold (``recall``, a list) and by how many held-out
@@ -96,6 +97,9 @@ def _gate_fit(disc: RidgeDiscriminant, fitted: tuple[np.ndarray, float], in_samp
     without it) when there are 2 or more; with one photo, held-out identities' new photos under
     their own one-photo gates (:meth:`RidgeDiscriminant.one_photo_z`, pairs of gallery rows
     ``pairs`` ``(P, 2)`` from :class:`~facekd.methods.prior.WithinPrior`), on this gate's scale.
+    ``bg_scores``: scores of background faces the discriminant never saw (a one-photo gate's);
+    their quantile can only raise each threshold, and they count among the people it may open
+    on (``unseen``), not in the budget a widening gate may touch.
     """
     from scipy.special import ndtri
 
@@ -132,9 +136,11 @@ def _gate_fit(disc: RidgeDiscriminant, fitted: tuple[np.ndarray, float], in_samp
         # on average over 5 seeds, against 0.37) and found no more of the erased.
         floor = min(lookalike_floor(heldout_g, groups, guard),
                     float(np.quantile(held, 1.0 - keep)))
+    unseen = heldout_g if bg_scores is None else np.r_[heldout_g, bg_scores]
     t0 = [float(max(np.quantile(heldout_g, q), np.quantile(in_sample, q),
-                    heldout_g.mean() + ndtri(q) * heldout_g.std(), floor)) for q in qs]
-    return {"w": w, "b": b, "t0": t0, "held": held, "ridge": ridge, "tau": tau, "unseen": heldout_g,
+                    heldout_g.mean() + ndtri(q) * heldout_g.std(), floor,
+                    -np.inf if bg_scores is None else np.quantile(bg_scores, q))) for q in qs]
+    return {"w": w, "b": b, "t0": t0, "held": held, "ridge": ridge, "tau": tau, "unseen": unseen,
             "recall": [float(np.mean(held > t)) for t in t0], "floor": floor,
             "margin": float((np.quantile(held, 0.25) - t0[0]) / max(heldout_g.std(), 1e-12))}
 
@@ -221,11 +227,11 @@ def fit_scramble(F: Any, gallery: Any, *, q: float | None = None, q_one: float |
             people the gate must not open on. They join the discriminant's other class, the
             threshold's calibration (by identity), the look-alike guard and the budget a wider
             gate may touch; not the sparing (they are not enrolled), the stranger map or
-            ``others_touched``. Needs ``gallery_labels``; ignored with one photo, where it
-            measured worse for the erased and for everyone else. A gallery of tens of people
-            holds too few strangers: a gate fitted on 3 photos among 15 LFW people opened on
-            6.6 % of never-enrolled people's photos without, 0.3 % with 1,000
-            (docs/benchmarks.md, "Fourteenth round").
+            ``others_touched``. Needs ``gallery_labels``. With one photo it stays out of the
+            discriminant and the budget (measured worse there) and only raises the threshold. A
+            gallery of tens of people holds too few strangers: a gate fitted on 3
+            photos among 15 LFW people opened on 6.6 % of never-enrolled people's photos
+            without, 0.3 % with 1,000 (docs/benchmarks.md, "Fourteenth round").
 
     Returns:
         An :class:`Erasure` whose linear part is the identity and whose tail is one gate. Faces
@@ -284,10 +290,17 @@ def fit_scramble(F: Any, gallery: Any, *, q: float | None = None, q_one: float |
                                                                      replace=False)
     fit_g = normalize_rows(g[pick].astype(np.float64))
     groups = None if groups is None else groups[pick]
-    # One photo: measured worse with a background (LFW + dlib, 15 / 40 / 62 people: everyone
-    # else lost 0.0 -> 1.3 points at 15, the erased found 13.7 -> 18.6 % at 40), so left out.
-    neg, neg_groups, bg = _with_background(f, fit_g, groups, background if n >= 2 else None,
-                                           background_labels)
+    neg, neg_groups, bg = _with_background(f, fit_g, groups, background, background_labels)
+    unseen_people = None if neg_groups is None else int(len(np.unique(neg_groups)))
+    if n < 2 and bg is not None:
+        # One photo: the background among the discriminant's negatives measured worse (LFW +
+        # dlib, 15 / 40 / 62 people: everyone else lost 0.0 -> 1.3 points at 15, the erased
+        # found 13.7 -> 18.6 % at 40). It only raises the threshold (its own q-quantile): people
+        # enrolled later lost 8.2 -> 4.7 rank-1 points at 15 people (FaceNet 8.7 -> 5.0), the
+        # erased found as often (8.5 %; FaceNet 7.9 -> 8.8). Counted in the budget a widening
+        # gate may touch as well, it spared them more (0.9-1.9 points) but let the erased be
+        # found up to twice as often (FaceNet 17.1 %; docs/benchmarks.md, "Sixteenth round").
+        neg, neg_groups = fit_g, groups
     # The prior costs a second O(N d^2) pass: skipped where it is switched off.
     within = (None if groups is None or (prior == 0 and n >= 2)
               else WithinPrior.fit(fit_g, groups, seed=seed))
@@ -312,8 +325,10 @@ def fit_scramble(F: Any, gallery: Any, *, q: float | None = None, q_one: float |
         in_sample = _scores(g if bg is None else np.vstack([g, bg]),
                             np.stack([w for w, _ in fitted], axis=1),
                             np.array([b for _, b in fitted]))
-        fits = [_gate_fit(disc, fitted[i], in_sample[:, i], f, r, t, qs, forget_parts, pairs,
-                          neg_groups, guard, float(guard_keep))
+        # (one photo: the gallery's scores set the threshold, the background's can only raise it)
+        fits = [_gate_fit(disc, fitted[i], in_sample[:len(g) if n < 2 else None, i], f, r, t, qs,
+                          forget_parts, pairs, neg_groups, guard, float(guard_keep),
+                          in_sample[len(g):, i] if n < 2 and bg is not None else None)
                 for i, (r, t) in enumerate(grid)]
     # The tightest gate that covers ``cover`` of the unseen photos (walks_the_budget: the widest),
     # widened only within the gallery budget; the (ridge, prior) whose unseen photos clear it best.
@@ -323,7 +338,8 @@ def fit_scramble(F: Any, gallery: Any, *, q: float | None = None, q_one: float |
     j = 0
     while (walk or fits[best_at(j)]["recall"][j] < cover) and j + 1 < len(qs):
         i = best_at(j + 1)
-        if np.mean(in_sample[:, i] > fits[i]["t0"][j + 1]) > max_touched:
+        # (one photo: within the gallery's budget alone, see the background above)
+        if np.mean(in_sample[:len(g) if n < 2 else None, i] > fits[i]["t0"][j + 1]) > max_touched:
             break
         j += 1
     i_best = best_at(j)
@@ -384,8 +400,7 @@ def fit_scramble(F: Any, gallery: Any, *, q: float | None = None, q_one: float |
               "strangers_touched": float(np.mean(best["unseen"] > t0)),
               "strangers_touched_faces": int(len(best["unseen"])),
               # a gate opens on people more than on photos: their bound counts these
-              "strangers_touched_people": None if neg_groups is None
-              else int(len(np.unique(neg_groups))),
+              "strangers_touched_people": unseen_people,
               "background": 0 if bg is None else int(len(bg)),
               "guard": guard, "stranger_cap": stranger_cap,  # None: face by face
               "guard_keep": float(guard_keep),
