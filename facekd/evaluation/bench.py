@@ -154,10 +154,11 @@ def run_bench(dataset: str | os.PathLike, encoder: str, *,
         background, enc, root, cache=cache, progress=progress)
     left_out = int(np.isin(np.unique(y), shared).sum())
     if bg is not None:
+        keep = ~np.isin(y, shared)
         say(f"background: {bg.photos} photos of {len(np.unique(bg.groups))} people enrolled "
             f"nowhere; {left_out} dataset identities have a background folder of the same name "
             "and stay out of the workspace")
-        E, y = E[~np.isin(y, shared)], y[~np.isin(y, shared)]
+        E, y = E[keep], y[keep]
     ids, counts = np.unique(y, return_counts=True)
     if len(ids) < 3:
         raise BenchError(f"{root}: {len(ids)} identities with >= {MIN_FACES} usable faces; "
@@ -180,7 +181,7 @@ def run_bench(dataset: str | os.PathLike, encoder: str, *,
              else None)
     if later is not None:
         say(f"people enrolled later: {later.people} from outside the workspace, "
-            f"{int((~later.first).sum())} searches")
+            f"{later.searches} searches")
     seq = (_draw(count, min(int(sequential), len(ids) - 2), np.random.default_rng([seed, 1]))
            if sequential else None)
 
@@ -230,7 +231,7 @@ def run_bench(dataset: str | os.PathLike, encoder: str, *,
         "seed": int(seed), "methods": names, "fit_photos": settings,
         "gallery_people": int(len(ids)) if small else None,
         "later_people": later.people if later is not None else 0,
-        "later_searches": int((~later.first).sum()) if later is not None else 0,
+        "later_searches": later.searches if later is not None else 0,
         "background_photos": bg.photos if bg is not None else 0,
         "background_people": int(len(np.unique(bg.groups))) if bg is not None else 0,
         "background_left_out": left_out,

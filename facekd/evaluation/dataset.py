@@ -171,14 +171,14 @@ def embed_background(root: str | os.PathLike, encoder: Any, dataset: Path, *,
     name is also a background folder's: one person cannot be enrolled and enrolled nowhere, so
     the bench leaves them out of the workspace."""
     from facekd.core.background import Background
+    from facekd.methods import unit_rows
 
     root = Path(root).expanduser()
     _scan(root, "background")
     emb = embed_dataset(root, encoder, cache=cache, progress=progress)
     if not len(emb.E):
         raise BenchError(f"{root}: no usable face among the background's photos")
-    x = emb.E / np.maximum(np.linalg.norm(emb.E, axis=1, keepdims=True), 1e-12)
     people = np.unique(emb.labels, return_inverse=True)[1].astype(np.int64)
     theirs = {p.name for p in identity_folders(root)}
     shared = [i for i, p in enumerate(identity_folders(dataset)) if p.name in theirs]
-    return Background(x.astype(np.float32), people), np.asarray(shared, np.int64)
+    return Background(unit_rows(emb.E), people), np.asarray(shared, np.int64)

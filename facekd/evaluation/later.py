@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from facekd.core.erasure import Erasure
+from facekd.core.metrics import identification_hits
 from facekd.methods import unit_rows as _unit
 from facekd.operations.costs import later_bound
 
@@ -68,14 +69,18 @@ class Later:
     def people(self) -> int:
         return int(self.first.sum())
 
+    @property
+    def searches(self) -> int:
+        return int((~self.first).sum())
+
     def rank1(self, x: np.ndarray, gallery: np.ndarray, gallery_y: np.ndarray) -> float:
         """Rank-1 (fraction) of their searches ``x[~first]`` against ``gallery`` ``(g, d)``
         with their enrolled photos ``x[first]`` added (``x``: their photos as the deployed
         encoder gives them)."""
-        gal = np.vstack([gallery, x[self.first]])
-        gal_y = np.r_[gallery_y, self.y[self.first]]
-        found = gal_y[(x[~self.first] @ gal.T).argmax(axis=1)]
-        return float(np.mean(found == self.y[~self.first]))
+        hits = identification_hits(np.vstack([gallery, x[self.first]]),
+                                   np.r_[gallery_y, self.y[self.first]], x[~self.first],
+                                   self.y[~self.first])
+        return float(hits.mean())
 
 
 def later_figures(later: Later, edit: Erasure, gallery0: np.ndarray, gallery: np.ndarray,

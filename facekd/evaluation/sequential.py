@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 
+from facekd.core.background import Background
 from facekd.core.erasure import Erasure
 from facekd.core.metrics import identification_hits, pair_scores, tar_at_far
 from facekd.evaluation.later import Later, changed_share
@@ -57,7 +58,7 @@ def _sequential_forget(x: np.ndarray, y: np.ndarray, split: np.ndarray, never: n
 
 def _sequential(x0: np.ndarray, y: np.ndarray, split: np.ndarray, people: np.ndarray,
                 held: int, method: str, seed: int, bar: Any, fit: str = "all",
-                later: Later | None = None, background: Any = None
+                later: Later | None = None, background: Background | None = None
                 ) -> tuple[list[dict], float, int]:
     """Erase ``people`` one after another with ``method``: rows at the checkpoints (``erased=0``
     is the original), the final composite's apply time on the whole gallery, its gate count.
@@ -84,7 +85,7 @@ def _sequential(x0: np.ndarray, y: np.ndarray, split: np.ndarray, people: np.nda
         alive = ~np.isin(y, people[:step])  # not yet erased, and not this person
         pool = splits[int(person)][2]
         some = _fit_rows(pool, fit)
-        bg = None if background is None else type(background)(
+        bg = None if background is None else Background(
             _unit(composite.apply(background.vectors)), background.groups)
         new = fit_method(method, x[pool if some is None else some], x[alive & split],
                          y[alive & split], composite, bg)

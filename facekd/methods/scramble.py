@@ -325,9 +325,11 @@ def fit_scramble(F: Any, gallery: Any, *, q: float | None = None, q_one: float |
         in_sample = _scores(g if bg is None else np.vstack([g, bg]),
                             np.stack([w for w, _ in fitted], axis=1),
                             np.array([b for _, b in fitted]))
-        # (one photo: the gallery's scores set the threshold, the background's can only raise it)
-        fits = [_gate_fit(disc, fitted[i], in_sample[:len(g) if n < 2 else None, i], f, r, t, qs,
-                          forget_parts, pairs, neg_groups, guard, float(guard_keep),
+        # The rows the threshold and the budget are read off: with one photo the gallery's
+        # alone; the background's scores can only raise its threshold (see above).
+        own = slice(len(g)) if n < 2 else slice(None)
+        fits = [_gate_fit(disc, fitted[i], in_sample[own, i], f, r, t, qs, forget_parts, pairs,
+                          neg_groups, guard, float(guard_keep),
                           in_sample[len(g):, i] if n < 2 and bg is not None else None)
                 for i, (r, t) in enumerate(grid)]
     # The tightest gate that covers ``cover`` of the unseen photos (walks_the_budget: the widest),
@@ -338,8 +340,7 @@ def fit_scramble(F: Any, gallery: Any, *, q: float | None = None, q_one: float |
     j = 0
     while (walk or fits[best_at(j)]["recall"][j] < cover) and j + 1 < len(qs):
         i = best_at(j + 1)
-        # (one photo: within the gallery's budget alone, see the background above)
-        if np.mean(in_sample[:len(g) if n < 2 else None, i] > fits[i]["t0"][j + 1]) > max_touched:
+        if np.mean(in_sample[own, i] > fits[i]["t0"][j + 1]) > max_touched:
             break
         j += 1
     i_best = best_at(j)
